@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine: `make train` and `make test`.
+# Each creates .venv from the pinned requirements.txt when it is missing or stale.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= runs/default
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: train test test-slow test-all clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m resnet_jax.main --config=configs/default.py --workdir=$(WORKDIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" -n 2 --durations=15
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow -n 2 --durations=15
+
+test-all: $(STAMP)
+	$(PY) -m pytest -n 2 --durations=25
+
+clean:
+	rm -rf $(VENV) runs
