@@ -1,0 +1,156 @@
+"""Reading experiment workdirs: final errors, curves and mean ± std over seeds.
+
+Works on partial results: a run without `summary.json` is counted as not done, but its curves (from
+`metrics.jsonl`, which may end in a half-written line while the trainer runs) are still read.
+Errors are percentages, the papers' unit; the trainer logs accuracies as fractions in [0, 1].
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+from typing import Any, Sequence
+
+from experiments import Check, Entry, Experiment
+from experiments import run as run_lib
+
+# The training error reported beside the test error is the mean over the last few logged training
+# batches: one mini-batch's error is too noisy to compare nets by.
+TRAIN_ERR_WINDOW = 5
+
+
+def read_json(path: pathlib.Path) -> dict | None:
+  try:
+    return json.loads(path.read_text())
+  except (FileNotFoundError, json.JSONDecodeError):
+    return None
+
+
+def read_metrics(path: pathlib.Path) -> list[dict]:
+  """metrics.jsonl records; a truncated last line (a writer mid-flush) is skipped."""
+  records = []
+  try:
+    lines = path.read_text().splitlines()
+  except FileNotFoundError:
+    return records
+  for line in lines:
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return records
+
+
+def error_pct(metrics: dict, key: str) -> float | None:
+  """100 * (1 - accuracy) for `top1` / `top5`; None when absent or not a number."""
+  value = metrics.get(key)
+  if not isinstance(value, (int, float)) or math.isnan(value):
+    return None
+  return 100.0 * (1.0 - float(value))
+
+
+@dataclasses.dataclass
+class RunResult:
+  seed: int
+  workdir: pathlib.Path
+  done: bool
+  step: int  # last step seen in metrics.jsonl / summary.json
+  total_steps: int | None  # from config.json
+  final: dict[str, float]  # metric name (experiments.METRICS) -> percent
+  train_curve: list[tuple[int, float]]  # (step, top-1 error %)
+  eval_curve: list[tuple[int, float]]
+  images_per_sec: float | None
+  params: int | None
+
+
+def read_run(workdir: pathlib.Path, seed: int) -> RunResult:
+  records = read_metrics(workdir / "metrics.jsonl")
+  summary = read_json(workdir / "summary.json")
+  config = read_json(workdir / "config.json") or {}
+  train = [(int(r["step"]), e) for r in records
+           if r.get("split") == "train" and (e := error_pct(r, "top1")) is not None]
+  evals = [(int(r["step"]), e) for r in records
+           if r.get("split") == "eval" and (e := error_pct(r, "top1")) is not None]
+  final: dict[str, float] = {}
+  if summary is not None:
+    for metric, key in (("top1_err", "top1"), ("top5_err", "top5")):
+      e = error_pct(summary.get("eval") or {}, key)
+      if e is not None:
+        final[metric] = e
+  if train:
+    window = [e for _, e in train[-TRAIN_ERR_WINDOW:]]
+    final["train_err"] = sum(window) / len(window)
+  steps = [s for s, _ in train + evals] + [int((summary or {}).get("step", 0))]
+  return RunResult(
+      seed=seed, workdir=workdir, done=summary is not None, step=max(steps),
+      total_steps=config.get("num_train_steps"), final=final if summary is not None else {},
+      train_curve=train, eval_curve=evals,
+      images_per_sec=(summary or {}).get("images_per_sec"), params=(summary or {}).get("params"))
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+  """Mean and sample standard deviation (n - 1; None for fewer than two values)."""
+  if not values:
+    return None, None
+  mean = sum(values) / len(values)
+  if len(values) < 2:
+    return mean, None
+  var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+  return mean, math.sqrt(var)
+
+
+@dataclasses.dataclass
+class EntryResult:
+  entry: Entry
+  runs: list[RunResult]  # every expected seed, done or not
+
+  @property
+  def done(self) -> list[RunResult]:
+    return [r for r in self.runs if r.done]
+
+  @property
+  def n_done(self) -> int:
+    return len(self.done)
+
+  @property
+  def n_missing(self) -> int:
+    return len(self.runs) - self.n_done
+
+  def stat(self, metric: str) -> tuple[float | None, float | None]:
+    return mean_std([r.final[metric] for r in self.done if metric in r.final])
+
+  def mean_of(self, attr: str) -> float | None:
+    values = [getattr(r, attr) for r in self.done if getattr(r, attr) is not None]
+    return sum(values) / len(values) if values else None
+
+  def curve(self, split: str) -> list[tuple[int, float]]:
+    """Mean over seeds at the steps every seed with data has logged (partial runs included)."""
+    curves = [getattr(r, f"{split}_curve") for r in self.runs]
+    curves = [dict(c) for c in curves if c]
+    if not curves:
+      return []
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    return [(s, sum(c[s] for c in curves) / len(curves)) for s in steps]
+
+
+def collect(exp: Experiment, root: os.PathLike, seeds: int | None = None) -> list[EntryResult]:
+  out = []
+  for entry in exp.entries:
+    runs = [read_run(run_lib.run_dir(root, entry, s), s) for s in run_lib.seeds_of(entry, seeds)]
+    out.append(EntryResult(entry, runs))
+  return out
+
+
+_OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
+        ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
+
+
+def evaluate_check(check: Check, results: Sequence[EntryResult]) -> dict[str, Any]:
+  """{'holds': True/False/None (not measurable yet), 'a': mean, 'b': mean}."""
+  by_name = {r.entry.name: r for r in results}
+  a, _ = by_name[check.a].stat(check.metric)
+  b, _ = by_name[check.b].stat(check.metric)
+  holds = None if a is None or b is None else _OPS[check.op](a, b)
+  return {"holds": holds, "a": a, "b": b}

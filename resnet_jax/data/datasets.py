@@ -1,0 +1,148 @@
+"""The datasets resnet_jax knows, their facts, and access to their prepared tfds builders.
+
+Importing this module does not import TensorFlow: `DatasetInfo`, the errors and `DATASETS` are plain
+Python, and tfds is imported only when a builder is needed.
+"""
+import dataclasses
+import os
+
+# Static facts per dataset. Example counts come from the prepared data when it exists (so tests on
+# fake archives see their own sizes); these are the counts of the real datasets.
+_FACTS = {
+    "imagenet2012": dict(num_classes=1000, image_size=224, family="imagenet", train_split="train",
+                         eval_split="validation", num_train=1_281_167, num_eval=50_000,
+                         manual=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")),
+    "cifar10": dict(num_classes=10, image_size=32, family="cifar", train_split="train",
+                    eval_split="test", num_train=50_000, num_eval=10_000,
+                    manual=("cifar-10-binary.tar.gz",)),
+    "cifar100": dict(num_classes=100, image_size=32, family="cifar", train_split="train",
+                     eval_split="test", num_train=50_000, num_eval=10_000,
+                     manual=("cifar-100-binary.tar.gz",)),
+    "shapes10": dict(num_classes=10, image_size=32, family="cifar", train_split="train",
+                     eval_split="test", num_train=40_000, num_eval=10_000, manual=()),
+}
+DATASETS = tuple(_FACTS)
+
+# He2015 Sec. 4.2 tunes on a 45k/5k split of the CIFAR training set. As fractions they are exactly
+# 45,000/5,000 of the real 50,000 and stay meaningful on small fake data.
+SPLIT_ALIASES = {"train45k": "train[:90%]", "val5k": "train[90%:]"}
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  """The dataset has not been built into `data_dir`; the message names the command that does it."""
+
+
+class CorruptImageError(ValueError):
+  """An encoded image in the prepared data cannot be decoded; `keys` names the examples."""
+
+  def __init__(self, message, keys=()):
+    super().__init__(message)
+    self.keys = tuple(keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the trainer needs to know about a dataset.
+
+  image_size is the native training resolution (224 or 32); family is "imagenet" or "cifar" (the
+  CIFAR-style 32x32 recipe, which shapes10 shares); num_train / num_eval count the examples of
+  train_split / eval_split as prepared in data_dir.
+  """
+  name: str
+  num_classes: int
+  image_size: int
+  train_split: str
+  eval_split: str
+  num_train: int
+  num_eval: int
+  family: str
+
+
+def check_name(name):
+  if name not in _FACTS:
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def resolve_data_dir(data_dir):
+  """data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (tfds's own default)."""
+  if data_dir:
+    return os.path.expanduser(str(data_dir))
+  return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+
+
+def prepare_command(name, data_dir=None, manual_dir=None):
+  """The shell command that builds `name` into `data_dir`."""
+  cmd = f"python -m resnet_jax.data.prepare {name} --data_dir {resolve_data_dir(data_dir)}"
+  if _FACTS[name]["manual"]:
+    cmd += f" --manual_dir {manual_dir or 'DIR_WITH_' + '_AND_'.join(_FACTS[name]['manual'])}"
+  return cmd
+
+
+def manual_files(name):
+  """Archive file names that `--manual_dir` must hold for an offline build of `name`."""
+  check_name(name)
+  return _FACTS[name]["manual"]
+
+
+def _tfds_builder(name, data_dir):
+  """The tfds builder for `name` rooted at data_dir (registers shapes10 first)."""
+  from resnet_jax.data._tf import import_tfds  # pylint: disable=g-import-not-at-top
+  tfds = import_tfds()
+  if name == "shapes10":
+    from resnet_jax.data import shapes  # pylint: disable=g-import-not-at-top,unused-import
+  return tfds.builder(name, data_dir=resolve_data_dir(data_dir))
+
+
+def get_builder(name, data_dir=None):
+  """A prepared tfds builder; shapes10 is built on first use, others raise DatasetNotPreparedError."""
+  check_name(name)
+  builder = _tfds_builder(name, data_dir)
+  if not builder.is_prepared():
+    if name == "shapes10":
+      builder.download_and_prepare()  # procedural: no download, about half a minute on one core
+    else:
+      raise DatasetNotPreparedError(
+          f"dataset {name!r} is not prepared in {resolve_data_dir(data_dir)} (looked for "
+          f"{builder.data_dir}). Build it once with:\n  {prepare_command(name, data_dir)}")
+  return builder
+
+
+def resolve_split(name, split):
+  """Maps the paper's split aliases (`train45k`, `val5k`) onto tfds split strings."""
+  if split in SPLIT_ALIASES:
+    if name not in ("cifar10", "cifar100"):
+      raise ValueError(f"split {split!r} is the CIFAR 45k/5k protocol; {name} has no such split. "
+                       f"Use a tfds slice such as {SPLIT_ALIASES[split]!r} instead.")
+    return SPLIT_ALIASES[split]
+  return split
+
+
+def num_examples(builder, name, split):
+  """Number of examples of `split` (any tfds split string or alias) in the prepared data."""
+  split = resolve_split(name, split)
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"{name} has no split {split!r} (prepared splits: "
+                     f"{', '.join(builder.info.splits)}): {e}") from None
+
+
+def get_info(name, data_dir=None):
+  """DatasetInfo of a prepared dataset (shapes10 is prepared here on first use).
+
+  Raises:
+    ValueError: unknown name.
+    DatasetNotPreparedError: the dataset is not in data_dir; the message gives the command.
+  """
+  builder = get_builder(name, data_dir)
+  facts = _FACTS[name]
+  return DatasetInfo(
+      name=name,
+      num_classes=builder.info.features["label"].num_classes,
+      image_size=facts["image_size"],
+      train_split=facts["train_split"],
+      eval_split=facts["eval_split"],
+      num_train=num_examples(builder, name, facts["train_split"]),
+      num_eval=num_examples(builder, name, facts["eval_split"]),
+      family=facts["family"],
+  )

@@ -1,0 +1,132 @@
+"""Evaluation: single crop, 10-crop and multi-scale (softmax scores averaged over views and scales).
+
+Eval batches come from `resnet_jax.data.pipeline.eval_iterator`; padding rows carry mask=False and
+count nowhere, so the means are over the split's real examples. Metric sums stay on device until
+the split is done (one host transfer per evaluation).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from resnet_jax import metrics, parallel, steps
+
+VIEWS = ("center", "10crop", "multiscale")
+
+
+def eval_data_args(c) -> dict:
+    """The eval-data keyword arguments of `make_evaluator` taken from a resolved config."""
+    return dict(dataset=c.dataset, data_dir=c.data_dir, global_batch_size=c.eval_batch_size,
+                image_size=c.image_size, scales=tuple(c.eval_scales))
+
+
+def _eval_batches(dataset, *, data_dir, local_batch, views, scale=None, image_size=None, split=None):
+    from resnet_jax.data import pipeline  # TensorFlow only on the data path
+    kwargs = dict(data_dir=data_dir, local_batch_size=local_batch, process_index=jax.process_index(),
+                  process_count=jax.process_count(), split=split, views=views)
+    if scale is not None:
+        kwargs["scale"] = scale
+    if image_size is not None:
+        kwargs["image_size"] = image_size
+    return pipeline.eval_iterator(dataset, **kwargs)
+
+
+def _add(total, new):
+    return new if total is None else jax.tree.map(jnp.add, total, new)
+
+
+def evaluate_batches(eval_step: Callable, state: steps.TrainState, batches, mesh: Mesh) -> dict:
+    """Means of loss/top1/top5 over the masked-in examples of `batches` (host numpy batches)."""
+    sums = None
+    for batch in parallel.prefetch_to_mesh(batches, mesh):
+        sums = _add(sums, eval_step(state, batch))
+    if sums is None:
+        raise ValueError("the evaluation split yielded no batches")
+    return metrics.means_from_sums(sums)
+
+
+def evaluate_multiscale(predict: Callable, score: Callable, state: steps.TrainState,
+                        per_scale_batches: Sequence[Any], mesh: Mesh) -> dict:
+    """Averages each example's class probabilities over scales (and each scale's views).
+
+    `per_scale_batches`: one batch iterable per scale, all yielding the examples in the same order.
+    Probabilities stay on device, sharded like the batch, until every scale is done.
+    """
+    probs, labels, masks = [], [], []
+    for s, batches in enumerate(per_scale_batches):
+        for i, batch in enumerate(parallel.prefetch_to_mesh(batches, mesh)):
+            p = predict(state, batch["image"])
+            if s == 0:
+                probs.append(p)
+                labels.append(batch["label"])
+                masks.append(batch["mask"])
+            else:
+                probs[i] = probs[i] + p
+    n = len(per_scale_batches)
+    sums = None
+    for p, y, m in zip(probs, labels, masks):
+        sums = _add(sums, score(p / n, y, m))
+    return metrics.means_from_sums(sums)
+
+
+def make_evaluator(model, mesh: Mesh, *, dataset: str, data_dir: str | None, global_batch_size: int,
+                   views: str = "center", scales: Sequence[int] = (), image_size: int | None = None,
+                   split: str | None = None) -> Callable[[steps.TrainState], dict]:
+    """Returns `evaluate(state) -> {'loss', 'top1', 'top5', 'count'}` over the eval split.
+
+    views: `center` (one crop), `10crop` (4 corners + centre and their flips, He2015), or
+    `multiscale` (fully convolutional at each of `scales` with flips, scores averaged).
+    """
+    if views not in VIEWS:
+        raise ValueError(f"eval views must be one of {VIEWS}, got {views!r}")
+    local_batch = parallel.local_batch_size(global_batch_size, mesh)
+    data = functools.partial(_eval_batches, dataset, data_dir=data_dir, local_batch=local_batch,
+                             split=split)
+    if views != "multiscale":
+        eval_step = parallel.jit_eval_step(model, mesh)
+        return lambda state: evaluate_batches(
+            eval_step, state, data(views=views, image_size=image_size), mesh)
+    if not scales:
+        raise ValueError("multiscale evaluation needs eval_scales")
+    predict = parallel.jit_predict_step(model, mesh)
+    score = jax.jit(steps.metrics_from_probs, out_shardings=parallel.replicated(mesh))
+    return lambda state: evaluate_multiscale(
+        predict, score, state, [data(views="multiscale", scale=s) for s in scales], mesh)
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+    """`--mode=eval`: evaluates the newest checkpoint in `workdir` with `config.eval_views`.
+
+    Appends an `eval` record (with `views`) to metrics.jsonl and writes `eval_<views>.json`.
+    """
+    from resnet_jax import checkpoint, trainer
+
+    c = trainer.resolve_config(config)
+    mesh = parallel.make_mesh()
+    model = trainer.build_model(c)
+    _, tx = trainer.build_optimizer(c)
+    ckpt = checkpoint.Checkpointer(workdir, every_steps=0, keep=None)
+    image_shape = (c.image_size, c.image_size, 3)
+    restored = ckpt.restore(parallel.abstract_train_state(model, tx, image_shape, mesh))
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {ckpt.directory} to evaluate")
+    state, position = restored
+    ckpt.close()
+    evaluate = make_evaluator(model, mesh, **eval_data_args(c), views=c.eval_views)
+    result = evaluate(state)
+    logger = metrics.MetricsLogger(workdir, total_steps=c.num_train_steps,
+                                   global_batch_size=c.eval_batch_size, tensorboard=False)
+    logger.log_eval(position["step"], dict(result, views=c.eval_views))
+    logger.close()
+    out = dict(result, step=position["step"], views=c.eval_views,
+               scales=list(c.eval_scales) if c.eval_views == "multiscale" else None)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, f"eval_{c.eval_views}.json"), "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=2)
+    return out

@@ -1,0 +1,142 @@
+"""Run metrics: TensorBoard (clu metric_writers), `metrics.jsonl`, and a console progress line.
+
+Only process 0 writes. Train metrics stay on device between log steps and are fetched with one
+`jax.device_get` per log step, so the loop never waits on the host in between.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+
+def mean_of_steps(step_metrics: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Means over steps of per-step scalar metrics (device arrays fetched in one transfer)."""
+    fetched = jax.device_get(list(step_metrics))
+    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def means_from_sums(sums: Mapping[str, Any]) -> dict[str, float]:
+    """Eval sums {'loss', 'top1', 'top5', 'count'} -> means over real examples, plus `count`."""
+    sums = {k: float(v) for k, v in jax.device_get(dict(sums)).items()}
+    count = sums.pop("count")
+    out = {k: v / max(count, 1.0) for k, v in sums.items()}
+    out["count"] = int(count)
+    return out
+
+
+def format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
+
+
+def progress_line(step: int, total: int, m: Mapping[str, float]) -> str:
+    """`step/total loss top-1 lr steps/s images/s ETA` for the console."""
+    return (f"[{step:>{len(str(total))}}/{total}] loss {m['loss']:.4f}  top-1 {100 * m['top1']:.2f}%"
+            f"  lr {m['learning_rate']:.4g}  {m['steps_per_sec']:.2f} steps/s"
+            f"  {m['images_per_sec']:.0f} img/s  ETA {format_eta((total - step) / m['steps_per_sec'])}")
+
+
+class JsonlWriter:
+    """Appends one JSON object per record: {'step', 'split', <metric>: value, ...}."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "a", encoding="utf-8")
+
+    def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
+        record = {"step": int(step), "split": split}
+        record.update({k: (v if isinstance(v, (int, str)) else float(v)) for k, v in metrics.items()})
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _tensorboard_writer(logdir: str):
+    """clu's TensorBoard writer, or None where TensorFlow is not installed (it needs tf.summary)."""
+    try:
+        from resnet_jax.data._tf import import_tf
+        import_tf()  # first, so TensorFlow is kept off the accelerators
+        from clu import metric_writers
+    except ImportError as e:
+        logging.warning("no TensorBoard events (%s); metrics.jsonl is still written", e)
+        return None
+    return metric_writers.AsyncWriter(metric_writers.SummaryWriter(logdir))
+
+
+class MetricsLogger:
+    """Writes train and eval metrics of one run from process 0; the other processes stay quiet.
+
+    Args:
+      workdir: run directory (metrics.jsonl and TensorBoard events land there).
+      total_steps: for the progress line and ETA.
+      global_batch_size: to turn steps/s into images/s.
+      tensorboard: write TensorBoard events (needs TensorFlow).
+    """
+
+    def __init__(self, workdir: str, *, total_steps: int, global_batch_size: int,
+                 tensorboard: bool = True, stream=None):
+        self.total_steps = total_steps
+        self.global_batch_size = global_batch_size
+        self.is_main = jax.process_index() == 0
+        self.stream = stream or sys.stdout
+        self._jsonl = self._tb = None
+        if self.is_main:
+            os.makedirs(workdir, exist_ok=True)
+            self._jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+            self._tb = _tensorboard_writer(workdir) if tensorboard else None
+        self._last_time = None
+        self._last_step = None
+
+    def start(self, step: int) -> None:
+        """Marks the start of timing (call once the first step is compiled, or at resume)."""
+        self._last_time, self._last_step = time.perf_counter(), step
+
+    def log_train(self, step: int, step_metrics: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """Averages the device metrics of the steps since the last call; returns what it wrote."""
+        m = mean_of_steps(step_metrics)
+        now = time.perf_counter()
+        if self._last_time is not None and step > self._last_step:
+            m["steps_per_sec"] = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        else:
+            m["steps_per_sec"] = float("nan")
+        m["images_per_sec"] = m["steps_per_sec"] * self.global_batch_size
+        self._last_time, self._last_step = now, step
+        self._write(step, "train", m)
+        if self.is_main and np.isfinite(m["steps_per_sec"]):
+            print(progress_line(step, self.total_steps, m), file=self.stream, flush=True)
+        return m
+
+    def log_eval(self, step: int, metrics: Mapping[str, float], split: str = "eval") -> None:
+        self._write(step, split, metrics)
+        if self.is_main:
+            print(f"[{step}/{self.total_steps}] {split}: loss {metrics['loss']:.4f}  "
+                  f"top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  "
+                  f"({metrics.get('count', '?')} examples)", file=self.stream, flush=True)
+
+    def _write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
+        if not self.is_main:
+            return
+        self._jsonl.write(step, split, metrics)
+        if self._tb is not None:
+            self._tb.write_scalars(step, {f"{split}/{k}": v for k, v in metrics.items()
+                                          if isinstance(v, (int, float)) and np.isfinite(v)})
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        if self._tb is not None:
+            self._tb.write_hparams(dict(hparams))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+        if self._jsonl is not None:
+            self._jsonl.close()

@@ -1,0 +1,155 @@
+"""Data parallelism with `jax.jit` over a one-axis device mesh, on one host or many.
+
+The mesh has a single `data` axis over every device of every process. Batches are sharded along it,
+the train state is replicated and donated; XLA inserts the gradient all-reduce (and, for BN over the
+global batch, the statistics all-reduce) from the shardings alone.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import os
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from resnet_jax import steps
+
+DATA_AXIS = "data"
+
+
+def _cluster_detected() -> bool:
+    """True when the environment describes a multi-process job that JAX can configure itself."""
+    env = os.environ
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
+        return True
+    if int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        return True
+    # Cloud TPU pods list one hostname per worker; a single TPU VM needs no coordinator.
+    return len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Joins a multi-process job; a no-op for a single process.
+
+    With no arguments, JAX auto-detects TPU pods, SLURM and Open MPI when it finds one of them;
+    otherwise pass the coordinator `host:port`, the process count and this process's id.
+    Must run before anything touches a device.
+    """
+    explicit = [coordinator_address, num_processes, process_id]
+    if any(a is not None for a in explicit):
+        if any(a is None for a in explicit):
+            raise ValueError("initialize_distributed needs coordinator_address, num_processes and "
+                             f"process_id together, got {explicit}")
+        if num_processes == 1:
+            return
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    elif _cluster_detected():
+        jax.distributed.initialize()
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with one `data` axis over `devices` (default: all devices of all processes).
+
+    Auto axes (not Explicit) keep the models sharding-agnostic: XLA propagates the batch sharding
+    through reshapes such as the BN groups of `bn_group_size`.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over the `data` axis; other axes whole."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+    """Examples this process feeds per step; raises if the devices cannot share the batch evenly."""
+    n = mesh.devices.size
+    if global_batch_size <= 0 or global_batch_size % n:
+        raise ValueError(f"global batch size {global_batch_size} is not divisible by the device "
+                         f"count {n}; pick a multiple of {n}")
+    return global_batch_size // jax.process_count()
+
+
+def host_to_global(batch: Any, mesh: Mesh) -> Any:
+    """Host-local numpy tree (leading axis = this process's examples) -> global sharded jax.Arrays."""
+    sharding = batch_sharded(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                        batch)
+
+
+def prefetch_to_mesh(batches: Iterable[Any], mesh: Mesh, size: int = 2) -> Iterator[Any]:
+    """Yields global batches while the next `size` are already being copied to the devices."""
+    queue = collections.deque()
+    it = iter(batches)
+
+    def enqueue(n):
+        for batch in it:
+            queue.append(host_to_global(batch, mesh))
+            n -= 1
+            if n <= 0:
+                return
+
+    enqueue(size)
+    while queue:
+        yield queue.popleft()
+        enqueue(1)
+
+
+def create_sharded_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                               image_shape: Sequence[int], mesh: Mesh) -> steps.TrainState:
+    """`steps.create_train_state` compiled to place the state replicated on every device."""
+    init = jax.jit(functools.partial(steps.create_train_state, model, tx, image_shape=image_shape),
+                   out_shardings=replicated(mesh))
+    return init(rng)
+
+
+def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation,
+                         image_shape: Sequence[int], mesh: Mesh) -> steps.TrainState:
+    """Shapes, dtypes and (replicated) shardings of the train state, without computing it."""
+    shapes = jax.eval_shape(
+        functools.partial(steps.create_train_state, model, tx, image_shape=image_shape),
+        jax.random.PRNGKey(0))
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def jit_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                   learning_rate_fn: Callable[[jax.Array], jax.Array], mesh: Mesh, *,
+                   label_smoothing: float = 0.0, donate: bool = True
+                   ) -> Callable[[steps.TrainState, Any], tuple[steps.TrainState, dict]]:
+    """Compiled `train_step(state, batch) -> (state, metrics)`: batch sharded, state replicated.
+
+    With `donate`, the input state's buffers are reused for the output, so never touch a state
+    after passing it in.
+    """
+    fn = functools.partial(steps.train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
+                           label_smoothing=label_smoothing)
+    return jax.jit(fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                   out_shardings=(replicated(mesh), replicated(mesh)),
+                   donate_argnums=(0,) if donate else ())
+
+
+def jit_eval_step(model: nn.Module, mesh: Mesh) -> Callable[[steps.TrainState, Any], dict]:
+    """Compiled `eval_step(state, batch) -> metric sums` over the whole (global) batch."""
+    return jax.jit(functools.partial(steps.eval_step, model=model),
+                   in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                   out_shardings=replicated(mesh))
+
+
+def jit_predict_step(model: nn.Module, mesh: Mesh) -> Callable[[steps.TrainState, jax.Array],
+                                                                jax.Array]:
+    """Compiled `predict_step(state, images) -> probs [B, K]`, probs sharded like the batch."""
+    return jax.jit(functools.partial(steps.predict_step, model=model),
+                   in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                   out_shardings=batch_sharded(mesh))

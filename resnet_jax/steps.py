@@ -1,0 +1,118 @@
+"""Train state and the pure train / eval step functions (no sharding, no config, no host I/O).
+
+`parallel.py` wraps these in `jax.jit` with shardings; here they are plain functions of arrays, so a
+test can call them on a toy module and the benchmark can time exactly what the trainer runs.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from resnet_jax.optim import cross_entropy
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything that changes during training; all leaves are arrays, so Orbax saves it whole."""
+
+    step: jax.Array  # int32 [], optimizer steps taken
+    params: Any  # float32 tree
+    batch_stats: Any  # BN running statistics
+    opt_state: Any
+    rng: jax.Array  # uint32 [2]; step-specific keys are fold_in(rng, step), so resume is exact
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                       image_shape: Sequence[int]) -> TrainState:
+    """Initialises variables from one dummy image of `image_shape` ([H, W, C]).
+
+    `rng` may be a raw uint32 [2] key or a typed key; the state keeps raw key data, which every
+    checkpoint format stores as a plain array.
+    """
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.key_data(rng)
+    init_rng, state_rng = jax.random.split(rng)
+    variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                      rng=state_rng)
+
+
+def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    """[B] float32: 1 where the label is among the k highest scores."""
+    k = min(k, logits.shape[-1])
+    _, top = jax.lax.top_k(logits, k)
+    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module,
+               tx: optax.GradientTransformation, learning_rate_fn: Callable[[jax.Array], jax.Array],
+               label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One SGD step on batch {'image': [B, H, W, 3], 'label': int [B]}.
+
+    Returns the new state and scalar metrics: loss (cross-entropy, without weight decay), top1, top5
+    (fractions of the batch), learning_rate (the one used for this update), grad_norm (global L2).
+    """
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                      batch["image"], train=True, mutable=["batch_stats"],
+                                      rngs={"dropout": dropout_rng})
+        loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
+        return loss, (logits, updates.get("batch_stats", {}))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    labels = batch["label"]
+    metrics = {
+        "loss": loss,
+        "top1": _topk_correct(logits, labels, 1).mean(),
+        "top5": _topk_correct(logits, labels, 5).mean(),
+        "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
+        "grad_norm": optax.tree.norm(grads),
+    }
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+
+def predict_step(state: TrainState, images: jax.Array, *, model: nn.Module) -> jax.Array:
+    """Class probabilities [B, K] averaged over views; images [B, H, W, 3] or [B, V, H, W, 3]."""
+    multi_view = images.ndim == 5
+    if multi_view:
+        b, v = images.shape[:2]
+        images = images.reshape((b * v, *images.shape[2:]))
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images,
+                         train=False)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    if multi_view:
+        probs = probs.reshape((b, v, -1)).mean(axis=1)
+    return probs
+
+
+def metrics_from_probs(probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """Sums over real examples (mask True): loss (-log p[label]), top1, top5 and count."""
+    mask = mask.astype(jnp.float32)
+    p_true = jnp.take_along_axis(probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    # The floor keeps a confident miss finite (tiny is ~1e-38, so -log stays under 88).
+    nll = -jnp.log(jnp.maximum(p_true, jnp.finfo(jnp.float32).tiny))
+    return {
+        "loss": jnp.sum(nll * mask),
+        "top1": jnp.sum(_topk_correct(probs, labels, 1) * mask),
+        "top5": jnp.sum(_topk_correct(probs, labels, 5) * mask),
+        "count": jnp.sum(mask),
+    }
+
+
+def eval_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module
+              ) -> dict[str, jax.Array]:
+    """Masked metric sums for {'image', 'label' [B], 'mask' bool [B]}; divide by `count` for means."""
+    probs = predict_step(state, batch["image"], model=model)
+    return metrics_from_probs(probs, batch["label"], batch["mask"])

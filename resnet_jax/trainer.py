@@ -1,0 +1,259 @@
+"""The training loop: config -> data -> sharded steps -> metrics, evaluation and checkpoints.
+
+This is the only module that reads the config whole; everything it calls takes plain arguments.
+`train_and_evaluate(config, workdir)` resumes from the newest checkpoint in `workdir` when there is
+one, and writes `config.json`, `metrics.jsonl`, TensorBoard events, `checkpoints/` and, at the end,
+`summary.json` (see docs/training.md).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+from ml_collections import config_dict
+
+from resnet_jax import checkpoint, evaluate, metrics, optim, parallel, steps
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key the trainer reads, with its default; config files override a few of them."""
+    c = ml_collections.ConfigDict()
+    c.model = "resnet20"  # a name from resnet_jax.models.available_models()
+    c.model_overrides = ml_collections.ConfigDict()  # ResNetSpec fields, e.g. {'shortcut': 'B'}
+    c.dtype = "float32"  # compute dtype ('bfloat16' for mixed precision); params stay float32
+    c.bn_group_size = config_dict.placeholder(int)  # None: BN over the global batch
+    c.dataset = "shapes10"  # imagenet2012, cifar10, cifar100, shapes10
+    c.data_dir = config_dict.placeholder(str)  # tfds data dir (None: the tfds default)
+    c.image_size = config_dict.placeholder(int)  # None: the dataset's native training size
+    c.num_classes = config_dict.placeholder(int)  # None: the dataset's
+    c.augment = config_dict.placeholder(str)  # None: the dataset family's standard augmentation
+    c.batch_size = 128  # global, over all devices and hosts
+    c.num_epochs = 1.0
+    c.num_train_steps = -1  # > 0 wins over num_epochs
+    c.optimizer = "sgd"  # sgd | lars
+    c.learning_rate = 0.1  # base rate, before linear scaling
+    c.lr_scaling = "none"  # none | linear (lr = learning_rate * batch_size / 256)
+    c.lr_schedule = "step"  # step | cosine | constant
+    c.lr_decay_epochs = ()  # step schedule: multiply by lr_decay_factor at these epochs ...
+    c.lr_decay_steps = ()  # ... or at these steps (wins when set)
+    c.lr_decay_factor = 0.1
+    c.end_learning_rate = 0.0  # cosine floor
+    c.warmup = "linear"  # linear (ramp from warmup_learning_rate) | constant (hold it)
+    c.warmup_epochs = 0.0
+    c.warmup_steps = 0  # > 0 wins over warmup_epochs
+    c.warmup_learning_rate = 0.0
+    c.weight_decay = 1e-4
+    c.weight_decay_on = "all"  # all | kernels
+    c.momentum = 0.9
+    c.nesterov = False
+    c.lars_trust_coefficient = 0.001
+    c.label_smoothing = 0.0
+    c.seed = 0
+    c.log_every_steps = 100
+    c.eval_every_steps = 0  # 0: evaluate only at the end
+    c.eval_batch_size = config_dict.placeholder(int)  # None: batch_size
+    c.eval_views = "center"  # --mode=eval: center | 10crop | multiscale
+    c.eval_scales = (224, 256, 384, 480, 640)  # multiscale shorter sides (He2015 Table 4)
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.prefetch_batches = 2
+    c.profile = False  # trace profile_steps steps with jax.profiler into WORKDIR/profile
+    c.profile_start_step = 10
+    c.profile_steps = 5
+    return c
+
+
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy with every derived value filled in: sizes from the dataset, epochs turned into steps.
+
+    Adds `steps_per_epoch`, `peak_learning_rate` and `num_train_examples`; sets `num_classes`,
+    `image_size`, `num_train_steps`, `warmup_steps` and `lr_decay_steps` to what the run uses.
+    """
+    from resnet_jax.data import datasets  # TensorFlow only on the data path
+
+    c = ml_collections.ConfigDict(config.to_dict())
+    info = datasets.get_info(c.dataset, data_dir=c.data_dir)
+    if c.num_classes is None:
+        c.num_classes = info.num_classes
+    if c.image_size is None:
+        c.image_size = info.image_size
+    c.num_train_examples = info.num_train
+    c.steps_per_epoch = max(info.num_train // c.batch_size, 1)
+    epochs_to_steps = lambda e: int(round(e * c.steps_per_epoch))  # noqa: E731
+    if c.num_train_steps <= 0:
+        c.num_train_steps = max(epochs_to_steps(c.num_epochs), 1)
+    if c.warmup_steps <= 0:
+        c.warmup_steps = epochs_to_steps(c.warmup_epochs)
+    if not c.lr_decay_steps:
+        c.lr_decay_steps = tuple(epochs_to_steps(e) for e in c.lr_decay_epochs)
+    c.lr_decay_steps = tuple(int(s) for s in c.lr_decay_steps)
+    c.peak_learning_rate = (optim.scaled_learning_rate(c.learning_rate, c.batch_size)
+                            if c.lr_scaling == "linear" else c.learning_rate)
+    if c.lr_scaling not in ("none", "linear"):
+        raise ValueError(f"lr_scaling must be 'none' or 'linear', got {c.lr_scaling!r}")
+    if c.eval_batch_size is None:
+        c.eval_batch_size = c.batch_size
+    return c
+
+
+def build_model(c: ml_collections.ConfigDict):
+    from resnet_jax import models
+    return models.create_model(c.model, num_classes=c.num_classes, dtype=jnp.dtype(c.dtype),
+                               bn_group_size=c.bn_group_size, **c.model_overrides.to_dict())
+
+
+def build_optimizer(c: ml_collections.ConfigDict):
+    """(learning-rate schedule, optax transformation) of a resolved config."""
+    schedule = optim.make_schedule(
+        c.peak_learning_rate, c.num_train_steps, schedule=c.lr_schedule,
+        boundaries=c.lr_decay_steps, decay_factor=c.lr_decay_factor, warmup_steps=c.warmup_steps,
+        warmup=c.warmup, warmup_lr=c.warmup_learning_rate, end_lr=c.end_learning_rate)
+    tx = optim.make_optimizer(
+        schedule, optimizer=c.optimizer, momentum=c.momentum, nesterov=c.nesterov,
+        weight_decay=c.weight_decay, weight_decay_on=c.weight_decay_on,
+        lars_trust_coefficient=c.lars_trust_coefficient)
+    return schedule, tx
+
+
+def _train_batches(c, start_step: int, local_batch: int) -> Iterator[dict]:
+    from resnet_jax.data import pipeline
+    return pipeline.train_iterator(
+        c.dataset, data_dir=c.data_dir, local_batch_size=local_batch, seed=c.seed,
+        start_step=start_step, process_index=jax.process_index(),
+        process_count=jax.process_count(), augment=c.augment, image_size=c.image_size)
+
+
+def restore_or_init(c, model, tx, mesh, ckpt: checkpoint.Checkpointer):
+    """(state, start_step): the newest checkpoint's, or a fresh state at step 0."""
+    image_shape = (c.image_size, c.image_size, 3)
+    restored = ckpt.restore(parallel.abstract_train_state(model, tx, image_shape, mesh))
+    if restored is None:
+        rng = jax.random.PRNGKey(c.seed)
+        return parallel.create_sharded_train_state(model, tx, rng, image_shape, mesh), 0
+    state, position = restored
+    for key, want in (("seed", c.seed), ("global_batch_size", c.batch_size)):
+        if position[key] != want:
+            raise ValueError(f"checkpoint in {ckpt.directory} was written with {key}="
+                             f"{position[key]} but the config has {want}; the input order would "
+                             "differ from the interrupted run's")
+    if position["process_count"] != jax.process_count():
+        logging.warning("resuming with %d processes, checkpoint written with %d: the example "
+                        "order changes from here on", jax.process_count(), position["process_count"])
+    print(f"resumed from checkpoint step {position['step']}", flush=True)
+    return state, int(position["step"])
+
+
+def _position(c, step: int) -> dict:
+    return checkpoint.data_position(step, c.seed, c.batch_size, jax.process_count())
+
+
+def _count_params(params) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def _write_json(path: str, obj: Any) -> None:
+    if jax.process_index() == 0:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+
+
+class _Profiler:
+    """Traces steps [start, start + n) with jax.profiler into WORKDIR/profile (TensorBoard's tab)."""
+
+    def __init__(self, c, workdir):
+        self.enabled, self.start, self.stop = c.profile, c.profile_start_step, \
+            c.profile_start_step + c.profile_steps
+        self.logdir, self.active = os.path.join(workdir, "profile"), False
+
+    def before(self, step):
+        if self.enabled and step == self.start and not self.active:
+            jax.profiler.start_trace(self.logdir)
+            self.active = True
+
+    def after(self, step, state):
+        if self.active and step + 1 >= self.stop:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.active = False
+            print(f"profile of steps {self.start}-{step} in {self.logdir}", flush=True)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (resuming from `workdir` if it holds a checkpoint), evaluates; returns summary.json."""
+    t0 = time.perf_counter()
+    os.makedirs(workdir, exist_ok=True)
+    c = resolve_config(config)
+    mesh = parallel.make_mesh()
+    local_batch = parallel.local_batch_size(c.batch_size, mesh)
+    parallel.local_batch_size(c.eval_batch_size, mesh)
+    _write_json(os.path.join(workdir, "config.json"), c.to_dict())
+    model = build_model(c)
+    schedule, tx = build_optimizer(c)
+    ckpt = checkpoint.Checkpointer(workdir, every_steps=c.checkpoint_every_steps,
+                                   keep=c.keep_checkpoints)
+    state, start = restore_or_init(c, model, tx, mesh, ckpt)
+    total = c.num_train_steps
+    train_step = parallel.jit_train_step(model, tx, schedule, mesh, label_smoothing=c.label_smoothing)
+    eval_fn = evaluate.make_evaluator(model, mesh, **evaluate.eval_data_args(c), views="center")
+    logger = metrics.MetricsLogger(workdir, total_steps=total, global_batch_size=c.batch_size)
+    if jax.process_index() == 0:
+        print(f"{c.model} on {c.dataset}: {total} steps of {c.batch_size} images "
+              f"({c.steps_per_epoch} steps/epoch) on {jax.device_count()} device(s), "
+              f"{jax.process_count()} process(es); workdir {workdir}", flush=True)
+
+    batches = parallel.prefetch_to_mesh(_train_batches(c, start, local_batch), mesh,
+                                        c.prefetch_batches)
+    profiler = _Profiler(c, workdir)
+    pending, last_train = [], {}
+    eval_time, timed_from, timed_steps = 0.0, None, 0
+    for step in range(start, total):
+        profiler.before(step)
+        state, m = train_step(state, next(batches))
+        pending.append(m)
+        profiler.after(step, state)
+        done = step + 1
+        if timed_from is None:  # exclude compilation from throughput: time from the first step's end
+            jax.block_until_ready(m)
+            timed_from = time.perf_counter()
+            logger.start(done)
+        else:
+            timed_steps += 1
+        if done % c.log_every_steps == 0 or done == total:
+            last_train = logger.log_train(done, pending)
+            pending = []
+        if c.eval_every_steps > 0 and done % c.eval_every_steps == 0 and done != total:
+            t = time.perf_counter()
+            last_eval = eval_fn(state)
+            logger.log_eval(done, last_eval)
+            eval_time += time.perf_counter() - t
+            logger.start(done)  # eval time is not training time
+        ckpt.save(done, state, _position(c, done))
+    jax.block_until_ready(state)
+    train_time = (time.perf_counter() - timed_from - eval_time) if timed_from else 0.0
+    ckpt.save(total, state, _position(c, total), force=True)
+
+    last_eval = eval_fn(state)
+    logger.log_eval(total, last_eval)
+    ckpt.close()
+    logger.close()
+    summary = {
+        "step": total, "model": c.model, "dataset": c.dataset,
+        "params": _count_params(state.params),
+        "eval": last_eval, "train": last_train,
+        "wall_time_s": time.perf_counter() - t0,
+        "images_per_sec": timed_steps * c.batch_size / train_time if train_time > 0 else None,
+        "devices": jax.device_count(), "processes": jax.process_count(),
+    }
+    _write_json(os.path.join(workdir, "summary.json"), summary)
+    if jax.process_index() == 0:
+        print(f"final test accuracy: top-1 {100 * last_eval['top1']:.2f}%, "
+              f"top-5 {100 * last_eval['top5']:.2f}% on {last_eval['count']} examples "
+              f"(wall time {summary['wall_time_s']:.0f} s)", flush=True)
+    return summary
