@@ -10,7 +10,7 @@ import pytest
 
 from resnet_jax.models import create_model
 from resnet_jax.models.blocks import ResidualUnit, Shortcut, he_fan_out
-from tests.test_models import numpy_variables, units
+from tests.test_models import fast_jit, numpy_variables
 
 TINY_CIFAR = dict(stage_sizes=(1, 1, 1))
 TINY_IMAGENET = dict(stage_sizes=(1, 1, 1, 1), widths=(8, 16, 16, 32))
@@ -21,13 +21,13 @@ def _x(shape, seed=1):
 
 
 def run(module, variables, x, **kwargs):
-  """`module.apply` under jit: one XLA compile is cheaper on CPU than op-by-op dispatch."""
-  return jax.jit(functools.partial(module.apply, **kwargs))(variables, x)
+  """`module.apply` compiled once: cheaper on CPU than op-by-op dispatch."""
+  return fast_jit(functools.partial(module.apply, **kwargs))(variables, x)
 
 
 def init(module, x):
   # unsafe_rbg: threefry's bit generator takes seconds to compile on CPU; values don't matter.
-  return jax.jit(module.init)(jax.random.key(0, impl='unsafe_rbg'), x)
+  return fast_jit(module.init)(jax.random.key(0, impl='unsafe_rbg'), x)
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,7 +37,7 @@ def tiny_resnet20():
   x = _x((4, 8, 8, 3))
   v = numpy_variables(m, x)
 
-  @jax.jit
+  @fast_jit
   def calls(v, x):
     return (m.apply(v, x, train=True, mutable=['batch_stats', 'intermediates']),
             m.apply(v, x, train=False, mutable=['batch_stats']),
@@ -86,7 +86,7 @@ def test_bfloat16_compute_keeps_float32_params_and_float32_logits():
   assert {a.dtype for a in jax.tree.leaves(shapes)} == {jnp.dtype('float32')}
   v = numpy_variables(m32, x)
 
-  @jax.jit
+  @fast_jit
   def both(v, x):
     return (m16.apply(v, x, train=True, mutable=['batch_stats', 'intermediates']),
             m32.apply(v, x, train=True, mutable=['batch_stats']))

@@ -16,7 +16,7 @@ ModuleDef = Callable[..., nn.Module]
 he_fan_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def _pad(k: int):
+def conv_padding(k: int):
   # Symmetric padding as torchvision (padding=k//2), not 'SAME' which pads (0, 1) on stride 2
   # and would shift every downsampled map by half a pixel relative to ported weights.
   return ((k // 2, k // 2), (k // 2, k // 2))
@@ -112,7 +112,7 @@ class ResidualUnit(nn.Module):
   def _postact(self, x, layers, last):
     y = x
     for i, (k, f, s, g) in enumerate(layers):
-      y = self.conv(f, (k, k), (s, s), padding=_pad(k), feature_group_count=g,
+      y = self.conv(f, (k, k), (s, s), padding=conv_padding(k), feature_group_count=g,
                     name=f'conv{i + 1}')(y)
       zero = self.zero_init_last and i == last
       y = self.norm(name=f'bn{i + 1}',
@@ -134,7 +134,7 @@ class ResidualUnit(nn.Module):
         y = self.act(self.norm(name=f'bn{i + 1}')(y))
       # Pre-activation units end in a conv, so zero-init (Goyal et al.) zeroes that conv instead.
       init = nn.initializers.zeros if self.zero_init_last and i == last else he_fan_out
-      y = self.conv(f, (k, k), (s, s), padding=_pad(k), feature_group_count=g, kernel_init=init,
+      y = self.conv(f, (k, k), (s, s), padding=conv_padding(k), feature_group_count=g, kernel_init=init,
                     name=f'conv{i + 1}')(y)
       if k == 3:
         self.sow('intermediates', 'response', y)

@@ -11,7 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from resnet_jax.models.blocks import ResidualUnit, _pad, he_fan_out
+from resnet_jax.models.blocks import ResidualUnit, conv_padding, he_fan_out
 from resnet_jax.models.norm import make_norm
 
 BLOCKS = ('basic', 'bottleneck')
@@ -113,7 +113,7 @@ class Stem(nn.Module):
     else:
       convs = [(3, self.width // 2, 2), (3, self.width // 2, 1), (3, self.width, 1)]
     for i, (k, f, s) in enumerate(convs):
-      x = self.conv(f, (k, k), (s, s), padding=_pad(k), name=f'conv{i + 1}')(x)
+      x = self.conv(f, (k, k), (s, s), padding=conv_padding(k), name=f'conv{i + 1}')(x)
       if not (self.preact and i == len(convs) - 1):
         x = nn.relu(self.norm(name=f'bn{i + 1}')(x))
     if self.kind != 'cifar':
