@@ -2,6 +2,8 @@
 
 shapes10 (32x32, 10 classes, 40k train / 10k test) is generated locally on first use, so this runs
 on a fresh machine without a download. The recipe is the CIFAR one (He2015 Sec. 4.2) shortened.
+Expect ~78% test top-1 (README states the measured figure); the loss stays near ln(10) for the first
+~400 steps while the net finds the shapes, then falls quickly.
 """
 from resnet_jax.trainer import default_config
 
@@ -10,10 +12,11 @@ def get_config():
     c = default_config()
     c.model = "resnet20"  # He2015's smallest CIFAR net (0.27M params)
     c.dataset = "shapes10"
-    c.augment = "cifar"  # pad-crop-flip as for CIFAR
-    c.batch_size = 64  # small batches: more updates per second of CPU
-    c.num_train_steps = 700  # ~45k images (~1.1 epochs): the CPU budget of a few minutes
-    c.learning_rate = 0.1
+    # About one epoch: too short to overfit, so augmentation would only slow learning down.
+    c.augment = "none"
+    c.batch_size = 32  # on 2 CPU cores small batches learn more per second than large ones
+    c.num_train_steps = 1400  # 44.8k images, ~1.1 epochs: about 5 minutes of 2 CPU cores
+    c.learning_rate = 0.05  # half the paper's 0.1 for a quarter of its batch; beat 0.1 at batch 64 in a trial
     c.lr_schedule = "cosine"  # a short run gains from decaying all the way down
     c.warmup = "linear"
     c.warmup_steps = 50

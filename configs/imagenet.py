@@ -9,7 +9,7 @@ from resnet_jax.trainer import default_config
 
 
 def paper(c):
-    c.augment = "resnet"  # shorter side random in [256, 480], random 224 crop, flip, lighting
+    c.augment = "paper"  # shorter side random in [256, 480], random 224 crop, flip, lighting
     c.batch_size = 256  # "mini-batch size of 256"
     c.num_epochs = 90  # the paper ran ~120 epochs (60e4 iterations); 90 is the common practice
     c.learning_rate = 0.1  # "starts from 0.1"

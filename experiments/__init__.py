@@ -83,7 +83,8 @@ class Experiment:
   paper_dataset: what the paper's numbers were measured on; reports warn when it differs.
   source: where the paper numbers come from (`He2015 Table 3, 10-crop`).
   kind: `table` (numbers), `curves` (also training curves, Figs. 4/6), `ablation` (also error vs
-    params / multiply-adds / throughput), `responses` (also Fig. 7 layer-response std).
+    params / multiply-adds / throughput).
+  layer_responses: the report also measures each trained net's per-layer response std (Fig. 7).
   """
   name: str
   title: str
@@ -94,6 +95,7 @@ class Experiment:
   kind: str = "table"
   checks: tuple[Check, ...] = ()
   notes: str = ""
+  layer_responses: bool = False
 
   def __post_init__(self):
     names = [e.name for e in self.entries]

@@ -130,7 +130,7 @@ FIG7 = Experiment(
     title="Standard deviation of layer responses on CIFAR-10 (trained nets)",
     dataset="cifar10", paper_dataset="cifar10",
     source="He2015 Fig. 7 (qualitative: residual nets have smaller responses than plain nets)",
-    kind="responses",
+    kind="curves", layer_responses=True,
     entries=tuple(cifar(f"plain{d}", f"plain-{d}") for d in (20, 56))
     + tuple(cifar(f"resnet{d}", f"ResNet-{d}", paper={"top1_err": _TABLE6_PAPER[d]})
             for d in (20, 56, 110)),

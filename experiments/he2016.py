@@ -28,11 +28,12 @@ def _entry(depth, preact, dataset):
 def _experiment(dataset):
   entries = tuple(_entry(d, p, dataset) for d in (164, 1001) for p in (False, True))
   sfx = "" if dataset == "cifar10" else f"_{dataset}"
+  pretty = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}[dataset]
   return Experiment(
       name=f"preact_{dataset}",
-      title=f"Original vs pre-activation residual units on {dataset.upper()}",
+      title=f"Original vs pre-activation residual units on {pretty}",
       dataset=dataset, paper_dataset=dataset,
-      source=f"He2016 Table 3 ({dataset.upper()} test error)",
+      source=f"He2016, original vs pre-activation units ({pretty} test error)",
       kind="curves",
       entries=entries,
       checks=(

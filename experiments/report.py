@@ -20,6 +20,7 @@ from typing import Sequence
 
 import experiments
 from experiments import METRICS, Experiment, plots, results
+from experiments import run as run_lib
 from experiments.results import EntryResult
 
 _METRIC_NAMES = {"top1_err": "top-1 err", "top5_err": "top-5 err", "train_err": "train err"}
@@ -77,27 +78,34 @@ def costs_table(exp: Experiment, res: Sequence[EntryResult], bench: dict[str, di
 
 
 def _status(r: EntryResult) -> str:
-  partial = [run for run in r.runs if not run.done and run.step > 0]
-  text = f"{r.n_done} / {r.n_missing}"
-  if partial:
-    steps = ", ".join(f"{p.step}/{p.total_steps or '?'}" for p in partial)
-    text += f" (running: step {steps})"
-  return text
+  """`done / missing`, plus where the unfinished runs stand."""
+  notes = []
+  for run in r.runs:
+    if run.done:
+      continue
+    if run_lib.is_trained(run.workdir):
+      notes.append(f"seed {run.seed} trained, {r.entry.eval_views} eval to run")
+    elif run.step > 0:
+      notes.append(f"seed {run.seed} at step {run.step}/{run.total_steps or '?'}")
+  return f"{r.n_done} / {r.n_missing}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def table(exp: Experiment, res: Sequence[EntryResult], costs: dict[str, dict]) -> list[str]:
   metrics = [m for m in METRICS if any(m in r.entry.paper for r in res) or
              any(r.stat(m)[0] is not None for r in res)] or ["top1_err"]
-  head = ["model"]
+  with_paper = {m for m in metrics if any(m in r.entry.paper for r in res)}
+  head = ["model", "eval"]
   for m in metrics:
-    head += [f"paper {_METRIC_NAMES[m]}", f"ours {_METRIC_NAMES[m]}"]
+    head += ([f"paper {_METRIC_NAMES[m]}"] if m in with_paper else []) + [f"ours {_METRIC_NAMES[m]}"]
   head += ["params (M)", "GMACs", "img/s", "runs done / missing"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in res:
-    row = [f"{r.entry.label} (`{r.entry.name}`)"]
+    row = [f"{r.entry.label} (`{r.entry.name}`)", r.entry.eval_views]
     for m in metrics:
       paper = r.entry.paper.get(m)
-      row += ["–" if paper is None else f"{paper:.2f}", fmt_stat(*r.stat(m), r.n_done)]
+      if m in with_paper:
+        row.append("–" if paper is None else f"{paper:.2f}")
+      row.append(fmt_stat(*r.stat(m), r.n_done))
     c = costs.get(r.entry.name, {})
     row += [f"{c['params'] / 1e6:.2f}" if c.get("params") else "–",
             f"{c['macs'] / 1e9:.3f}" if c.get("macs") else "–",
@@ -116,7 +124,7 @@ def checks_section(exp: Experiment, res: Sequence[EntryResult]) -> list[str]:
       verdict, nums = "NOT YET MEASURABLE", "runs missing"
     else:
       verdict = "HOLDS" if v["holds"] else "DOES NOT HOLD"
-      nums = f"{v['a']:.2f} {c.op} {v['b']:.2f}?"
+      nums = f"{v['a']:.2f} vs {v['b']:.2f}"
     lines.append(f"- **{verdict}** — {c.claim}: `{c.a}` {c.op} `{c.b}` on "
                  f"{_METRIC_NAMES[c.metric]} ({nums})")
   return lines
@@ -132,8 +140,28 @@ def dataset_banner(exp: Experiment) -> list[str]:
   return lines
 
 
+def runs_section(res: Sequence[EntryResult]) -> list[str]:
+  """Wall time and machine of every finished run (from summary.json and run.json)."""
+  rows = [(r.entry, run) for r in res for run in r.done]
+  if not rows:
+    return []
+  lines = ["", "## Runs", "", "| run | wall time (min) | train img/s | machine | started |",
+           "|---|---|---|---|---|"]
+  for entry, run in rows:
+    rec = run.record
+    machine = (f"{rec['host']}, {rec['cpus']} CPUs, load {rec['load_avg_1min']:.1f} at start"
+               if "host" in rec else "–")
+    wall = f"{run.wall_time_s / 60:.1f}" if run.wall_time_s else "–"
+    ips = f"{run.images_per_sec:.0f}" if run.images_per_sec else "–"
+    lines.append(f"| `{entry.name}` seed {run.seed} | {wall} | {ips} | {machine} | "
+                 f"{rec.get('started_utc', '–')} |")
+  total = sum(run.wall_time_s or 0 for _, run in rows)
+  lines += ["", f"Total wall time of the finished runs: {total / 60:.1f} min."]
+  return lines
+
+
 def render(exp: Experiment, res: Sequence[EntryResult], costs: dict[str, dict],
-           figures: dict[str, str], commands: Sequence[str]) -> str:
+           figures: dict[str, str], commands: Sequence[str], notes: Sequence[str] = ()) -> str:
   now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   n_done = sum(r.n_done for r in res)
   n_all = sum(len(r.runs) for r in res)
@@ -148,6 +176,9 @@ def render(exp: Experiment, res: Sequence[EntryResult], costs: dict[str, dict],
     lines += ["", "Throughput (img/s) from: " + "; ".join(sources) + "."]
   if exp.notes:
     lines += ["", f"Notes: {exp.notes}"]
+  for note in notes:
+    lines += ["", note]
+  lines += runs_section(res)
   for caption, name in figures.items():
     lines += ["", f"## {caption}", "", f"![{caption}]({name})"]
   if commands:
@@ -171,7 +202,8 @@ def responses(exp: Experiment, res: Sequence[EntryResult], path: pathlib.Path) -
 
 
 def make_report(exp: Experiment, root: str, out: pathlib.Path, *, seeds: int | None = None,
-                benchmarks: Sequence[str] = (), commands: Sequence[str] = ()) -> str:
+                benchmarks: Sequence[str] = (), commands: Sequence[str] = (),
+                notes: Sequence[str] = ()) -> str:
   res = results.collect(exp, root, seeds)
   costs = costs_table(exp, res, read_benchmarks(benchmarks))
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -183,11 +215,11 @@ def make_report(exp: Experiment, root: str, out: pathlib.Path, *, seeds: int | N
     png = out.with_name(f"{out.stem}_tradeoffs.png")
     if plots.tradeoffs(exp, res, costs, png):
       figures["Error vs parameters, multiply-adds and throughput"] = png.name
-  if exp.kind == "responses":
+  if exp.layer_responses:
     png = out.with_name(f"{out.stem}_responses.png")
     if responses(exp, res, png):
       figures["Layer responses (He2015 Fig. 7)"] = png.name
-  text = render(exp, res, costs, figures, commands)
+  text = render(exp, res, costs, figures, commands, notes)
   out.write_text(text)
   return text
 
@@ -203,6 +235,8 @@ def main(argv=None) -> int:
   p.add_argument("--command", action="append", default=[],
                  help="command line(s) to record in the report (default: the run and report "
                       "commands)")
+  p.add_argument("--note", action="append", default=[],
+                 help="a paragraph to add to the report (repeatable), e.g. what the numbers show")
   a = p.parse_args(argv)
   try:
     exp = experiments.get_experiment(a.name)
@@ -215,7 +249,7 @@ def main(argv=None) -> int:
       f"python -m experiments.run {exp.name} --workdir {a.workdir}{seeds}",
       "python -m experiments.report " + shlex.join(sys.argv[1:] if argv is None else argv)]
   print(make_report(exp, a.workdir, out, seeds=a.seeds, benchmarks=a.benchmark,
-                    commands=commands))
+                    commands=commands, notes=a.note))
   return 0
 
 

@@ -63,31 +63,41 @@ class RunResult:
   eval_curve: list[tuple[int, float]]
   images_per_sec: float | None
   params: int | None
+  wall_time_s: float | None  # the training run's, from summary.json
+  record: dict  # experiments.run's run.json (command, host, start time), {} if absent
 
 
-def read_run(workdir: pathlib.Path, seed: int) -> RunResult:
+def read_run(workdir: pathlib.Path, seed: int, eval_views: str = "center") -> RunResult:
+  """A run's results; the final test errors are those of `eval_views` (the trainer's own final
+  evaluation for `center`, else the eval_<views>.json of `--mode=eval`)."""
   records = read_metrics(workdir / "metrics.jsonl")
   summary = read_json(workdir / "summary.json")
+  final_eval = (summary or {}).get("eval") if eval_views == "center" else \
+      read_json(run_lib.eval_file(workdir, eval_views))
   config = read_json(workdir / "config.json") or {}
   train = [(int(r["step"]), e) for r in records
            if r.get("split") == "train" and (e := error_pct(r, "top1")) is not None]
-  evals = [(int(r["step"]), e) for r in records
-           if r.get("split") == "eval" and (e := error_pct(r, "top1")) is not None]
+  # The curve is the trainer's periodic centre-crop test; `--mode=eval` appends records with a
+  # `views` key, which belong to no curve.
+  evals = [(int(r["step"]), e) for r in records if r.get("split") == "eval"
+           and r.get("views", "center") == "center" and (e := error_pct(r, "top1")) is not None]
+  done = summary is not None and final_eval is not None
   final: dict[str, float] = {}
-  if summary is not None:
-    for metric, key in (("top1_err", "top1"), ("top5_err", "top5")):
-      e = error_pct(summary.get("eval") or {}, key)
-      if e is not None:
-        final[metric] = e
+  for metric, key in (("top1_err", "top1"), ("top5_err", "top5")):
+    e = error_pct(final_eval or {}, key)
+    if e is not None:
+      final[metric] = e
   if train:
     window = [e for _, e in train[-TRAIN_ERR_WINDOW:]]
     final["train_err"] = sum(window) / len(window)
   steps = [s for s, _ in train + evals] + [int((summary or {}).get("step", 0))]
   return RunResult(
-      seed=seed, workdir=workdir, done=summary is not None, step=max(steps),
-      total_steps=config.get("num_train_steps"), final=final if summary is not None else {},
+      seed=seed, workdir=workdir, done=done, step=max(steps),
+      total_steps=config.get("num_train_steps"), final=final if done else {},
       train_curve=train, eval_curve=evals,
-      images_per_sec=(summary or {}).get("images_per_sec"), params=(summary or {}).get("params"))
+      images_per_sec=(summary or {}).get("images_per_sec"), params=(summary or {}).get("params"),
+      wall_time_s=(summary or {}).get("wall_time_s"),
+      record=read_json(workdir / run_lib.RUN_RECORD) or {})
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -138,7 +148,8 @@ class EntryResult:
 def collect(exp: Experiment, root: os.PathLike, seeds: int | None = None) -> list[EntryResult]:
   out = []
   for entry in exp.entries:
-    runs = [read_run(run_lib.run_dir(root, entry, s), s) for s in run_lib.seeds_of(entry, seeds)]
+    runs = [read_run(run_lib.run_dir(root, entry, s), s, entry.eval_views)
+            for s in run_lib.seeds_of(entry, seeds)]
     out.append(EntryResult(entry, runs))
   return out
 

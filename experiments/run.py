@@ -4,8 +4,8 @@
                             [--dry_run] [--print_commands] [--python PY]
 
 Runs go one after another on this host into ROOT/<entry>/seed<k>. A run whose workdir has a
-`summary.json` is finished and skipped; any other run is (re)started, and the trainer resumes it from
-the checkpoint in its workdir. `--print_commands` prints one shell command per unfinished run, for a
+`summary.json` (and, for a 10-crop / multi-scale entry, its `eval_<views>.json`) is finished and
+skipped; any other run is (re)started, and the trainer resumes it from the checkpoint in its workdir. `--print_commands` prints one shell command per unfinished run, for a
 cluster scheduler (see docs/experiments.md for a SLURM array).
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import platform
 import shlex
 import subprocess
 import sys
@@ -34,11 +35,17 @@ class Run:
   entry: Entry
   seed: int
   workdir: pathlib.Path
-  status: str  # 'done' (summary.json), 'partial' (workdir with outputs), 'todo'
-  args: tuple[str, ...]  # arguments after `python`
+  status: str  # 'done', 'partial' (started, or trained but its evaluation protocol not run), 'todo'
+  train: tuple[str, ...] | None  # trainer arguments after `python`; None once trained
+  evaluate: tuple[str, ...] | None  # `--mode=eval` arguments; None for centre crop or once done
+
+  @property
+  def phases(self) -> list[tuple[str, ...]]:
+    return [p for p in (self.train, self.evaluate) if p is not None]
 
   def command(self, python: str = "python") -> str:
-    return shlex.join([python, *self.args])
+    """One shell line for what is left to do ('' when done)."""
+    return " && ".join(shlex.join([python, *args]) for args in self.phases)
 
 
 def seeds_of(entry: Entry, seeds: int | None) -> range:
@@ -49,29 +56,56 @@ def run_dir(root: os.PathLike, entry: Entry, seed: int) -> pathlib.Path:
   return pathlib.Path(root) / entry.name / f"seed{seed}"
 
 
-def run_status(workdir: pathlib.Path) -> str:
-  if (workdir / "summary.json").exists():
+def eval_file(workdir: pathlib.Path, views: str) -> pathlib.Path:
+  """Where `--mode=eval` leaves the result of a protocol (resnet_jax/evaluate.py)."""
+  return workdir / f"eval_{views}.json"
+
+
+def is_trained(workdir: pathlib.Path) -> bool:
+  return (workdir / "summary.json").exists()
+
+
+def is_evaluated(workdir: pathlib.Path, views: str) -> bool:
+  return views == "center" or eval_file(workdir, views).exists()
+
+
+def run_status(workdir: pathlib.Path, views: str = "center") -> str:
+  if is_trained(workdir) and is_evaluated(workdir, views):
     return "done"
-  if (workdir / "metrics.jsonl").exists() or (workdir / "checkpoints").exists():
+  if is_trained(workdir) or (workdir / "metrics.jsonl").exists() or (workdir / "checkpoints").exists():
     return "partial"
   return "todo"
 
 
-def format_value(value: Any) -> str:
-  """A config value as ml_collections' `--config.k=v` flag parser reads it."""
+def _literal(value: Any) -> str:
+  """A Python literal with double-quoted strings and no spaces (little shell quoting needed)."""
+  if isinstance(value, dict):
+    return "{" + ",".join(f"{_literal(str(k))}:{_literal(v)}" for k, v in value.items()) + "}"
   if isinstance(value, (tuple, list)):
-    return "(" + ",".join(format_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"
-  return str(value)
+    return "(" + ",".join(_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+  return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def format_value(value: Any) -> str:
+  """A config value as ml_collections' `--config.k=v` parser reads it: strings and numbers as
+  they are, tuples and dicts as Python literals."""
+  return _literal(value) if isinstance(value, (tuple, list, dict)) else str(value)
 
 
 def train_args(entry: Entry, seed: int, workdir: os.PathLike) -> tuple[str, ...]:
-  """The trainer's command line (after `python`) for one run."""
+  """The trainer's command line (after `python`) for one run. Model overrides go as one dict
+  literal: the config's empty `model_overrides` accepts no new keys one by one."""
   args = ["-m", "resnet_jax.main", f"--config={entry.config}", f"--workdir={workdir}",
           f"--config.seed={seed}"]
   args += [f"--config.{k}={format_value(v)}" for k, v in entry.overrides.items()]
-  args += [f"--config.model_overrides.{k}={format_value(v)}"
-           for k, v in entry.model_overrides.items()]
+  if entry.model_overrides:
+    args.append(f"--config.model_overrides={format_value(dict(entry.model_overrides))}")
   return tuple(args)
+
+
+def eval_args(entry: Entry, seed: int, workdir: os.PathLike) -> tuple[str, ...]:
+  return train_args(entry, seed, workdir) + ("--mode=eval",
+                                             f"--config.eval_views={entry.eval_views}")
 
 
 def select(exp: Experiment, only: Sequence[str] | None) -> list[Entry]:
@@ -86,15 +120,18 @@ def plan(exp: Experiment, root: os.PathLike, *, only: Sequence[str] | None = Non
   for entry in select(exp, only):
     for seed in seeds_of(entry, seeds):
       wd = run_dir(root, entry, seed)
-      runs.append(Run(entry, seed, wd, run_status(wd), train_args(entry, seed, wd)))
+      train = None if is_trained(wd) else train_args(entry, seed, wd)
+      evaluate = None if is_evaluated(wd, entry.eval_views) else eval_args(entry, seed, wd)
+      runs.append(Run(entry, seed, wd, run_status(wd, entry.eval_views), train, evaluate))
   return runs
 
 
 def _claim_workdir(run: Run, exp: Experiment) -> None:
   """Records what is trained in the workdir; refuses a workdir that holds a different run."""
   record_path = run.workdir / RUN_RECORD
+  # The workdir is left out of the comparison: ROOT may be given relative once, absolute later.
   record = {"experiment": exp.name, "entry": run.entry.name, "seed": run.seed,
-            "args": list(run.args)}
+            "args": list(train_args(run.entry, run.seed, "WORKDIR"))}
   if record_path.exists():
     old = json.loads(record_path.read_text())
     if old["args"] != record["args"]:
@@ -102,32 +139,40 @@ def _claim_workdir(run: Run, exp: Experiment) -> None:
           f"{run.workdir} was started with a different command:\n  {shlex.join(old['args'])}\n"
           f"now:\n  {shlex.join(record['args'])}\nUse another --workdir for this experiment.")
     return
+  # Where and when it ran, for reports: CPU timings mean little without the machine and its load.
+  record.update(host=platform.node(), cpus=os.cpu_count(), load_avg_1min=os.getloadavg()[0],
+                started_utc=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
   run.workdir.mkdir(parents=True, exist_ok=True)
   record_path.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def execute(exp: Experiment, runs: Sequence[Run], *, python: str = sys.executable,
-            out=sys.stdout) -> list[Run]:
-  """Trains the unfinished runs one after another; returns the runs that failed."""
+            out=None) -> list[Run]:
+  """Trains (then evaluates) the unfinished runs one after another; returns the failed ones."""
+  out = out or sys.stdout
   failed = []
   todo = [r for r in runs if r.status != "done"]
   for r in runs:
     if r.status == "done":
       print(f"skip   {r.entry.name} seed {r.seed}: finished ({r.workdir})", file=out)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
   for i, r in enumerate(todo, 1):
     _claim_workdir(r, exp)
     verb = "resume" if r.status == "partial" else "start "
     print(f"{verb} [{i}/{len(todo)}] {r.entry.name} seed {r.seed}  (log: {r.workdir / LOG})",
           file=out, flush=True)
     t0 = time.time()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    rc = 0
     with open(r.workdir / LOG, "a") as log:
-      log.write(f"\n$ {r.command(python)}\n")
-      log.flush()
-      rc = subprocess.run([python, *r.args], cwd=REPO, env=env, stdout=log,
-                          stderr=subprocess.STDOUT).returncode
+      for args in r.phases:
+        log.write(f"\n$ {shlex.join([python, *args])}\n")
+        log.flush()
+        rc = subprocess.run([python, *args], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT).returncode
+        if rc:
+          break
     took = time.time() - t0
-    if rc == 0 and run_status(r.workdir) == "done":
+    if rc == 0 and run_status(r.workdir, r.entry.eval_views) == "done":
       print(f"done   {r.entry.name} seed {r.seed} in {took:.0f} s", file=out, flush=True)
     else:
       failed.append(r)
@@ -142,8 +187,10 @@ def describe(runs: Sequence[Run], python: str) -> str:
   lines = [f"{len(runs)} runs: {counts['done']} done, {counts['partial']} partial, "
            f"{counts['todo']} to do"]
   for r in runs:
-    lines.append(f"  [{r.status:7s}] {r.entry.name:24s} seed {r.seed}  {r.workdir}")
-    lines.append(f"            {r.command(python)}")
+    lines.append(f"  [{r.status:7s}] {r.entry.name:24s} seed {r.seed}  eval {r.entry.eval_views:10s}"
+                 f" {r.workdir}")
+    if r.phases:
+      lines.append(f"            {r.command(python)}")
   return "\n".join(lines)
 
 
@@ -167,6 +214,8 @@ def parse_args(argv):
 def main(argv=None) -> int:
   a = parse_args(argv)
   if a.list or not a.name:
+    if not a.list:
+      print("error: give an experiment name; valid ones:", file=sys.stderr)
     for name in experiments.available_experiments():
       exp = experiments.get_experiment(name)
       print(f"{name:22s} {len(exp.entries):2d} entries  {exp.title}")

@@ -45,7 +45,7 @@ PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
 
 
 def lookup_peak_tflops(device_kind: str, dtype: str) -> Optional[float]:
-    """Dense peak TFLOP/s of one device of this kind for `dtype`, or None when unknown (e.g. CPU)."""
+    """Dense peak TFLOP/s of one device of this kind for `dtype`; None when unknown (CPUs)."""
     for pattern, peaks in PEAK_TFLOPS:
         if re.search(pattern, device_kind, flags=re.IGNORECASE):
             return peaks.get(dtype)
@@ -87,8 +87,8 @@ def achieved_tflops(flops_per_step: Optional[float], step_seconds: float) -> Opt
     return flops_per_step / step_seconds / 1e12
 
 
-def mfu(flops_per_step: Optional[float], step_seconds: float, peak_tflops_per_device: Optional[float],
-        num_devices: int = 1) -> Optional[float]:
+def mfu(flops_per_step: Optional[float], step_seconds: float,
+        peak_tflops_per_device: Optional[float], num_devices: int = 1) -> Optional[float]:
     """Model FLOPs utilisation in [0, 1]: achieved FLOP/s over the summed peak of the devices."""
     tflops = achieved_tflops(flops_per_step, step_seconds)
     if tflops is None or not peak_tflops_per_device:
@@ -112,25 +112,38 @@ def _flops_from_cost(cost: Any) -> Optional[float]:
     return None if flops is None else float(flops)
 
 
+def _cost_flops(stage: Any) -> Optional[float]:
+    try:
+        return _flops_from_cost(stage.cost_analysis())
+    except Exception:  # Backends may not implement cost analysis at all.
+        return None
+
+
+def step_flops_both(lowered: Any, compiled: Any, num_devices: int
+                    ) -> tuple[Optional[float], Optional[float]]:
+    """(compiled, lowered) FLOPs of one global step; None where the analysis gives nothing.
+
+    After SPMD partitioning the compiled module is the program of ONE device, so its count is
+    multiplied by the number of devices; the lowered module is already the global computation.
+    """
+    c, low = _cost_flops(compiled), _cost_flops(lowered)
+    return (c * num_devices if c else None), (low or None)
+
+
 def step_flops(lowered: Any, compiled: Any, num_devices: int) -> tuple[Optional[float], str]:
     """FLOPs of one global step from XLA's cost analysis, and which analysis gave them.
 
-    The compiled module is preferred: it is what runs. After SPMD partitioning it is the program of
-    ONE device, so its count is multiplied by the number of devices. If the backend reports no
-    FLOPs for it (some GPU custom calls are opaque to the cost model), the pre-optimisation
-    lowered module — already the whole global computation — is used instead.
+    The compiled module is preferred: it is what runs. But a backend's cost model can miss work it
+    hands to libraries (convolutions lowered to cuDNN custom calls on GPU), silently understating
+    FLOPs and MFU; when the compiled count is under 80% of the pre-optimisation (lowered) count,
+    the lowered one is used instead.
     """
-    try:
-        flops = _flops_from_cost(compiled.cost_analysis())
-    except Exception:  # Backends may not implement cost analysis at all.
-        flops = None
-    if flops:
-        return flops * num_devices, "compiled"
-    try:
-        flops = _flops_from_cost(lowered.cost_analysis())
-    except Exception:
-        flops = None
-    return (flops, "lowered") if flops else (None, "unavailable")
+    c, low = step_flops_both(lowered, compiled, num_devices)
+    if c and (not low or c >= 0.8 * low):
+        return c, "compiled"
+    if low:
+        return low, "lowered"
+    return None, "unavailable"
 
 
 def compiled_memory_bytes(compiled: Any) -> Optional[int]:
@@ -214,7 +227,7 @@ class Timing:
 
 
 def split_steps(steps: int, windows: int) -> tuple[int, int]:
-    """(windows, steps per window) covering at least `steps` timed steps with ≤ `windows` windows."""
+    """(windows, steps per window): at least `steps` timed steps in at most `windows` windows."""
     if steps < 1 or windows < 1:
         raise ValueError(f"steps and windows must be >= 1, got {steps}, {windows}")
     windows = min(windows, steps)
@@ -223,16 +236,26 @@ def split_steps(steps: int, windows: int) -> tuple[int, int]:
 
 def time_step(step: Callable[[Any, Any], tuple[Any, Any]], carry: Any, batch: Any, *, steps: int,
               warmup: int, windows: int = 5, batches: Optional[Iterator[Any]] = None,
+              guard_transfers: bool = True,
               clock: Callable[[], float] = time.perf_counter) -> Timing:
     """Time `carry, out = step(carry, batch)`; with `batches`, each step takes the next one instead.
 
     The timed steps are split into `windows` back-to-back windows. Inside a window steps are only
-    dispatched — no host synchronisation — so the device queue stays full exactly as in training;
+    dispatched, with no host synchronisation, so the device queue stays full as in training;
     one `jax.block_until_ready` on the window's final carry and outputs ends it. Blocking after
     every step would add a host round trip per step and measure latency instead of throughput,
     while a single window would give no spread; per-window means give median/min/p90 that are
     robust to a noisy neighbour without either bias.
+
+    With `guard_transfers`, any implicit host<->device transfer in the loop (a numpy array or
+    Python scalar passed to the step, a `float()` of a device value) raises instead of silently
+    syncing every step; explicit `jax.device_put`-style copies (the host feed) stay allowed.
     """
+    with jax.transfer_guard("disallow" if guard_transfers else "allow"):
+        return _time_step(step, carry, batch, steps, warmup, windows, batches, clock)
+
+
+def _time_step(step, carry, batch, steps, warmup, windows, batches, clock) -> Timing:
     windows, per_window = split_steps(steps, windows)
     get = (lambda: batch) if batches is None else (lambda: next(batches))  # noqa: E731
     start = clock()
@@ -279,7 +302,7 @@ TABLE_COLUMNS = (
     ("min ms", "step_ms_min", None, ".2f"),
     ("p90 ms", "step_ms_p90", None, ".2f"),
     ("compile s", "compile_s", None, ".1f"),
-    ("TFLOP/s", "tflops", None, ".2f"),
+    ("TFLOP/s", "tflops", None, ".3g"),  # 3 significant digits: CPUs reach only 0.0x
     ("MFU", "mfu", lambda v: None if v is None else 100 * v, ".1f"),
     ("peak mem GiB", "peak_memory_bytes", _gib, ".2f"),
 )

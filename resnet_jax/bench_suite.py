@@ -135,10 +135,14 @@ def load_results(entries: Sequence[Entry], out_dir: str) -> list[dict]:
 
 
 def suite_table(rows: Sequence[dict]) -> str:
-    """Markdown: one row per entry with its conditions and figures, then each row's command."""
+    """Markdown: one row per entry with its conditions and figures, then each row's command.
+
+    'peak GiB' is the allocator's peak (GPU/TPU); 'XLA GiB' the compiled step's static need
+    (arguments + outputs + temporaries - donated), which every backend reports.
+    """
     head = ("| id | model | px | batch | mode | dtype | feed / flags | images/s | step ms "
-            "(median, min-p90) | compile s | TFLOP/s | MFU % | peak GiB | device | date | load |")
-    lines = [head, "|---|---|---:|---:|---|---|---|---:|---|---:|---:|---:|---:|---|---|---:|"]
+            "(median, min-p90) | compile s | TFLOP/s | MFU % | peak GiB | XLA GiB | device | date | load |")
+    lines = [head, "|---|---|---:|---:|---|---|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|"]
     f = bench_core._fmt
     for r in rows:
         extra = r.get("feed", "device") if r.get("feed", "device") != "device" else ""
@@ -146,15 +150,17 @@ def suite_table(rows: Sequence[dict]) -> str:
             extra = (extra + " " + r["xla_flags"]).strip()
         if "error" in r:
             lines.append(f"| {r['id']} | {r['model']} | | {r['batch_size']} | | | | {r['error']} "
-                         "| | | | | | | | |")
+                         "| | | | | | | | | |")
             continue
-        mem = r.get("peak_memory_bytes")
+        mem, xla = r.get("peak_memory_bytes"), r.get("compiled_memory_bytes")
         lines.append(
             f"| {r['id']} | {r['model']} | {r['image_size']} | {r['batch_size']} | {r['mode']} | "
             f"{r['dtype']} | {extra} | {f(r['images_per_sec'], ',.1f')} | "
-            f"{f(r['step_ms'], '.2f')} ({f(r['step_ms_min'], '.2f')}-{f(r['step_ms_p90'], '.2f')}) | "
-            f"{f(r['compile_s'], '.1f')} | {f(r['tflops'], '.2f')} | "
+            f"{f(r['step_ms'], '.2f')} "
+            f"({f(r['step_ms_min'], '.2f')}-{f(r['step_ms_p90'], '.2f')}) | "
+            f"{f(r['compile_s'], '.1f')} | {f(r['tflops'], '.3g')} | "
             f"{f(r['mfu'] and 100 * r['mfu'], '.1f')} | {f(mem and mem / 2**30, '.2f')} | "
+            f"{f(xla and xla / 2**30, '.2f')} | "
             f"{r['device']} | {r['date']} | {f(r.get('host_load'), '.1f')} |")
     lines += ["", "Commands:", ""] + [f"- `{r['id']}`: `{r['command']}`" for r in rows]
     return "\n".join(lines)

@@ -23,18 +23,15 @@ VIEWS = ("center", "10crop", "multiscale")
 def eval_data_args(c) -> dict:
     """The eval-data keyword arguments of `make_evaluator` taken from a resolved config."""
     return dict(dataset=c.dataset, data_dir=c.data_dir, global_batch_size=c.eval_batch_size,
-                image_size=c.image_size, scales=tuple(c.eval_scales))
+                image_size=c.image_size, scales=tuple(c.eval_scales), split=c.eval_split,
+                normalization=c.normalization)
 
 
-def _eval_batches(dataset, *, data_dir, local_batch, views, scale=None, image_size=None, split=None):
+def _eval_batches(dataset, *, views, local_batch, **kwargs):
     from resnet_jax.data import pipeline  # TensorFlow only on the data path
-    kwargs = dict(data_dir=data_dir, local_batch_size=local_batch, process_index=jax.process_index(),
-                  process_count=jax.process_count(), split=split, views=views)
-    if scale is not None:
-        kwargs["scale"] = scale
-    if image_size is not None:
-        kwargs["image_size"] = image_size
-    return pipeline.eval_iterator(dataset, **kwargs)
+    return pipeline.eval_iterator(dataset, local_batch_size=local_batch, views=views,
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count(), **kwargs)
 
 
 def _add(total, new):
@@ -77,7 +74,8 @@ def evaluate_multiscale(predict: Callable, score: Callable, state: steps.TrainSt
 
 def make_evaluator(model, mesh: Mesh, *, dataset: str, data_dir: str | None, global_batch_size: int,
                    views: str = "center", scales: Sequence[int] = (), image_size: int | None = None,
-                   split: str | None = None) -> Callable[[steps.TrainState], dict]:
+                   split: str | None = None, normalization: str | None = None
+                   ) -> Callable[[steps.TrainState], dict]:
     """Returns `evaluate(state) -> {'loss', 'top1', 'top5', 'count'}` over the eval split.
 
     views: `center` (one crop), `10crop` (4 corners + centre and their flips, He2015), or
@@ -87,7 +85,7 @@ def make_evaluator(model, mesh: Mesh, *, dataset: str, data_dir: str | None, glo
         raise ValueError(f"eval views must be one of {VIEWS}, got {views!r}")
     local_batch = parallel.local_batch_size(global_batch_size, mesh)
     data = functools.partial(_eval_batches, dataset, data_dir=data_dir, local_batch=local_batch,
-                             split=split)
+                             split=split, normalization=normalization)
     if views != "multiscale":
         eval_step = parallel.jit_eval_step(model, mesh)
         return lambda state: evaluate_batches(

@@ -2,7 +2,7 @@
 
 Kept short on purpose: the logic lives in importable modules (trainer, evaluate).
 """
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from resnet_jax import parallel
@@ -21,6 +21,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    if not FLAGS["verbosity"].present:  # Orbax and TF log every save at INFO; keep the console to ours
+        logging.set_verbosity(logging.WARNING)
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id)
     from resnet_jax import evaluate, trainer  # after initialisation, which must precede device use

@@ -28,12 +28,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = "resnet20"  # a name from resnet_jax.models.available_models()
     c.model_overrides = ml_collections.ConfigDict()  # ResNetSpec fields, e.g. {'shortcut': 'B'}
     c.dtype = "float32"  # compute dtype ('bfloat16' for mixed precision); params stay float32
-    c.bn_group_size = config_dict.placeholder(int)  # None: BN over the global batch
+    c.bn_group_size = config_dict.placeholder(int)  # None or 0: BN over the global batch
     c.dataset = "shapes10"  # imagenet2012, cifar10, cifar100, shapes10
     c.data_dir = config_dict.placeholder(str)  # tfds data dir (None: the tfds default)
     c.image_size = config_dict.placeholder(int)  # None: the dataset's native training size
     c.num_classes = config_dict.placeholder(int)  # None: the dataset's
-    c.augment = config_dict.placeholder(str)  # None: the dataset family's standard augmentation
+    c.augment = config_dict.placeholder(str)  # None: the family's standard (paper / cifar)
+    c.normalization = config_dict.placeholder(str)  # 32x32 sets: per_pixel_mean (He2015) | per_channel
+    c.train_split = config_dict.placeholder(str)  # tfds split string; None: the dataset's train split
+    c.eval_split = config_dict.placeholder(str)  # None: the dataset's eval split (test / validation)
     c.batch_size = 128  # global, over all devices and hosts
     c.num_epochs = 1.0
     c.num_train_steps = -1  # > 0 wins over num_epochs
@@ -106,7 +109,8 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 def build_model(c: ml_collections.ConfigDict):
     from resnet_jax import models
     return models.create_model(c.model, num_classes=c.num_classes, dtype=jnp.dtype(c.dtype),
-                               bn_group_size=c.bn_group_size, **c.model_overrides.to_dict())
+                               bn_group_size=c.bn_group_size or None,
+                               **c.model_overrides.to_dict())
 
 
 def build_optimizer(c: ml_collections.ConfigDict):
@@ -127,7 +131,8 @@ def _train_batches(c, start_step: int, local_batch: int) -> Iterator[dict]:
     return pipeline.train_iterator(
         c.dataset, data_dir=c.data_dir, local_batch_size=local_batch, seed=c.seed,
         start_step=start_step, process_index=jax.process_index(),
-        process_count=jax.process_count(), augment=c.augment, image_size=c.image_size)
+        process_count=jax.process_count(), augment=c.augment, image_size=c.image_size,
+        split=c.train_split, normalization=c.normalization)
 
 
 def restore_or_init(c, model, tx, mesh, ckpt: checkpoint.Checkpointer):
@@ -177,9 +182,9 @@ class _Profiler:
             jax.profiler.start_trace(self.logdir)
             self.active = True
 
-    def after(self, step, state):
-        if self.active and step + 1 >= self.stop:
-            jax.block_until_ready(state)
+    def after(self, step, state, last=False):
+        if self.active and (step + 1 >= self.stop or last):
+            jax.block_until_ready(state)  # the trace must contain the steps' device work
             jax.profiler.stop_trace()
             self.active = False
             print(f"profile of steps {self.start}-{step} in {self.logdir}", flush=True)
@@ -217,7 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         profiler.before(step)
         state, m = train_step(state, next(batches))
         pending.append(m)
-        profiler.after(step, state)
+        profiler.after(step, state, last=step + 1 == total)
         done = step + 1
         if timed_from is None:  # exclude compilation from throughput: time from the first step's end
             jax.block_until_ready(m)
@@ -251,7 +256,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "images_per_sec": timed_steps * c.batch_size / train_time if train_time > 0 else None,
         "devices": jax.device_count(), "processes": jax.process_count(),
     }
-    _write_json(os.path.join(workdir, "summary.json"), summary)
+    summary_path = os.path.join(workdir, "summary.json")
+    if start == total and os.path.exists(summary_path):  # only re-evaluated: keep the training figures
+        with open(summary_path, encoding="utf-8") as f:
+            previous = json.load(f)
+        summary.update({k: previous[k] for k in ("train", "images_per_sec", "wall_time_s")
+                        if k in previous})
+    _write_json(summary_path, summary)
     if jax.process_index() == 0:
         print(f"final test accuracy: top-1 {100 * last_eval['top1']:.2f}%, "
               f"top-5 {100 * last_eval['top5']:.2f}% on {last_eval['count']} examples "

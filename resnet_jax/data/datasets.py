@@ -11,15 +11,16 @@ import os
 _FACTS = {
     "imagenet2012": dict(num_classes=1000, image_size=224, family="imagenet", train_split="train",
                          eval_split="validation", num_train=1_281_167, num_eval=50_000,
-                         manual=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")),
+                         manual=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
+                         key="file_name"),
     "cifar10": dict(num_classes=10, image_size=32, family="cifar", train_split="train",
                     eval_split="test", num_train=50_000, num_eval=10_000,
-                    manual=("cifar-10-binary.tar.gz",)),
+                    manual=("cifar-10-binary.tar.gz",), key="id"),
     "cifar100": dict(num_classes=100, image_size=32, family="cifar", train_split="train",
                      eval_split="test", num_train=50_000, num_eval=10_000,
-                     manual=("cifar-100-binary.tar.gz",)),
+                     manual=("cifar-100-binary.tar.gz",), key="id"),
     "shapes10": dict(num_classes=10, image_size=32, family="cifar", train_split="train",
-                     eval_split="test", num_train=40_000, num_eval=10_000, manual=()),
+                     eval_split="test", num_train=40_000, num_eval=10_000, manual=(), key="id"),
 }
 DATASETS = tuple(_FACTS)
 
@@ -63,6 +64,12 @@ def check_name(name):
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
+def facts(name):
+  """Static facts of `name`: num_classes, image_size, family, splits, manual files, key feature."""
+  check_name(name)
+  return dict(_FACTS[name])
+
+
 def resolve_data_dir(data_dir):
   """data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (tfds's own default)."""
   if data_dir:
@@ -71,10 +78,13 @@ def resolve_data_dir(data_dir):
 
 
 def prepare_command(name, data_dir=None, manual_dir=None):
-  """The shell command that builds `name` into `data_dir`."""
+  """The shell command that builds `name` into `data_dir`.
+
+  imagenet2012 always needs --manual_dir; CIFAR needs it only offline (then it holds the archive).
+  """
   cmd = f"python -m resnet_jax.data.prepare {name} --data_dir {resolve_data_dir(data_dir)}"
-  if _FACTS[name]["manual"]:
-    cmd += f" --manual_dir {manual_dir or 'DIR_WITH_' + '_AND_'.join(_FACTS[name]['manual'])}"
+  if name == "imagenet2012" or manual_dir:
+    cmd += f" --manual_dir {manual_dir or 'DIR_WITH_ILSVRC2012_TARS'}"
   return cmd
 
 
@@ -99,17 +109,35 @@ def get_builder(name, data_dir=None):
   builder = _tfds_builder(name, data_dir)
   if not builder.is_prepared():
     if name == "shapes10":
-      builder.download_and_prepare()  # procedural: no download, about half a minute on one core
+      _prepare_locked(builder)
+      builder = _tfds_builder(name, data_dir)  # re-read: another process may have built it
     else:
+      offline = ("" if name == "imagenet2012" else f"\n(offline: add --manual_dir M, with M "
+                 f"holding the official {_FACTS[name]['manual'][0]})")
       raise DatasetNotPreparedError(
           f"dataset {name!r} is not prepared in {resolve_data_dir(data_dir)} (looked for "
-          f"{builder.data_dir}). Build it once with:\n  {prepare_command(name, data_dir)}")
+          f"{builder.data_dir}). Build it once with:\n  {prepare_command(name, data_dir)}"
+          f"{offline}")
   return builder
+
+
+def _prepare_locked(builder):
+  """Builds a procedural dataset once even when several processes ask at the same moment."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  root = str(builder.data_dir_root)
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, f".{builder.name}.prepare.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait here, then find the data prepared
+    try:
+      if not builder.is_prepared():
+        builder.download_and_prepare()  # procedural: no download, about half a minute
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def resolve_split(name, split):
   """Maps the paper's split aliases (`train45k`, `val5k`) onto tfds split strings."""
-  if split in SPLIT_ALIASES:
+  if isinstance(split, str) and split in SPLIT_ALIASES:
     if name not in ("cifar10", "cifar100"):
       raise ValueError(f"split {split!r} is the CIFAR 45k/5k protocol; {name} has no such split. "
                        f"Use a tfds slice such as {SPLIT_ALIASES[split]!r} instead.")

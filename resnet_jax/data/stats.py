@@ -17,8 +17,9 @@ _FILE = "resnet_jax_norm_stats.npz"
 def _compute(builder, split):
   """Float64 sums over all images of `split`, read in order."""
   tf = import_tf()
+  to_float = tf.autograph.experimental.do_not_convert(lambda ex: tf.cast(ex["image"], tf.float64))
   ds = builder.as_dataset(split=split, shuffle_files=False).map(
-      lambda ex: tf.cast(ex["image"], tf.float64), num_parallel_calls=tf.data.AUTOTUNE).batch(1000)
+      to_float, num_parallel_calls=tf.data.AUTOTUNE).batch(1000)
   count, total, total_sq = 0, 0.0, 0.0
   for batch in ds.as_numpy_iterator():  # [b, 32, 32, 3]
     count += batch.shape[0]

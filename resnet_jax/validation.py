@@ -1,0 +1,236 @@
+"""Checks that run before anything is compiled: the config, the data it names, the workdir and disk.
+
+A typo should cost seconds, not the minutes of a ResNet compile or the hours of a run that dies at
+its first checkpoint. Every check raises `faults.ConfigError` (exit 78) or `faults.DiskError` (74)
+with a message that says what to change; `check_config` reports all its problems at once.
+
+Resuming. A workdir that already holds checkpoints belongs to the run whose resolved config is in
+WORKDIR/config.json. Resuming it with a different config is refused unless
+`--config.allow_config_change=True`, except for the keys in `RESUMABLE_KEYS`, which change how long
+or how visibly a run goes on but not what it computes up to now (extend `num_train_steps`, log more
+often, keep fewer checkpoints, evaluate with other views).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from resnet_jax.faults import ConfigError, DiskError
+
+RESUMABLE_KEYS = frozenset({
+    "num_train_steps", "num_epochs", "log_every_steps", "eval_every_steps",
+    "checkpoint_every_steps", "keep_checkpoints", "prefetch_batches", "profile",
+    "profile_start_step", "profile_steps", "eval_batch_size", "eval_views", "eval_scales",
+    "data_dir", "allow_config_change", "restart_from_scratch", "nonfinite_policy", "debug_nan_step",
+})
+# Written next to checkpoints besides the arrays (metrics, events, config): room to spare for them.
+_OVERHEAD_BYTES = 32 << 20
+
+
+def _problems(c) -> list[str]:
+    from resnet_jax import evaluate, models, numerics, optim
+    from resnet_jax.data import datasets
+    out = []
+
+    def need(ok, msg):
+        if not ok:
+            out.append(msg)
+
+    def positive(key, allow_none=False, minimum=1):
+        v = c.get(key)
+        need((allow_none and v is None) or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                            and v >= minimum),
+             f"{key} must be >= {minimum}{' or None' if allow_none else ''}, got {v!r}")
+
+    def choice(key, allowed, default=None):
+        v = c.get(key, default)
+        need(v in allowed, f"{key}={v!r} is not one of {', '.join(map(str, allowed))}")
+
+    choice("model", models.available_models())
+    choice("dataset", datasets.DATASETS)
+    choice("dtype", ("float32", "bfloat16", "float16"))
+    choice("optimizer", optim.OPTIMIZERS)
+    choice("lr_schedule", optim.SCHEDULES)
+    choice("warmup", optim.WARMUPS)
+    choice("weight_decay_on", optim.DECAY_TARGETS)
+    choice("lr_scaling", ("none", "linear"))
+    choice("eval_views", evaluate.VIEWS)
+    choice("nonfinite_policy", numerics.POLICIES, "stop")
+    for key in ("batch_size", "log_every_steps", "prefetch_batches"):
+        positive(key)
+    for key in ("eval_batch_size", "image_size", "keep_checkpoints"):
+        positive(key, allow_none=True)
+    positive("bn_group_size", allow_none=True, minimum=0)  # None or 0: BN over the global batch
+    positive("num_classes", allow_none=True, minimum=2)
+    for key in ("eval_every_steps", "checkpoint_every_steps", "warmup_steps", "warmup_epochs",
+                "weight_decay", "warmup_learning_rate", "end_learning_rate", "label_smoothing"):
+        positive(key, minimum=0)
+    need(c.learning_rate > 0, f"learning_rate must be > 0, got {c.learning_rate!r}")
+    need(0 < c.lr_decay_factor <= 1, f"lr_decay_factor must be in (0, 1], got {c.lr_decay_factor!r}")
+    need(0 <= c.momentum < 1, f"momentum must be in [0, 1), got {c.momentum!r}")
+    need(c.label_smoothing < 1, f"label_smoothing must be < 1, got {c.label_smoothing!r}")
+    need(c.num_train_steps > 0 or c.num_train_steps == -1,
+         f"num_train_steps must be > 0, or -1 to use num_epochs; got {c.num_train_steps!r}")
+    need(c.num_train_steps > 0 or c.num_epochs > 0,
+         f"num_epochs must be > 0 when num_train_steps is -1, got {c.num_epochs!r}")
+    need(all(int(s) >= 0 for s in c.lr_decay_steps) and all(e >= 0 for e in c.lr_decay_epochs),
+         f"lr decay steps/epochs must be >= 0, got {c.lr_decay_steps!r} / {c.lr_decay_epochs!r}")
+    return out
+
+
+def check_config(config) -> None:
+    """Names, choices and ranges of an unresolved config; one ConfigError listing every problem."""
+    problems = _problems(config)
+    if config.model in _model_names():
+        problems += _model_problems(config)
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) in the config: " + "; ".join(problems))
+
+
+def _model_names() -> list[str]:
+    from resnet_jax import models
+    return models.available_models()
+
+
+def min_image_size(spec) -> int:
+    """Smallest input side that leaves the last stage a feature map of at least 1x1."""
+    stem = 1 if spec.stem == "cifar" else 4  # imagenet/deep stems: stride-2 conv + stride-2 pool
+    return stem * int(np.prod(spec.strides))
+
+
+def _model_problems(c) -> list[str]:
+    from resnet_jax import models
+    try:
+        model = models.create_model(c.model, num_classes=c.num_classes,
+                                    bn_group_size=c.bn_group_size, **c.model_overrides.to_dict())
+    except (ValueError, TypeError) as e:
+        return [f"model {c.model!r} with overrides {c.model_overrides.to_dict()}: {e}"]
+    smallest = min_image_size(model.spec)
+    if c.image_size is not None and c.image_size < smallest:
+        return [f"image_size {c.image_size} is too small for {c.model}: it downsamples by "
+                f"{smallest}, so inputs must be at least {smallest}x{smallest}"]
+    return []
+
+
+def check_resolved(c, *, device_count: int, process_count: int) -> None:
+    """What needs the dataset and the devices: batch split, image size, split sizes, data options."""
+    from resnet_jax.data import datasets, pipeline
+    problems = []
+    for key in ("batch_size", "eval_batch_size"):
+        if c[key] % device_count:
+            problems.append(f"{key} {c[key]} is not divisible by the device count {device_count}; "
+                            f"use a multiple of {device_count}")
+    per_device = c.batch_size // device_count
+    if c.bn_group_size and per_device % c.bn_group_size:
+        problems.append(f"bn_group_size {c.bn_group_size} does not divide the per-device batch "
+                        f"{per_device}: a BN group would straddle two devices")
+    facts = datasets.facts(c.dataset)
+    if facts["family"] == "cifar" and c.image_size != facts["image_size"]:
+        problems.append(f"{c.dataset} images are {facts['image_size']}x{facts['image_size']}; "
+                        f"image_size={c.image_size} is not supported")
+    for key, allowed in (("augment", pipeline.TRAIN_AUGMENTS), ("normalization",
+                                                                pipeline.NORMALIZATIONS)):
+        if c[key] is not None and c[key] not in allowed[facts["family"]]:
+            problems.append(f"{key}={c[key]!r} is not available for {c.dataset}; choose from "
+                            f"{allowed[facts['family']]}")
+    builder = datasets.get_builder(c.dataset, c.data_dir)
+    for key, default, batch in (("train_split", facts["train_split"], c.batch_size),
+                                ("eval_split", facts["eval_split"], 1)):
+        split = c[key] or default
+        try:
+            n = datasets.num_examples(builder, c.dataset, split)
+        except ValueError as e:
+            problems.append(f"{key}: {e}")
+            continue
+        if n // process_count < max(batch // process_count, 1):
+            problems.append(f"{key} {split!r} of {c.dataset} has {n} examples, fewer than one "
+                            f"{'batch of ' + str(batch) if batch > 1 else 'example'} per process "
+                            f"({process_count} process(es))")
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) with the data or devices: "
+                          + "; ".join(problems))
+
+
+def abstract_state(fn: Callable[[], Any], c) -> Any:
+    """`fn()` (an eval_shape of the train state: traced, not compiled), its errors as ConfigError.
+
+    This is where a model that cannot take the image size or its overrides fails, in a second.
+    """
+    try:
+        return fn()
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model {c.model} cannot be built for {c.image_size}x{c.image_size} "
+                          f"inputs with overrides {c.model_overrides.to_dict()}: "
+                          f"{str(e).strip().splitlines()[0]}") from e
+
+
+def checkpoint_bytes(abstract: Any) -> int:
+    """Bytes of one checkpoint of a state with these shapes (Orbax stores arrays uncompressed)."""
+    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(abstract)))
+
+
+def _json_view(d: dict) -> dict:
+    return json.loads(json.dumps(d, sort_keys=True, default=str))
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """'key: old -> new' for every key outside RESUMABLE_KEYS whose value differs."""
+    old, new = _json_view(old), _json_view(new)
+    keys = sorted((set(old) | set(new)) - RESUMABLE_KEYS)
+    return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+            for k in keys if old.get(k, "<absent>") != new.get(k, "<absent>")]
+
+
+def check_same_run(workdir: str, c, *, has_checkpoints: bool) -> list[str]:
+    """Refuses to resume a run of another config; returns the allowed changes it found.
+
+    Only a workdir with checkpoints is checked: without one nothing computed so far would be mixed.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not (has_checkpoints and os.path.exists(path)):
+        return []
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    changes = config_changes(old, c.to_dict())
+    if changes and not c.get("allow_config_change", False):
+        raise ConfigError(
+            f"{workdir} holds a run of a different config ({'; '.join(changes)}). Use another "
+            "--workdir, or resume with these changes on purpose with "
+            "--config.allow_config_change=True")
+    if c.lr_schedule == "cosine" and old.get("num_train_steps") != c.num_train_steps:
+        changes.append(f"num_train_steps: {old.get('num_train_steps')} -> {c.num_train_steps} "
+                       "(the cosine schedule stretches: the learning rate from here on differs "
+                       "from the original run's)")
+    return changes
+
+
+def check_workdir(workdir: str, *, checkpoint_size: int, checkpoints_on_disk: int) -> None:
+    """The workdir exists, can be written, and has room for `checkpoints_on_disk` checkpoints.
+
+    Orbax writes a new checkpoint before deleting the oldest, so a run keeping k needs k + 1.
+    """
+    try:
+        os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
+        for d in (workdir, os.path.join(workdir, "checkpoints")):
+            with tempfile.NamedTemporaryFile(dir=d, prefix=".write_probe_") as f:
+                f.write(b"x" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        raise DiskError(f"workdir {workdir} is not writable ({e}); nothing was trained. Fix the "
+                        "permissions or mount, or choose another --workdir") from e
+    need = checkpoints_on_disk * checkpoint_size + _OVERHEAD_BYTES
+    free = shutil.disk_usage(workdir).free
+    if free < need:
+        raise DiskError(
+            f"workdir {workdir} has {free / 2**20:.1f} MiB free, but {checkpoints_on_disk} "
+            f"checkpoints of {checkpoint_size / 2**20:.1f} MiB (plus metrics) need about "
+            f"{need / 2**20:.1f} MiB; free space, lower --config.keep_checkpoints, or choose "
+            "another --workdir")

@@ -1,0 +1,64 @@
+"""An unwritable or too small workdir is found before training starts (tests run as root, where chmod
+stops nothing: an immutable directory and a size-limited tmpfs are the real faults)."""
+import os
+
+import pytest
+
+from resnet_jax import faults, parallel, trainer, validation
+from tests.reliability_helpers import immutable, tmpfs
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("compiled before the workdir was checked")
+    monkeypatch.setattr(parallel, "create_sharded_train_state", forbidden)
+    monkeypatch.setattr(parallel, "jit_train_step", forbidden)
+
+
+def _config():
+    c = trainer.default_config()  # ResNet-20: 2.2 MB of params + momentum per checkpoint
+    c.num_train_steps, c.batch_size, c.keep_checkpoints, c.checkpoint_every_steps = 4, 8, 3, 1
+    return c
+
+
+def test_a_read_only_workdir_is_refused_before_training(tmp_path, no_compile):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    with immutable(parent):
+        with pytest.raises(faults.DiskError) as e:
+            trainer.train_and_evaluate(_config(), str(parent / "run"))
+    msg = str(e.value)
+    assert e.value.exit_code == faults.EXIT_IO == 74
+    assert f"workdir {parent / 'run'} is not writable" in msg and "Operation not permitted" in msg
+    assert "nothing was trained" in msg
+
+
+def test_an_existing_workdir_that_became_read_only_is_refused(tmp_path):
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    with immutable(workdir / "checkpoints"):
+        with pytest.raises(faults.DiskError, match="is not writable"):
+            validation.check_workdir(str(workdir), checkpoint_size=1, checkpoints_on_disk=1)
+
+
+def test_a_disk_too_small_for_the_kept_checkpoints_is_refused_before_training(tmp_path, no_compile):
+    with tmpfs(tmp_path / "fs", "16m") as fs:
+        with pytest.raises(faults.DiskError) as e:
+            trainer.train_and_evaluate(_config(), os.path.join(fs, "run"))
+        msg = str(e.value)
+        # 5 saves keeping 3: Orbax holds 4 at once while writing the 4th; 4 x 2.06 + 32 MiB.
+        assert "has 16.0 MiB free, but 4 checkpoints of 2.1 MiB (plus metrics) need about " \
+               "40.3 MiB" in msg
+        assert "lower --config.keep_checkpoints" in msg
+
+
+def test_checkpoint_size_estimate_counts_params_and_optimizer_state():
+    c = trainer.resolve_config(_config())
+    model = trainer.build_model(c)
+    _, tx = trainer.build_optimizer(c)
+    abstract = parallel.abstract_train_state(model, tx, (32, 32, 3), parallel.make_mesh())
+    params, bn_stats = 269_722, 1_376  # ResNet-20 with 10 classes (He2015: 0.27M)
+    size = validation.checkpoint_bytes(abstract)
+    # float32 params + momentum + BN mean/var, plus a few scalars (step, rng key, optax count).
+    assert 0 <= size - 4 * (2 * params + bn_stats) < 64
