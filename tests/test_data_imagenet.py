@@ -99,10 +99,12 @@ def test_two_processes_read_disjoint_shards_covering_the_split(fake):
   assert sorted(map(len, shards)) == [4, 5]
   assert not set(shards[0]) & set(shards[1])
   assert set(shards[0]) | set(shards[1]) == everything
-  # Training shards are equal-sized (remainder dropped) and disjoint too.
-  train = [{_digest(x) for _ in range(2) for x in next(_train(
-      fake, augment="none", local_batch_size=2, process_index=p, process_count=2))["image"]}
-           for p in range(2)]
+  # Training shards are equal-sized (4 + 4: the remainder is dropped) and disjoint too.
+  train = []
+  for p in range(2):
+    it = _train(fake, augment="none", local_batch_size=2, process_index=p, process_count=2)
+    train.append({_digest(x) for _ in range(2) for x in next(it)["image"]})  # one epoch
+  assert [len(t) for t in train] == [4, 4]
   assert not train[0] & train[1] and train[0] | train[1] <= everything
 
 

@@ -21,8 +21,8 @@ PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
               (-0.5808, -0.0045, -0.8140),
               (-0.5836, -0.6948, 0.4203))
-# Plain bilinear (as in TF's and flax's ImageNet pipelines): crops are resized by factors between
-# ~0.5 and ~2, where aliasing is mild, and the anti-aliasing kernel costs 40% of the pipeline's CPU.
+# No anti-aliasing kernel (TF's default, as in the TF and flax ImageNet examples): crops are resized
+# by factors between ~0.5 and ~2, where aliasing is mild, and the kernel cost 40% of the CPU.
 _ANTIALIAS = False
 
 
