@@ -18,7 +18,6 @@ import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
-import numpy as np
 
 # Dense (no structured sparsity) tensor-core peaks in TFLOP/s per device, from the vendors'
 # datasheets. Sparse figures are twice these and are not reachable by a convnet's training step.
@@ -283,8 +282,11 @@ def _time_step(step, carry, batch, steps, warmup, windows, batches, clock) -> Ti
 
 
 def _fmt(value: Any, spec: str) -> str:
+    """format(), 'n/a' for missing values; spec 'rate' keeps 3 significant digits below 10."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
+    if spec == "rate":  # 3,210.5 img/s on a GPU, 0.534 img/s for ResNet-50 on a 2-core CPU
+        spec = ",.1f" if abs(value) >= 10 else ".3g"
     return format(value, spec)
 
 
@@ -297,7 +299,7 @@ TABLE_COLUMNS = (
     ("model", "model", None, "s"),
     ("px", "image_size", None, "d"),
     ("batch", "batch_size", None, "d"),
-    ("images/s", "images_per_sec", None, ",.1f"),
+    ("images/s", "images_per_sec", None, "rate"),
     ("step ms (median)", "step_ms", None, ".2f"),
     ("min ms", "step_ms_min", None, ".2f"),
     ("p90 ms", "step_ms_p90", None, ".2f"),

@@ -155,7 +155,7 @@ def suite_table(rows: Sequence[dict]) -> str:
         mem, xla = r.get("peak_memory_bytes"), r.get("compiled_memory_bytes")
         lines.append(
             f"| {r['id']} | {r['model']} | {r['image_size']} | {r['batch_size']} | {r['mode']} | "
-            f"{r['dtype']} | {extra} | {f(r['images_per_sec'], ',.1f')} | "
+            f"{r['dtype']} | {extra} | {f(r['images_per_sec'], 'rate')} | "
             f"{f(r['step_ms'], '.2f')} "
             f"({f(r['step_ms_min'], '.2f')}-{f(r['step_ms_p90'], '.2f')}) | "
             f"{f(r['compile_s'], '.1f')} | {f(r['tflops'], '.3g')} | "

@@ -261,6 +261,12 @@ def test_sweep_markdown_table_formats_rows_and_errors():
     assert table[4] == "| resnet50 | 224 | 1024 | out of memory |" + "  |" * 7
 
 
+def test_rates_keep_three_significant_digits_when_small():
+    assert bench_core._fmt(3210.46, "rate") == "3,210.5"
+    assert bench_core._fmt(0.53412, "rate") == "0.534"
+    assert bench_core._fmt(None, "rate") == "n/a"
+
+
 def test_out_of_memory_errors_are_recognised():
     assert bench_core.is_out_of_memory(RuntimeError("RESOURCE_EXHAUSTED: Out of memory while "
                                                     "trying to allocate 123 bytes"))
