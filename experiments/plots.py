@@ -44,14 +44,15 @@ def curves(exp: Experiment, results: Sequence[EntryResult], path: pathlib.Path) 
     for i, r in enumerate(members):
       colour = colours(0.25 + 0.6 * i / max(1, len(members) - 1))
       train, test = r.curve("train"), r.curve("eval")
-      label = r.entry.label  # on the first line drawn, so entries without a test curve show too
+      # The legend shows the bold test line; the dashed train line only when there is no test.
       if train:
         ys = _smooth([e for _, e in train])
-        ax.plot([s for s, _ in train], ys, lw=0.8, ls="--", color=colour, alpha=0.9, label=label)
-        top, label = max(top, max(ys)), None
+        ax.plot([s for s, _ in train], ys, lw=0.8, ls="--", color=colour, alpha=0.9,
+                label=None if test else r.entry.label)
+        top = max(top, max(ys))
       if test:
         ax.plot([s for s, _ in test], [e for _, e in test], lw=2.4, color=colour,
-                label=label, marker="o" if len(test) < 15 else None, ms=4)
+                label=r.entry.label, marker="o" if len(test) < 15 else None, ms=4)
         top = max(top, max(e for _, e in test))
     ax.set_title(f"{name}" if name else exp.title)
     ax.set_xlabel("iteration")
