@@ -6,14 +6,25 @@ these, so a restored run resumes on exactly the batch an uninterrupted run would
 Orbax writes into a temporary directory and renames it when complete, so a crash mid-save leaves
 the previous checkpoints intact; saves are asynchronous (the device-to-host copy is synchronous, so
 donating the state right after `save` is safe).
+
+Damage. Each checkpoint's `data` item also holds a fingerprint of every array (`numerics`), checked
+on restore: tensorstore notices truncated files but not a flipped bit. A checkpoint that cannot be
+loaded is named on stderr and moved to `checkpoints.damaged/` (so its step can be written again),
+and the next older one is tried; when none loads, `CheckpointLoadError` stops the run rather than
+start over, unless asked to. A failed write raises `CheckpointWriteError` naming the intact ones.
 """
 from __future__ import annotations
 
 import os
+import sys
+import time
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from resnet_jax import faults, numerics
 
 
 def data_position(step: int, seed: int, global_batch_size: int, process_count: int) -> dict:
@@ -37,6 +48,7 @@ class Checkpointer:
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.every_steps = int(every_steps)
         self._last_saved = None
+        self._writing = None  # step of the newest save handed to Orbax; its errors surface later
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             # Saving is decided here (`should_save`), so the manager accepts any step it is given.
@@ -63,30 +75,107 @@ class Checkpointer:
         if step == self._last_saved or step in self._manager.all_steps():
             return False
         self._last_saved = step
-        return self._manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          data=ocp.args.JsonSave(position)),
-            force=True)
+        data = dict(position, fingerprint=numerics.fingerprint(state))
+        # Orbax waits for the previous asynchronous write before starting one; waiting here first
+        # tells which step a failure belongs to.
+        self.wait()
+        try:
+            saved = self._manager.save(
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                              data=ocp.args.JsonSave(data)),
+                force=True)
+        except Exception as e:  # noqa: BLE001 - Orbax and tensorstore raise many types
+            raise self._write_error(step, e) from e
+        self._writing = step
+        return saved
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict] | None:
-        """(state, position) from checkpoint `step` (default newest), or None when there is none.
+    def _write_error(self, step: int, e: Exception) -> faults.CheckpointWriteError:
+        # Complete checkpoints are the directories named by a step (writes go to *-tmp first).
+        on_disk = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+        intact = sorted(int(d) for d in on_disk if d.isdigit() and int(d) != step)
+        then = (f"a rerun resumes from checkpoint {intact[-1]}" if intact
+                else "there is no earlier checkpoint")
+        return faults.CheckpointWriteError(
+            f"writing checkpoint {step} to {self.directory} failed ({faults.first_line(e)}); "
+            f"checkpoint(s) {intact} are intact and {then}")
 
-        `abstract_state`: a tree of jax.ShapeDtypeStruct with shardings (see
-        `parallel.abstract_train_state`); arrays come back placed like it.
-        """
-        step = self._manager.latest_step() if step is None else step
-        if step is None:
-            return None
+    def _restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         restored = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                           data=ocp.args.JsonRestore()))
-        logging.info("restored checkpoint %s/%d", self.directory, step)
-        return restored["state"], dict(restored["data"])
+        position = dict(restored["data"])
+        expected = position.pop("fingerprint", None)  # absent in checkpoints from before it existed
+        if expected is not None:
+            differ = numerics.fingerprint_mismatch(restored["state"], expected)
+            if differ:
+                more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+                raise ValueError("its arrays differ from what was saved (fingerprint mismatch in "
+                                 f"{', '.join(differ[:3])}{more})")
+        return restored["state"], position
+
+    def restore(self, abstract_state: Any, step: int | None = None, *,
+                fresh_start_if_damaged: bool = False) -> tuple[Any, dict] | None:
+        """(state, position) from checkpoint `step` (default: the newest that loads), or None.
+
+        `abstract_state`: a tree of jax.ShapeDtypeStruct with shardings (see
+        `parallel.abstract_train_state`); arrays come back placed like it. Checkpoints that fail to
+        load are reported and set aside; if none loads, raises `faults.CheckpointLoadError`, or with
+        `fresh_start_if_damaged` sets them all aside and returns None.
+        """
+        candidates = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+        damaged = []
+        for s in candidates:
+            try:
+                state, position = self._restore_step(s, abstract_state)
+            except Exception as e:  # noqa: BLE001 - a damaged checkpoint fails in many ways
+                reason = faults.first_line(e)
+                print(f"resnet_jax: checkpoint {s} ({self.directory}/{s}) cannot be loaded: "
+                      f"{reason}", file=sys.stderr, flush=True)
+                damaged.append((s, reason))
+                continue
+            if damaged:
+                print(f"resnet_jax: using checkpoint {s}; the damaged one(s) go to "
+                      f"{self.directory}.damaged", file=sys.stderr, flush=True)
+                self._set_aside([d for d, _ in damaged])
+            logging.info("restored checkpoint %s/%d", self.directory, s)
+            return state, position
+        if not damaged:
+            return None
+        if step is not None or not fresh_start_if_damaged:
+            listing = "; ".join(f"{s}: {reason}" for s, reason in damaged)
+            raise faults.CheckpointLoadError(
+                f"none of the {len(damaged)} checkpoints in {self.directory} can be loaded "
+                f"({listing}). Nothing was trained. Restore them from a backup, or start over with "
+                f"--config.restart_from_scratch=True (they are then moved to "
+                f"{self.directory}.damaged)")
+        self._set_aside([d for d, _ in damaged])
+        print(f"resnet_jax: restart_from_scratch: no checkpoint loads; moved {len(damaged)} to "
+              f"{self.directory}.damaged and starting at step 0", file=sys.stderr, flush=True)
+        return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves checkpoint directories to `checkpoints.damaged/` (process 0; all then re-list)."""
+        if jax.process_index() == 0:
+            target = self.directory + ".damaged"
+            os.makedirs(target, exist_ok=True)
+            for s in steps:
+                dst = os.path.join(target, str(s))
+                if os.path.exists(dst):
+                    dst += f".{time.strftime('%Y%m%d-%H%M%S')}"
+                os.rename(os.path.join(self.directory, str(s)), dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"resnet_jax_set_aside_{'_'.join(map(str, steps))}")
+        self._manager.reload()
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until pending asynchronous saves are on disk; raises CheckpointWriteError."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._write_error(self._writing, e) from e
+        self._writing = None
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self.wait()
         self._manager.close()

@@ -1,7 +1,8 @@
 """What a run does when something goes wrong: errors with exit codes, preemption, dead peers.
 
-Every failure the trainer foresees is a `RunError` whose `exit_code` (sysexits.h where one fits) lets
-a scheduler tell "rerun me" (75) from "fix something first"; `exit_on_error` prints it as one line.
+Every failure the trainer foresees is a `RunError` whose `exit_code` (sysexits.h where one fits)
+lets a scheduler tell "rerun me" (75) from "fix something first"; `exit_on_error` prints it as one
+line.
 See docs/reliability.md for the table of faults, behaviours and the tests that prove them.
 
 Preemption. SIGTERM (the notice schedulers send before eviction) and SIGINT (Ctrl-C) let the current
@@ -88,9 +89,10 @@ def classify(e: BaseException, process_count: int = 1) -> tuple[int, str] | None
     if isinstance(e, OSError) and e.errno is not None:
         return EXIT_IO, f"I/O error: {e}"
     if process_count > 1 and any(m in str(e).lower() for m in _PEER_MARKERS):
-        return EXIT_PEER_LOST, (f"a collective or the coordination service failed ({first_line(e)}); "
-                                "another process of this job has most likely died: see its log. "
-                                "Restart every process to resume from the newest checkpoint.")
+        return EXIT_PEER_LOST, (
+            f"a collective or the coordination service failed ({first_line(e)}); another process "
+            "of this job has most likely died: see its log. Restart every process to resume from "
+            "the newest checkpoint.")
     return None
 
 
@@ -98,12 +100,12 @@ def classify(e: BaseException, process_count: int = 1) -> tuple[int, str] | None
 def exit_on_error(process_count_fn=lambda: 1) -> Iterator[None]:
     """Turns a foreseen failure inside the block into one line on stderr and its exit code.
 
-    With several processes the exit skips Python's teardown (`os._exit`): JAX's shutdown barrier would
-    otherwise wait minutes for peers that are dead or stuck in a collective this process left.
+    With several processes the exit skips Python's teardown (`os._exit`): JAX's shutdown barrier
+    would otherwise wait minutes for peers that are dead or stuck in a collective this one left.
     """
     try:
         yield
-    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - re-raised unless foreseen
+    except Exception as e:  # noqa: BLE001 - re-raised unless foreseen
         count = process_count_fn()
         found = classify(e, count)
         if found is None:
@@ -152,8 +154,12 @@ class PreemptionWatcher:
             os.kill(os.getpid(), signum)
             return
         self.received = name
-        print(f"resnet_jax: {name} received; finishing the current step, then writing a checkpoint "
-              "(send it again to stop at once without one)", file=sys.stderr, flush=True)
+        try:  # the handler may interrupt a write to stderr; the message is a courtesy
+            print(f"resnet_jax: {name} received; finishing the current step, then writing a "
+                  "checkpoint (send it again to stop at once without one)", file=sys.stderr,
+                  flush=True)
+        except RuntimeError:
+            pass
         if self.multi:
             os.kill(os.getpid(), signal.SIGTERM)  # to JAX's notifier, which tells the other hosts
 
@@ -168,14 +174,14 @@ class PreemptionWatcher:
         return self.received is not None
 
 
-class TestHook:
+class FaultHook:
     """Test-only fault injection at exact moments, from $RESNET_JAX_FAULT (unset: does nothing).
 
     `sigkill_in_save@K`: SIGKILL this process right after checkpoint K's asynchronous write started,
       so the write is cut off half way (tests/test_reliability_kill.py).
     `pause@K`: after step K and its checkpoint are on disk, create $RESNET_JAX_FAULT_GATE.paused and
-      wait until $RESNET_JAX_FAULT_GATE.go exists, so a test can fill the disk, send a signal or kill
-      a peer at that exact point.
+      wait until $RESNET_JAX_FAULT_GATE.go exists, so a test can fill the disk, send a signal or
+      kill a peer at that exact point.
     Several actions may be given, separated by commas.
     """
 

@@ -1,6 +1,8 @@
 """Entry point: `python -m resnet_jax.main --config=configs/X.py[:arg] --workdir=DIR [--mode=eval]`.
 
 Kept short on purpose: the logic lives in importable modules (trainer, evaluate).
+Foreseen failures end with one line on stderr and an exit code (docs/reliability.md); 75 means
+"preempted after a checkpoint: rerun the same command".
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -16,6 +18,8 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-
                     "TPU/SLURM auto-detection).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's id (with --coordinator_address).")
+flags.DEFINE_integer("heartbeat_timeout_s", None, "Multi-process: a process silent this long is "
+                     "taken for dead and the others stop (None: JAX's default, 100 s).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -24,12 +28,14 @@ def main(argv):
     if not FLAGS["verbosity"].present:  # Orbax and TF log every save at INFO; keep the console to ours
         logging.set_verbosity(logging.WARNING)
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                    FLAGS.process_id)
-    from resnet_jax import evaluate, trainer  # after initialisation, which must precede device use
-    if FLAGS.mode == "eval":
-        evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
-    else:
-        trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+                                    FLAGS.process_id, heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
+    import jax
+    from resnet_jax import evaluate, faults, trainer  # after initialisation, before device use
+    with faults.exit_on_error(jax.process_count):
+        if FLAGS.mode == "eval":
+            evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+        else:
+            trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

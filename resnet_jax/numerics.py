@@ -1,4 +1,4 @@
-"""Non-finite values: detection in and after the train step, the skip policy, checkpoint fingerprints.
+"""Non-finite values: detection in and after the train step, the skip policy; array fingerprints.
 
 Two policies (`config.nonfinite_policy`):
   stop  the trainer finds the first step whose loss or gradient norm is NaN/Inf when it fetches the
@@ -8,9 +8,9 @@ Two policies (`config.nonfinite_policy`):
         finite is dropped (the whole state, optimizer count included, stays as it was; the batch is
         consumed), and the step's `skipped` metric is 1.
 
-`fingerprint` gives each array of a state a 32-bit checksum computed on the device. Orbax (tensorstore)
-notices truncated files, but a flipped bit inside a data chunk restores silently as a wrong number; the
-fingerprint stored next to each checkpoint catches that on restore.
+`fingerprint` gives each array of a state a 32-bit checksum computed on the device. Orbax
+(tensorstore) notices truncated files, but a flipped bit inside a data chunk restores silently as a
+wrong number; the fingerprint stored next to each checkpoint catches that on restore.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class NonFiniteMonitor:
         self.last_good_checkpoint: int | None = None
 
     def check(self, first_step: int, step_metrics: Sequence[Mapping[str, Any]]) -> list[dict]:
-        """Fetches the metrics of steps first_step, first_step + 1, ... (one transfer) and checks them.
+        """Fetches the metrics of steps first_step, first_step + 1, ... (one transfer); checks them.
 
         Under 'stop' raises NonFiniteError at the first step whose loss or grad_norm is not finite;
         under 'skip' counts the steps the train step skipped. Returns the fetched metrics.
@@ -105,18 +105,22 @@ class NonFiniteMonitor:
     def _message(self, step: int, m: Mapping[str, Any], bad: Sequence[str]) -> str:
         values = ", ".join(f"{k}={float(m[k]):.4g}" for k in ("loss", "grad_norm", "learning_rate")
                            if k in m)
-        kept = (f"checkpoint {self.last_good_checkpoint} (written before it) is the newest and is "
-                "kept" if self.last_good_checkpoint is not None else "no checkpoint was written yet")
+        if self.last_good_checkpoint is None:
+            kept = "no checkpoint was written yet; rerun after a fix"
+        else:
+            kept = (f"checkpoint {self.last_good_checkpoint} (written before it) is the newest and "
+                    "is kept; rerun to resume from it after a fix (with "
+                    "--config.allow_config_change=True if the fix changes the config)")
         causes = ["the learning rate is too high for this batch size and schedule (lower "
                   "--config.learning_rate or lengthen the warm-up)",
                   "bad input data (a corrupt image or a NaN in the batch)"]
         if self.dtype in ("bfloat16", "float16"):
             causes.insert(1, f"{self.dtype} overflow in the forward or backward pass (try "
                              "--config.dtype=float32)")
-        return (f"non-finite {' and '.join(bad)} at step {step}" + (f" ({values})" if values else "")
-                + f". Likely causes: {'; '.join(causes)}. The non-finite state was not saved: {kept}."
-                " Rerun to resume from it after a fix (with --config.allow_config_change=True), or "
-                "set --config.nonfinite_policy=skip to drop such updates.")
+        return (f"non-finite {' and '.join(bad)} at step {step}"
+                + (f" ({values})" if values else "")
+                + f". Likely causes: {'; '.join(causes)}. The non-finite state was not saved: "
+                + f"{kept}, or set --config.nonfinite_policy=skip to drop such updates.")
 
 
 _jit_all_finite = jax.jit(all_finite)

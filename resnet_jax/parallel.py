@@ -34,13 +34,18 @@ def _cluster_detected() -> bool:
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None, *,
+                           heartbeat_timeout_s: int | None = None) -> None:
     """Joins a multi-process job; a no-op for a single process.
 
     With no arguments, JAX auto-detects TPU pods, SLURM and Open MPI when it finds one of them;
     otherwise pass the coordinator `host:port`, the process count and this process's id.
+    `heartbeat_timeout_s` bounds how long the others run on after one process died (JAX's
+    coordination service then ends them); None keeps JAX's default (100 s).
     Must run before anything touches a device.
     """
+    timeout = ({} if heartbeat_timeout_s is None
+               else {"heartbeat_timeout_seconds": int(heartbeat_timeout_s)})
     explicit = [coordinator_address, num_processes, process_id]
     if any(a is not None for a in explicit):
         if any(a is None for a in explicit):
@@ -48,9 +53,9 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
                              f"process_id together, got {explicit}")
         if num_processes == 1:
             return
-        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+        jax.distributed.initialize(coordinator_address, num_processes, process_id, **timeout)
     elif _cluster_detected():
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeout)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -126,15 +131,16 @@ def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation,
 
 def jit_train_step(model: nn.Module, tx: optax.GradientTransformation,
                    learning_rate_fn: Callable[[jax.Array], jax.Array], mesh: Mesh, *,
-                   label_smoothing: float = 0.0, donate: bool = True
+                   label_smoothing: float = 0.0, donate: bool = True,
+                   skip_nonfinite: bool = False
                    ) -> Callable[[steps.TrainState, Any], tuple[steps.TrainState, dict]]:
     """Compiled `train_step(state, batch) -> (state, metrics)`: batch sharded, state replicated.
 
     With `donate`, the input state's buffers are reused for the output, so never touch a state
-    after passing it in.
+    after passing it in. `skip_nonfinite`: see `steps.train_step`.
     """
     fn = functools.partial(steps.train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-                           label_smoothing=label_smoothing)
+                           label_smoothing=label_smoothing, skip_nonfinite=skip_nonfinite)
     return jax.jit(fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
                    out_shardings=(replicated(mesh), replicated(mesh)),
                    donate_argnums=(0,) if donate else ())

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_jax import numerics
 from resnet_jax.optim import cross_entropy
 
 
@@ -52,11 +53,14 @@ def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, learning_rate_fn: Callable[[jax.Array], jax.Array],
-               label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+               label_smoothing: float = 0.0, skip_nonfinite: bool = False
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on batch {'image': [B, H, W, 3], 'label': int [B]}.
 
     Returns the new state and scalar metrics: loss (cross-entropy, without weight decay), top1, top5
     (fractions of the batch), learning_rate (the one used for this update), grad_norm (global L2).
+    With `skip_nonfinite`, an update whose loss or gradient norm is NaN/Inf is dropped (the state
+    comes back unchanged) and the metric `skipped` is 1.0 for it, else 0.0.
     """
     dropout_rng = jax.random.fold_in(state.rng, state.step)
 
@@ -80,6 +84,10 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
     }
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
+    if skip_nonfinite:
+        finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
+        new_state = numerics.guard_update(finite, new_state, state)
+        metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
     return new_state, metrics
 
 

@@ -3,10 +3,12 @@
 This is the only module that reads the config whole; everything it calls takes plain arguments.
 `train_and_evaluate(config, workdir)` resumes from the newest checkpoint in `workdir` when there is
 one, and writes `config.json`, `metrics.jsonl`, TensorBoard events, `checkpoints/` and, at the end,
-`summary.json` (see docs/training.md).
+`summary.json` (see docs/training.md). What it does on preemption, NaNs, damaged checkpoints, full
+disks and bad configs is in docs/reliability.md.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -15,10 +17,12 @@ from typing import Any, Iterator
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 from ml_collections import config_dict
 
-from resnet_jax import checkpoint, evaluate, metrics, optim, parallel
+from resnet_jax import (checkpoint, evaluate, faults, metrics, numerics, optim, parallel,
+                        validation)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -69,6 +73,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.profile = False  # trace profile_steps steps with jax.profiler into WORKDIR/profile
     c.profile_start_step = 10
     c.profile_steps = 5
+    # Faults (docs/reliability.md). NaN/Inf loss or gradient: 'stop' (exit 65) or 'skip' the update.
+    c.nonfinite_policy = "stop"
+    c.debug_nan_step = 0  # test hook: K > 0 feeds the K-th batch with NaN images
+    c.allow_config_change = False  # resume a workdir whose config.json differs (see the doc)
+    c.restart_from_scratch = False  # if no checkpoint of the workdir loads: set them aside, start
     return c
 
 
@@ -134,28 +143,68 @@ def _train_batches(c, start_step: int, local_batch: int) -> Iterator[dict]:
         split=c.train_split, normalization=c.normalization)
 
 
-def restore_or_init(c, model, tx, mesh, ckpt: checkpoint.Checkpointer):
-    """(state, start_step): the newest checkpoint's, or a fresh state at step 0."""
+def restore_or_init(c, model, tx, mesh, ckpt: checkpoint.Checkpointer, abstract=None):
+    """(state, start_step, position) of the newest loadable checkpoint, or a fresh state at 0."""
     image_shape = (c.image_size, c.image_size, 3)
-    restored = ckpt.restore(parallel.abstract_train_state(model, tx, image_shape, mesh))
+    if abstract is None:
+        abstract = parallel.abstract_train_state(model, tx, image_shape, mesh)
+    restored = ckpt.restore(abstract, fresh_start_if_damaged=c.restart_from_scratch)
+    _agree_on_start(0 if restored is None else restored[1]["step"], ckpt.directory)
     if restored is None:
         rng = jax.random.PRNGKey(c.seed)
-        return parallel.create_sharded_train_state(model, tx, rng, image_shape, mesh), 0
+        state = parallel.create_sharded_train_state(model, tx, rng, image_shape, mesh)
+        return state, 0, {}
     state, position = restored
     for key, want in (("seed", c.seed), ("global_batch_size", c.batch_size)):
-        if position[key] != want:
-            raise ValueError(f"checkpoint in {ckpt.directory} was written with {key}="
-                             f"{position[key]} but the config has {want}; the input order would "
-                             "differ from the interrupted run's")
+        if position[key] != want:  # even with allow_config_change: the data order would differ
+            raise faults.ConfigError(
+                f"checkpoint in {ckpt.directory} was written with {key}={position[key]} but the "
+                f"config has {want}; the input order would differ from the interrupted run's")
     if position["process_count"] != jax.process_count():
         logging.warning("resuming with %d processes, checkpoint written with %d: the example "
                         "order changes from here on", jax.process_count(), position["process_count"])
     print(f"resumed from checkpoint step {position['step']}", flush=True)
-    return state, int(position["step"])
+    return state, int(position["step"]), position
 
 
-def _position(c, step: int) -> dict:
-    return checkpoint.data_position(step, c.seed, c.batch_size, jax.process_count())
+def _agree_on_start(step: int, directory: str) -> None:
+    """Every process must resume from the same step (they might see different files)."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+    seen = sorted(set(np.asarray(multihost_utils.process_allgather(np.int32(step))).tolist()))
+    if len(seen) > 1:
+        raise faults.CheckpointLoadError(
+            f"the processes would resume from different steps {seen}: they do not see the same "
+            f"checkpoints in {directory}; put the workdir on a filesystem shared by all hosts")
+
+
+def _position(c, step: int, monitor: numerics.NonFiniteMonitor | None = None) -> dict:
+    position = checkpoint.data_position(step, c.seed, c.batch_size, jax.process_count())
+    if monitor is not None and monitor.policy == "skip":
+        position["skipped_steps"] = monitor.skipped  # so the count survives a resume
+    return position
+
+
+def _checkpoints_on_disk(c) -> int:
+    """Most checkpoints on disk at once: Orbax writes a new one before deleting the oldest."""
+    every = c.checkpoint_every_steps
+    planned = (c.num_train_steps // every if every > 0 else 0) + 1
+    return planned if c.keep_checkpoints is None or planned <= c.keep_checkpoints \
+        else c.keep_checkpoints + 1
+
+
+def _prepare_workdir(c, workdir: str, abstract) -> checkpoint.Checkpointer:
+    """Checks disk and config against the workdir (before compiling), writes config.json."""
+    validation.check_workdir(workdir, checkpoint_size=validation.checkpoint_bytes(abstract),
+                             checkpoints_on_disk=_checkpoints_on_disk(c))
+    ckpt = checkpoint.Checkpointer(workdir, every_steps=c.checkpoint_every_steps,
+                                   keep=c.keep_checkpoints)
+    changes = validation.check_same_run(workdir, c, has_checkpoints=bool(ckpt.all_steps()))
+    if changes and jax.process_index() == 0:
+        print(f"resnet_jax: resuming with config changes: {'; '.join(changes)}", flush=True)
+    _write_json(os.path.join(workdir, "config.json"), c.to_dict())
+    return ckpt
 
 
 def _count_params(params) -> int:
@@ -166,6 +215,22 @@ def _write_json(path: str, obj: Any) -> None:
     if jax.process_index() == 0:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
+
+
+@contextlib.contextmanager
+def _finish_writes_on_error(ckpt: checkpoint.Checkpointer, logger) -> Iterator[None]:
+    """On an error, lets earlier (good) checkpoints finish writing and flushes the logs first."""
+    try:
+        yield
+    except faults.Preempted:
+        raise  # it closed both itself
+    except BaseException:
+        for finish in (ckpt.wait, logger.close):
+            try:
+                finish()
+            except Exception as e:  # noqa: BLE001 - the error on its way is the one to report
+                logging.warning("while stopping: %s", e)
+        raise
 
 
 class _Profiler:
@@ -192,19 +257,24 @@ class _Profiler:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from `workdir` if it holds a checkpoint), evaluates; returns summary.json."""
     t0 = time.perf_counter()
-    os.makedirs(workdir, exist_ok=True)
+    validation.check_config(config)  # everything up to the first compile takes seconds
     c = resolve_config(config)
     mesh = parallel.make_mesh()
+    validation.check_resolved(c, device_count=mesh.devices.size, process_count=jax.process_count())
     local_batch = parallel.local_batch_size(c.batch_size, mesh)
-    parallel.local_batch_size(c.eval_batch_size, mesh)
-    _write_json(os.path.join(workdir, "config.json"), c.to_dict())
     model = build_model(c)
     schedule, tx = build_optimizer(c)
-    ckpt = checkpoint.Checkpointer(workdir, every_steps=c.checkpoint_every_steps,
-                                   keep=c.keep_checkpoints)
-    state, start = restore_or_init(c, model, tx, mesh, ckpt)
+    abstract = validation.abstract_state(lambda: parallel.abstract_train_state(
+        model, tx, (c.image_size, c.image_size, 3), mesh), c)
+    ckpt = _prepare_workdir(c, workdir, abstract)
+    state, start, position = restore_or_init(c, model, tx, mesh, ckpt, abstract)
     total = c.num_train_steps
-    train_step = parallel.jit_train_step(model, tx, schedule, mesh, label_smoothing=c.label_smoothing)
+    monitor = numerics.NonFiniteMonitor(c.nonfinite_policy, dtype=c.dtype,
+                                        skipped=position.get("skipped_steps", 0))
+    monitor.last_good_checkpoint = start or None
+    train_step = parallel.jit_train_step(model, tx, schedule, mesh,
+                                         label_smoothing=c.label_smoothing,
+                                         skip_nonfinite=c.nonfinite_policy == "skip")
     eval_fn = evaluate.make_evaluator(model, mesh, **evaluate.eval_data_args(c), views="center")
     logger = metrics.MetricsLogger(workdir, total_steps=total, global_batch_size=c.batch_size)
     if jax.process_index() == 0:
@@ -215,38 +285,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batches = parallel.prefetch_to_mesh(_train_batches(c, start, local_batch), mesh,
                                         c.prefetch_batches)
     profiler = _Profiler(c, workdir)
-    pending, last_train = [], {}
+    pending, checked, last_train = [], [], {}
     eval_time, timed_from, timed_steps = 0.0, None, 0
-    for step in range(start, total):
-        profiler.before(step)
-        state, m = train_step(state, next(batches))
-        pending.append(m)
-        profiler.after(step, state, last=step + 1 == total)
-        done = step + 1
-        if timed_from is None:  # exclude compilation from throughput: time from the first step's end
-            jax.block_until_ready(m)
-            timed_from = time.perf_counter()
-            logger.start(done)
-        else:
-            timed_steps += 1
-        if done % c.log_every_steps == 0 or done == total:
-            last_train = logger.log_train(done, pending)
-            pending = []
-        if c.eval_every_steps > 0 and done % c.eval_every_steps == 0 and done != total:
-            t = time.perf_counter()
-            last_eval = eval_fn(state)
-            logger.log_eval(done, last_eval)
-            eval_time += time.perf_counter() - t
-            logger.start(done)  # eval time is not training time
-        ckpt.save(done, state, _position(c, done))
-    jax.block_until_ready(state)
-    train_time = (time.perf_counter() - timed_from - eval_time) if timed_from else 0.0
-    ckpt.save(total, state, _position(c, total), force=True)
+    hook = faults.FaultHook()
 
-    last_eval = eval_fn(state)
-    logger.log_eval(total, last_eval)
-    ckpt.close()
-    logger.close()
+    def check_metrics(done):  # fetches the pending step metrics; a NaN under 'stop' raises here
+        checked.extend(monitor.check(done - len(pending) + 1, pending))
+        pending.clear()
+
+    def save(done, state, force=False):  # never writes a state that is not finite
+        if not (force or ckpt.should_save(done)):
+            return
+        check_metrics(done)
+        monitor.check_state(done, state)
+        if ckpt.save(done, state, _position(c, done, monitor), force=force):
+            monitor.last_good_checkpoint = done
+            hook.after_save_started(done)
+
+    with faults.PreemptionWatcher(jax.process_count()) as preemption, \
+            _finish_writes_on_error(ckpt, logger):
+        for step in range(start, total):
+            profiler.before(step)
+            batch = next(batches)
+            if step + 1 == c.debug_nan_step:
+                batch = numerics.poison_batch(batch)
+            state, m = train_step(state, batch)
+            pending.append(m)
+            profiler.after(step, state, last=step + 1 == total)
+            done = step + 1
+            if timed_from is None:  # compilation is not throughput: time from step 1's end
+                jax.block_until_ready(m)
+                timed_from = time.perf_counter()
+                logger.start(done)
+            else:
+                timed_steps += 1
+            if done % c.log_every_steps == 0 or done == total:
+                check_metrics(done)
+                last_train = logger.log_train(done, monitor.loggable(checked))
+                checked.clear()
+            if c.eval_every_steps > 0 and done % c.eval_every_steps == 0 and done != total:
+                t = time.perf_counter()
+                last_eval = eval_fn(state)
+                logger.log_eval(done, last_eval)
+                eval_time += time.perf_counter() - t
+                logger.start(done)  # eval time is not training time
+            save(done, state)
+            hook.after_step(done, ckpt.wait)
+            if done < total and preemption.should_stop(done):
+                save(done, state, force=True)
+                ckpt.close()
+                logger.close()
+                raise faults.Preempted(
+                    f"preempted by {preemption.received} after step {done}: checkpoint {done} "
+                    f"is in {ckpt.directory}; rerun the same command to resume", done)
+        jax.block_until_ready(state)
+        train_time = (time.perf_counter() - timed_from - eval_time) if timed_from else 0.0
+        save(total, state, force=True)
+
+        last_eval = eval_fn(state)
+        logger.log_eval(total, last_eval)
+        ckpt.close()
+        logger.close()
     summary = {
         "step": total, "model": c.model, "dataset": c.dataset,
         "params": _count_params(state.params),
@@ -254,6 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "wall_time_s": time.perf_counter() - t0,
         "images_per_sec": timed_steps * c.batch_size / train_time if train_time > 0 else None,
         "devices": jax.device_count(), "processes": jax.process_count(),
+        "skipped_steps": monitor.skipped,
     }
     summary_path = os.path.join(workdir, "summary.json")
     if start == total and os.path.exists(summary_path):  # only re-evaluated: keep the training figures

@@ -73,7 +73,8 @@ def _problems(c) -> list[str]:
                 "weight_decay", "warmup_learning_rate", "end_learning_rate", "label_smoothing"):
         positive(key, minimum=0)
     need(c.learning_rate > 0, f"learning_rate must be > 0, got {c.learning_rate!r}")
-    need(0 < c.lr_decay_factor <= 1, f"lr_decay_factor must be in (0, 1], got {c.lr_decay_factor!r}")
+    need(0 < c.lr_decay_factor <= 1,
+         f"lr_decay_factor must be in (0, 1], got {c.lr_decay_factor!r}")
     need(0 <= c.momentum < 1, f"momentum must be in [0, 1), got {c.momentum!r}")
     need(c.label_smoothing < 1, f"label_smoothing must be < 1, got {c.label_smoothing!r}")
     need(c.num_train_steps > 0 or c.num_train_steps == -1,
@@ -120,7 +121,7 @@ def _model_problems(c) -> list[str]:
 
 
 def check_resolved(c, *, device_count: int, process_count: int) -> None:
-    """What needs the dataset and the devices: batch split, image size, split sizes, data options."""
+    """Checks that need the dataset and devices: batch split, image size, splits, data options."""
     from resnet_jax.data import datasets, pipeline
     problems = []
     for key in ("batch_size", "eval_batch_size"):
@@ -173,7 +174,8 @@ def abstract_state(fn: Callable[[], Any], c) -> Any:
 
 def checkpoint_bytes(abstract: Any) -> int:
     """Bytes of one checkpoint of a state with these shapes (Orbax stores arrays uncompressed)."""
-    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(abstract)))
+    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize
+                   for x in jax.tree.leaves(abstract)))
 
 
 def _json_view(d: dict) -> dict:

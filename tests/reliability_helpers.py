@@ -101,7 +101,8 @@ def saved_state(workdir, step):
     import orbax.checkpoint as ocp
     path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state")
     tree = ocp.StandardCheckpointer().restore(path)
-    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+    return {jax.tree_util.keystr(k): np.asarray(v)
+            for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def assert_bitwise_equal(a, b):
@@ -118,7 +119,7 @@ def checkpoint_dirs(workdir):
 
 @contextlib.contextmanager
 def tmpfs(path, size):
-    """A real filesystem of `size` (e.g. '40m') mounted at `path`; skips where mounting is denied."""
+    """A real filesystem of `size` (e.g. '40m') mounted at `path`; skips where mount is denied."""
     os.makedirs(path, exist_ok=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                           capture_output=True, text=True)
@@ -131,16 +132,17 @@ def tmpfs(path, size):
 
 
 def fill_disk(directory):
-    """Writes a file into `directory` until the filesystem refuses with ENOSPC; returns its path."""
+    """Writes a file into `directory` until the filesystem refuses with ENOSPC; returns its path
+    (None if the filesystem was already too full to create it)."""
     filler = os.path.join(directory, "filler")
-    with open(filler, "wb") as f:
-        try:
+    try:
+        with open(filler, "wb") as f:
             while True:
                 f.write(b"\0" * (1 << 16))
                 f.flush()
-        except OSError as e:
-            assert e.errno == 28, e  # ENOSPC
-    return filler
+    except OSError as e:
+        assert e.errno == 28, e  # ENOSPC
+    return filler if os.path.exists(filler) else None
 
 
 @contextlib.contextmanager
@@ -161,6 +163,28 @@ def immutable(path):
         yield str(path)
     finally:
         subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+def session_dir(tmp_path_factory, name):
+    """A directory shared by every pytest-xdist worker of this session (`make test` runs two), so a
+    reference run or the compilation cache is made once, not once per worker."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = root / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def exclusive(lock_path):
+    """Holds an exclusive lock on `lock_path` (other workers wait here)."""
+    import fcntl
+    with open(lock_path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def copy_workdir(src, dst):

@@ -11,6 +11,10 @@ from resnet_jax import checkpoint, faults, numerics
 from tests.reliability_helpers import fill_disk, tmpfs
 from tests.test_train_checkpoint import _state_and_step
 
+# A read that fails inside tensorstore leaves an Orbax callback that fires after its event loop has
+# closed; it is noise about the damage each test asserts on, not a second failure.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
 
 def _position(step):
     return checkpoint.data_position(step, 0, 16, 1)
@@ -58,7 +62,7 @@ def truncate(workdir, step):
 
 
 def flip_one_bit(workdir, step):
-    """One flipped bit in the middle of the biggest array file: tensorstore reads it without error."""
+    """One flipped bit in the middle of the biggest array file (tensorstore reads it silently)."""
     path = max(glob.glob(os.path.join(workdir, "checkpoints", str(step), "state", "ocdbt.process_0",
                                       "d", "*")), key=os.path.getsize)
     data = bytearray(open(path, "rb").read())
@@ -121,13 +125,13 @@ def test_when_no_checkpoint_loads_the_run_stops_instead_of_starting_over(three_c
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints.damaged"))) == ["1", "2", "3"]
 
 
-# Orbax's background writer threads complain on their way out; the outcome is asserted below.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_checkpoint_write_on_a_full_disk_fails_loudly_and_keeps_the_earlier_ones(tmp_path):
     state, step, abstract, mesh = _state_and_step()
     with tmpfs(tmp_path / "fs", "4m") as fs:
         workdir = os.path.join(fs, "run")
-        ckpt = checkpoint.Checkpointer(workdir, every_steps=1, keep=3)
+        # Synchronous here: an asynchronous failure leaves Orbax tasks that print pages at exit.
+        # The trainer's asynchronous path is tested end to end in test_reliability_kill.py.
+        ckpt = checkpoint.Checkpointer(workdir, every_steps=1, keep=3, async_save=False)
         ckpt.save(1, state, _position(1))
         ckpt.wait()
         filler = fill_disk(fs)
@@ -139,7 +143,8 @@ def test_a_checkpoint_write_on_a_full_disk_fails_loudly_and_keeps_the_earlier_on
         assert e.value.exit_code == faults.EXIT_IO == 74
         assert f"writing checkpoint 2 to {workdir}/checkpoints failed" in msg
         assert "No space left on device" in msg and "checkpoint(s) [1] are intact" in msg
-        os.remove(filler)
+        if filler:
+            os.remove(filler)
         restored, position = checkpoint.Checkpointer(workdir).restore(abstract)
         assert position["step"] == 1
         _assert_state_equal(restored, jax.device_get(state))

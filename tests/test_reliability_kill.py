@@ -6,6 +6,8 @@ and an interrupted run must end with the reference's final train state bit for b
 """
 import json
 import os
+import re
+import shutil
 import signal
 
 import numpy as np
@@ -13,22 +15,26 @@ import pytest
 
 from resnet_jax import faults
 from tests.reliability_helpers import (TOTAL, Run, assert_bitwise_equal, checkpoint_dirs,
-                                       copy_workdir, fill_disk, run, saved_state, tmpfs,
-                                       wait_for_file)
+                                       copy_workdir, exclusive, fill_disk, run, saved_state,
+                                       session_dir, tmpfs, wait_for_file)
 from tests.test_reliability_checkpoint import flip_one_bit, truncate
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("xla_cache")
+    return session_dir(tmp_path_factory, "reliability_xla_cache")
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, cache):
-    """Workdir of the uninterrupted run."""
-    workdir = tmp_path_factory.mktemp("reference") / "run"
-    rc, out = run(workdir, cache_dir=cache)
-    assert rc == 0, out
+    """Workdir of the uninterrupted run (made once per session; tests copy it, never change it)."""
+    root = session_dir(tmp_path_factory, "reliability_reference")
+    workdir = root / "run"
+    with exclusive(root / "lock"):
+        if not (workdir / "summary.json").exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+            rc, out = run(workdir, cache_dir=cache)
+            assert rc == 0, out
     assert checkpoint_dirs(workdir) == ["12", "4", "8"]
     return str(workdir)
 
@@ -60,7 +66,7 @@ def test_sigkill_during_a_checkpoint_write_resumes_from_the_last_complete_one_bi
 
 
 def _pause_then(tmp_path, cache, step, action):
-    """Runs until `step` is done and its checkpoint on disk, applies `action(run)`, lets it go on."""
+    """Runs until `step` and its checkpoint are done, applies `action(run)`, then lets it go on."""
     workdir, gate = tmp_path / "run", tmp_path / "gate"
     r = Run(workdir, cache_dir=cache,
             env={"RESNET_JAX_FAULT": f"pause@{step}", "RESNET_JAX_FAULT_GATE": gate})
@@ -88,7 +94,9 @@ def test_damaged_newest_checkpoints_are_named_and_the_run_resumes_from_the_good_
     flip_one_bit(workdir, 8)
     out = _resume_and_compare(workdir, reference, cache, resumed_from=4)
     assert f"checkpoint 12 ({workdir}/checkpoints/12) cannot be loaded" in out
-    assert f"checkpoint 8 ({workdir}/checkpoints/8) cannot be loaded: its arrays differ" in out
+    # Which file the bit lands in varies (array data: fingerprint; b-tree node: its checksum);
+    # test_reliability_checkpoint.py pins the fingerprint case down.
+    assert f"checkpoint 8 ({workdir}/checkpoints/8) cannot be loaded: " in out
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints.damaged"))) == ["12", "8"]
 
 
@@ -97,8 +105,10 @@ def test_a_nan_at_step_7_stops_the_run_with_exit_65_and_the_good_checkpoint_stay
     rc, out = run(workdir, "--config.debug_nan_step=7", cache_dir=cache)
     assert rc == faults.EXIT_NONFINITE == 65, out
     lines = [line for line in out.splitlines() if line.startswith("resnet_jax: non-finite")]
-    assert len(lines) == 1 and lines[0].startswith(
-        "resnet_jax: non-finite loss and grad_norm at step 7 (loss=nan, grad_norm=nan")
+    # The NaN images reach the loss as zeros through XLA's relu: the gradient shows them.
+    assert len(lines) == 1 and re.match(
+        r"resnet_jax: non-finite (loss and )?grad_norm at step 7 \(loss=\S+, grad_norm=nan",
+        lines[0])
     assert "checkpoint 4 (written before it) is the newest and is kept" in lines[0]
     assert checkpoint_dirs(workdir) == ["4"]  # the step-8 save never happened
     assert all(np.isfinite(x).all() for x in saved_state(workdir, 4).values()
@@ -111,7 +121,7 @@ def test_skip_policy_drops_the_nan_update_counts_it_and_finishes(tmp_path, cache
                   cache_dir=cache)
     assert rc == 0, out
     state = saved_state(workdir, TOTAL)
-    assert int(state[".step"]) == TOTAL - 1  # one update of 12 was dropped
+    assert int(state["['step']"]) == TOTAL - 1  # one update of 12 was dropped
     assert all(np.isfinite(x).all() for x in state.values() if np.issubdtype(x.dtype, np.floating))
     records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     skipped = {r["step"]: r["skipped_steps"] for r in records if r["split"] == "train"}
@@ -192,5 +202,6 @@ def test_a_disk_filling_up_mid_run_stops_with_exit_74_and_the_rerun_resumes_bitw
         lines = [line for line in r.output.splitlines() if line.startswith("resnet_jax:")]
         assert len(lines) == 1 and "No space left on device" in lines[0], r.output
         assert checkpoint_dirs(workdir)[:1] == ["4"]
-        os.remove(filler)
+        if filler:
+            os.remove(filler)
         _resume_and_compare(workdir, reference, cache, resumed_from=4)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.reliability_helpers import TOTAL, Run, checkpoint_dirs, wait_for_file
+from tests.reliability_helpers import TOTAL, Run, checkpoint_dirs, session_dir, wait_for_file
 
 HEARTBEAT_S = 10
 
@@ -34,7 +34,7 @@ def _pair(tmp_path, cache, fault_for_1=None):
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("xla_cache_2proc")
+    return session_dir(tmp_path_factory, "reliability_xla_cache")
 
 
 def test_a_killed_process_makes_the_other_fail_within_the_heartbeat_timeout(tmp_path, cache):

@@ -44,7 +44,7 @@ def test_skip_policy_drops_a_nan_update_as_if_the_batch_had_never_come():
     s1, m1 = skipping(state, b0)
     s_nan, m_nan = skipping(s1, _nan_batch(1))
     assert float(m1["skipped"]) == 0.0 and float(m_nan["skipped"]) == 1.0
-    # XLA's relu maps NaN to 0 here, so the loss can stay finite: the gradient norm is what shows it.
+    # XLA's relu maps NaN to 0 here, so the loss can stay finite: the gradient norm shows it.
     assert not np.isfinite(float(m_nan["grad_norm"]))
     _assert_same(s_nan, s1)  # every leaf, optimizer count and step included
     s2, _ = skipping(s_nan, b2)

@@ -69,7 +69,7 @@ def test_stopping_at_n_and_resuming_to_2n_is_bitwise_equal_to_2n_in_one_go(tmp_p
     # The input order depends on the global batch: resuming with another one is refused.
     c = tiny_config(8)
     c.batch_size = 32
-    with pytest.raises(ValueError, match="global_batch_size=16 but the config has 32"):
+    with pytest.raises(ValueError, match=r"of a different config \(batch_size: 16 -> 32"):
         trainer.train_and_evaluate(c, resumed)
 
 
