@@ -324,6 +324,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 last_train = logger.log_train(done, monitor.loggable(checked))
                 checked.clear()
             if c.eval_every_steps > 0 and done % c.eval_every_steps == 0 and done != total:
+                # Queued train steps must finish first, or their compute is counted as eval time
+                # and training images/s comes out too high.
+                jax.block_until_ready(state)
                 t = time.perf_counter()
                 last_eval = eval_fn(state)
                 logger.log_eval(done, last_eval)
