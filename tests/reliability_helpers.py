@@ -17,6 +17,16 @@ import time
 import numpy as np
 import pytest
 
+def forbid_compiling(monkeypatch, before: str) -> None:
+    """Makes creating the train state or jitting the step (a run's first compiles) fail the test."""
+    from resnet_jax import parallel
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"compiled before {before}")
+    monkeypatch.setattr(parallel, "create_sharded_train_state", forbidden)
+    monkeypatch.setattr(parallel, "jit_train_step", forbidden)
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 12  # steps of the tiny run; checkpoints every 4 -> 4, 8, 12
 TINY_FLAGS = (

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from resnet_jax import faults, parallel, trainer, validation
+from resnet_jax import faults, trainer, validation
 from resnet_jax.data import datasets
-from tests.reliability_helpers import REPO, subprocess_env
+from tests.reliability_helpers import REPO, forbid_compiling, subprocess_env
 
 
 def _config(**overrides):
@@ -23,11 +23,7 @@ def _config(**overrides):
 
 @pytest.fixture
 def no_compile(monkeypatch):
-    """Makes creating the state or the step (the first compiles of a run) fail the test."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("compiled before the config was validated")
-    monkeypatch.setattr(parallel, "create_sharded_train_state", forbidden)
-    monkeypatch.setattr(parallel, "jit_train_step", forbidden)
+    forbid_compiling(monkeypatch, "the config was validated")
 
 
 def test_unknown_model_and_dataset_are_refused_listing_the_valid_names():

@@ -5,15 +5,12 @@ import os
 import pytest
 
 from resnet_jax import faults, parallel, trainer, validation
-from tests.reliability_helpers import immutable, tmpfs
+from tests.reliability_helpers import forbid_compiling, immutable, tmpfs
 
 
 @pytest.fixture
 def no_compile(monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("compiled before the workdir was checked")
-    monkeypatch.setattr(parallel, "create_sharded_train_state", forbidden)
-    monkeypatch.setattr(parallel, "jit_train_step", forbidden)
+    forbid_compiling(monkeypatch, "the workdir was checked")
 
 
 def _config():
