@@ -1,8 +1,8 @@
 """CPU-sized versions of the paper's figures, on the built-in `shapes10` dataset (no download).
 
 `fig6_cpu`: plain-20 / plain-56 / ResNet-20 / ResNet-56 with a short schedule, sized for a 2-core
-machine (about 30 minutes in all; see FIG6_CPU_SCHEDULE for why not 20). It shows the *shape* of He2015 Fig. 6 (does the deeper plain
-net train worse while the deeper ResNet does not?), not its numbers: the data, the image count and
+machine (23 minutes in all, measured; see FIG6_CPU_SCHEDULE for why not fewer steps). It shows the
+*shape* of He2015 Fig. 6 (does the deeper plain net train worse while the deeper ResNet does not?), not its numbers: the data, the image count and
 the schedule are all different.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ from experiments import Check, Entry, Experiment, register
 # augmentation (under one epoch, nothing to overfit). With it the nets sit at chance (loss ln 10)
 # for the first ~400 steps whatever the batch, so the number of *steps* decides whether anything
 # is learnt: 300 steps of 64 (a first try) left plain-20 at 13% test accuracy. 1000 steps of 32
-# (32k images, 0.8 epoch) take about 30 minutes for the four nets on 2 idle cores.
+# (32k images, 0.8 epoch) took 23.1 minutes for the four nets on the 2-core VM, quiet
+# (2026-11-22; docs/results/fig6_cpu.md).
 # The test set (10k images) is evaluated at the middle and the end only: one pass costs as much as
 # ~150 training steps of ResNet-56. Checkpoints every 250 steps let a killed run resume.
 FIG6_CPU_SCHEDULE = {
