@@ -15,13 +15,18 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from resnet_jax import metrics, parallel, steps
+from resnet_jax import faults, metrics, parallel, steps
+from resnet_jax.data import synthetic  # JAX only: no TensorFlow
 
 VIEWS = ("center", "10crop", "multiscale")
 
 
 def eval_data_args(c) -> dict:
     """The eval-data keyword arguments of `make_evaluator` taken from a resolved config."""
+    if c.dataset == synthetic.NAME:  # scores the training pool, so its batch size and seed
+        return dict(dataset=c.dataset, data_dir=None, global_batch_size=c.batch_size,
+                    image_size=c.image_size, synthetic_pool=(c.synthetic_batches, c.num_classes,
+                                                             c.seed))
     return dict(dataset=c.dataset, data_dir=c.data_dir, global_batch_size=c.eval_batch_size,
                 image_size=c.image_size, scales=tuple(c.eval_scales), split=c.eval_split,
                 normalization=c.normalization)
@@ -39,7 +44,8 @@ def _add(total, new):
 
 
 def evaluate_batches(eval_step: Callable, state: steps.TrainState, batches, mesh: Mesh) -> dict:
-    """Means of loss/top1/top5 over the masked-in examples of `batches` (host numpy batches)."""
+    """Means of loss/top1/top5 over the masked-in examples of `batches` (host numpy batches, or
+    global arrays already on the mesh)."""
     sums = None
     for batch in parallel.prefetch_to_mesh(batches, mesh):
         sums = _add(sums, eval_step(state, batch))
@@ -74,16 +80,28 @@ def evaluate_multiscale(predict: Callable, score: Callable, state: steps.TrainSt
 
 def make_evaluator(model, mesh: Mesh, *, dataset: str, data_dir: str | None, global_batch_size: int,
                    views: str = "center", scales: Sequence[int] = (), image_size: int | None = None,
-                   split: str | None = None, normalization: str | None = None
+                   split: str | None = None, normalization: str | None = None,
+                   synthetic_pool: tuple[int, int, int] | None = None
                    ) -> Callable[[steps.TrainState], dict]:
     """Returns `evaluate(state) -> {'loss', 'top1', 'top5', 'count'}` over the eval split.
 
     views: `center` (one crop), `10crop` (4 corners + centre and their flips, He2015), or
     `multiscale` (fully convolutional at each of `scales` with flips, scores averaged).
+    synthetic_pool: (num_batches, num_classes, seed) of the training pool that `synthetic` scores.
     """
     if views not in VIEWS:
         raise ValueError(f"eval views must be one of {VIEWS}, got {views!r}")
     local_batch = parallel.local_batch_size(global_batch_size, mesh)
+    if dataset == synthetic.NAME:
+        if views != "center":
+            raise faults.ConfigError(f"eval_views={views!r} needs real images to crop and rescale; "
+                                     "synthetic data has only eval_views='center'")
+        num_batches, num_classes, seed = synthetic_pool
+        eval_step = parallel.jit_eval_step(model, mesh)
+        # Made again at each evaluation (a pure function of the seed) rather than kept in memory.
+        return lambda state: evaluate_batches(eval_step, state, synthetic.make_batches(
+            mesh, num_batches, global_batch_size, image_size, num_classes, seed=seed,
+            with_mask=True), mesh)
     data = functools.partial(_eval_batches, dataset, data_dir=data_dir, local_batch=local_batch,
                              split=split, normalization=normalization)
     if views != "multiscale":

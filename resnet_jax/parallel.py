@@ -87,10 +87,18 @@ def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
 
 
 def host_to_global(batch: Any, mesh: Mesh) -> Any:
-    """Host-local numpy tree (leading axis = this process's examples) -> global sharded jax.Arrays."""
+    """Host-local numpy tree (leading axis = this process's examples) -> global sharded jax.Arrays.
+
+    Arrays already sharded over the mesh like a batch (synthetic data) pass through untouched.
+    """
     sharding = batch_sharded(mesh)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                        batch)
+
+    def to_global(x):
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    return jax.tree.map(to_global, batch)
 
 
 def prefetch_to_mesh(batches: Iterable[Any], mesh: Mesh, size: int = 2) -> Iterator[Any]:

@@ -32,7 +32,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model_overrides = ml_collections.ConfigDict()  # ResNetSpec fields, e.g. {'shortcut': 'B'}
     c.dtype = "float32"  # compute dtype ('bfloat16' for mixed precision); params stay float32
     c.bn_group_size = config_dict.placeholder(int)  # None or 0: BN over the global batch
-    c.dataset = "shapes10"  # imagenet2012, cifar10, cifar100, shapes10
+    c.dataset = "shapes10"  # imagenet2012, cifar10, cifar100, shapes10, synthetic (random, on device)
     c.data_dir = config_dict.placeholder(str)  # tfds data dir (None: the tfds default)
     c.image_size = config_dict.placeholder(int)  # None: the dataset's native training size
     c.num_classes = config_dict.placeholder(int)  # None: the dataset's
@@ -70,6 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.prefetch_batches = 2
+    c.synthetic_batches = 8  # dataset=synthetic: distinct device-resident batches, trained in turn
     c.profile = False  # trace profile_steps steps with jax.profiler into WORKDIR/profile
     c.profile_start_step = 10
     c.profile_steps = 5
@@ -87,10 +88,13 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     Adds `steps_per_epoch`, `peak_learning_rate` and `num_train_examples`; sets `num_classes`,
     `image_size`, `num_train_steps`, `warmup_steps` and `lr_decay_steps` to what the run uses.
     """
-    from resnet_jax.data import datasets  # TensorFlow only on the data path
+    from resnet_jax.data import datasets, synthetic  # neither imports TensorFlow
 
     c = ml_collections.ConfigDict(config.to_dict())
-    info = datasets.get_info(c.dataset, data_dir=c.data_dir)
+    if c.dataset == synthetic.NAME:
+        info = synthetic.info(c.num_classes, c.image_size, c.batch_size, c.synthetic_batches)
+    else:
+        info = datasets.get_info(c.dataset, data_dir=c.data_dir)
     if c.num_classes is None:
         c.num_classes = info.num_classes
     if c.image_size is None:
@@ -134,8 +138,14 @@ def build_optimizer(c: ml_collections.ConfigDict):
     return schedule, tx
 
 
-def _train_batches(c, start_step: int, local_batch: int) -> Iterator[dict]:
-    from resnet_jax.data import pipeline
+def _train_batches(c, start_step: int, local_batch: int, mesh) -> Iterator[dict]:
+    """Batches from `start_step` on: host numpy batches, or global arrays for synthetic data."""
+    from resnet_jax.data import synthetic
+    if c.dataset == synthetic.NAME:
+        pool = synthetic.make_batches(mesh, c.synthetic_batches, c.batch_size, c.image_size,
+                                      c.num_classes, seed=c.seed)
+        return synthetic.train_batches(pool, start_step)
+    from resnet_jax.data import pipeline  # TensorFlow only on the data path
     return pipeline.train_iterator(
         c.dataset, data_dir=c.data_dir, local_batch_size=local_batch, seed=c.seed,
         start_step=start_step, process_index=jax.process_index(),
@@ -200,7 +210,8 @@ def _prepare_workdir(c, workdir: str, abstract) -> checkpoint.Checkpointer:
                              checkpoints_on_disk=_checkpoints_on_disk(c))
     ckpt = checkpoint.Checkpointer(workdir, every_steps=c.checkpoint_every_steps,
                                    keep=c.keep_checkpoints)
-    changes = validation.check_same_run(workdir, c, has_checkpoints=bool(ckpt.all_steps()))
+    changes = validation.check_same_run(workdir, c, has_checkpoints=bool(ckpt.all_steps()),
+                                        defaults=default_config().to_dict())
     if changes and jax.process_index() == 0:
         print(f"resnet_jax: resuming with config changes: {'; '.join(changes)}", flush=True)
     _write_json(os.path.join(workdir, "config.json"), c.to_dict())
@@ -281,8 +292,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print(f"{c.model} on {c.dataset}: {total} steps of {c.batch_size} images "
               f"({c.steps_per_epoch} steps/epoch) on {jax.device_count()} device(s), "
               f"{jax.process_count()} process(es); workdir {workdir}", flush=True)
+        if c.dataset == "synthetic":
+            print(f"synthetic data: {c.synthetic_batches} random batches made on the devices "
+                  f"(no input pipeline; data options ignored); evaluation scores those "
+                  f"{c.synthetic_batches * c.batch_size} examples, so it measures memorisation of "
+                  f"random labels, not accuracy", flush=True)
 
-    batches = parallel.prefetch_to_mesh(_train_batches(c, start, local_batch), mesh,
+    batches = parallel.prefetch_to_mesh(_train_batches(c, start, local_batch, mesh), mesh,
                                         c.prefetch_batches)
     profiler = _Profiler(c, workdir)
     pending, checked, last_train = [], [], {}
@@ -366,7 +382,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         if k in previous})
     _write_json(summary_path, summary)
     if jax.process_index() == 0:
-        print(f"final test accuracy: top-1 {100 * last_eval['top1']:.2f}%, "
+        what = ("accuracy on the synthetic pool (memorisation)" if c.dataset == "synthetic"
+                else "test accuracy")
+        print(f"final {what}: top-1 {100 * last_eval['top1']:.2f}%, "
               f"top-5 {100 * last_eval['top5']:.2f}% on {last_eval['count']} examples "
               f"(wall time {summary['wall_time_s']:.0f} s)", flush=True)
     return summary

@@ -54,7 +54,7 @@ def _problems(c) -> list[str]:
         need(v in allowed, f"{key}={v!r} is not one of {', '.join(map(str, allowed))}")
 
     choice("model", models.available_models())
-    choice("dataset", datasets.DATASETS)
+    choice("dataset", datasets.TRAINABLE)
     choice("dtype", ("float32", "bfloat16", "float16"))
     choice("optimizer", optim.OPTIMIZERS)
     choice("lr_schedule", optim.SCHEDULES)
@@ -63,7 +63,7 @@ def _problems(c) -> list[str]:
     choice("lr_scaling", ("none", "linear"))
     choice("eval_views", evaluate.VIEWS)
     choice("nonfinite_policy", numerics.POLICIES, "stop")
-    for key in ("batch_size", "log_every_steps", "prefetch_batches"):
+    for key in ("batch_size", "log_every_steps", "prefetch_batches", "synthetic_batches"):
         positive(key)
     for key in ("eval_batch_size", "image_size", "keep_checkpoints"):
         positive(key, allow_none=True)
@@ -122,7 +122,7 @@ def _model_problems(c) -> list[str]:
 
 def check_resolved(c, *, device_count: int, process_count: int) -> None:
     """Checks that need the dataset and devices: batch split, image size, splits, data options."""
-    from resnet_jax.data import datasets, pipeline
+    from resnet_jax.data import datasets
     problems = []
     for key in ("batch_size", "eval_batch_size"):
         if c[key] % device_count:
@@ -132,6 +132,16 @@ def check_resolved(c, *, device_count: int, process_count: int) -> None:
     if c.bn_group_size and per_device % c.bn_group_size:
         problems.append(f"bn_group_size {c.bn_group_size} does not divide the per-device batch "
                         f"{per_device}: a BN group would straddle two devices")
+    if c.dataset != datasets.SYNTHETIC:  # it has no files, splits or augmentations to check
+        problems += _data_problems(c, process_count)
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) with the data or devices: "
+                          + "; ".join(problems))
+
+
+def _data_problems(c, process_count: int) -> list[str]:
+    from resnet_jax.data import datasets, pipeline
+    problems = []
     facts = datasets.facts(c.dataset)
     if facts["family"] == "cifar" and c.image_size != facts["image_size"]:
         problems.append(f"{c.dataset} images are {facts['image_size']}x{facts['image_size']}; "
@@ -154,9 +164,7 @@ def check_resolved(c, *, device_count: int, process_count: int) -> None:
             problems.append(f"{key} {split!r} of {c.dataset} has {n} examples, fewer than one "
                             f"{'batch of ' + str(batch) if batch > 1 else 'example'} per process "
                             f"({process_count} process(es))")
-    if problems:
-        raise ConfigError(f"{len(problems)} problem(s) with the data or devices: "
-                          + "; ".join(problems))
+    return problems
 
 
 def abstract_state(fn: Callable[[], Any], c) -> Any:
@@ -182,25 +190,33 @@ def _json_view(d: dict) -> dict:
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
 
-def config_changes(old: dict, new: dict) -> list[str]:
-    """'key: old -> new' for every key outside RESUMABLE_KEYS whose value differs."""
+def config_changes(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
+    """'key: old -> new' for every key outside RESUMABLE_KEYS whose value differs.
+
+    A key that `old` lacks but `defaults` has, set to its default in `new`, is no change: the run
+    was started before the key existed, and a new key's default keeps the old behaviour.
+    """
     old, new = _json_view(old), _json_view(new)
+    defaults = _json_view(defaults or {})
     keys = sorted((set(old) | set(new)) - RESUMABLE_KEYS)
     return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
-            for k in keys if old.get(k, "<absent>") != new.get(k, "<absent>")]
+            for k in keys if old.get(k, "<absent>") != new.get(k, "<absent>")
+            and not (k not in old and k in defaults and new.get(k) == defaults[k])]
 
 
-def check_same_run(workdir: str, c, *, has_checkpoints: bool) -> list[str]:
+def check_same_run(workdir: str, c, *, has_checkpoints: bool,
+                   defaults: dict | None = None) -> list[str]:
     """Refuses to resume a run of another config; returns the allowed changes it found.
 
     Only a workdir with checkpoints is checked: without one nothing computed so far would be mixed.
+    `defaults`: the trainer's default config (see `config_changes`).
     """
     path = os.path.join(workdir, "config.json")
     if not (has_checkpoints and os.path.exists(path)):
         return []
     with open(path, encoding="utf-8") as f:
         old = json.load(f)
-    changes = config_changes(old, c.to_dict())
+    changes = config_changes(old, c.to_dict(), defaults)
     if changes and not c.get("allow_config_change", False):
         raise ConfigError(
             f"{workdir} holds a run of a different config ({'; '.join(changes)}). Use another "

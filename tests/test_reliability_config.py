@@ -96,6 +96,16 @@ def test_resuming_a_run_of_another_config_is_refused_unless_allowed(tmp_path):
     other.allow_config_change = True
     changes = validation.check_same_run(str(tmp_path), other, has_checkpoints=True)
     assert "batch_size: 8 -> 16" in changes and "learning_rate: 0.1 -> 0.5" in changes
+    # A run started before a key existed resumes when the key keeps its default, not otherwise.
+    old = c.to_dict()
+    del old["synthetic_batches"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    defaults = trainer.default_config().to_dict()
+    assert validation.check_same_run(str(tmp_path), c, has_checkpoints=True,
+                                     defaults=defaults) == []
+    with pytest.raises(faults.ConfigError, match=r"synthetic_batches: '<absent>' -> 2"):
+        validation.check_same_run(str(tmp_path), trainer.resolve_config(
+            _config(synthetic_batches=2)), has_checkpoints=True, defaults=defaults)
     # Without checkpoints nothing computed would be mixed: a new config simply starts.
     assert validation.check_same_run(str(tmp_path), trainer.resolve_config(
         _config(learning_rate=0.5)), has_checkpoints=False) == []

@@ -3,5 +3,6 @@ paper's augmentations in tf ops, and per-process tf.data iterators yielding nump
 
 Importing this package does not import TensorFlow; the submodules that need it
 (`augment`, `pipeline`, `shapes`, `prepare`, `throughput`) import it, with every GPU hidden from it.
+`synthetic` (random batches made on the devices) needs only JAX.
 See docs/data.md.
 """

@@ -22,7 +22,10 @@ _FACTS = {
     "shapes10": dict(num_classes=10, image_size=32, family="cifar", train_split="train",
                      eval_split="test", num_train=40_000, num_eval=10_000, manual=(), key="id"),
 }
-DATASETS = tuple(_FACTS)
+DATASETS = tuple(_FACTS)  # the tfds ones
+# Random data made on the devices (resnet_jax.data.synthetic): the trainer takes it, tfds does not.
+SYNTHETIC = "synthetic"
+TRAINABLE = DATASETS + (SYNTHETIC,)
 
 # He2015 Sec. 4.2 tunes on a 45k/5k split of the CIFAR training set. As fractions they are exactly
 # 45,000/5,000 of the real 50,000 and stay meaningful on small fake data.
