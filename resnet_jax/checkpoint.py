@@ -33,6 +33,23 @@ def data_position(step: int, seed: int, global_batch_size: int, process_count: i
             "process_count": int(process_count)}
 
 
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager without its own calls to JAX's multi-host preemption sync point.
+
+    JAX agrees on the step to save at from the step each host last passed to
+    `reached_preemption_sync_point`, so it must be called once per step with rising steps; the
+    trainer does that (`faults.PreemptionWatcher.should_stop`). Orbax calls it as well, from `save`
+    and from its finalize thread with the step of an older checkpoint, which can report a step
+    behind the host's real one: the hosts then agree on a step that one of them has already
+    passed, it trains on alone, and both hang at the next checkpoint's barrier. Saving is decided by
+    `Checkpointer` (Orbax only ever gets force=True), so Orbax needs no answer of its own.
+    """
+
+    def reached_preemption(self, step: int) -> bool:
+        del step
+        return False
+
+
 class Checkpointer:
     """Saves every `every_steps` steps (and when forced), keeps the newest `keep`, restores newest.
 
@@ -56,8 +73,7 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=("state", "data"))
+        self._manager = _Manager(self.directory, options=options, item_names=("state", "data"))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
