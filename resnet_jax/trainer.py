@@ -23,6 +23,7 @@ from ml_collections import config_dict
 
 from resnet_jax import (checkpoint, evaluate, faults, metrics, numerics, optim, parallel,
                         validation)
+from resnet_jax.data import synthetic  # JAX only: no TensorFlow
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -88,7 +89,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     Adds `steps_per_epoch`, `peak_learning_rate` and `num_train_examples`; sets `num_classes`,
     `image_size`, `num_train_steps`, `warmup_steps` and `lr_decay_steps` to what the run uses.
     """
-    from resnet_jax.data import datasets, synthetic  # neither imports TensorFlow
+    from resnet_jax.data import datasets  # plain Python: TensorFlow only once a builder is needed
 
     c = ml_collections.ConfigDict(config.to_dict())
     if c.dataset == synthetic.NAME:
@@ -140,7 +141,6 @@ def build_optimizer(c: ml_collections.ConfigDict):
 
 def _train_batches(c, start_step: int, local_batch: int, mesh) -> Iterator[dict]:
     """Batches from `start_step` on: host numpy batches, or global arrays for synthetic data."""
-    from resnet_jax.data import synthetic
     if c.dataset == synthetic.NAME:
         pool = synthetic.make_batches(mesh, c.synthetic_batches, c.batch_size, c.image_size,
                                       c.num_classes, seed=c.seed)
@@ -292,7 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print(f"{c.model} on {c.dataset}: {total} steps of {c.batch_size} images "
               f"({c.steps_per_epoch} steps/epoch) on {jax.device_count()} device(s), "
               f"{jax.process_count()} process(es); workdir {workdir}", flush=True)
-        if c.dataset == "synthetic":
+        if c.dataset == synthetic.NAME:
             print(f"synthetic data: {c.synthetic_batches} random batches made on the devices "
                   f"(no input pipeline; data options ignored); evaluation scores those "
                   f"{c.synthetic_batches * c.batch_size} examples, so it measures memorisation of "
@@ -382,7 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         if k in previous})
     _write_json(summary_path, summary)
     if jax.process_index() == 0:
-        what = ("accuracy on the synthetic pool (memorisation)" if c.dataset == "synthetic"
+        what = ("accuracy on the synthetic pool (memorisation)" if c.dataset == synthetic.NAME
                 else "test accuracy")
         print(f"final {what}: top-1 {100 * last_eval['top1']:.2f}%, "
               f"top-5 {100 * last_eval['top5']:.2f}% on {last_eval['count']} examples "

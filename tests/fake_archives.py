@@ -9,7 +9,9 @@
 
 Each returns a `FakeDataset` whose `data_dir` goes straight to `resnet_jax.data.pipeline`.
 """
+import contextlib
 import dataclasses
+import fcntl
 import io
 import json
 import os
@@ -215,29 +217,48 @@ def make_fake_cifar100(root, *, num_train=50, num_test=20, seed=0, prepare=True)
                          prepare=prepare)
 
 
+def session_dir(tmp_path_factory, name):
+  """A directory shared by every pytest-xdist worker of this session (`make test` runs two), so
+  fake data, a reference run or the compilation cache is made once, not once per worker.
+
+  Workers share the parent of their base temp folder.
+  """
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  path = root / name
+  path.mkdir(parents=True, exist_ok=True)
+  return path
+
+
+@contextlib.contextmanager
+def exclusive(lock_path):
+  """Holds an exclusive lock on `lock_path` (other workers wait here)."""
+  with open(lock_path, "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def build_once(tmp_path_factory, name, build):
   """Runs build(root) once per test session, even across pytest-xdist workers; returns its result.
 
-  Workers share the parent of their base temp folder, so the first worker builds under a lock and
-  the others reuse the folder and the pickled result.
+  The first worker builds under a lock; the others reuse the folder and the pickled result.
   """
-  import fcntl  # pylint: disable=g-import-not-at-top
   import pickle  # pylint: disable=g-import-not-at-top
-  base = tmp_path_factory.getbasetemp()
-  if os.environ.get("PYTEST_XDIST_WORKER"):
-    base = base.parent
-  root = os.path.join(str(base), "resnet_jax_fake_data", name)
-  os.makedirs(root, exist_ok=True)
-  with open(os.path.join(root, ".lock"), "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-      done = os.path.join(root, "result.pkl")
-      if os.path.exists(done):
-        with open(done, "rb") as f:
-          return pickle.load(f)
-      result = build(root)
-      with open(done, "wb") as f:
-        pickle.dump(result, f)
-      return result
-    finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
+  root = str(session_dir(tmp_path_factory, os.path.join("resnet_jax_fake_data", name)))
+  with exclusive(os.path.join(root, ".lock")):
+    done = os.path.join(root, "result.pkl")
+    if os.path.exists(done):
+      with open(done, "rb") as f:
+        return pickle.load(f)
+    result = build(root)
+    with open(done, "wb") as f:
+      pickle.dump(result, f)
+    return result
+
+
+def fake_imagenet_once(tmp_path_factory, name, **kwargs):
+  """`make_fake_imagenet(root, **kwargs)` built once per session under `name` (see build_once)."""
+  return build_once(tmp_path_factory, name, lambda root: make_fake_imagenet(root, **kwargs))

@@ -175,28 +175,6 @@ def immutable(path):
         subprocess.run(["chattr", "-i", str(path)], check=False)
 
 
-def session_dir(tmp_path_factory, name):
-    """A directory shared by every pytest-xdist worker of this session (`make test` runs two), so a
-    reference run or the compilation cache is made once, not once per worker."""
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    path = root / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@contextlib.contextmanager
-def exclusive(lock_path):
-    """Holds an exclusive lock on `lock_path` (other workers wait here)."""
-    import fcntl
-    with open(lock_path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def copy_workdir(src, dst):
     shutil.copytree(src, dst)
     return str(dst)

@@ -15,10 +15,9 @@ NUM_CLASSES, PER_CLASS, NUM_VAL = 3, 3, 5
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
-  return fake_archives.build_once(
-      tmp_path_factory, "imagenet",
-      lambda root: fake_archives.make_fake_imagenet(
-          root, num_classes=NUM_CLASSES, train_per_class=PER_CLASS, num_val=NUM_VAL))
+  return fake_archives.fake_imagenet_once(
+      tmp_path_factory, "imagenet", num_classes=NUM_CLASSES, train_per_class=PER_CLASS,
+      num_val=NUM_VAL)
 
 
 def _train(fake, **kw):
@@ -195,10 +194,9 @@ def test_prepare_detects_a_truncated_download(fake, tmp_path):
 
 @pytest.fixture(scope="module")
 def corrupt_fake(tmp_path_factory):
-  return fake_archives.build_once(
-      tmp_path_factory, "imagenet_corrupt",
-      lambda root: fake_archives.make_fake_imagenet(
-          root, num_classes=1, train_per_class=3, num_val=1, corrupt=1, seed=3))
+  return fake_archives.fake_imagenet_once(
+      tmp_path_factory, "imagenet_corrupt", num_classes=1, train_per_class=3, num_val=1,
+      corrupt=1, seed=3)
 
 
 @pytest.mark.parametrize("augment_name", ["paper", "inception"])

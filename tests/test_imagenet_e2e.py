@@ -17,10 +17,9 @@ NUM_CLASSES, PER_CLASS, NUM_VAL = 4, 4, 6
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
-    return fake_archives.build_once(
-        tmp_path_factory, "imagenet_train_e2e",
-        lambda root: fake_archives.make_fake_imagenet(
-            root, num_classes=NUM_CLASSES, train_per_class=PER_CLASS, num_val=NUM_VAL))
+    return fake_archives.fake_imagenet_once(
+        tmp_path_factory, "imagenet_train_e2e", num_classes=NUM_CLASSES,
+        train_per_class=PER_CLASS, num_val=NUM_VAL)
 
 
 def _overrides(fake, steps):

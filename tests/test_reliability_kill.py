@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from resnet_jax import faults
+from fake_archives import exclusive, session_dir
 from tests.reliability_helpers import (TOTAL, Run, assert_bitwise_equal, checkpoint_dirs,
-                                       copy_workdir, exclusive, fill_disk, run, saved_state,
-                                       session_dir, tmpfs, wait_for_file)
+                                       copy_workdir, fill_disk, run, saved_state, tmpfs,
+                                       wait_for_file)
 from tests.test_reliability_checkpoint import flip_one_bit, truncate
 
 

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.reliability_helpers import TOTAL, Run, checkpoint_dirs, session_dir, wait_for_file
+from fake_archives import session_dir
+from tests.reliability_helpers import TOTAL, Run, checkpoint_dirs, wait_for_file
 
 HEARTBEAT_S = 10
 
