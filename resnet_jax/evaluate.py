@@ -7,7 +7,6 @@ the split is done (one host transfer per evaluation).
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Any, Callable, Sequence
 
@@ -142,7 +141,5 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
     logger.close()
     out = dict(result, step=position["step"], views=c.eval_views,
                scales=list(c.eval_scales) if c.eval_views == "multiscale" else None)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, f"eval_{c.eval_views}.json"), "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
+    metrics.write_json(os.path.join(workdir, f"eval_{c.eval_views}.json"), out)
     return out

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from typing import Iterator
 
 # Exit codes. 75 is the only one after which rerunning the same command is the right reaction.
@@ -27,6 +28,7 @@ EXIT_PEER_LOST = 69  # EX_UNAVAILABLE: another process of a multi-process job di
 EXIT_IO = 74  # EX_IOERR: workdir not writable, disk too small or full, checkpoint write failed
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGTERM/SIGINT after a checkpoint; rerun to resume
 EXIT_CONFIG = 78  # EX_CONFIG: invalid config, or a workdir holding a run of another config
+EXIT_BUG = 1  # an unforeseen error (Python's own code for an uncaught exception): the traceback
 
 
 class RunError(Exception):
@@ -100,8 +102,10 @@ def classify(e: BaseException, process_count: int = 1) -> tuple[int, str] | None
 def exit_on_error(process_count_fn=lambda: 1) -> Iterator[None]:
     """Turns a foreseen failure inside the block into one line on stderr and its exit code.
 
-    With several processes the exit skips Python's teardown (`os._exit`): JAX's shutdown barrier
-    would otherwise wait minutes for peers that are dead or stuck in a collective this one left.
+    With several processes every failure, a bug's too, exits without Python's teardown
+    (`os._exit`): JAX's shutdown barrier would wait for peers that are stuck in a collective this
+    process left, and they for it, forever (each still answers the heartbeat). Exiting ends the
+    heartbeat, so the coordination service stops the others within `heartbeat_timeout_s`.
     """
     try:
         yield
@@ -109,7 +113,12 @@ def exit_on_error(process_count_fn=lambda: 1) -> Iterator[None]:
         count = process_count_fn()
         found = classify(e, count)
         if found is None:
-            raise
+            if count == 1:
+                raise
+            traceback.print_exc()
+            sys.stderr.flush()
+            sys.stdout.flush()
+            os._exit(EXIT_BUG)
         code, message = found
         print(f"resnet_jax: {message}", file=sys.stderr, flush=True)
         sys.stdout.flush()
@@ -182,6 +191,7 @@ class FaultHook:
     `pause@K`: after step K and its checkpoint are on disk, create $RESNET_JAX_FAULT_GATE.paused and
       wait until $RESNET_JAX_FAULT_GATE.go exists, so a test can fill the disk, send a signal or
       kill a peer at that exact point.
+    `bug@K`: raise an unforeseen error (RuntimeError) after step K, as a bug in the loop would.
     Several actions may be given, separated by commas.
     """
 
@@ -191,7 +201,7 @@ class FaultHook:
         self.actions: dict[tuple[str, int], bool] = {}
         for item in filter(None, (s.strip() for s in spec.split(","))):
             action, _, step = item.partition("@")
-            if action not in ("sigkill_in_save", "pause") or not step.isdigit():
+            if action not in ("sigkill_in_save", "pause", "bug") or not step.isdigit():
                 raise ValueError(f"bad RESNET_JAX_FAULT item {item!r}")
             self.actions[(action, int(step))] = True
         if any(a == "pause" for a, _ in self.actions) and not self.gate:
@@ -202,6 +212,8 @@ class FaultHook:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def after_step(self, step: int, wait_for_checkpoints) -> None:
+        if self.actions.pop(("bug", step), False):
+            raise RuntimeError(f"RESNET_JAX_FAULT=bug@{step}: an unforeseen error after step {step}")
         if not self.actions.pop(("pause", step), False):
             return
         wait_for_checkpoints()

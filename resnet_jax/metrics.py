@@ -44,6 +44,25 @@ def progress_line(step: int, total: int, m: Mapping[str, float]) -> str:
             f"  {m['images_per_sec']:.0f} img/s  ETA {format_eta((total - step) / m['steps_per_sec'])}")
 
 
+def write_json(path: str, obj: Any) -> None:
+    """Process 0 writes `obj` to `path` whole: other processes may read it at the same moment.
+
+    The JSON goes to a temporary file that then replaces `path`, so a reader sees the old or the
+    new content, never half of it (a half-read config.json once made a peer stop with a
+    traceback while the others waited for it).
+    """
+    if jax.process_index() != 0:
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 class JsonlWriter:
     """Appends one JSON object per record: {'step', 'split', <metric>: value, ...}."""
 

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import time
-from typing import Any, Iterator
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -214,18 +214,12 @@ def _prepare_workdir(c, workdir: str, abstract) -> checkpoint.Checkpointer:
                                         defaults=default_config().to_dict())
     if changes and jax.process_index() == 0:
         print(f"resnet_jax: resuming with config changes: {'; '.join(changes)}", flush=True)
-    _write_json(os.path.join(workdir, "config.json"), c.to_dict())
+    metrics.write_json(os.path.join(workdir, "config.json"), c.to_dict())
     return ckpt
 
 
 def _count_params(params) -> int:
     return int(sum(x.size for x in jax.tree.leaves(params)))
-
-
-def _write_json(path: str, obj: Any) -> None:
-    if jax.process_index() == 0:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
 
 
 @contextlib.contextmanager
@@ -380,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             previous = json.load(f)
         summary.update({k: previous[k] for k in ("train", "images_per_sec", "wall_time_s")
                         if k in previous})
-    _write_json(summary_path, summary)
+    metrics.write_json(summary_path, summary)
     if jax.process_index() == 0:
         what = ("accuracy on the synthetic pool (memorisation)" if c.dataset == synthetic.NAME
                 else "test accuracy")

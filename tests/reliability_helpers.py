@@ -48,7 +48,7 @@ TINY_FLAGS = (
 
 def subprocess_env(cache_dir, **extra):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+               PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env.pop("RESNET_JAX_FAULT", None)
@@ -72,8 +72,12 @@ class Run:
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack first
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
             raise AssertionError(f"run did not end within {timeout} s:\n{self.output}")
         self._log_file.close()
         return self.proc.returncode

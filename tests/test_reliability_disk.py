@@ -59,3 +59,24 @@ def test_checkpoint_size_estimate_counts_params_and_optimizer_state():
     size = validation.checkpoint_bytes(abstract)
     # float32 params + momentum + BN mean/var, plus a few scalars (step, rng key, optax count).
     assert 0 <= size - 4 * (2 * params + bn_stats) < 64
+
+
+def test_a_json_write_cut_off_half_way_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    """config.json and summary.json are read by every process while process 0 rewrites them."""
+    import json
+
+    from resnet_jax import metrics
+    path = str(tmp_path / "config.json")
+    metrics.write_json(path, {"model": "resnet20", "seed": 0})
+    real_dump = json.dump
+
+    def dump_then_fail(obj, f, **kwargs):
+        f.write(json.dumps(obj, **kwargs)[:5])
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(json, "dump", dump_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        metrics.write_json(path, {"model": "resnet56", "seed": 1})
+    monkeypatch.setattr(json, "dump", real_dump)
+    with open(path) as f:
+        assert json.load(f) == {"model": "resnet20", "seed": 0}
+    assert os.listdir(tmp_path) == ["config.json"]  # no temporary file left behind
