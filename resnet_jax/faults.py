@@ -116,11 +116,11 @@ def exit_on_error(process_count_fn=lambda: 1) -> Iterator[None]:
             if count == 1:
                 raise
             traceback.print_exc()
-            sys.stderr.flush()
-            sys.stdout.flush()
-            os._exit(EXIT_BUG)
-        code, message = found
-        print(f"resnet_jax: {message}", file=sys.stderr, flush=True)
+            code = EXIT_BUG
+        else:
+            code, message = found
+            print(f"resnet_jax: {message}", file=sys.stderr)
+        sys.stderr.flush()
         sys.stdout.flush()
         if count > 1:
             os._exit(code)

@@ -48,8 +48,7 @@ def write_json(path: str, obj: Any) -> None:
     """Process 0 writes `obj` to `path` whole: other processes may read it at the same moment.
 
     The JSON goes to a temporary file that then replaces `path`, so a reader sees the old or the
-    new content, never half of it (a half-read config.json once made a peer stop with a
-    traceback while the others waited for it).
+    new content, never half of it (every process reads config.json while process 0 rewrites it).
     """
     if jax.process_index() != 0:
         return

@@ -153,11 +153,12 @@ def _train_batches(c, start_step: int, local_batch: int, mesh) -> Iterator[dict]
         split=c.train_split, normalization=c.normalization)
 
 
-def restore_or_init(c, model, tx, mesh, ckpt: checkpoint.Checkpointer, abstract=None):
-    """(state, start_step, position) of the newest loadable checkpoint, or a fresh state at 0."""
+def restore_or_init(c, model, tx, mesh, ckpt: checkpoint.Checkpointer, abstract):
+    """(state, start_step, position) of the newest loadable checkpoint, or a fresh state at 0.
+
+    `abstract`: the state's shapes and shardings (`parallel.abstract_train_state`).
+    """
     image_shape = (c.image_size, c.image_size, 3)
-    if abstract is None:
-        abstract = parallel.abstract_train_state(model, tx, image_shape, mesh)
     restored = ckpt.restore(abstract, fresh_start_if_damaged=c.restart_from_scratch)
     _agree_on_start(0 if restored is None else restored[1]["step"], ckpt.directory)
     if restored is None:
