@@ -3,6 +3,7 @@
 Usage: --config=configs/cifar10.py:resnet56   (any CIFAR model: resnet20..1202, plain20..110,
 resnet164, preact_resnet164/1001, wrn28_10, ...). Append `,cifar100` for CIFAR-100 (He2016).
 """
+
 import re
 
 from resnet_jax.trainer import default_config

@@ -5,6 +5,7 @@ on a fresh machine without a download. The recipe is the CIFAR one (He2015 Sec. 
 Expect ~78% test top-1 (README states the measured figure); the loss stays near ln(10) for the first
 ~400 steps while the net finds the shapes, then falls quickly.
 """
+
 from resnet_jax.trainer import default_config
 
 
@@ -16,7 +17,9 @@ def get_config():
     c.augment = "none"
     c.batch_size = 32  # on 2 CPU cores small batches learn more per second than large ones
     c.num_train_steps = 1400  # 44.8k images, ~1.1 epochs: about 5 minutes of 2 CPU cores
-    c.learning_rate = 0.05  # half the paper's 0.1 for a quarter of its batch; beat 0.1 at batch 64 in a trial
+    c.learning_rate = (
+        0.05  # half the paper's 0.1 for a quarter of its batch; beat 0.1 at batch 64 in a trial
+    )
     c.lr_schedule = "cosine"  # a short run gains from decaying all the way down
     c.warmup = "linear"
     c.warmup_steps = 50

@@ -5,6 +5,7 @@ Usage: --config=configs/imagenet.py:resnet50          the paper's recipe (Sec. 3
 Any ImageNet model works (resnet18..152, resnet50_v1, plain34, resnet34_a, resnet50d, ...).
 Prepare the data first: see README.md ("ImageNet").
 """
+
 from resnet_jax.trainer import default_config
 
 
@@ -53,7 +54,9 @@ def modern(c):
 def get_config(arg: str = "resnet50"):
     model, _, variant = arg.partition(",")
     if variant not in ("", "paper", "modern"):
-        raise ValueError(f"unknown ImageNet recipe {variant!r}: use MODEL, MODEL,paper or MODEL,modern")
+        raise ValueError(
+            f"unknown ImageNet recipe {variant!r}: use MODEL, MODEL,paper or MODEL,modern"
+        )
     c = default_config()
     c.model = model
     c.dataset = "imagenet2012"

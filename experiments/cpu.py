@@ -5,6 +5,7 @@ machine (23 minutes in all, measured; see FIG6_CPU_SCHEDULE for why not fewer st
 *shape* of He2015 Fig. 6 (does the deeper plain net train worse while the deeper ResNet does not?), not its numbers: the data, the image count and
 the schedule are all different.
 """
+
 from __future__ import annotations
 
 from experiments import Check, Entry, Experiment, register
@@ -40,31 +41,49 @@ FIG6_CPU_SCHEDULE = {
 
 
 def _entry(kind, depth):
-  model = f"{kind}{depth}"
-  # Names differ from fig6's (CIFAR-10) entries: same name must mean same command everywhere.
-  return Entry(name=f"{model}_cpu", label=f"{'plain' if kind == 'plain' else 'ResNet'}-{depth}",
-               config="configs/default.py", model=model,
-               overrides={"model": model, **FIG6_CPU_SCHEDULE}, series=kind)
+    model = f"{kind}{depth}"
+    # Names differ from fig6's (CIFAR-10) entries: same name must mean same command everywhere.
+    return Entry(
+        name=f"{model}_cpu",
+        label=f"{'plain' if kind == 'plain' else 'ResNet'}-{depth}",
+        config="configs/default.py",
+        model=model,
+        overrides={"model": model, **FIG6_CPU_SCHEDULE},
+        series=kind,
+    )
 
 
 FIG6_CPU = Experiment(
     name="fig6_cpu",
     title="The degradation problem, CPU-sized: plain vs residual nets on shapes10",
-    dataset="shapes10", paper_dataset="cifar10",
+    dataset="shapes10",
+    paper_dataset="cifar10",
     source="He2015 Fig. 6 (qualitative; the paper's numbers are CIFAR-10, not comparable)",
-    kind="curves", layer_responses=True,
+    kind="curves",
+    layer_responses=True,
     entries=tuple(_entry(k, d) for k in ("plain", "resnet") for d in (20, 56)),
     checks=(
         Check("plain56_cpu", ">", "plain20_cpu", "top1_err", "deeper plain net: higher test error"),
-        Check("plain56_cpu", ">", "plain20_cpu", "train_err",
-              "deeper plain net: higher training error"),
-        Check("resnet56_cpu", "<=", "resnet20_cpu", "top1_err",
-              "deeper ResNet: no worse test error"),
-        Check("resnet56_cpu", "<=", "resnet20_cpu", "train_err",
-              "deeper ResNet: no worse training error"),
+        Check(
+            "plain56_cpu",
+            ">",
+            "plain20_cpu",
+            "train_err",
+            "deeper plain net: higher training error",
+        ),
+        Check(
+            "resnet56_cpu", "<=", "resnet20_cpu", "top1_err", "deeper ResNet: no worse test error"
+        ),
+        Check(
+            "resnet56_cpu",
+            "<=",
+            "resnet20_cpu",
+            "train_err",
+            "deeper ResNet: no worse training error",
+        ),
     ),
     notes="Sized for a 2-core CPU; the schedule is in experiments/cpu.py (FIG6_CPU_SCHEDULE). "
-          "The layer-response plot is He2015 Fig. 7 measured on these short runs.",
+    "The layer-response plot is He2015 Fig. 7 measured on these short runs.",
 )
 
 register(FIG6_CPU)

@@ -8,6 +8,7 @@ Runs go one after another on this host into ROOT/<entry>/seed<k>. A run whose wo
 skipped; any other run is (re)started, and the trainer resumes it from the checkpoint in its workdir. `--print_commands` prints one shell command per unfinished run, for a
 cluster scheduler (see docs/experiments.md for a SLURM array).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,218 +33,276 @@ LOG = "run.log"
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  entry: Entry
-  seed: int
-  workdir: pathlib.Path
-  status: str  # 'done', 'partial' (started, or trained but its evaluation protocol not run), 'todo'
-  train: tuple[str, ...] | None  # trainer arguments after `python`; None once trained
-  evaluate: tuple[str, ...] | None  # `--mode=eval` arguments; None for centre crop or once done
+    entry: Entry
+    seed: int
+    workdir: pathlib.Path
+    status: (
+        str  # 'done', 'partial' (started, or trained but its evaluation protocol not run), 'todo'
+    )
+    train: tuple[str, ...] | None  # trainer arguments after `python`; None once trained
+    evaluate: tuple[str, ...] | None  # `--mode=eval` arguments; None for centre crop or once done
 
-  @property
-  def phases(self) -> list[tuple[str, ...]]:
-    return [p for p in (self.train, self.evaluate) if p is not None]
+    @property
+    def phases(self) -> list[tuple[str, ...]]:
+        return [p for p in (self.train, self.evaluate) if p is not None]
 
-  def command(self, python: str = "python") -> str:
-    """One shell line for what is left to do ('' when done)."""
-    return " && ".join(shlex.join([python, *args]) for args in self.phases)
+    def command(self, python: str = "python") -> str:
+        """One shell line for what is left to do ('' when done)."""
+        return " && ".join(shlex.join([python, *args]) for args in self.phases)
 
 
 def seeds_of(entry: Entry, seeds: int | None) -> range:
-  return range(entry.seeds if seeds is None else seeds)
+    return range(entry.seeds if seeds is None else seeds)
 
 
 def run_dir(root: os.PathLike, entry: Entry, seed: int) -> pathlib.Path:
-  return pathlib.Path(root) / entry.name / f"seed{seed}"
+    return pathlib.Path(root) / entry.name / f"seed{seed}"
 
 
 def eval_file(workdir: pathlib.Path, views: str) -> pathlib.Path:
-  """Where `--mode=eval` leaves the result of a protocol (resnet_jax/evaluate.py)."""
-  return workdir / f"eval_{views}.json"
+    """Where `--mode=eval` leaves the result of a protocol (resnet_jax/evaluate.py)."""
+    return workdir / f"eval_{views}.json"
 
 
 def is_trained(workdir: pathlib.Path) -> bool:
-  return (workdir / "summary.json").exists()
+    return (workdir / "summary.json").exists()
 
 
 def is_evaluated(workdir: pathlib.Path, views: str) -> bool:
-  return views == "center" or eval_file(workdir, views).exists()
+    return views == "center" or eval_file(workdir, views).exists()
 
 
 def run_status(workdir: pathlib.Path, views: str = "center") -> str:
-  if is_trained(workdir) and is_evaluated(workdir, views):
-    return "done"
-  if is_trained(workdir) or (workdir / "metrics.jsonl").exists() or (workdir / "checkpoints").exists():
-    return "partial"
-  return "todo"
+    if is_trained(workdir) and is_evaluated(workdir, views):
+        return "done"
+    if (
+        is_trained(workdir)
+        or (workdir / "metrics.jsonl").exists()
+        or (workdir / "checkpoints").exists()
+    ):
+        return "partial"
+    return "todo"
 
 
 def _literal(value: Any) -> str:
-  """A Python literal with double-quoted strings and no spaces (little shell quoting needed)."""
-  if isinstance(value, dict):
-    return "{" + ",".join(f"{_literal(str(k))}:{_literal(v)}" for k, v in value.items()) + "}"
-  if isinstance(value, (tuple, list)):
-    return "(" + ",".join(_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
-  return json.dumps(value) if isinstance(value, str) else repr(value)
+    """A Python literal with double-quoted strings and no spaces (little shell quoting needed)."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_literal(str(k))}:{_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (tuple, list)):
+        return "(" + ",".join(_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
 def format_value(value: Any) -> str:
-  """A config value as ml_collections' `--config.k=v` parser reads it: strings and numbers as
-  they are, tuples and dicts as Python literals."""
-  return _literal(value) if isinstance(value, (tuple, list, dict)) else str(value)
+    """A config value as ml_collections' `--config.k=v` parser reads it: strings and numbers as
+    they are, tuples and dicts as Python literals."""
+    return _literal(value) if isinstance(value, (tuple, list, dict)) else str(value)
 
 
 def train_args(entry: Entry, seed: int, workdir: os.PathLike) -> tuple[str, ...]:
-  """The trainer's command line (after `python`) for one run. Model overrides go as one dict
-  literal: the config's empty `model_overrides` accepts no new keys one by one."""
-  args = ["-m", "resnet_jax.main", f"--config={entry.config}", f"--workdir={workdir}",
-          f"--config.seed={seed}"]
-  args += [f"--config.{k}={format_value(v)}" for k, v in entry.overrides.items()]
-  if entry.model_overrides:
-    args.append(f"--config.model_overrides={format_value(dict(entry.model_overrides))}")
-  return tuple(args)
+    """The trainer's command line (after `python`) for one run. Model overrides go as one dict
+    literal: the config's empty `model_overrides` accepts no new keys one by one."""
+    args = [
+        "-m",
+        "resnet_jax.main",
+        f"--config={entry.config}",
+        f"--workdir={workdir}",
+        f"--config.seed={seed}",
+    ]
+    args += [f"--config.{k}={format_value(v)}" for k, v in entry.overrides.items()]
+    if entry.model_overrides:
+        args.append(f"--config.model_overrides={format_value(dict(entry.model_overrides))}")
+    return tuple(args)
 
 
 def eval_args(entry: Entry, seed: int, workdir: os.PathLike) -> tuple[str, ...]:
-  return train_args(entry, seed, workdir) + ("--mode=eval",
-                                             f"--config.eval_views={entry.eval_views}")
+    return train_args(entry, seed, workdir) + (
+        "--mode=eval",
+        f"--config.eval_views={entry.eval_views}",
+    )
 
 
 def select(exp: Experiment, only: Sequence[str] | None) -> list[Entry]:
-  if not only:
-    return list(exp.entries)
-  return [exp.entry(name) for name in only]  # raises, naming the valid entries
+    if not only:
+        return list(exp.entries)
+    return [exp.entry(name) for name in only]  # raises, naming the valid entries
 
 
-def plan(exp: Experiment, root: os.PathLike, *, only: Sequence[str] | None = None,
-         seeds: int | None = None) -> list[Run]:
-  runs = []
-  for entry in select(exp, only):
-    for seed in seeds_of(entry, seeds):
-      wd = run_dir(root, entry, seed)
-      train = None if is_trained(wd) else train_args(entry, seed, wd)
-      evaluate = None if is_evaluated(wd, entry.eval_views) else eval_args(entry, seed, wd)
-      runs.append(Run(entry, seed, wd, run_status(wd, entry.eval_views), train, evaluate))
-  return runs
+def plan(
+    exp: Experiment,
+    root: os.PathLike,
+    *,
+    only: Sequence[str] | None = None,
+    seeds: int | None = None,
+) -> list[Run]:
+    runs = []
+    for entry in select(exp, only):
+        for seed in seeds_of(entry, seeds):
+            wd = run_dir(root, entry, seed)
+            train = None if is_trained(wd) else train_args(entry, seed, wd)
+            evaluate = None if is_evaluated(wd, entry.eval_views) else eval_args(entry, seed, wd)
+            runs.append(Run(entry, seed, wd, run_status(wd, entry.eval_views), train, evaluate))
+    return runs
 
 
 def _claim_workdir(run: Run, exp: Experiment) -> None:
-  """Records what is trained in the workdir; refuses a workdir that holds a different run."""
-  record_path = run.workdir / RUN_RECORD
-  # The workdir is left out of the comparison: ROOT may be given relative once, absolute later.
-  record = {"experiment": exp.name, "entry": run.entry.name, "seed": run.seed,
-            "args": list(train_args(run.entry, run.seed, "WORKDIR"))}
-  if record_path.exists():
-    old = json.loads(record_path.read_text())
-    if old["args"] != record["args"]:
-      raise RuntimeError(
-          f"{run.workdir} was started with a different command:\n  {shlex.join(old['args'])}\n"
-          f"now:\n  {shlex.join(record['args'])}\nUse another --workdir for this experiment.")
-    return
-  # Where and when it ran, for reports: CPU timings mean little without the machine and its load.
-  record.update(host=platform.node(), cpus=os.cpu_count(), load_avg_1min=os.getloadavg()[0],
-                started_utc=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-  run.workdir.mkdir(parents=True, exist_ok=True)
-  record_path.write_text(json.dumps(record, indent=1) + "\n")
+    """Records what is trained in the workdir; refuses a workdir that holds a different run."""
+    record_path = run.workdir / RUN_RECORD
+    # The workdir is left out of the comparison: ROOT may be given relative once, absolute later.
+    record = {
+        "experiment": exp.name,
+        "entry": run.entry.name,
+        "seed": run.seed,
+        "args": list(train_args(run.entry, run.seed, "WORKDIR")),
+    }
+    if record_path.exists():
+        old = json.loads(record_path.read_text())
+        if old["args"] != record["args"]:
+            raise RuntimeError(
+                f"{run.workdir} was started with a different command:\n  {shlex.join(old['args'])}\n"
+                f"now:\n  {shlex.join(record['args'])}\nUse another --workdir for this experiment."
+            )
+        return
+    # Where and when it ran, for reports: CPU timings mean little without the machine and its load.
+    record.update(
+        host=platform.node(),
+        cpus=os.cpu_count(),
+        load_avg_1min=os.getloadavg()[0],
+        started_utc=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    )
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
 
 
-def execute(exp: Experiment, runs: Sequence[Run], *, python: str = sys.executable,
-            out=None) -> list[Run]:
-  """Trains (then evaluates) the unfinished runs one after another; returns the failed ones."""
-  out = out or sys.stdout
-  failed = []
-  todo = [r for r in runs if r.status != "done"]
-  for r in runs:
-    if r.status == "done":
-      print(f"skip   {r.entry.name} seed {r.seed}: finished ({r.workdir})", file=out)
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-  for i, r in enumerate(todo, 1):
-    _claim_workdir(r, exp)
-    verb = "resume" if r.status == "partial" else "start "
-    print(f"{verb} [{i}/{len(todo)}] {r.entry.name} seed {r.seed}  (log: {r.workdir / LOG})",
-          file=out, flush=True)
-    t0 = time.time()
-    rc = 0
-    with open(r.workdir / LOG, "a") as log:
-      for args in r.phases:
-        log.write(f"\n$ {shlex.join([python, *args])}\n")
-        log.flush()
-        rc = subprocess.run([python, *args], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT).returncode
-        if rc:
-          break
-    took = time.time() - t0
-    if rc == 0 and run_status(r.workdir, r.entry.eval_views) == "done":
-      print(f"done   {r.entry.name} seed {r.seed} in {took:.0f} s", file=out, flush=True)
-    else:
-      failed.append(r)
-      tail = (r.workdir / LOG).read_text().splitlines()[-15:]
-      print(f"FAILED {r.entry.name} seed {r.seed} (exit {rc}, {took:.0f} s); log tail:\n  "
-            + "\n  ".join(tail), file=out, flush=True)
-  return failed
+def execute(
+    exp: Experiment, runs: Sequence[Run], *, python: str = sys.executable, out=None
+) -> list[Run]:
+    """Trains (then evaluates) the unfinished runs one after another; returns the failed ones."""
+    out = out or sys.stdout
+    failed = []
+    todo = [r for r in runs if r.status != "done"]
+    for r in runs:
+        if r.status == "done":
+            print(f"skip   {r.entry.name} seed {r.seed}: finished ({r.workdir})", file=out)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    for i, r in enumerate(todo, 1):
+        _claim_workdir(r, exp)
+        verb = "resume" if r.status == "partial" else "start "
+        print(
+            f"{verb} [{i}/{len(todo)}] {r.entry.name} seed {r.seed}  (log: {r.workdir / LOG})",
+            file=out,
+            flush=True,
+        )
+        t0 = time.time()
+        rc = 0
+        with open(r.workdir / LOG, "a") as log:
+            for args in r.phases:
+                log.write(f"\n$ {shlex.join([python, *args])}\n")
+                log.flush()
+                rc = subprocess.run(
+                    [python, *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+                ).returncode
+                if rc:
+                    break
+        took = time.time() - t0
+        if rc == 0 and run_status(r.workdir, r.entry.eval_views) == "done":
+            print(f"done   {r.entry.name} seed {r.seed} in {took:.0f} s", file=out, flush=True)
+        else:
+            failed.append(r)
+            tail = (r.workdir / LOG).read_text().splitlines()[-15:]
+            print(
+                f"FAILED {r.entry.name} seed {r.seed} (exit {rc}, {took:.0f} s); log tail:\n  "
+                + "\n  ".join(tail),
+                file=out,
+                flush=True,
+            )
+    return failed
 
 
 def describe(runs: Sequence[Run], python: str) -> str:
-  counts = {s: sum(r.status == s for r in runs) for s in ("done", "partial", "todo")}
-  lines = [f"{len(runs)} runs: {counts['done']} done, {counts['partial']} partial, "
-           f"{counts['todo']} to do"]
-  for r in runs:
-    lines.append(f"  [{r.status:7s}] {r.entry.name:24s} seed {r.seed}  eval {r.entry.eval_views:10s}"
-                 f" {r.workdir}")
-    if r.phases:
-      lines.append(f"            {r.command(python)}")
-  return "\n".join(lines)
+    counts = {s: sum(r.status == s for r in runs) for s in ("done", "partial", "todo")}
+    lines = [
+        f"{len(runs)} runs: {counts['done']} done, {counts['partial']} partial, "
+        f"{counts['todo']} to do"
+    ]
+    for r in runs:
+        lines.append(
+            f"  [{r.status:7s}] {r.entry.name:24s} seed {r.seed}  eval {r.entry.eval_views:10s}"
+            f" {r.workdir}"
+        )
+        if r.phases:
+            lines.append(f"            {r.command(python)}")
+    return "\n".join(lines)
 
 
 def parse_args(argv):
-  p = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__.split("\n")[0])
-  p.add_argument("name", nargs="?", help="experiment name (see --list)")
-  p.add_argument("--workdir", help="root folder: runs go to ROOT/<entry>/seed<k>")
-  p.add_argument("--only", action="append", default=[],
-                 help="entry name(s) to run, comma separated or repeated")
-  p.add_argument("--seeds", type=int, default=None, help="seeds 0..K-1 for every entry "
-                 "(default: each entry's own count)")
-  p.add_argument("--dry_run", action="store_true", help="list the runs and their status")
-  p.add_argument("--print_commands", action="store_true",
-                 help="print one command per unfinished run (for a scheduler) and exit")
-  p.add_argument("--python", default=None,
-                 help="interpreter in commands (default: this one; 'python' for --print_commands)")
-  p.add_argument("--list", action="store_true", help="list the experiments and exit")
-  return p.parse_args(argv)
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.run", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("name", nargs="?", help="experiment name (see --list)")
+    p.add_argument("--workdir", help="root folder: runs go to ROOT/<entry>/seed<k>")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="entry name(s) to run, comma separated or repeated",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="seeds 0..K-1 for every entry (default: each entry's own count)",
+    )
+    p.add_argument("--dry_run", action="store_true", help="list the runs and their status")
+    p.add_argument(
+        "--print_commands",
+        action="store_true",
+        help="print one command per unfinished run (for a scheduler) and exit",
+    )
+    p.add_argument(
+        "--python",
+        default=None,
+        help="interpreter in commands (default: this one; 'python' for --print_commands)",
+    )
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-  a = parse_args(argv)
-  if a.list or not a.name:
-    if not a.list:
-      print("error: give an experiment name; valid ones:", file=sys.stderr)
-    for name in experiments.available_experiments():
-      exp = experiments.get_experiment(name)
-      print(f"{name:22s} {len(exp.entries):2d} entries  {exp.title}")
-    return 0 if a.list else 2
-  try:
-    exp = experiments.get_experiment(a.name)
-    only = [n for chunk in a.only for n in chunk.split(",") if n]
-    if not a.workdir:
-      raise ValueError("--workdir is required")
-    runs = plan(exp, a.workdir, only=only, seeds=a.seeds)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  if a.print_commands:
-    for r in runs:
-      if r.status != "done":
-        print(r.command(a.python or "python"))
-    return 0
-  python = a.python or sys.executable
-  if a.dry_run:
-    print(f"{exp.name}: {exp.title} [dataset: {exp.dataset}]")
-    print(describe(runs, python))
-    return 0
-  failed = execute(exp, runs, python=python)
-  print(f"{exp.name}: {len(runs) - len(failed)}/{len(runs)} runs finished; "
-        f"report: python -m experiments.report {exp.name} --workdir {a.workdir}")
-  return 1 if failed else 0
+    a = parse_args(argv)
+    if a.list or not a.name:
+        if not a.list:
+            print("error: give an experiment name; valid ones:", file=sys.stderr)
+        for name in experiments.available_experiments():
+            exp = experiments.get_experiment(name)
+            print(f"{name:22s} {len(exp.entries):2d} entries  {exp.title}")
+        return 0 if a.list else 2
+    try:
+        exp = experiments.get_experiment(a.name)
+        only = [n for chunk in a.only for n in chunk.split(",") if n]
+        if not a.workdir:
+            raise ValueError("--workdir is required")
+        runs = plan(exp, a.workdir, only=only, seeds=a.seeds)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.print_commands:
+        for r in runs:
+            if r.status != "done":
+                print(r.command(a.python or "python"))
+        return 0
+    python = a.python or sys.executable
+    if a.dry_run:
+        print(f"{exp.name}: {exp.title} [dataset: {exp.dataset}]")
+        print(describe(runs, python))
+        return 0
+    failed = execute(exp, runs, python=python)
+    print(
+        f"{exp.name}: {len(runs) - len(failed)}/{len(runs)} runs finished; "
+        f"report: python -m experiments.report {exp.name} --workdir {a.workdir}"
+    )
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

@@ -7,6 +7,7 @@ to the project's real train and eval steps.
 Units: times in seconds unless a name ends in `_ms`; FLOPs are floating-point operations (one
 multiply-add = 2 FLOPs, XLA's convention); TFLOP/s = 1e12 FLOP/s; memory in bytes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -86,8 +87,12 @@ def achieved_tflops(flops_per_step: Optional[float], step_seconds: float) -> Opt
     return flops_per_step / step_seconds / 1e12
 
 
-def mfu(flops_per_step: Optional[float], step_seconds: float,
-        peak_tflops_per_device: Optional[float], num_devices: int = 1) -> Optional[float]:
+def mfu(
+    flops_per_step: Optional[float],
+    step_seconds: float,
+    peak_tflops_per_device: Optional[float],
+    num_devices: int = 1,
+) -> Optional[float]:
     """Model FLOPs utilisation in [0, 1]: achieved FLOP/s over the summed peak of the devices."""
     tflops = achieved_tflops(flops_per_step, step_seconds)
     if tflops is None or not peak_tflops_per_device:
@@ -118,8 +123,9 @@ def _cost_flops(stage: Any) -> Optional[float]:
         return None
 
 
-def step_flops_both(lowered: Any, compiled: Any, num_devices: int
-                    ) -> tuple[Optional[float], Optional[float]]:
+def step_flops_both(
+    lowered: Any, compiled: Any, num_devices: int
+) -> tuple[Optional[float], Optional[float]]:
     """(compiled, lowered) FLOPs of one global step; None where the analysis gives nothing.
 
     After SPMD partitioning the compiled module is the program of ONE device, so its count is
@@ -157,8 +163,12 @@ def compiled_memory_bytes(compiled: Any) -> Optional[int]:
         return None
     if m is None:
         return None
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-               - m.alias_size_in_bytes)
+    return int(
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        + m.temp_size_in_bytes
+        - m.alias_size_in_bytes
+    )
 
 
 def peak_memory_bytes(devices: Sequence[Any]) -> Optional[int]:
@@ -215,6 +225,7 @@ def host_load() -> Optional[float]:
 @dataclasses.dataclass
 class Timing:
     """Result of `time_step`. Window times are seconds per step (window wall time / steps)."""
+
     step_seconds: list[float]  # one entry per window
     steps_per_window: int
     warmup_seconds: float
@@ -233,10 +244,18 @@ def split_steps(steps: int, windows: int) -> tuple[int, int]:
     return windows, math.ceil(steps / windows)
 
 
-def time_step(step: Callable[[Any, Any], tuple[Any, Any]], carry: Any, batch: Any, *, steps: int,
-              warmup: int, windows: int = 5, batches: Optional[Iterator[Any]] = None,
-              guard_transfers: bool = True,
-              clock: Callable[[], float] = time.perf_counter) -> Timing:
+def time_step(
+    step: Callable[[Any, Any], tuple[Any, Any]],
+    carry: Any,
+    batch: Any,
+    *,
+    steps: int,
+    warmup: int,
+    windows: int = 5,
+    batches: Optional[Iterator[Any]] = None,
+    guard_transfers: bool = True,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Timing:
     """Time `carry, out = step(carry, batch)`; with `batches`, each step takes the next one instead.
 
     The timed steps are split into `windows` back-to-back windows. Inside a window steps are only
@@ -316,8 +335,12 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
     for row in rows:
         if row.get("error"):
-            cells = [str(row.get("model", "")), _fmt(row.get("image_size"), "d"),
-                     _fmt(row.get("batch_size"), "d"), row["error"]]
+            cells = [
+                str(row.get("model", "")),
+                _fmt(row.get("image_size"), "d"),
+                _fmt(row.get("batch_size"), "d"),
+                row["error"],
+            ]
             cells += [""] * (len(headers) - len(cells))
         else:
             cells = []

@@ -9,6 +9,7 @@ gets a fresh allocator (a clean peak-memory figure) and its own `XLA_FLAGS`. Res
 suite cut by a time limit (the GPU lease's 10-minute calls) resumes where it stopped. The markdown
 table of everything done so far is printed last and written to `OUT/table.md`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,9 +41,18 @@ class Entry:
     xla_flags: str = ""  # appended to the environment's XLA_FLAGS
 
     def argv(self, python: str = sys.executable) -> list[str]:
-        args = [python, "-m", "resnet_jax.benchmark", f"--model={self.model}",
-                f"--batch_size={self.batch_size}", f"--mode={self.mode}", f"--dtype={self.dtype}",
-                f"--steps={self.steps}", f"--warmup={self.warmup}", "--windows=5"]
+        args = [
+            python,
+            "-m",
+            "resnet_jax.benchmark",
+            f"--model={self.model}",
+            f"--batch_size={self.batch_size}",
+            f"--mode={self.mode}",
+            f"--dtype={self.dtype}",
+            f"--steps={self.steps}",
+            f"--warmup={self.warmup}",
+            "--windows=5",
+        ]
         if self.feed != "device":
             args.append(f"--feed={self.feed}")
         if self.bn_group_size:
@@ -95,8 +105,10 @@ GPU_SUITE = (
     Entry("r50-train-512", "resnet50", 512, **_BF16),
     Entry("r56-train-128", "resnet56", 128, **_BF16),  # small steps: dispatch-bound?
     Entry("r56-train-1024", "resnet56", 1024, **_BF16),
-) + tuple(Entry(f"r50-train-256-{name}", "resnet50", 256, xla_flags=f, **_BF16)
-          for name, f in GPU_FLAG_TRIALS)
+) + tuple(
+    Entry(f"r50-train-256-{name}", "resnet50", 256, xla_flags=f, **_BF16)
+    for name, f in GPU_FLAG_TRIALS
+)
 
 SUITES = {"cpu": CPU_SUITE, "gpu": GPU_SUITE}
 
@@ -107,8 +119,9 @@ def run_entry(entry: Entry, out_dir: str, python: str, timeout_s: float) -> dict
     if entry.xla_flags:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + entry.xla_flags).strip()
     try:
-        proc = subprocess.run(entry.argv(python), env=env, capture_output=True, text=True,
-                              timeout=timeout_s)
+        proc = subprocess.run(
+            entry.argv(python), env=env, capture_output=True, text=True, timeout=timeout_s
+        )
         if proc.returncode == 0:
             result = json.loads(proc.stdout)
         else:
@@ -140,8 +153,10 @@ def suite_table(rows: Sequence[dict]) -> str:
     'peak GiB' is the allocator's peak (GPU/TPU); 'XLA GiB' the compiled step's static need
     (arguments + outputs + temporaries - donated), which every backend reports.
     """
-    head = ("| id | model | px | batch | mode | dtype | feed / flags | images/s | step ms "
-            "(median, min-p90) | compile s | TFLOP/s | MFU % | peak GiB | XLA GiB | device | date | load |")
+    head = (
+        "| id | model | px | batch | mode | dtype | feed / flags | images/s | step ms "
+        "(median, min-p90) | compile s | TFLOP/s | MFU % | peak GiB | XLA GiB | device | date | load |"
+    )
     lines = [head, "|---|---|---:|---:|---|---|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|"]
     f = bench_core._fmt
     for r in rows:
@@ -149,8 +164,10 @@ def suite_table(rows: Sequence[dict]) -> str:
         if r.get("xla_flags"):
             extra = (extra + " " + r["xla_flags"]).strip()
         if "error" in r:
-            lines.append(f"| {r['id']} | {r['model']} | | {r['batch_size']} | | | | {r['error']} "
-                         "| | | | | | | | | |")
+            lines.append(
+                f"| {r['id']} | {r['model']} | | {r['batch_size']} | | | | {r['error']} "
+                "| | | | | | | | | |"
+            )
             continue
         mem, xla = r.get("peak_memory_bytes"), r.get("compiled_memory_bytes")
         lines.append(
@@ -161,7 +178,8 @@ def suite_table(rows: Sequence[dict]) -> str:
             f"{f(r['compile_s'], '.1f')} | {f(r['tflops'], '.3g')} | "
             f"{f(r['mfu'] and 100 * r['mfu'], '.1f')} | {f(mem and mem / 2**30, '.2f')} | "
             f"{f(xla and xla / 2**30, '.2f')} | "
-            f"{r['device']} | {r['date']} | {f(r.get('host_load'), '.1f')} |")
+            f"{r['device']} | {r['date']} | {f(r.get('host_load'), '.1f')} |"
+        )
     lines += ["", "Commands:", ""] + [f"- `{r['id']}`: `{r['command']}`" for r in rows]
     return "\n".join(lines)
 
@@ -193,8 +211,11 @@ def main(argv: Sequence[str]) -> None:
             break
         t = time.monotonic()
         r = run_entry(e, FLAGS.out, FLAGS.python, FLAGS.entry_timeout_s)
-        print(f"{e.id}: {r.get('error') or format(r['images_per_sec'], ',.1f') + ' img/s'} "
-              f"({time.monotonic() - t:.0f} s, {datetime.datetime.now():%H:%M:%S})", flush=True)
+        print(
+            f"{e.id}: {r.get('error') or format(r['images_per_sec'], ',.1f') + ' img/s'} "
+            f"({time.monotonic() - t:.0f} s, {datetime.datetime.now():%H:%M:%S})",
+            flush=True,
+        )
     table = suite_table(load_results(entries, FLAGS.out))
     with open(os.path.join(FLAGS.out, "table.md"), "w") as f:
         f.write(table + "\n")

@@ -16,6 +16,7 @@ FLOPs come from XLA's cost analysis of the compiled step (forward, backward, opt
 multiply-add = 2 FLOPs); MFU divides the achieved FLOP/s by the dense peak of the devices
 (`--peak_tflops`, or the table in `bench_core.PEAK_TFLOPS`; none on CPU).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -46,8 +47,17 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def host_batches(mesh: Any, batch_size: int, image_size: int, num_classes: int, *,
-                 with_mask: bool = False, prefetch: int = 2, pool: int = 2, seed: int = 0):
+def host_batches(
+    mesh: Any,
+    batch_size: int,
+    image_size: int,
+    num_classes: int,
+    *,
+    with_mask: bool = False,
+    prefetch: int = 2,
+    pool: int = 2,
+    seed: int = 0,
+):
     """Endless global batches copied from host numpy arrays by `parallel.prefetch_to_mesh`.
 
     The trainer's feeding path minus tf.data: every step pays a real host-to-device copy of this
@@ -60,21 +70,34 @@ def host_batches(mesh: Any, batch_size: int, image_size: int, num_classes: int, 
     rng = np.random.default_rng(seed + jax.process_index())
     arrays = []
     for _ in range(pool):
-        arrays.append({
-            "image": rng.standard_normal((local, image_size, image_size, 3), np.float32),
-            "label": rng.integers(0, num_classes, (local,), dtype=np.int32),
-        })
+        arrays.append(
+            {
+                "image": rng.standard_normal((local, image_size, image_size, 3), np.float32),
+                "label": rng.integers(0, num_classes, (local,), dtype=np.int32),
+            }
+        )
         if with_mask:
             arrays[-1]["mask"] = np.ones((local,), np.bool_)
     return parallel.prefetch_to_mesh(itertools.cycle(arrays), mesh, prefetch)
 
 
-def benchmark(model_name: str, *, batch_size: int, dtype: str = "float32",
-              image_size: Optional[int] = None, mode: str = "train", steps: int = 20,
-              warmup: int = 3, windows: int = 5, peak_tflops: Optional[float] = None,
-              feed: str = "device", devices: Optional[Sequence[Any]] = None,
-              profile_dir: Optional[str] = None, profile_steps: int = 5,
-              **model_overrides) -> dict[str, Any]:
+def benchmark(
+    model_name: str,
+    *,
+    batch_size: int,
+    dtype: str = "float32",
+    image_size: Optional[int] = None,
+    mode: str = "train",
+    steps: int = 20,
+    warmup: int = 3,
+    windows: int = 5,
+    peak_tflops: Optional[float] = None,
+    feed: str = "device",
+    devices: Optional[Sequence[Any]] = None,
+    profile_dir: Optional[str] = None,
+    profile_steps: int = 5,
+    **model_overrides,
+) -> dict[str, Any]:
     """Compiles and times one model's train or eval step; returns a flat dict of results.
 
     `batch_size` is global (split over `devices`, default all). `model_overrides` go to
@@ -95,8 +118,9 @@ def benchmark(model_name: str, *, batch_size: int, dtype: str = "float32",
     spec = get_spec(model_name)
     image_size = image_size or spec.input_size
     num_classes = model_overrides.pop("num_classes", None) or spec.num_classes
-    model = create_model(model_name, num_classes=num_classes, dtype=DTYPES[dtype],
-                         **model_overrides)
+    model = create_model(
+        model_name, num_classes=num_classes, dtype=DTYPES[dtype], **model_overrides
+    )
 
     mesh = parallel.make_mesh(devices)
     mesh_devices = list(mesh.devices.flat)
@@ -104,11 +128,13 @@ def benchmark(model_name: str, *, batch_size: int, dtype: str = "float32",
     lr = optim.make_schedule(_BASE_LR, 1000, schedule="cosine")
     tx = optim.make_optimizer(lr, momentum=_MOMENTUM, weight_decay=_WEIGHT_DECAY)
     # A raw uint32 key, as the trainer passes (TrainState.rng is uint32 [2]).
-    state = parallel.create_sharded_train_state(model, tx, jax.random.PRNGKey(0),
-                                                (image_size, image_size, 3), mesh)
+    state = parallel.create_sharded_train_state(
+        model, tx, jax.random.PRNGKey(0), (image_size, image_size, 3), mesh
+    )
     # Exactly the trainer's inputs: train batches have no mask, eval batches do.
-    batch = synthetic.random_batch(mesh, batch_size, image_size, num_classes,
-                                   with_mask=mode == "eval")
+    batch = synthetic.random_batch(
+        mesh, batch_size, image_size, num_classes, with_mask=mode == "eval"
+    )
     if mode == "train":
         jitted = parallel.jit_train_step(model, tx, lr, mesh)
     else:
@@ -131,8 +157,9 @@ def benchmark(model_name: str, *, batch_size: int, dtype: str = "float32",
     fed = None
     if feed == "host":
         fed = host_batches(mesh, batch_size, image_size, num_classes, with_mask=mode == "eval")
-    timing = bench_core.time_step(step, state, batch, steps=steps, warmup=warmup, windows=windows,
-                                  batches=fed)
+    timing = bench_core.time_step(
+        step, state, batch, steps=steps, warmup=warmup, windows=windows, batches=fed
+    )
     state = timing.carry
     if profile_dir:
         # A separate short run: tracing adds overhead, so it never overlaps the timed windows.
@@ -144,8 +171,7 @@ def benchmark(model_name: str, *, batch_size: int, dtype: str = "float32",
     stats = timing.stats
     step_s = stats["median"]
     flops, flops_source = bench_core.step_flops(lowered, compiled, len(mesh_devices))
-    flops_compiled, flops_lowered = bench_core.step_flops_both(lowered, compiled,
-                                                               len(mesh_devices))
+    flops_compiled, flops_lowered = bench_core.step_flops_both(lowered, compiled, len(mesh_devices))
     kind = mesh_devices[0].device_kind
     peak = peak_tflops if peak_tflops else bench_core.lookup_peak_tflops(kind, dtype)
     return {
@@ -201,18 +227,25 @@ def sweep(model_name: str, batch_sizes: Sequence[int], **kwargs) -> list[dict[st
             if not bench_core.is_out_of_memory(e):
                 raise
             from resnet_jax.models import get_spec
+
             size = kwargs.get("image_size") or get_spec(model_name).input_size
-            rows.append({"model": model_name, "image_size": size, "batch_size": b,
-                         "error": "out of memory"})
+            rows.append(
+                {"model": model_name, "image_size": size, "batch_size": b, "error": "out of memory"}
+            )
             break
         jax.clear_caches()  # drop the previous executable's buffers before the next size
     return rows
 
 
-def input_pipeline(dataset: str, data_dir: Optional[str], batch_size: int,
-                   augment: Optional[str] = None, num_batches: int = 40,
-                   image_size: Optional[int] = None, num_threads: Optional[int] = None
-                   ) -> dict[str, Any]:
+def input_pipeline(
+    dataset: str,
+    data_dir: Optional[str],
+    batch_size: int,
+    augment: Optional[str] = None,
+    num_batches: int = 40,
+    image_size: Optional[int] = None,
+    num_threads: Optional[int] = None,
+) -> dict[str, Any]:
     """Host-side tf.data throughput of the project's training pipeline (imports TensorFlow).
 
     `resnet_jax.data.throughput.measure_input_pipeline` does the measuring; this adds the host
@@ -220,34 +253,51 @@ def input_pipeline(dataset: str, data_dir: Optional[str], batch_size: int,
     """
     from resnet_jax.data.throughput import measure_input_pipeline
 
-    result = dict(measure_input_pipeline(dataset, data_dir, batch_size, augment, num_batches,
-                                         image_size=image_size, num_threads=num_threads))
-    result.update(device=f"host {bench_core.cpu_model_name()}, {os.cpu_count()} cores",
-                  host_load=bench_core.host_load(), date=_now())
+    result = dict(
+        measure_input_pipeline(
+            dataset,
+            data_dir,
+            batch_size,
+            augment,
+            num_batches,
+            image_size=image_size,
+            num_threads=num_threads,
+        )
+    )
+    result.update(
+        device=f"host {bench_core.cpu_model_name()}, {os.cpu_count()} cores",
+        host_load=bench_core.host_load(),
+        date=_now(),
+    )
     return result
 
 
 def format_result(r: dict[str, Any]) -> str:
     """One human-readable line per result."""
+
     def opt(value, spec, suffix=""):
         return "n/a" if value is None else format(value, spec) + suffix
 
     mfu = r["mfu"] and 100 * r["mfu"]
     mem = r["peak_memory_bytes"] and r["peak_memory_bytes"] / 2**30
 
-    return (f"{r['model']} {r['mode']} batch={r['batch_size']} {r['dtype']} {r['image_size']}px on "
-            f"{r['device']}: {r['images_per_sec']:,.1f} img/s, step {r['step_ms']:.2f} ms "
-            f"(min {r['step_ms_min']:.2f}, p90 {r['step_ms_p90']:.2f}), "
-            f"compile {r['compile_s']:.1f} s, {opt(r['tflops'], '.2f', ' TFLOP/s')}, "
-            f"MFU {opt(mfu, '.1f', '%')}, peak mem {opt(mem, '.2f', ' GiB')}")
+    return (
+        f"{r['model']} {r['mode']} batch={r['batch_size']} {r['dtype']} {r['image_size']}px on "
+        f"{r['device']}: {r['images_per_sec']:,.1f} img/s, step {r['step_ms']:.2f} ms "
+        f"(min {r['step_ms_min']:.2f}, p90 {r['step_ms_p90']:.2f}), "
+        f"compile {r['compile_s']:.1f} s, {opt(r['tflops'], '.2f', ' TFLOP/s')}, "
+        f"MFU {opt(mfu, '.1f', '%')}, peak mem {opt(mem, '.2f', ' GiB')}"
+    )
 
 
 def table_with_header(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table of results, after a line with what they share (mode, dtype, device, date)."""
     ok = [r for r in rows if "error" not in r] or [{}]
     r = ok[0]
-    head = (f"{r.get('mode')} step, {r.get('dtype')}, feed={r.get('feed')}, on {r.get('device')}, "
-            f"{r.get('date')}, host load {r.get('host_load')}")
+    head = (
+        f"{r.get('mode')} step, {r.get('dtype')}, feed={r.get('feed')}, on {r.get('device')}, "
+        f"{r.get('date')}, host load {r.get('host_load')}"
+    )
     return head + "\n\n" + bench_core.markdown_table(rows)
 
 
@@ -258,8 +308,11 @@ def _define_flags() -> None:
     # Defined only when run as a program: absl flags are process-global, and other modules
     # (resnet_jax.summary) define --model too, so defining them at import would clash.
     f = flags
-    f.DEFINE_list("model", None, "Registered model name(s), comma-separated (see "
-                  "resnet_jax.models.available_models).")
+    f.DEFINE_list(
+        "model",
+        None,
+        "Registered model name(s), comma-separated (see resnet_jax.models.available_models).",
+    )
     f.DEFINE_integer("batch_size", 128, "Global batch size (split over all devices).")
     f.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Compute dtype; params stay float32.")
     f.DEFINE_integer("image_size", None, "Input side in pixels; default: the model's native size.")
@@ -267,20 +320,33 @@ def _define_flags() -> None:
     f.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
     f.DEFINE_integer("windows", 5, "Timing windows; each ends with one block_until_ready.")
     f.DEFINE_enum("mode", "train", MODES, "Time the train step or the eval step.")
-    f.DEFINE_enum("feed", "device", FEEDS, "device: one device-resident batch; host: a host "
-                  "batch copied every step through parallel.prefetch_to_mesh.")
+    f.DEFINE_enum(
+        "feed",
+        "device",
+        FEEDS,
+        "device: one device-resident batch; host: a host "
+        "batch copied every step through parallel.prefetch_to_mesh.",
+    )
     f.DEFINE_list("sweep", None, "Comma-separated batch sizes (instead of --batch_size).")
     f.DEFINE_float("peak_tflops", None, "Dense peak TFLOP/s per device for MFU (default: table).")
     f.DEFINE_bool("json", False, "Print JSON: an object for one run, a list for several.")
-    f.DEFINE_list("output", None, "Also write the result to these files: JSON for *.json, "
-                  "the text/markdown table otherwise (e.g. --output=r.json,r.md).")
+    f.DEFINE_list(
+        "output",
+        None,
+        "Also write the result to these files: JSON for *.json, "
+        "the text/markdown table otherwise (e.g. --output=r.json,r.md).",
+    )
     f.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of a few extra steps here.")
     f.DEFINE_integer("bn_group_size", None, "Batch-norm statistics per group of N examples.")
     f.DEFINE_bool("input_pipeline", False, "Measure the host input pipeline instead of a model.")
     f.DEFINE_string("dataset", "shapes10", "Dataset for --input_pipeline.")
     f.DEFINE_string("data_dir", None, "tfds data_dir for --input_pipeline.")
-    f.DEFINE_string("augment", None, "--input_pipeline augmentation (default: the dataset "
-                    "family's standard one; 'none' to time decoding alone).")
+    f.DEFINE_string(
+        "augment",
+        None,
+        "--input_pipeline augmentation (default: the dataset "
+        "family's standard one; 'none' to time decoding alone).",
+    )
     f.DEFINE_integer("num_batches", 40, "Batches timed by --input_pipeline.")
     f.DEFINE_integer("num_threads", None, "--input_pipeline tf.data threads (default: all cores).")
 
@@ -288,20 +354,37 @@ def _define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
     del argv
     if FLAGS.input_pipeline:
-        result = input_pipeline(FLAGS.dataset, FLAGS.data_dir, FLAGS.batch_size, FLAGS.augment,
-                                FLAGS.num_batches, FLAGS.image_size, FLAGS.num_threads)
-        text = (f"{FLAGS.dataset} input pipeline batch={FLAGS.batch_size} "
-                f"augment={result.get('augment')}: {result['images_per_sec']:,.1f} img/s on "
-                f"{result['device']} (load {result['host_load']})")
+        result = input_pipeline(
+            FLAGS.dataset,
+            FLAGS.data_dir,
+            FLAGS.batch_size,
+            FLAGS.augment,
+            FLAGS.num_batches,
+            FLAGS.image_size,
+            FLAGS.num_threads,
+        )
+        text = (
+            f"{FLAGS.dataset} input pipeline batch={FLAGS.batch_size} "
+            f"augment={result.get('augment')}: {result['images_per_sec']:,.1f} img/s on "
+            f"{result['device']} (load {result['host_load']})"
+        )
     else:
         if not FLAGS.model:
             raise app.UsageError("--model is required (or --input_pipeline)")
         from resnet_jax import parallel
+
         parallel.initialize_distributed()  # no-op unless a multi-process job is detected
-        kwargs = dict(dtype=FLAGS.dtype, image_size=FLAGS.image_size, mode=FLAGS.mode,
-                      steps=FLAGS.steps, warmup=FLAGS.warmup, windows=FLAGS.windows,
-                      peak_tflops=FLAGS.peak_tflops, feed=FLAGS.feed,
-                      profile_dir=FLAGS.profile_dir)
+        kwargs = dict(
+            dtype=FLAGS.dtype,
+            image_size=FLAGS.image_size,
+            mode=FLAGS.mode,
+            steps=FLAGS.steps,
+            warmup=FLAGS.warmup,
+            windows=FLAGS.windows,
+            peak_tflops=FLAGS.peak_tflops,
+            feed=FLAGS.feed,
+            profile_dir=FLAGS.profile_dir,
+        )
         if FLAGS.bn_group_size:
             kwargs["bn_group_size"] = FLAGS.bn_group_size
         if len(FLAGS.model) == 1 and not FLAGS.sweep:

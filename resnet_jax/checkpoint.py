@@ -13,6 +13,7 @@ loaded is named on stderr and moved to `checkpoints.damaged/` (so its step can b
 and the next older one is tried; when none loads, `CheckpointLoadError` stops the run rather than
 start over, unless asked to. A failed write raises `CheckpointWriteError` naming the intact ones.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,12 @@ from resnet_jax import faults, numerics
 
 def data_position(step: int, seed: int, global_batch_size: int, process_count: int) -> dict:
     """What the input pipeline needs to continue at `step` (JSON-serialisable)."""
-    return {"step": int(step), "seed": int(seed), "global_batch_size": int(global_batch_size),
-            "process_count": int(process_count)}
+    return {
+        "step": int(step),
+        "seed": int(seed),
+        "global_batch_size": int(global_batch_size),
+        "process_count": int(process_count),
+    }
 
 
 class _Manager(ocp.CheckpointManager):
@@ -60,8 +65,14 @@ class Checkpointer:
       async_save: write in a background thread while training continues.
     """
 
-    def __init__(self, workdir: str, *, every_steps: int = 1000, keep: int | None = 3,
-                 async_save: bool = True):
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        every_steps: int = 1000,
+        keep: int | None = 3,
+        async_save: bool = True,
+    ):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.every_steps = int(every_steps)
         self._last_saved = None
@@ -97,9 +108,12 @@ class Checkpointer:
         self.wait()
         try:
             saved = self._manager.save(
-                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                              data=ocp.args.JsonSave(data)),
-                force=True)
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)
+                ),
+                force=True,
+            )
         except Exception as e:  # noqa: BLE001 - Orbax and tensorstore raise many types
             raise self._write_error(step, e) from e
         self._writing = step
@@ -109,28 +123,38 @@ class Checkpointer:
         # Complete checkpoints are the directories named by a step (writes go to *-tmp first).
         on_disk = os.listdir(self.directory) if os.path.isdir(self.directory) else []
         intact = sorted(int(d) for d in on_disk if d.isdigit() and int(d) != step)
-        then = (f"a rerun resumes from checkpoint {intact[-1]}" if intact
-                else "there is no earlier checkpoint")
+        then = (
+            f"a rerun resumes from checkpoint {intact[-1]}"
+            if intact
+            else "there is no earlier checkpoint"
+        )
         return faults.CheckpointWriteError(
             f"writing checkpoint {step} to {self.directory} failed ({faults.first_line(e)}); "
-            f"checkpoint(s) {intact} are intact and {then}")
+            f"checkpoint(s) {intact} are intact and {then}"
+        )
 
     def _restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                          data=ocp.args.JsonRestore()))
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+            ),
+        )
         position = dict(restored["data"])
         expected = position.pop("fingerprint", None)  # absent in checkpoints from before it existed
         if expected is not None:
             differ = numerics.fingerprint_mismatch(restored["state"], expected)
             if differ:
                 more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
-                raise ValueError("its arrays differ from what was saved (fingerprint mismatch in "
-                                 f"{', '.join(differ[:3])}{more})")
+                raise ValueError(
+                    "its arrays differ from what was saved (fingerprint mismatch in "
+                    f"{', '.join(differ[:3])}{more})"
+                )
         return restored["state"], position
 
-    def restore(self, abstract_state: Any, step: int | None = None, *,
-                fresh_start_if_damaged: bool = False) -> tuple[Any, dict] | None:
+    def restore(
+        self, abstract_state: Any, step: int | None = None, *, fresh_start_if_damaged: bool = False
+    ) -> tuple[Any, dict] | None:
         """(state, position) from checkpoint `step` (default: the newest that loads), or None.
 
         `abstract_state`: a tree of jax.ShapeDtypeStruct with shardings (see
@@ -145,13 +169,20 @@ class Checkpointer:
                 state, position = self._restore_step(s, abstract_state)
             except Exception as e:  # noqa: BLE001 - a damaged checkpoint fails in many ways
                 reason = faults.first_line(e)
-                print(f"resnet_jax: checkpoint {s} ({self.directory}/{s}) cannot be loaded: "
-                      f"{reason}", file=sys.stderr, flush=True)
+                print(
+                    f"resnet_jax: checkpoint {s} ({self.directory}/{s}) cannot be loaded: {reason}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 damaged.append((s, reason))
                 continue
             if damaged:
-                print(f"resnet_jax: using checkpoint {s}; the damaged one(s) go to "
-                      f"{self.directory}.damaged", file=sys.stderr, flush=True)
+                print(
+                    f"resnet_jax: using checkpoint {s}; the damaged one(s) go to "
+                    f"{self.directory}.damaged",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self._set_aside([d for d, _ in damaged])
             logging.info("restored checkpoint %s/%d", self.directory, s)
             return state, position
@@ -163,10 +194,15 @@ class Checkpointer:
                 f"none of the {len(damaged)} checkpoints in {self.directory} can be loaded "
                 f"({listing}). Nothing was trained. Restore them from a backup, or start over with "
                 f"--config.restart_from_scratch=True (they are then moved to "
-                f"{self.directory}.damaged)")
+                f"{self.directory}.damaged)"
+            )
         self._set_aside([d for d, _ in damaged])
-        print(f"resnet_jax: restart_from_scratch: no checkpoint loads; moved {len(damaged)} to "
-              f"{self.directory}.damaged and starting at step 0", file=sys.stderr, flush=True)
+        print(
+            f"resnet_jax: restart_from_scratch: no checkpoint loads; moved {len(damaged)} to "
+            f"{self.directory}.damaged and starting at step 0",
+            file=sys.stderr,
+            flush=True,
+        )
         return None
 
     def _set_aside(self, steps: list[int]) -> None:
@@ -181,6 +217,7 @@ class Checkpointer:
                 os.rename(os.path.join(self.directory, str(s)), dst)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
+
             multihost_utils.sync_global_devices(f"resnet_jax_set_aside_{'_'.join(map(str, steps))}")
         self._manager.reload()
 

@@ -4,6 +4,7 @@ Eval batches come from `resnet_jax.data.pipeline.eval_iterator`; padding rows ca
 count nowhere, so the means are over the split's real examples. Metric sums stay on device until
 the split is done (one host transfer per evaluation).
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,19 +24,35 @@ VIEWS = ("center", "10crop", "multiscale")
 def eval_data_args(c) -> dict:
     """The eval-data keyword arguments of `make_evaluator` taken from a resolved config."""
     if c.dataset == synthetic.NAME:  # scores the training pool, so its batch size and seed
-        return dict(dataset=c.dataset, data_dir=None, global_batch_size=c.batch_size,
-                    image_size=c.image_size, synthetic_pool=(c.synthetic_batches, c.num_classes,
-                                                             c.seed))
-    return dict(dataset=c.dataset, data_dir=c.data_dir, global_batch_size=c.eval_batch_size,
-                image_size=c.image_size, scales=tuple(c.eval_scales), split=c.eval_split,
-                normalization=c.normalization)
+        return dict(
+            dataset=c.dataset,
+            data_dir=None,
+            global_batch_size=c.batch_size,
+            image_size=c.image_size,
+            synthetic_pool=(c.synthetic_batches, c.num_classes, c.seed),
+        )
+    return dict(
+        dataset=c.dataset,
+        data_dir=c.data_dir,
+        global_batch_size=c.eval_batch_size,
+        image_size=c.image_size,
+        scales=tuple(c.eval_scales),
+        split=c.eval_split,
+        normalization=c.normalization,
+    )
 
 
 def _eval_batches(dataset, *, views, local_batch, **kwargs):
     from resnet_jax.data import pipeline  # TensorFlow only on the data path
-    return pipeline.eval_iterator(dataset, local_batch_size=local_batch, views=views,
-                                  process_index=jax.process_index(),
-                                  process_count=jax.process_count(), **kwargs)
+
+    return pipeline.eval_iterator(
+        dataset,
+        local_batch_size=local_batch,
+        views=views,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        **kwargs,
+    )
 
 
 def _add(total, new):
@@ -53,8 +70,13 @@ def evaluate_batches(eval_step: Callable, state: steps.TrainState, batches, mesh
     return metrics.means_from_sums(sums)
 
 
-def evaluate_multiscale(predict: Callable, score: Callable, state: steps.TrainState,
-                        per_scale_batches: Sequence[Any], mesh: Mesh) -> dict:
+def evaluate_multiscale(
+    predict: Callable,
+    score: Callable,
+    state: steps.TrainState,
+    per_scale_batches: Sequence[Any],
+    mesh: Mesh,
+) -> dict:
     """Averages each example's class probabilities over scales (and each scale's views).
 
     `per_scale_batches`: one batch iterable per scale, all yielding the examples in the same order.
@@ -77,11 +99,20 @@ def evaluate_multiscale(predict: Callable, score: Callable, state: steps.TrainSt
     return metrics.means_from_sums(sums)
 
 
-def make_evaluator(model, mesh: Mesh, *, dataset: str, data_dir: str | None, global_batch_size: int,
-                   views: str = "center", scales: Sequence[int] = (), image_size: int | None = None,
-                   split: str | None = None, normalization: str | None = None,
-                   synthetic_pool: tuple[int, int, int] | None = None
-                   ) -> Callable[[steps.TrainState], dict]:
+def make_evaluator(
+    model,
+    mesh: Mesh,
+    *,
+    dataset: str,
+    data_dir: str | None,
+    global_batch_size: int,
+    views: str = "center",
+    scales: Sequence[int] = (),
+    image_size: int | None = None,
+    split: str | None = None,
+    normalization: str | None = None,
+    synthetic_pool: tuple[int, int, int] | None = None,
+) -> Callable[[steps.TrainState], dict]:
     """Returns `evaluate(state) -> {'loss', 'top1', 'top5', 'count'}` over the eval split.
 
     views: `center` (one crop), `10crop` (4 corners + centre and their flips, He2015), or
@@ -93,26 +124,47 @@ def make_evaluator(model, mesh: Mesh, *, dataset: str, data_dir: str | None, glo
     local_batch = parallel.local_batch_size(global_batch_size, mesh)
     if dataset == synthetic.NAME:
         if views != "center":
-            raise faults.ConfigError(f"eval_views={views!r} needs real images to crop and rescale; "
-                                     "synthetic data has only eval_views='center'")
+            raise faults.ConfigError(
+                f"eval_views={views!r} needs real images to crop and rescale; "
+                "synthetic data has only eval_views='center'"
+            )
         num_batches, num_classes, seed = synthetic_pool
         eval_step = parallel.jit_eval_step(model, mesh)
         # Made again at each evaluation (a pure function of the seed) rather than kept in memory.
-        return lambda state: evaluate_batches(eval_step, state, synthetic.make_batches(
-            mesh, num_batches, global_batch_size, image_size, num_classes, seed=seed,
-            with_mask=True), mesh)
-    data = functools.partial(_eval_batches, dataset, data_dir=data_dir, local_batch=local_batch,
-                             split=split, normalization=normalization)
+        return lambda state: evaluate_batches(
+            eval_step,
+            state,
+            synthetic.make_batches(
+                mesh,
+                num_batches,
+                global_batch_size,
+                image_size,
+                num_classes,
+                seed=seed,
+                with_mask=True,
+            ),
+            mesh,
+        )
+    data = functools.partial(
+        _eval_batches,
+        dataset,
+        data_dir=data_dir,
+        local_batch=local_batch,
+        split=split,
+        normalization=normalization,
+    )
     if views != "multiscale":
         eval_step = parallel.jit_eval_step(model, mesh)
         return lambda state: evaluate_batches(
-            eval_step, state, data(views=views, image_size=image_size), mesh)
+            eval_step, state, data(views=views, image_size=image_size), mesh
+        )
     if not scales:
         raise ValueError("multiscale evaluation needs eval_scales")
     predict = parallel.jit_predict_step(model, mesh)
     score = jax.jit(steps.metrics_from_probs, out_shardings=parallel.replicated(mesh))
     return lambda state: evaluate_multiscale(
-        predict, score, state, [data(views="multiscale", scale=s) for s in scales], mesh)
+        predict, score, state, [data(views="multiscale", scale=s) for s in scales], mesh
+    )
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
@@ -135,11 +187,19 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
     ckpt.close()
     evaluate = make_evaluator(model, mesh, **eval_data_args(c), views=c.eval_views)
     result = evaluate(state)
-    logger = metrics.MetricsLogger(workdir, total_steps=c.num_train_steps,
-                                   global_batch_size=c.eval_batch_size, tensorboard=False)
+    logger = metrics.MetricsLogger(
+        workdir,
+        total_steps=c.num_train_steps,
+        global_batch_size=c.eval_batch_size,
+        tensorboard=False,
+    )
     logger.log_eval(position["step"], dict(result, views=c.eval_views))
     logger.close()
-    out = dict(result, step=position["step"], views=c.eval_views,
-               scales=list(c.eval_scales) if c.eval_views == "multiscale" else None)
+    out = dict(
+        result,
+        step=position["step"],
+        views=c.eval_views,
+        scales=list(c.eval_scales) if c.eval_views == "multiscale" else None,
+    )
     metrics.write_json(os.path.join(workdir, f"eval_{c.eval_views}.json"), out)
     return out

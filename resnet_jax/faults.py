@@ -10,6 +10,7 @@ step finish; the trainer then writes a checkpoint and exits with EXIT_PREEMPTED.
 processes JAX's coordination service catches SIGTERM on any one of them and agrees on a step that
 every process reaches (`multihost_utils.reached_preemption_sync_point`), so all save the same step.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,6 +34,7 @@ EXIT_BUG = 1  # an unforeseen error (Python's own code for an uncaught exception
 
 class RunError(Exception):
     """A foreseen failure: the message is meant for the user, `exit_code` for the scheduler."""
+
     exit_code = 1
 
 
@@ -62,6 +64,7 @@ class PeerLostError(RunError):
 
 class Preempted(RunError):
     """Not a failure: the run stopped cleanly at `step` with a checkpoint there."""
+
     exit_code = EXIT_PREEMPTED
 
     def __init__(self, message: str, step: int):
@@ -71,8 +74,16 @@ class Preempted(RunError):
 
 # Text of the errors a collective or the coordination service raises when another process is gone
 # (gloo on CPU: "Connection closed by peer"; NCCL/TPU runtimes and the heartbeat monitor otherwise).
-_PEER_MARKERS = ("gloo", "connection closed by peer", "connection reset", "heartbeat",
-                 "coordination service", "unavailable:", "deadline_exceeded", "barrier timed out")
+_PEER_MARKERS = (
+    "gloo",
+    "connection closed by peer",
+    "connection reset",
+    "heartbeat",
+    "coordination service",
+    "unavailable:",
+    "deadline_exceeded",
+    "barrier timed out",
+)
 
 
 def first_line(e: BaseException) -> str:
@@ -86,6 +97,7 @@ def classify(e: BaseException, process_count: int = 1) -> tuple[int, str] | None
     if isinstance(e, RunError):
         return e.exit_code, str(e)
     from resnet_jax.data import datasets  # plain Python: does not import TensorFlow
+
     if isinstance(e, (datasets.DatasetNotPreparedError, datasets.CorruptImageError)):
         return EXIT_NO_INPUT, " ".join(str(e).split("\n"))
     if isinstance(e, OSError) and e.errno is not None:
@@ -94,7 +106,8 @@ def classify(e: BaseException, process_count: int = 1) -> tuple[int, str] | None
         return EXIT_PEER_LOST, (
             f"a collective or the coordination service failed ({first_line(e)}); another process "
             "of this job has most likely died: see its log. Restart every process to resume from "
-            "the newest checkpoint.")
+            "the newest checkpoint."
+        )
     return None
 
 
@@ -164,9 +177,12 @@ class PreemptionWatcher:
             return
         self.received = name
         try:  # the handler may interrupt a write to stderr; the message is a courtesy
-            print(f"resnet_jax: {name} received; finishing the current step, then writing a "
-                  "checkpoint (send it again to stop at once without one)", file=sys.stderr,
-                  flush=True)
+            print(
+                f"resnet_jax: {name} received; finishing the current step, then writing a "
+                "checkpoint (send it again to stop at once without one)",
+                file=sys.stderr,
+                flush=True,
+            )
         except RuntimeError:
             pass
         if self.multi:
@@ -176,6 +192,7 @@ class PreemptionWatcher:
         """True at the step where this process (and, with several, every process) should save."""
         if self.multi:
             from jax.experimental import multihost_utils
+
             if multihost_utils.reached_preemption_sync_point(step):
                 self.received = self.received or "SIGTERM"
                 return True
@@ -213,7 +230,9 @@ class FaultHook:
 
     def after_step(self, step: int, wait_for_checkpoints) -> None:
         if self.actions.pop(("bug", step), False):
-            raise RuntimeError(f"RESNET_JAX_FAULT=bug@{step}: an unforeseen error after step {step}")
+            raise RuntimeError(
+                f"RESNET_JAX_FAULT=bug@{step}: an unforeseen error after step {step}"
+            )
         if not self.actions.pop(("pause", step), False):
             return
         wait_for_checkpoints()

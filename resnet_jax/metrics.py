@@ -3,6 +3,7 @@
 Only process 0 writes. Train metrics stay on device between log steps and are fetched with one
 `jax.device_get` per log step, so the loop never waits on the host in between.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,9 +40,11 @@ def format_eta(seconds: float) -> str:
 
 def progress_line(step: int, total: int, m: Mapping[str, float]) -> str:
     """`step/total loss top-1 lr steps/s images/s ETA` for the console."""
-    return (f"[{step:>{len(str(total))}}/{total}] loss {m['loss']:.4f}  top-1 {100 * m['top1']:.2f}%"
-            f"  lr {m['learning_rate']:.4g}  {m['steps_per_sec']:.2f} steps/s"
-            f"  {m['images_per_sec']:.0f} img/s  ETA {format_eta((total - step) / m['steps_per_sec'])}")
+    return (
+        f"[{step:>{len(str(total))}}/{total}] loss {m['loss']:.4f}  top-1 {100 * m['top1']:.2f}%"
+        f"  lr {m['learning_rate']:.4g}  {m['steps_per_sec']:.2f} steps/s"
+        f"  {m['images_per_sec']:.0f} img/s  ETA {format_eta((total - step) / m['steps_per_sec'])}"
+    )
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -70,7 +73,9 @@ class JsonlWriter:
 
     def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
         record = {"step": int(step), "split": split}
-        record.update({k: (v if isinstance(v, (int, str)) else float(v)) for k, v in metrics.items()})
+        record.update(
+            {k: (v if isinstance(v, (int, str)) else float(v)) for k, v in metrics.items()}
+        )
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
@@ -82,6 +87,7 @@ def _tensorboard_writer(logdir: str):
     """clu's TensorBoard writer, or None where TensorFlow is not installed (it needs tf.summary)."""
     try:
         from resnet_jax.data._tf import import_tf
+
         import_tf()  # first, so TensorFlow is kept off the accelerators
         from clu import metric_writers
     except ImportError as e:
@@ -100,8 +106,15 @@ class MetricsLogger:
       tensorboard: write TensorBoard events (needs TensorFlow).
     """
 
-    def __init__(self, workdir: str, *, total_steps: int, global_batch_size: int,
-                 tensorboard: bool = True, stream=None):
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        total_steps: int,
+        global_batch_size: int,
+        tensorboard: bool = True,
+        stream=None,
+    ):
         self.total_steps = total_steps
         self.global_batch_size = global_batch_size
         self.is_main = jax.process_index() == 0
@@ -136,17 +149,27 @@ class MetricsLogger:
     def log_eval(self, step: int, metrics: Mapping[str, float], split: str = "eval") -> None:
         self._write(step, split, metrics)
         if self.is_main:
-            print(f"[{step}/{self.total_steps}] {split}: loss {metrics['loss']:.4f}  "
-                  f"top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  "
-                  f"({metrics.get('count', '?')} examples)", file=self.stream, flush=True)
+            print(
+                f"[{step}/{self.total_steps}] {split}: loss {metrics['loss']:.4f}  "
+                f"top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  "
+                f"({metrics.get('count', '?')} examples)",
+                file=self.stream,
+                flush=True,
+            )
 
     def _write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
         if not self.is_main:
             return
         self._jsonl.write(step, split, metrics)
         if self._tb is not None:
-            self._tb.write_scalars(step, {f"{split}/{k}": v for k, v in metrics.items()
-                                          if isinstance(v, (int, float)) and np.isfinite(v)})
+            self._tb.write_scalars(
+                step,
+                {
+                    f"{split}/{k}": v
+                    for k, v in metrics.items()
+                    if isinstance(v, (int, float)) and np.isfinite(v)
+                },
+            )
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         if self._tb is not None:

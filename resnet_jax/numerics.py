@@ -12,6 +12,7 @@ Two policies (`config.nonfinite_policy`):
 (tensorstore) notices truncated files, but a flipped bit inside a data chunk restores silently as a
 wrong number; the fingerprint stored next to each checkpoint catches that on restore.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,11 @@ POLICIES = ("stop", "skip")
 
 def all_finite(tree: Any) -> jax.Array:
     """bool []: every floating-point element of `tree` is finite."""
-    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-             if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    flags = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+    ]
     return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
 
 
@@ -48,6 +52,7 @@ def poison_batch(batch: Mapping[str, jax.Array]) -> dict:
 
 
 # ------------------------------------------------------------------------------------- host side
+
 
 def _is_finite(value: Any) -> bool:
     return math.isfinite(float(value))
@@ -74,8 +79,9 @@ class NonFiniteMonitor:
         Under 'stop' raises NonFiniteError at the first step whose loss or grad_norm is not finite;
         under 'skip' counts the steps the train step skipped. Returns the fetched metrics.
         """
-        fetched = [{k: np.asarray(v) for k, v in m.items()}
-                   for m in jax.device_get(list(step_metrics))]
+        fetched = [
+            {k: np.asarray(v) for k, v in m.items()} for m in jax.device_get(list(step_metrics))
+        ]
         if self.policy == "skip":
             self.skipped += sum(int(float(m.get("skipped", 0.0))) for m in fetched)
             return fetched
@@ -94,8 +100,10 @@ class NonFiniteMonitor:
         if self.policy != "skip":
             return list(fetched)
         kept = [m for m in fetched if not float(m.get("skipped", 0.0))] or list(fetched)
-        return [{**{k: v for k, v in m.items() if k != "skipped"}, "skipped_steps": self.skipped}
-                for m in kept]
+        return [
+            {**{k: v for k, v in m.items() if k != "skipped"}, "skipped_steps": self.skipped}
+            for m in kept
+        ]
 
     def check_state(self, step: int, state: Any) -> None:
         """Refuses to let a state with a NaN/Inf anywhere become a checkpoint."""
@@ -103,30 +111,41 @@ class NonFiniteMonitor:
             raise NonFiniteError(self._message(step, {}, ["train state"]))
 
     def _message(self, step: int, m: Mapping[str, Any], bad: Sequence[str]) -> str:
-        values = ", ".join(f"{k}={float(m[k]):.4g}" for k in ("loss", "grad_norm", "learning_rate")
-                           if k in m)
+        values = ", ".join(
+            f"{k}={float(m[k]):.4g}" for k in ("loss", "grad_norm", "learning_rate") if k in m
+        )
         if self.last_good_checkpoint is None:
             kept = "no checkpoint was written yet; rerun after a fix"
         else:
-            kept = (f"checkpoint {self.last_good_checkpoint} (written before it) is the newest and "
-                    "is kept; rerun to resume from it after a fix (with "
-                    "--config.allow_config_change=True if the fix changes the config)")
-        causes = ["the learning rate is too high for this batch size and schedule (lower "
-                  "--config.learning_rate or lengthen the warm-up)",
-                  "bad input data (a corrupt image or a NaN in the batch)"]
+            kept = (
+                f"checkpoint {self.last_good_checkpoint} (written before it) is the newest and "
+                "is kept; rerun to resume from it after a fix (with "
+                "--config.allow_config_change=True if the fix changes the config)"
+            )
+        causes = [
+            "the learning rate is too high for this batch size and schedule (lower "
+            "--config.learning_rate or lengthen the warm-up)",
+            "bad input data (a corrupt image or a NaN in the batch)",
+        ]
         if self.dtype in ("bfloat16", "float16"):
-            causes.insert(1, f"{self.dtype} overflow in the forward or backward pass (try "
-                             "--config.dtype=float32)")
-        return (f"non-finite {' and '.join(bad)} at step {step}"
-                + (f" ({values})" if values else "")
-                + f". Likely causes: {'; '.join(causes)}. The non-finite state was not saved: "
-                + f"{kept}, or set --config.nonfinite_policy=skip to drop such updates.")
+            causes.insert(
+                1,
+                f"{self.dtype} overflow in the forward or backward pass (try "
+                "--config.dtype=float32)",
+            )
+        return (
+            f"non-finite {' and '.join(bad)} at step {step}"
+            + (f" ({values})" if values else "")
+            + f". Likely causes: {'; '.join(causes)}. The non-finite state was not saved: "
+            + f"{kept}, or set --config.nonfinite_policy=skip to drop such updates."
+        )
 
 
 _jit_all_finite = jax.jit(all_finite)
 
 
 # ------------------------------------------------------------------------------------ fingerprints
+
 
 def _leaf_fingerprint(x: jax.Array) -> jax.Array:
     """uint32 sum of bits[i] * (2i + 1), wrapping: exact in any reduction order, so a restored array

@@ -3,6 +3,7 @@
 Nothing here reads a config: each function takes the few numbers it needs, so the benchmark and the
 tests can build the exact optimiser the trainer uses.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -52,7 +53,8 @@ def make_schedule(
             raise ValueError(f"lr boundaries {late} fall inside the {warmup_steps}-step warm-up")
         # join_schedules restarts the count at the join, so absolute boundaries shift by the warm-up.
         main = optax.piecewise_constant_schedule(
-            base_lr, {int(b) - warmup_steps: decay_factor for b in boundaries})
+            base_lr, {int(b) - warmup_steps: decay_factor for b in boundaries}
+        )
     elif schedule == "cosine":
         alpha = end_lr / base_lr if base_lr else 0.0
         main = optax.cosine_decay_schedule(base_lr, max(total_steps - warmup_steps, 1), alpha=alpha)
@@ -105,10 +107,15 @@ def make_optimizer(
     mask = lambda params: weight_decay_mask(params, weight_decay_on)  # noqa: E731
     if optimizer == "lars":
         # LARS (You et al. 2017) leaves BN and biases out of both decay and trust ratio, as is usual.
-        return optax.lars(learning_rate, weight_decay=weight_decay, weight_decay_mask=mask,
-                          trust_ratio_mask=lambda p: weight_decay_mask(p, "kernels"),
-                          trust_coefficient=lars_trust_coefficient, momentum=momentum,
-                          nesterov=nesterov)
+        return optax.lars(
+            learning_rate,
+            weight_decay=weight_decay,
+            weight_decay_mask=mask,
+            trust_ratio_mask=lambda p: weight_decay_mask(p, "kernels"),
+            trust_coefficient=lars_trust_coefficient,
+            momentum=momentum,
+            nesterov=nesterov,
+        )
     parts = []
     if weight_decay:
         parts.append(optax.add_decayed_weights(weight_decay, mask))

@@ -4,6 +4,7 @@ The mesh has a single `data` axis over every device of every process. Batches ar
 the train state is replicated and donated; XLA inserts the gradient all-reduce (and, for BN over the
 global batch, the statistics all-reduce) from the shardings alone.
 """
+
 from __future__ import annotations
 
 import collections
@@ -33,9 +34,13 @@ def _cluster_detected() -> bool:
     return len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, *,
-                           heartbeat_timeout_s: int | None = None) -> None:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    heartbeat_timeout_s: int | None = None,
+) -> None:
     """Joins a multi-process job; a no-op for a single process.
 
     With no arguments, JAX auto-detects TPU pods, SLURM and Open MPI when it finds one of them;
@@ -44,13 +49,18 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     coordination service then ends them); None keeps JAX's default (100 s).
     Must run before anything touches a device.
     """
-    timeout = ({} if heartbeat_timeout_s is None
-               else {"heartbeat_timeout_seconds": int(heartbeat_timeout_s)})
+    timeout = (
+        {}
+        if heartbeat_timeout_s is None
+        else {"heartbeat_timeout_seconds": int(heartbeat_timeout_s)}
+    )
     explicit = [coordinator_address, num_processes, process_id]
     if any(a is not None for a in explicit):
         if any(a is None for a in explicit):
-            raise ValueError("initialize_distributed needs coordinator_address, num_processes and "
-                             f"process_id together, got {explicit}")
+            raise ValueError(
+                "initialize_distributed needs coordinator_address, num_processes and "
+                f"process_id together, got {explicit}"
+            )
         if num_processes == 1:
             return
         jax.distributed.initialize(coordinator_address, num_processes, process_id, **timeout)
@@ -81,8 +91,10 @@ def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     """Examples this process feeds per step; raises if the devices cannot share the batch evenly."""
     n = mesh.devices.size
     if global_batch_size <= 0 or global_batch_size % n:
-        raise ValueError(f"global batch size {global_batch_size} is not divisible by the device "
-                         f"count {n}; pick a multiple of {n}")
+        raise ValueError(
+            f"global batch size {global_batch_size} is not divisible by the device "
+            f"count {n}; pick a multiple of {n}"
+        )
     return global_batch_size // jax.process_count()
 
 
@@ -119,51 +131,79 @@ def prefetch_to_mesh(batches: Iterable[Any], mesh: Mesh, size: int = 2) -> Itera
         enqueue(1)
 
 
-def create_sharded_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                               image_shape: Sequence[int], mesh: Mesh) -> steps.TrainState:
+def create_sharded_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    image_shape: Sequence[int],
+    mesh: Mesh,
+) -> steps.TrainState:
     """`steps.create_train_state` compiled to place the state replicated on every device."""
-    init = jax.jit(functools.partial(steps.create_train_state, model, tx, image_shape=image_shape),
-                   out_shardings=replicated(mesh))
+    init = jax.jit(
+        functools.partial(steps.create_train_state, model, tx, image_shape=image_shape),
+        out_shardings=replicated(mesh),
+    )
     return init(rng)
 
 
-def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                         image_shape: Sequence[int], mesh: Mesh) -> steps.TrainState:
+def abstract_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, image_shape: Sequence[int], mesh: Mesh
+) -> steps.TrainState:
     """Shapes, dtypes and (replicated) shardings of the train state, without computing it."""
     shapes = jax.eval_shape(
         functools.partial(steps.create_train_state, model, tx, image_shape=image_shape),
-        jax.random.PRNGKey(0))
+        jax.random.PRNGKey(0),
+    )
     sharding = replicated(mesh)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
-def jit_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                   learning_rate_fn: Callable[[jax.Array], jax.Array], mesh: Mesh, *,
-                   label_smoothing: float = 0.0, donate: bool = True,
-                   skip_nonfinite: bool = False
-                   ) -> Callable[[steps.TrainState, Any], tuple[steps.TrainState, dict]]:
+def jit_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    learning_rate_fn: Callable[[jax.Array], jax.Array],
+    mesh: Mesh,
+    *,
+    label_smoothing: float = 0.0,
+    donate: bool = True,
+    skip_nonfinite: bool = False,
+) -> Callable[[steps.TrainState, Any], tuple[steps.TrainState, dict]]:
     """Compiled `train_step(state, batch) -> (state, metrics)`: batch sharded, state replicated.
 
     With `donate`, the input state's buffers are reused for the output, so never touch a state
     after passing it in. `skip_nonfinite`: see `steps.train_step`.
     """
-    fn = functools.partial(steps.train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-                           label_smoothing=label_smoothing, skip_nonfinite=skip_nonfinite)
-    return jax.jit(fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                   out_shardings=(replicated(mesh), replicated(mesh)),
-                   donate_argnums=(0,) if donate else ())
+    fn = functools.partial(
+        steps.train_step,
+        model=model,
+        tx=tx,
+        learning_rate_fn=learning_rate_fn,
+        label_smoothing=label_smoothing,
+        skip_nonfinite=skip_nonfinite,
+    )
+    return jax.jit(
+        fn,
+        in_shardings=(replicated(mesh), batch_sharded(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=(0,) if donate else (),
+    )
 
 
 def jit_eval_step(model: nn.Module, mesh: Mesh) -> Callable[[steps.TrainState, Any], dict]:
     """Compiled `eval_step(state, batch) -> metric sums` over the whole (global) batch."""
-    return jax.jit(functools.partial(steps.eval_step, model=model),
-                   in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                   out_shardings=replicated(mesh))
+    return jax.jit(
+        functools.partial(steps.eval_step, model=model),
+        in_shardings=(replicated(mesh), batch_sharded(mesh)),
+        out_shardings=replicated(mesh),
+    )
 
 
-def jit_predict_step(model: nn.Module, mesh: Mesh) -> Callable[[steps.TrainState, jax.Array],
-                                                                jax.Array]:
+def jit_predict_step(
+    model: nn.Module, mesh: Mesh
+) -> Callable[[steps.TrainState, jax.Array], jax.Array]:
     """Compiled `predict_step(state, images) -> probs [B, K]`, probs sharded like the batch."""
-    return jax.jit(functools.partial(steps.predict_step, model=model),
-                   in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                   out_shardings=batch_sharded(mesh))
+    return jax.jit(
+        functools.partial(steps.predict_step, model=model),
+        in_shardings=(replicated(mesh), batch_sharded(mesh)),
+        out_shardings=batch_sharded(mesh),
+    )

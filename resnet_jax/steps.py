@@ -3,6 +3,7 @@
 `parallel.py` wraps these in `jax.jit` with shardings; here they are plain functions of arrays, so a
 test can call them on a toy module and the benchmark can time exactly what the trainer runs.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
@@ -27,8 +28,9 @@ class TrainState(flax.struct.PyTreeNode):
     rng: jax.Array  # uint32 [2]; step-specific keys are fold_in(rng, step), so resume is exact
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_shape: Sequence[int]) -> TrainState:
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_shape: Sequence[int]
+) -> TrainState:
     """Initialises variables from one dummy image of `image_shape` ([H, W, C]).
 
     `rng` may be a raw uint32 [2] key or a typed key; the state keeps raw key data, which every
@@ -39,9 +41,13 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     init_rng, state_rng = jax.random.split(rng)
     variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
     params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                      rng=state_rng)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        rng=state_rng,
+    )
 
 
 def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
@@ -51,10 +57,16 @@ def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module,
-               tx: optax.GradientTransformation, learning_rate_fn: Callable[[jax.Array], jax.Array],
-               label_smoothing: float = 0.0, skip_nonfinite: bool = False
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    learning_rate_fn: Callable[[jax.Array], jax.Array],
+    label_smoothing: float = 0.0,
+    skip_nonfinite: bool = False,
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on batch {'image': [B, H, W, 3], 'label': int [B]}.
 
     Returns the new state and scalar metrics: loss (cross-entropy, without weight decay), top1, top5
@@ -65,9 +77,13 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
     dropout_rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
-        logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                      batch["image"], train=True, mutable=["batch_stats"],
-                                      rngs={"dropout": dropout_rng})
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": dropout_rng},
+        )
         loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
         return loss, (logits, updates.get("batch_stats", {}))
 
@@ -82,8 +98,9 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.M
         "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
         "grad_norm": optax.tree.norm(grads),
     }
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state)
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
     if skip_nonfinite:
         finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
         new_state = numerics.guard_update(finite, new_state, state)
@@ -97,15 +114,18 @@ def predict_step(state: TrainState, images: jax.Array, *, model: nn.Module) -> j
     if multi_view:
         b, v = images.shape[:2]
         images = images.reshape((b * v, *images.shape[2:]))
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images,
-                         train=False)
+    logits = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False
+    )
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     if multi_view:
         probs = probs.reshape((b, v, -1)).mean(axis=1)
     return probs
 
 
-def metrics_from_probs(probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+def metrics_from_probs(
+    probs: jax.Array, labels: jax.Array, mask: jax.Array
+) -> dict[str, jax.Array]:
     """Sums over real examples (mask True): loss (-log p[label]), top1, top5 and count."""
     mask = mask.astype(jnp.float32)
     p_true = jnp.take_along_axis(probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
@@ -119,8 +139,9 @@ def metrics_from_probs(probs: jax.Array, labels: jax.Array, mask: jax.Array) -> 
     }
 
 
-def eval_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module
-              ) -> dict[str, jax.Array]:
+def eval_step(
+    state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module
+) -> dict[str, jax.Array]:
     """Masked metric sums for {'image', 'label' [B], 'mask' bool [B]}; divide by `count` for means."""
     probs = predict_step(state, batch["image"], model=model)
     return metrics_from_probs(probs, batch["label"], batch["mask"])

@@ -6,6 +6,7 @@ one, and writes `config.json`, `metrics.jsonl`, TensorBoard events, `checkpoints
 `summary.json` (see docs/training.md). What it does on preemption, NaNs, damaged checkpoints, full
 disks and bad configs is in docs/reliability.md.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,7 @@ import numpy as np
 from absl import logging
 from ml_collections import config_dict
 
-from resnet_jax import (checkpoint, evaluate, faults, metrics, numerics, optim, parallel,
-                        validation)
+from resnet_jax import checkpoint, evaluate, faults, metrics, numerics, optim, parallel, validation
 from resnet_jax.data import synthetic  # JAX only: no TensorFlow
 
 
@@ -33,14 +33,22 @@ def default_config() -> ml_collections.ConfigDict:
     c.model_overrides = ml_collections.ConfigDict()  # ResNetSpec fields, e.g. {'shortcut': 'B'}
     c.dtype = "float32"  # compute dtype ('bfloat16' for mixed precision); params stay float32
     c.bn_group_size = config_dict.placeholder(int)  # None or 0: BN over the global batch
-    c.dataset = "shapes10"  # imagenet2012, cifar10, cifar100, shapes10, synthetic (random, on device)
+    c.dataset = (
+        "shapes10"  # imagenet2012, cifar10, cifar100, shapes10, synthetic (random, on device)
+    )
     c.data_dir = config_dict.placeholder(str)  # tfds data dir (None: the tfds default)
     c.image_size = config_dict.placeholder(int)  # None: the dataset's native training size
     c.num_classes = config_dict.placeholder(int)  # None: the dataset's
     c.augment = config_dict.placeholder(str)  # None: the family's standard (paper / cifar)
-    c.normalization = config_dict.placeholder(str)  # 32x32 sets: per_pixel_mean (He2015) | per_channel
-    c.train_split = config_dict.placeholder(str)  # tfds split string; None: the dataset's train split
-    c.eval_split = config_dict.placeholder(str)  # None: the dataset's eval split (test / validation)
+    c.normalization = config_dict.placeholder(
+        str
+    )  # 32x32 sets: per_pixel_mean (He2015) | per_channel
+    c.train_split = config_dict.placeholder(
+        str
+    )  # tfds split string; None: the dataset's train split
+    c.eval_split = config_dict.placeholder(
+        str
+    )  # None: the dataset's eval split (test / validation)
     c.batch_size = 128  # global, over all devices and hosts
     c.num_epochs = 1.0
     c.num_train_steps = -1  # > 0 wins over num_epochs
@@ -110,8 +118,11 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     if not c.lr_decay_steps:
         c.lr_decay_steps = tuple(epochs_to_steps(e) for e in c.lr_decay_epochs)
     c.lr_decay_steps = tuple(int(s) for s in c.lr_decay_steps)
-    c.peak_learning_rate = (optim.scaled_learning_rate(c.learning_rate, c.batch_size)
-                            if c.lr_scaling == "linear" else c.learning_rate)
+    c.peak_learning_rate = (
+        optim.scaled_learning_rate(c.learning_rate, c.batch_size)
+        if c.lr_scaling == "linear"
+        else c.learning_rate
+    )
     if c.lr_scaling not in ("none", "linear"):
         raise ValueError(f"lr_scaling must be 'none' or 'linear', got {c.lr_scaling!r}")
     if c.eval_batch_size is None:
@@ -121,36 +132,63 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 def build_model(c: ml_collections.ConfigDict):
     from resnet_jax import models
-    return models.create_model(c.model, num_classes=c.num_classes, dtype=jnp.dtype(c.dtype),
-                               bn_group_size=c.bn_group_size or None,
-                               **c.model_overrides.to_dict())
+
+    return models.create_model(
+        c.model,
+        num_classes=c.num_classes,
+        dtype=jnp.dtype(c.dtype),
+        bn_group_size=c.bn_group_size or None,
+        **c.model_overrides.to_dict(),
+    )
 
 
 def build_optimizer(c: ml_collections.ConfigDict):
     """(learning-rate schedule, optax transformation) of a resolved config."""
     schedule = optim.make_schedule(
-        c.peak_learning_rate, c.num_train_steps, schedule=c.lr_schedule,
-        boundaries=c.lr_decay_steps, decay_factor=c.lr_decay_factor, warmup_steps=c.warmup_steps,
-        warmup=c.warmup, warmup_lr=c.warmup_learning_rate, end_lr=c.end_learning_rate)
+        c.peak_learning_rate,
+        c.num_train_steps,
+        schedule=c.lr_schedule,
+        boundaries=c.lr_decay_steps,
+        decay_factor=c.lr_decay_factor,
+        warmup_steps=c.warmup_steps,
+        warmup=c.warmup,
+        warmup_lr=c.warmup_learning_rate,
+        end_lr=c.end_learning_rate,
+    )
     tx = optim.make_optimizer(
-        schedule, optimizer=c.optimizer, momentum=c.momentum, nesterov=c.nesterov,
-        weight_decay=c.weight_decay, weight_decay_on=c.weight_decay_on,
-        lars_trust_coefficient=c.lars_trust_coefficient)
+        schedule,
+        optimizer=c.optimizer,
+        momentum=c.momentum,
+        nesterov=c.nesterov,
+        weight_decay=c.weight_decay,
+        weight_decay_on=c.weight_decay_on,
+        lars_trust_coefficient=c.lars_trust_coefficient,
+    )
     return schedule, tx
 
 
 def _train_batches(c, start_step: int, local_batch: int, mesh) -> Iterator[dict]:
     """Batches from `start_step` on: host numpy batches, or global arrays for synthetic data."""
     if c.dataset == synthetic.NAME:
-        pool = synthetic.make_batches(mesh, c.synthetic_batches, c.batch_size, c.image_size,
-                                      c.num_classes, seed=c.seed)
+        pool = synthetic.make_batches(
+            mesh, c.synthetic_batches, c.batch_size, c.image_size, c.num_classes, seed=c.seed
+        )
         return synthetic.train_batches(pool, start_step)
     from resnet_jax.data import pipeline  # TensorFlow only on the data path
+
     return pipeline.train_iterator(
-        c.dataset, data_dir=c.data_dir, local_batch_size=local_batch, seed=c.seed,
-        start_step=start_step, process_index=jax.process_index(),
-        process_count=jax.process_count(), augment=c.augment, image_size=c.image_size,
-        split=c.train_split, normalization=c.normalization)
+        c.dataset,
+        data_dir=c.data_dir,
+        local_batch_size=local_batch,
+        seed=c.seed,
+        start_step=start_step,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        augment=c.augment,
+        image_size=c.image_size,
+        split=c.train_split,
+        normalization=c.normalization,
+    )
 
 
 def restore_or_init(c, model, tx, mesh, ckpt: checkpoint.Checkpointer, abstract):
@@ -170,10 +208,15 @@ def restore_or_init(c, model, tx, mesh, ckpt: checkpoint.Checkpointer, abstract)
         if position[key] != want:  # even with allow_config_change: the data order would differ
             raise faults.ConfigError(
                 f"checkpoint in {ckpt.directory} was written with {key}={position[key]} but the "
-                f"config has {want}; the input order would differ from the interrupted run's")
+                f"config has {want}; the input order would differ from the interrupted run's"
+            )
     if position["process_count"] != jax.process_count():
-        logging.warning("resuming with %d processes, checkpoint written with %d: the example "
-                        "order changes from here on", jax.process_count(), position["process_count"])
+        logging.warning(
+            "resuming with %d processes, checkpoint written with %d: the example "
+            "order changes from here on",
+            jax.process_count(),
+            position["process_count"],
+        )
     print(f"resumed from checkpoint step {position['step']}", flush=True)
     return state, int(position["step"]), position
 
@@ -183,11 +226,13 @@ def _agree_on_start(step: int, directory: str) -> None:
     if jax.process_count() == 1:
         return
     from jax.experimental import multihost_utils
+
     seen = sorted(set(np.asarray(multihost_utils.process_allgather(np.int32(step))).tolist()))
     if len(seen) > 1:
         raise faults.CheckpointLoadError(
             f"the processes would resume from different steps {seen}: they do not see the same "
-            f"checkpoints in {directory}; put the workdir on a filesystem shared by all hosts")
+            f"checkpoints in {directory}; put the workdir on a filesystem shared by all hosts"
+        )
 
 
 def _position(c, step: int, monitor: numerics.NonFiniteMonitor | None = None) -> dict:
@@ -201,18 +246,26 @@ def _checkpoints_on_disk(c) -> int:
     """Most checkpoints on disk at once: Orbax writes a new one before deleting the oldest."""
     every = c.checkpoint_every_steps
     planned = (c.num_train_steps // every if every > 0 else 0) + 1
-    return planned if c.keep_checkpoints is None or planned <= c.keep_checkpoints \
+    return (
+        planned
+        if c.keep_checkpoints is None or planned <= c.keep_checkpoints
         else c.keep_checkpoints + 1
+    )
 
 
 def _prepare_workdir(c, workdir: str, abstract) -> checkpoint.Checkpointer:
     """Checks disk and config against the workdir (before compiling), writes config.json."""
-    validation.check_workdir(workdir, checkpoint_size=validation.checkpoint_bytes(abstract),
-                             checkpoints_on_disk=_checkpoints_on_disk(c))
-    ckpt = checkpoint.Checkpointer(workdir, every_steps=c.checkpoint_every_steps,
-                                   keep=c.keep_checkpoints)
-    changes = validation.check_same_run(workdir, c, has_checkpoints=bool(ckpt.all_steps()),
-                                        defaults=default_config().to_dict())
+    validation.check_workdir(
+        workdir,
+        checkpoint_size=validation.checkpoint_bytes(abstract),
+        checkpoints_on_disk=_checkpoints_on_disk(c),
+    )
+    ckpt = checkpoint.Checkpointer(
+        workdir, every_steps=c.checkpoint_every_steps, keep=c.keep_checkpoints
+    )
+    changes = validation.check_same_run(
+        workdir, c, has_checkpoints=bool(ckpt.all_steps()), defaults=default_config().to_dict()
+    )
     if changes and jax.process_index() == 0:
         print(f"resnet_jax: resuming with config changes: {'; '.join(changes)}", flush=True)
     metrics.write_json(os.path.join(workdir, "config.json"), c.to_dict())
@@ -243,8 +296,11 @@ class _Profiler:
     """Traces steps [start, start + n) with jax.profiler into WORKDIR/profile (TensorBoard's tab)."""
 
     def __init__(self, c, workdir):
-        self.enabled, self.start, self.stop = c.profile, c.profile_start_step, \
-            c.profile_start_step + c.profile_steps
+        self.enabled, self.start, self.stop = (
+            c.profile,
+            c.profile_start_step,
+            c.profile_start_step + c.profile_steps,
+        )
         self.logdir, self.active = os.path.join(workdir, "profile"), False
 
     def before(self, step):
@@ -270,31 +326,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     local_batch = parallel.local_batch_size(c.batch_size, mesh)
     model = build_model(c)
     schedule, tx = build_optimizer(c)
-    abstract = validation.abstract_state(lambda: parallel.abstract_train_state(
-        model, tx, (c.image_size, c.image_size, 3), mesh), c)
+    abstract = validation.abstract_state(
+        lambda: parallel.abstract_train_state(model, tx, (c.image_size, c.image_size, 3), mesh), c
+    )
     ckpt = _prepare_workdir(c, workdir, abstract)
     state, start, position = restore_or_init(c, model, tx, mesh, ckpt, abstract)
     total = c.num_train_steps
-    monitor = numerics.NonFiniteMonitor(c.nonfinite_policy, dtype=c.dtype,
-                                        skipped=position.get("skipped_steps", 0))
+    monitor = numerics.NonFiniteMonitor(
+        c.nonfinite_policy, dtype=c.dtype, skipped=position.get("skipped_steps", 0)
+    )
     monitor.last_good_checkpoint = start or None
-    train_step = parallel.jit_train_step(model, tx, schedule, mesh,
-                                         label_smoothing=c.label_smoothing,
-                                         skip_nonfinite=c.nonfinite_policy == "skip")
+    train_step = parallel.jit_train_step(
+        model,
+        tx,
+        schedule,
+        mesh,
+        label_smoothing=c.label_smoothing,
+        skip_nonfinite=c.nonfinite_policy == "skip",
+    )
     eval_fn = evaluate.make_evaluator(model, mesh, **evaluate.eval_data_args(c), views="center")
     logger = metrics.MetricsLogger(workdir, total_steps=total, global_batch_size=c.batch_size)
     if jax.process_index() == 0:
-        print(f"{c.model} on {c.dataset}: {total} steps of {c.batch_size} images "
-              f"({c.steps_per_epoch} steps/epoch) on {jax.device_count()} device(s), "
-              f"{jax.process_count()} process(es); workdir {workdir}", flush=True)
+        print(
+            f"{c.model} on {c.dataset}: {total} steps of {c.batch_size} images "
+            f"({c.steps_per_epoch} steps/epoch) on {jax.device_count()} device(s), "
+            f"{jax.process_count()} process(es); workdir {workdir}",
+            flush=True,
+        )
         if c.dataset == synthetic.NAME:
-            print(f"synthetic data: {c.synthetic_batches} random batches made on the devices "
-                  f"(no input pipeline; data options ignored); evaluation scores those "
-                  f"{c.synthetic_batches * c.batch_size} examples, so it measures memorisation of "
-                  f"random labels, not accuracy", flush=True)
+            print(
+                f"synthetic data: {c.synthetic_batches} random batches made on the devices "
+                f"(no input pipeline; data options ignored); evaluation scores those "
+                f"{c.synthetic_batches * c.batch_size} examples, so it measures memorisation of "
+                f"random labels, not accuracy",
+                flush=True,
+            )
 
-    batches = parallel.prefetch_to_mesh(_train_batches(c, start, local_batch, mesh), mesh,
-                                        c.prefetch_batches)
+    batches = parallel.prefetch_to_mesh(
+        _train_batches(c, start, local_batch, mesh), mesh, c.prefetch_batches
+    )
     profiler = _Profiler(c, workdir)
     pending, checked, last_train = [], [], {}
     eval_time, timed_from, timed_steps = 0.0, None, 0
@@ -313,8 +383,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             monitor.last_good_checkpoint = done
             hook.after_save_started(done)
 
-    with faults.PreemptionWatcher(jax.process_count()) as preemption, \
-            _finish_writes_on_error(ckpt, logger):
+    with (
+        faults.PreemptionWatcher(jax.process_count()) as preemption,
+        _finish_writes_on_error(ckpt, logger),
+    ):
         for step in range(start, total):
             profiler.before(step)
             batch = next(batches)
@@ -351,7 +423,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 logger.close()
                 raise faults.Preempted(
                     f"preempted by {preemption.received} after step {done}: checkpoint {done} "
-                    f"is in {ckpt.directory}; rerun the same command to resume", done)
+                    f"is in {ckpt.directory}; rerun the same command to resume",
+                    done,
+                )
         jax.block_until_ready(state)
         train_time = (time.perf_counter() - timed_from - eval_time) if timed_from else 0.0
         save(total, state, force=True)
@@ -361,25 +435,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ckpt.close()
         logger.close()
     summary = {
-        "step": total, "model": c.model, "dataset": c.dataset,
+        "step": total,
+        "model": c.model,
+        "dataset": c.dataset,
         "params": _count_params(state.params),
-        "eval": last_eval, "train": last_train,
+        "eval": last_eval,
+        "train": last_train,
         "wall_time_s": time.perf_counter() - t0,
         "images_per_sec": timed_steps * c.batch_size / train_time if train_time > 0 else None,
-        "devices": jax.device_count(), "processes": jax.process_count(),
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
         "skipped_steps": monitor.skipped,
     }
     summary_path = os.path.join(workdir, "summary.json")
-    if start == total and os.path.exists(summary_path):  # only re-evaluated: keep the training figures
+    if start == total and os.path.exists(
+        summary_path
+    ):  # only re-evaluated: keep the training figures
         with open(summary_path, encoding="utf-8") as f:
             previous = json.load(f)
-        summary.update({k: previous[k] for k in ("train", "images_per_sec", "wall_time_s")
-                        if k in previous})
+        summary.update(
+            {k: previous[k] for k in ("train", "images_per_sec", "wall_time_s") if k in previous}
+        )
     metrics.write_json(summary_path, summary)
     if jax.process_index() == 0:
-        what = ("accuracy on the synthetic pool (memorisation)" if c.dataset == synthetic.NAME
-                else "test accuracy")
-        print(f"final {what}: top-1 {100 * last_eval['top1']:.2f}%, "
-              f"top-5 {100 * last_eval['top5']:.2f}% on {last_eval['count']} examples "
-              f"(wall time {summary['wall_time_s']:.0f} s)", flush=True)
+        what = (
+            "accuracy on the synthetic pool (memorisation)"
+            if c.dataset == synthetic.NAME
+            else "test accuracy"
+        )
+        print(
+            f"final {what}: top-1 {100 * last_eval['top1']:.2f}%, "
+            f"top-5 {100 * last_eval['top5']:.2f}% on {last_eval['count']} examples "
+            f"(wall time {summary['wall_time_s']:.0f} s)",
+            flush=True,
+        )
     return summary

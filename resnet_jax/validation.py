@@ -10,6 +10,7 @@ WORKDIR/config.json. Resuming it with a different config is refused unless
 or how visibly a run goes on but not what it computes up to now (extend `num_train_steps`, log more
 often, keep fewer checkpoints, evaluate with other views).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,12 +25,28 @@ import numpy as np
 
 from resnet_jax.faults import ConfigError, DiskError
 
-RESUMABLE_KEYS = frozenset({
-    "num_train_steps", "num_epochs", "log_every_steps", "eval_every_steps",
-    "checkpoint_every_steps", "keep_checkpoints", "prefetch_batches", "profile",
-    "profile_start_step", "profile_steps", "eval_batch_size", "eval_views", "eval_scales",
-    "data_dir", "allow_config_change", "restart_from_scratch", "nonfinite_policy", "debug_nan_step",
-})
+RESUMABLE_KEYS = frozenset(
+    {
+        "num_train_steps",
+        "num_epochs",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "prefetch_batches",
+        "profile",
+        "profile_start_step",
+        "profile_steps",
+        "eval_batch_size",
+        "eval_views",
+        "eval_scales",
+        "data_dir",
+        "allow_config_change",
+        "restart_from_scratch",
+        "nonfinite_policy",
+        "debug_nan_step",
+    }
+)
 # Written next to checkpoints besides the arrays (metrics, events, config): room to spare for them.
 _OVERHEAD_BYTES = 32 << 20
 
@@ -37,6 +54,7 @@ _OVERHEAD_BYTES = 32 << 20
 def _problems(c) -> list[str]:
     from resnet_jax import evaluate, models, numerics, optim
     from resnet_jax.data import datasets
+
     out = []
 
     def need(ok, msg):
@@ -45,9 +63,11 @@ def _problems(c) -> list[str]:
 
     def positive(key, allow_none=False, minimum=1):
         v = c.get(key)
-        need((allow_none and v is None) or (isinstance(v, (int, float)) and not isinstance(v, bool)
-                                            and v >= minimum),
-             f"{key} must be >= {minimum}{' or None' if allow_none else ''}, got {v!r}")
+        need(
+            (allow_none and v is None)
+            or (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= minimum),
+            f"{key} must be >= {minimum}{' or None' if allow_none else ''}, got {v!r}",
+        )
 
     def choice(key, allowed, default=None):
         v = c.get(key, default)
@@ -69,20 +89,35 @@ def _problems(c) -> list[str]:
         positive(key, allow_none=True)
     positive("bn_group_size", allow_none=True, minimum=0)  # None or 0: BN over the global batch
     positive("num_classes", allow_none=True, minimum=2)
-    for key in ("eval_every_steps", "checkpoint_every_steps", "warmup_steps", "warmup_epochs",
-                "weight_decay", "warmup_learning_rate", "end_learning_rate", "label_smoothing"):
+    for key in (
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "warmup_steps",
+        "warmup_epochs",
+        "weight_decay",
+        "warmup_learning_rate",
+        "end_learning_rate",
+        "label_smoothing",
+    ):
         positive(key, minimum=0)
     need(c.learning_rate > 0, f"learning_rate must be > 0, got {c.learning_rate!r}")
-    need(0 < c.lr_decay_factor <= 1,
-         f"lr_decay_factor must be in (0, 1], got {c.lr_decay_factor!r}")
+    need(
+        0 < c.lr_decay_factor <= 1, f"lr_decay_factor must be in (0, 1], got {c.lr_decay_factor!r}"
+    )
     need(0 <= c.momentum < 1, f"momentum must be in [0, 1), got {c.momentum!r}")
     need(c.label_smoothing < 1, f"label_smoothing must be < 1, got {c.label_smoothing!r}")
-    need(c.num_train_steps > 0 or c.num_train_steps == -1,
-         f"num_train_steps must be > 0, or -1 to use num_epochs; got {c.num_train_steps!r}")
-    need(c.num_train_steps > 0 or c.num_epochs > 0,
-         f"num_epochs must be > 0 when num_train_steps is -1, got {c.num_epochs!r}")
-    need(all(int(s) >= 0 for s in c.lr_decay_steps) and all(e >= 0 for e in c.lr_decay_epochs),
-         f"lr decay steps/epochs must be >= 0, got {c.lr_decay_steps!r} / {c.lr_decay_epochs!r}")
+    need(
+        c.num_train_steps > 0 or c.num_train_steps == -1,
+        f"num_train_steps must be > 0, or -1 to use num_epochs; got {c.num_train_steps!r}",
+    )
+    need(
+        c.num_train_steps > 0 or c.num_epochs > 0,
+        f"num_epochs must be > 0 when num_train_steps is -1, got {c.num_epochs!r}",
+    )
+    need(
+        all(int(s) >= 0 for s in c.lr_decay_steps) and all(e >= 0 for e in c.lr_decay_epochs),
+        f"lr decay steps/epochs must be >= 0, got {c.lr_decay_steps!r} / {c.lr_decay_epochs!r}",
+    )
     return out
 
 
@@ -97,6 +132,7 @@ def check_config(config) -> None:
 
 def _model_names() -> list[str]:
     from resnet_jax import models
+
     return models.available_models()
 
 
@@ -108,52 +144,74 @@ def min_image_size(spec) -> int:
 
 def _model_problems(c) -> list[str]:
     from resnet_jax import models
+
     try:
-        model = models.create_model(c.model, num_classes=c.num_classes,
-                                    bn_group_size=c.bn_group_size, **c.model_overrides.to_dict())
+        model = models.create_model(
+            c.model,
+            num_classes=c.num_classes,
+            bn_group_size=c.bn_group_size,
+            **c.model_overrides.to_dict(),
+        )
     except (ValueError, TypeError) as e:
         return [f"model {c.model!r} with overrides {c.model_overrides.to_dict()}: {e}"]
     smallest = min_image_size(model.spec)
     if c.image_size is not None and c.image_size < smallest:
-        return [f"image_size {c.image_size} is too small for {c.model}: it downsamples by "
-                f"{smallest}, so inputs must be at least {smallest}x{smallest}"]
+        return [
+            f"image_size {c.image_size} is too small for {c.model}: it downsamples by "
+            f"{smallest}, so inputs must be at least {smallest}x{smallest}"
+        ]
     return []
 
 
 def check_resolved(c, *, device_count: int, process_count: int) -> None:
     """Checks that need the dataset and devices: batch split, image size, splits, data options."""
     from resnet_jax.data import datasets
+
     problems = []
     for key in ("batch_size", "eval_batch_size"):
         if c[key] % device_count:
-            problems.append(f"{key} {c[key]} is not divisible by the device count {device_count}; "
-                            f"use a multiple of {device_count}")
+            problems.append(
+                f"{key} {c[key]} is not divisible by the device count {device_count}; "
+                f"use a multiple of {device_count}"
+            )
     per_device = c.batch_size // device_count
     if c.bn_group_size and per_device % c.bn_group_size:
-        problems.append(f"bn_group_size {c.bn_group_size} does not divide the per-device batch "
-                        f"{per_device}: a BN group would straddle two devices")
+        problems.append(
+            f"bn_group_size {c.bn_group_size} does not divide the per-device batch "
+            f"{per_device}: a BN group would straddle two devices"
+        )
     if c.dataset != datasets.SYNTHETIC:  # it has no files, splits or augmentations to check
         problems += _data_problems(c, process_count)
     if problems:
-        raise ConfigError(f"{len(problems)} problem(s) with the data or devices: "
-                          + "; ".join(problems))
+        raise ConfigError(
+            f"{len(problems)} problem(s) with the data or devices: " + "; ".join(problems)
+        )
 
 
 def _data_problems(c, process_count: int) -> list[str]:
     from resnet_jax.data import datasets, pipeline
+
     problems = []
     facts = datasets.facts(c.dataset)
     if facts["family"] == "cifar" and c.image_size != facts["image_size"]:
-        problems.append(f"{c.dataset} images are {facts['image_size']}x{facts['image_size']}; "
-                        f"image_size={c.image_size} is not supported")
-    for key, allowed in (("augment", pipeline.TRAIN_AUGMENTS), ("normalization",
-                                                                pipeline.NORMALIZATIONS)):
+        problems.append(
+            f"{c.dataset} images are {facts['image_size']}x{facts['image_size']}; "
+            f"image_size={c.image_size} is not supported"
+        )
+    for key, allowed in (
+        ("augment", pipeline.TRAIN_AUGMENTS),
+        ("normalization", pipeline.NORMALIZATIONS),
+    ):
         if c[key] is not None and c[key] not in allowed[facts["family"]]:
-            problems.append(f"{key}={c[key]!r} is not available for {c.dataset}; choose from "
-                            f"{allowed[facts['family']]}")
+            problems.append(
+                f"{key}={c[key]!r} is not available for {c.dataset}; choose from "
+                f"{allowed[facts['family']]}"
+            )
     builder = datasets.get_builder(c.dataset, c.data_dir)
-    for key, default, batch in (("train_split", facts["train_split"], c.batch_size),
-                                ("eval_split", facts["eval_split"], 1)):
+    for key, default, batch in (
+        ("train_split", facts["train_split"], c.batch_size),
+        ("eval_split", facts["eval_split"], 1),
+    ):
         split = c[key] or default
         try:
             n = datasets.num_examples(builder, c.dataset, split)
@@ -161,9 +219,11 @@ def _data_problems(c, process_count: int) -> list[str]:
             problems.append(f"{key}: {e}")
             continue
         if n // process_count < max(batch // process_count, 1):
-            problems.append(f"{key} {split!r} of {c.dataset} has {n} examples, fewer than one "
-                            f"{'batch of ' + str(batch) if batch > 1 else 'example'} per process "
-                            f"({process_count} process(es))")
+            problems.append(
+                f"{key} {split!r} of {c.dataset} has {n} examples, fewer than one "
+                f"{'batch of ' + str(batch) if batch > 1 else 'example'} per process "
+                f"({process_count} process(es))"
+            )
     return problems
 
 
@@ -175,15 +235,18 @@ def abstract_state(fn: Callable[[], Any], c) -> Any:
     try:
         return fn()
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"model {c.model} cannot be built for {c.image_size}x{c.image_size} "
-                          f"inputs with overrides {c.model_overrides.to_dict()}: "
-                          f"{str(e).strip().splitlines()[0]}") from e
+        raise ConfigError(
+            f"model {c.model} cannot be built for {c.image_size}x{c.image_size} "
+            f"inputs with overrides {c.model_overrides.to_dict()}: "
+            f"{str(e).strip().splitlines()[0]}"
+        ) from e
 
 
 def checkpoint_bytes(abstract: Any) -> int:
     """Bytes of one checkpoint of a state with these shapes (Orbax stores arrays uncompressed)."""
-    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize
-                   for x in jax.tree.leaves(abstract)))
+    return int(
+        sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(abstract))
+    )
 
 
 def _json_view(d: dict) -> dict:
@@ -199,13 +262,17 @@ def config_changes(old: dict, new: dict, defaults: dict | None = None) -> list[s
     old, new = _json_view(old), _json_view(new)
     defaults = _json_view(defaults or {})
     keys = sorted((set(old) | set(new)) - RESUMABLE_KEYS)
-    return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
-            for k in keys if old.get(k, "<absent>") != new.get(k, "<absent>")
-            and not (k not in old and k in defaults and new.get(k) == defaults[k])]
+    return [
+        f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+        for k in keys
+        if old.get(k, "<absent>") != new.get(k, "<absent>")
+        and not (k not in old and k in defaults and new.get(k) == defaults[k])
+    ]
 
 
-def check_same_run(workdir: str, c, *, has_checkpoints: bool,
-                   defaults: dict | None = None) -> list[str]:
+def check_same_run(
+    workdir: str, c, *, has_checkpoints: bool, defaults: dict | None = None
+) -> list[str]:
     """Refuses to resume a run of another config; returns the allowed changes it found.
 
     Only a workdir with checkpoints is checked: without one nothing computed so far would be mixed.
@@ -221,11 +288,14 @@ def check_same_run(workdir: str, c, *, has_checkpoints: bool,
         raise ConfigError(
             f"{workdir} holds a run of a different config ({'; '.join(changes)}). Use another "
             "--workdir, or resume with these changes on purpose with "
-            "--config.allow_config_change=True")
+            "--config.allow_config_change=True"
+        )
     if c.lr_schedule == "cosine" and old.get("num_train_steps") != c.num_train_steps:
-        changes.append(f"num_train_steps: {old.get('num_train_steps')} -> {c.num_train_steps} "
-                       "(the cosine schedule stretches: the learning rate from here on differs "
-                       "from the original run's)")
+        changes.append(
+            f"num_train_steps: {old.get('num_train_steps')} -> {c.num_train_steps} "
+            "(the cosine schedule stretches: the learning rate from here on differs "
+            "from the original run's)"
+        )
     return changes
 
 
@@ -242,8 +312,10 @@ def check_workdir(workdir: str, *, checkpoint_size: int, checkpoints_on_disk: in
                 f.flush()
                 os.fsync(f.fileno())
     except OSError as e:
-        raise DiskError(f"workdir {workdir} is not writable ({e}); nothing was trained. Fix the "
-                        "permissions or mount, or choose another --workdir") from e
+        raise DiskError(
+            f"workdir {workdir} is not writable ({e}); nothing was trained. Fix the "
+            "permissions or mount, or choose another --workdir"
+        ) from e
     need = checkpoints_on_disk * checkpoint_size + _OVERHEAD_BYTES
     free = shutil.disk_usage(workdir).free
     if free < need:
@@ -251,4 +323,5 @@ def check_workdir(workdir: str, *, checkpoint_size: int, checkpoints_on_disk: in
             f"workdir {workdir} has {free / 2**20:.1f} MiB free, but {checkpoints_on_disk} "
             f"checkpoints of {checkpoint_size / 2**20:.1f} MiB (plus metrics) need about "
             f"{need / 2**20:.1f} MiB; free space, lower --config.keep_checkpoints, or choose "
-            "another --workdir")
+            "another --workdir"
+        )

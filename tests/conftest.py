@@ -2,6 +2,7 @@
 
 Tests that need several devices or processes start a subprocess with their own XLA_FLAGS.
 """
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -6,6 +6,7 @@ Subprocesses share a persistent XLA compilation cache: every run compiles the sa
 compiling them once instead of per run keeps the suite within its time budget (a cached executable
 is the same program, so bitwise comparisons are unaffected).
 """
+
 import contextlib
 import os
 import shutil
@@ -17,12 +18,14 @@ import time
 import numpy as np
 import pytest
 
+
 def forbid_compiling(monkeypatch, before: str) -> None:
     """Makes creating the train state or jitting the step (a run's first compiles) fail the test."""
     from resnet_jax import parallel
 
     def forbidden(*args, **kwargs):
         raise AssertionError(f"compiled before {before}")
+
     monkeypatch.setattr(parallel, "create_sharded_train_state", forbidden)
     monkeypatch.setattr(parallel, "jit_train_step", forbidden)
 
@@ -47,10 +50,17 @@ TINY_FLAGS = (
 
 
 def subprocess_env(cache_dir, **extra):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=REPO,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONUNBUFFERED="1",
+        PYTHONFAULTHANDLER="1",
+        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     env.pop("RESNET_JAX_FAULT", None)
     env.update({k: str(v) for k, v in extra.items()})
     return env
@@ -62,11 +72,23 @@ class Run:
     def __init__(self, workdir, *flags, cache_dir, env=None, main_flags=(), log=None):
         self.workdir = str(workdir)
         self.log = log or f"{workdir}.{time.monotonic_ns()}.log"
-        cmd = [sys.executable, "-m", "resnet_jax.main", *TINY_FLAGS, f"--workdir={workdir}",
-               *main_flags, *flags]
+        cmd = [
+            sys.executable,
+            "-m",
+            "resnet_jax.main",
+            *TINY_FLAGS,
+            f"--workdir={workdir}",
+            *main_flags,
+            *flags,
+        ]
         self._log_file = open(self.log, "w")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(cache_dir, **(env or {})),
-                                     stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=subprocess_env(cache_dir, **(env or {})),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait(self, timeout=300):
         try:
@@ -102,8 +124,9 @@ def wait_for_file(path, run_, timeout=240):
     end = time.monotonic() + timeout
     while not os.path.exists(path):
         if run_.proc.poll() is not None:
-            raise AssertionError(f"run ended (rc {run_.proc.returncode}) before {path} appeared:\n"
-                                 f"{run_.output}")
+            raise AssertionError(
+                f"run ended (rc {run_.proc.returncode}) before {path} appeared:\n{run_.output}"
+            )
         if time.monotonic() > end:
             raise AssertionError(f"{path} did not appear within {timeout} s:\n{run_.output}")
         time.sleep(0.05)
@@ -113,10 +136,12 @@ def saved_state(workdir, step):
     """{array path: numpy array} of checkpoint `step`'s train state, read straight from disk."""
     import jax
     import orbax.checkpoint as ocp
+
     path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state")
     tree = ocp.StandardCheckpointer().restore(path)
-    return {jax.tree_util.keystr(k): np.asarray(v)
-            for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+    return {
+        jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 def assert_bitwise_equal(a, b):
@@ -135,8 +160,11 @@ def checkpoint_dirs(workdir):
 def tmpfs(path, size):
     """A real filesystem of `size` (e.g. '40m') mounted at `path`; skips where mount is denied."""
     os.makedirs(path, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
     try:

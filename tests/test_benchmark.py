@@ -1,4 +1,5 @@
 """Tests of the benchmark's arithmetic (MFU, statistics, FLOP counts, tables) and of its CLI."""
+
 import json
 import os
 import subprocess
@@ -35,17 +36,20 @@ def test_mfu_is_none_without_a_peak_or_flops():
     assert bench_core.achieved_tflops(0.0, 1.0) is None
 
 
-@pytest.mark.parametrize("kind,dtype,peak", [
-    ("NVIDIA H100 80GB HBM3", "bfloat16", 989.4),
-    ("NVIDIA H100 80GB HBM3", "float32", 494.7),
-    ("NVIDIA H100 PCIe", "bfloat16", 756.5),
-    ("NVIDIA H200", "bfloat16", 989.4),
-    ("NVIDIA A100-SXM4-80GB", "bfloat16", 312.0),
-    ("NVIDIA L40S", "bfloat16", 362.1),  # must not be taken for an L4
-    ("NVIDIA L4", "bfloat16", 121.0),
-    ("TPU v4", "float32", None),
-    ("cpu", "bfloat16", None),
-])
+@pytest.mark.parametrize(
+    "kind,dtype,peak",
+    [
+        ("NVIDIA H100 80GB HBM3", "bfloat16", 989.4),
+        ("NVIDIA H100 80GB HBM3", "float32", 494.7),
+        ("NVIDIA H100 PCIe", "bfloat16", 756.5),
+        ("NVIDIA H200", "bfloat16", 989.4),
+        ("NVIDIA A100-SXM4-80GB", "bfloat16", 312.0),
+        ("NVIDIA L40S", "bfloat16", 362.1),  # must not be taken for an L4
+        ("NVIDIA L4", "bfloat16", 121.0),
+        ("TPU v4", "float32", None),
+        ("cpu", "bfloat16", None),
+    ],
+)
 def test_peak_table_matches_device_kinds(kind, dtype, peak):
     assert bench_core.lookup_peak_tflops(kind, dtype) == peak
 
@@ -86,10 +90,18 @@ def test_split_steps_covers_the_requested_steps():
 
 
 def test_time_step_runs_warmup_then_windows_and_divides_by_steps():
-    ticks = iter([0.0, 1.0,  # warm-up
-                  1.0, 1.4,  # window 1: 2 steps in 0.4 s
-                  2.0, 2.6,  # window 2: 2 steps in 0.6 s
-                  3.0, 3.2])  # window 3: 2 steps in 0.2 s
+    ticks = iter(
+        [
+            0.0,
+            1.0,  # warm-up
+            1.0,
+            1.4,  # window 1: 2 steps in 0.4 s
+            2.0,
+            2.6,  # window 2: 2 steps in 0.6 s
+            3.0,
+            3.2,
+        ]
+    )  # window 3: 2 steps in 0.2 s
     calls = []
 
     def step(carry, batch):
@@ -117,8 +129,9 @@ def test_time_step_refuses_a_step_that_syncs_with_the_host():
     step = jax.jit(lambda s, x: (s + x, None))
     with pytest.raises(Exception, match="[Dd]isallowed"):
         bench_core.time_step(step, jnp.zeros((4,)), np.ones((4,), np.float32), steps=1, warmup=0)
-    t = bench_core.time_step(step, jnp.zeros((4,)), np.ones((4,), np.float32), steps=1, warmup=0,
-                             guard_transfers=False)
+    t = bench_core.time_step(
+        step, jnp.zeros((4,)), np.ones((4,), np.float32), steps=1, warmup=0, guard_transfers=False
+    )
     np.testing.assert_allclose(np.asarray(t.carry), np.ones((4,)))
 
 
@@ -143,6 +156,7 @@ def _sgd_step(model, tx):
         grads = jax.grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), None
+
     return step
 
 
@@ -173,8 +187,11 @@ def test_dense_forward_and_both_gradients_are_six_mkn():
 
 def test_valid_conv_flops_match_the_analytic_count():
     b, h, w, cin, cout, kk = 4, 18, 18, 8, 16, 3
-    conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(
-        x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    conv = jax.jit(
+        lambda x, k: jax.lax.conv_general_dilated(
+            x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    )
     lowered = conv.lower(jnp.ones((b, h, w, cin)), jnp.ones((kk, kk, cin, cout)))
     flops, _ = bench_core.step_flops(lowered, lowered.compile(), num_devices=1)
     ho = wo = h - kk + 1
@@ -198,10 +215,15 @@ def test_sharded_step_flops_count_all_devices():
             print(bench_core.step_flops(lowered, compiled, n)[0],
                   compiled.cost_analysis()["flops"])
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         check=True).stdout.split("\n")
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=REPO,
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
     (one, one_raw), (two, two_raw) = [tuple(map(float, line.split())) for line in out[:2]]
     assert two_raw == pytest.approx(one_raw / 2, rel=0.05)  # each device does half the work
     assert two == pytest.approx(one, rel=0.05)
@@ -242,22 +264,46 @@ def test_peak_memory_is_none_on_cpu():
 
 def test_sweep_markdown_table_formats_rows_and_errors():
     rows = [
-        {"model": "resnet50", "image_size": 224, "batch_size": 128, "images_per_sec": 3210.46,
-         "step_ms": 39.87, "step_ms_min": 39.5, "step_ms_p90": 40.21, "compile_s": 41.26,
-         "tflops": 78.7, "mfu": 0.0796, "peak_memory_bytes": 3 * 2**30},
-        {"model": "resnet20", "image_size": 32, "batch_size": 64, "images_per_sec": 12.0,
-         "step_ms": 5333.3, "step_ms_min": 5000.0, "step_ms_p90": 5500.0, "compile_s": 3.0,
-         "tflops": None, "mfu": None, "peak_memory_bytes": None},
+        {
+            "model": "resnet50",
+            "image_size": 224,
+            "batch_size": 128,
+            "images_per_sec": 3210.46,
+            "step_ms": 39.87,
+            "step_ms_min": 39.5,
+            "step_ms_p90": 40.21,
+            "compile_s": 41.26,
+            "tflops": 78.7,
+            "mfu": 0.0796,
+            "peak_memory_bytes": 3 * 2**30,
+        },
+        {
+            "model": "resnet20",
+            "image_size": 32,
+            "batch_size": 64,
+            "images_per_sec": 12.0,
+            "step_ms": 5333.3,
+            "step_ms_min": 5000.0,
+            "step_ms_p90": 5500.0,
+            "compile_s": 3.0,
+            "tflops": None,
+            "mfu": None,
+            "peak_memory_bytes": None,
+        },
         {"model": "resnet50", "image_size": 224, "batch_size": 1024, "error": "out of memory"},
     ]
     table = bench_core.markdown_table(rows).split("\n")
-    assert table[0] == ("| model | px | batch | images/s | step ms (median) | min ms | p90 ms | "
-                        "compile s | TFLOP/s | MFU | peak mem GiB |")
+    assert table[0] == (
+        "| model | px | batch | images/s | step ms (median) | min ms | p90 ms | "
+        "compile s | TFLOP/s | MFU | peak mem GiB |"
+    )
     assert table[1] == "|---|" + "---:|" * 10
-    assert table[2] == ("| resnet50 | 224 | 128 | 3,210.5 | 39.87 | 39.50 | 40.21 | 41.3 | 78.7 | "
-                        "8.0 | 3.00 |")
-    assert table[3] == ("| resnet20 | 32 | 64 | 12.0 | 5333.30 | 5000.00 | 5500.00 | 3.0 | n/a | "
-                        "n/a | n/a |")
+    assert table[2] == (
+        "| resnet50 | 224 | 128 | 3,210.5 | 39.87 | 39.50 | 40.21 | 41.3 | 78.7 | 8.0 | 3.00 |"
+    )
+    assert table[3] == (
+        "| resnet20 | 32 | 64 | 12.0 | 5333.30 | 5000.00 | 5500.00 | 3.0 | n/a | n/a | n/a |"
+    )
     assert table[4] == "| resnet50 | 224 | 1024 | out of memory |" + "  |" * 7
 
 
@@ -268,43 +314,84 @@ def test_rates_keep_three_significant_digits_when_small():
 
 
 def test_out_of_memory_errors_are_recognised():
-    assert bench_core.is_out_of_memory(RuntimeError("RESOURCE_EXHAUSTED: Out of memory while "
-                                                    "trying to allocate 123 bytes"))
+    assert bench_core.is_out_of_memory(
+        RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123 bytes")
+    )
     assert not bench_core.is_out_of_memory(ValueError("bad shape"))
 
 
 # --- the tool on the project's real model and steps ---------------------------------------------
 
-REQUIRED_KEYS = {"images_per_sec", "step_ms", "compile_s", "device", "flops_per_step", "tflops",
-                 "mfu", "peak_memory_bytes", "model", "batch_size", "dtype", "image_size", "mode"}
+REQUIRED_KEYS = {
+    "images_per_sec",
+    "step_ms",
+    "compile_s",
+    "device",
+    "flops_per_step",
+    "tflops",
+    "mfu",
+    "peak_memory_bytes",
+    "model",
+    "batch_size",
+    "dtype",
+    "image_size",
+    "mode",
+}
 
 
 def test_benchmark_imports_neither_tensorflow_nor_ml_collections():
     # The model benchmark must run on a GPU image that has JAX/flax/optax but neither TensorFlow
     # nor ml_collections (the workplace's CUDA image lacks both).
-    script = ("import sys, resnet_jax.benchmark, resnet_jax.models, resnet_jax.parallel, "
-              "resnet_jax.optim, resnet_jax.steps; "
-              "print(sorted(m for m in ('tensorflow', 'ml_collections') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                         check=True, env=dict(os.environ, PYTHONPATH=REPO)).stdout
+    script = (
+        "import sys, resnet_jax.benchmark, resnet_jax.models, resnet_jax.parallel, "
+        "resnet_jax.optim, resnet_jax.steps; "
+        "print(sorted(m for m in ('tensorflow', 'ml_collections') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    ).stdout
     assert out.strip() == "[]"
 
 
 def test_cli_times_resnet20_train_step_and_emits_json(tmp_path):
     from resnet_jax import summary
 
-    cmd = [sys.executable, "-m", "resnet_jax.benchmark", "--model=resnet20", "--batch_size=8",
-           "--steps=2", "--warmup=1", "--windows=2", "--json",
-           f"--output={tmp_path / 'r.json'},{tmp_path / 'r.txt'}"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO))
+    cmd = [
+        sys.executable,
+        "-m",
+        "resnet_jax.benchmark",
+        "--model=resnet20",
+        "--batch_size=8",
+        "--steps=2",
+        "--warmup=1",
+        "--windows=2",
+        "--json",
+        f"--output={tmp_path / 'r.json'},{tmp_path / 'r.txt'}",
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout)
     assert json.loads((tmp_path / "r.json").read_text()) == r
     assert (tmp_path / "r.txt").read_text().startswith("resnet20 train batch=8 float32 32px on cpu")
     assert REQUIRED_KEYS <= set(r)
     assert (r["model"], r["mode"], r["batch_size"], r["dtype"], r["image_size"]) == (
-        "resnet20", "train", 8, "float32", 32)
+        "resnet20",
+        "train",
+        8,
+        "float32",
+        32,
+    )
     assert r["steps"] == 2 and r["windows"] == 2
     assert r["images_per_sec"] == pytest.approx(8 / (r["step_ms"] / 1e3))
     assert 0 < r["step_ms_min"] <= r["step_ms"] <= r["step_ms_p90"] <= r["step_ms_max"]
@@ -328,9 +415,19 @@ def test_eval_mode_with_host_feed_times_the_forward_pass_and_writes_a_profile(tm
     from resnet_jax.models import create_model
 
     # One unit per stage (a "ResNet-8") through the model overrides keeps the compile short.
-    r = benchmark.benchmark("resnet20", batch_size=4, mode="eval", feed="host", steps=2, warmup=1,
-                            windows=2, peak_tflops=1.0, profile_dir=str(tmp_path), profile_steps=1,
-                            stage_sizes=(1, 1, 1))
+    r = benchmark.benchmark(
+        "resnet20",
+        batch_size=4,
+        mode="eval",
+        feed="host",
+        steps=2,
+        warmup=1,
+        windows=2,
+        peak_tflops=1.0,
+        profile_dir=str(tmp_path),
+        profile_steps=1,
+        stage_sizes=(1, 1, 1),
+    )
     assert (r["mode"], r["feed"], r["batch_size"]) == ("eval", "host", 4)
     # Forward only: 2 FLOPs per multiply-add, with the same padding/BN slack as the train step.
     macs = summary.analyze(create_model("resnet20", stage_sizes=(1, 1, 1))).macs
@@ -361,19 +458,33 @@ def test_sweep_runs_smallest_batch_first_and_stops_at_out_of_memory(monkeypatch)
         seen.append(batch_size)
         if batch_size > 256:
             raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
-        return {"model": model_name, "image_size": 224, "batch_size": batch_size,
-                "images_per_sec": 10.0 * batch_size,
-                "step_ms": 100.0, "step_ms_min": 99.0, "step_ms_p90": 101.0, "compile_s": 5.0,
-                "tflops": 1.0, "mfu": 0.5, "peak_memory_bytes": 2**30}
+        return {
+            "model": model_name,
+            "image_size": 224,
+            "batch_size": batch_size,
+            "images_per_sec": 10.0 * batch_size,
+            "step_ms": 100.0,
+            "step_ms_min": 99.0,
+            "step_ms_p90": 101.0,
+            "compile_s": 5.0,
+            "tflops": 1.0,
+            "mfu": 0.5,
+            "peak_memory_bytes": 2**30,
+        }
 
     monkeypatch.setattr(benchmark, "benchmark", fake_benchmark)
     rows = benchmark.sweep("resnet50", [1024, 128, 512, 256], dtype="bfloat16")
     assert seen == [128, 256, 512]  # 1024 is not tried once 512 ran out of memory
-    assert rows[-1] == {"model": "resnet50", "image_size": 224, "batch_size": 512,
-                        "error": "out of memory"}
+    assert rows[-1] == {
+        "model": "resnet50",
+        "image_size": 224,
+        "batch_size": 512,
+        "error": "out of memory",
+    }
     table = benchmark.table_with_header(rows).split("\n")
-    assert table[4] == ("| resnet50 | 224 | 128 | 1,280.0 | 100.00 | 99.00 | 101.00 | 5.0 | 1 | "
-                        "50.0 | 1.00 |")
+    assert table[4] == (
+        "| resnet50 | 224 | 128 | 1,280.0 | 100.00 | 99.00 | 101.00 | 5.0 | 1 | 50.0 | 1.00 |"
+    )
     assert table[6].startswith("| resnet50 | 224 | 512 | out of memory |")
 
     def broken(model_name, *, batch_size, **kwargs):
@@ -391,8 +502,18 @@ def test_input_pipeline_mode_reports_the_data_module_measurement(monkeypatch):
 
     calls = []
 
-    def fake_measure(dataset, data_dir, batch_size, augment=None, num_batches=40, *,
-                     warmup_batches=5, image_size=None, num_threads=None, seed=0):
+    def fake_measure(
+        dataset,
+        data_dir,
+        batch_size,
+        augment=None,
+        num_batches=40,
+        *,
+        warmup_batches=5,
+        image_size=None,
+        num_threads=None,
+        seed=0,
+    ):
         calls.append((dataset, data_dir, batch_size, augment, num_batches, image_size, num_threads))
         return {"images_per_sec": 1234.5, "dataset": dataset, "augment": augment or "paper"}
 
@@ -422,15 +543,19 @@ def test_suite_entry_saves_result_with_its_command_and_passes_xla_flags(tmp_path
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     fake = _fake_python(
-        tmp_path, 'echo "{\\"images_per_sec\\": 100.0, \\"xla_flags\\": \\"$XLA_FLAGS\\"}"')
-    e = bench_suite.Entry("r50-nhwc", "resnet50", 256, dtype="bfloat16",
-                          xla_flags="--xla_gpu_force_conv_nhwc=true")
+        tmp_path, 'echo "{\\"images_per_sec\\": 100.0, \\"xla_flags\\": \\"$XLA_FLAGS\\"}"'
+    )
+    e = bench_suite.Entry(
+        "r50-nhwc", "resnet50", 256, dtype="bfloat16", xla_flags="--xla_gpu_force_conv_nhwc=true"
+    )
     r = bench_suite.run_entry(e, str(tmp_path), fake, timeout_s=30)
     assert r["images_per_sec"] == 100.0
     assert r["xla_flags"] == "--xla_dump_to=/tmp/x --xla_gpu_force_conv_nhwc=true"
-    assert r["command"] == ("XLA_FLAGS='--xla_gpu_force_conv_nhwc=true' python -m "
-                            "resnet_jax.benchmark --model=resnet50 --batch_size=256 --mode=train "
-                            "--dtype=bfloat16 --steps=20 --warmup=3 --windows=5")
+    assert r["command"] == (
+        "XLA_FLAGS='--xla_gpu_force_conv_nhwc=true' python -m "
+        "resnet_jax.benchmark --model=resnet50 --batch_size=256 --mode=train "
+        "--dtype=bfloat16 --steps=20 --warmup=3 --windows=5"
+    )
     assert bench_suite.load_results([e], str(tmp_path)) == [r]  # saved: a rerun skips it
 
 
@@ -442,9 +567,11 @@ def test_suite_records_out_of_memory_and_failures_as_rows(tmp_path):
     assert r["error"] == "out of memory"
     table = bench_suite.suite_table([r]).split("\n")
     assert table[2] == "| big | resnet152 | | 4096 | | | | out of memory " + "| " * 9 + "|"
-    assert table[-1] == ("- `big`: `python -m resnet_jax.benchmark --model=resnet152 "
-                         "--batch_size=4096 --mode=train --dtype=float32 --steps=20 --warmup=3 "
-                         "--windows=5`")
+    assert table[-1] == (
+        "- `big`: `python -m resnet_jax.benchmark --model=resnet152 "
+        "--batch_size=4096 --mode=train --dtype=float32 --steps=20 --warmup=3 "
+        "--windows=5`"
+    )
 
 
 def test_suites_list_the_issue_rows():
@@ -455,7 +582,10 @@ def test_suites_list_the_issue_rows():
         for b in (128, 256):
             assert (f"resnet{depth}", b, "train", "bfloat16") in gpu
     cpu = {(e.model, e.batch_size, e.mode) for e in bench_suite.CPU_SUITE}
-    assert cpu == {(m, b, mode) for m, b in (("resnet20", 128), ("resnet56", 128), ("resnet50", 8))
-                   for mode in ("train", "eval")}
+    assert cpu == {
+        (m, b, mode)
+        for m, b in (("resnet20", 128), ("resnet56", 128), ("resnet50", 8))
+        for mode in ("train", "eval")
+    }
     for suite in bench_suite.SUITES.values():  # ids name the result files of one output dir
         assert len({e.id for e in suite}) == len(suite)

@@ -1,4 +1,5 @@
 """ImageNet input pipeline on fake ILSVRC2012 archives prepared by the real tfds builder."""
+
 import hashlib
 import os
 import subprocess
@@ -15,219 +16,282 @@ NUM_CLASSES, PER_CLASS, NUM_VAL = 3, 3, 5
 
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
-  return fake_archives.fake_imagenet_once(
-      tmp_path_factory, "imagenet", num_classes=NUM_CLASSES, train_per_class=PER_CLASS,
-      num_val=NUM_VAL)
+    return fake_archives.fake_imagenet_once(
+        tmp_path_factory,
+        "imagenet",
+        num_classes=NUM_CLASSES,
+        train_per_class=PER_CLASS,
+        num_val=NUM_VAL,
+    )
 
 
 def _train(fake, **kw):
-  kw = dict(dict(data_dir=fake.data_dir, local_batch_size=4, seed=0), **kw)
-  return pipeline.train_iterator("imagenet2012", **kw)
+    kw = dict(dict(data_dir=fake.data_dir, local_batch_size=4, seed=0), **kw)
+    return pipeline.train_iterator("imagenet2012", **kw)
 
 
 def _digest(image):
-  return hashlib.sha1(np.round(image, 3).tobytes()).hexdigest()
+    return hashlib.sha1(np.round(image, 3).tobytes()).hexdigest()
 
 
 def test_real_builder_prepares_fake_archives_with_their_sizes_and_labels(fake):
-  info = datasets.get_info("imagenet2012", fake.data_dir)
-  assert (info.num_train, info.num_eval) == (NUM_CLASSES * PER_CLASS, NUM_VAL)
-  assert (info.num_classes, info.image_size, info.family) == (1000, 224, "imagenet")
-  assert (info.train_split, info.eval_split) == ("train", "validation")
-  # Train labels are the synset positions in tfds's label list: the first NUM_CLASSES classes.
-  labels = np.concatenate([next(_train(fake, augment="none", local_batch_size=9))["label"]])
-  assert sorted(labels.tolist()) == sorted(list(range(NUM_CLASSES)) * PER_CLASS)
+    info = datasets.get_info("imagenet2012", fake.data_dir)
+    assert (info.num_train, info.num_eval) == (NUM_CLASSES * PER_CLASS, NUM_VAL)
+    assert (info.num_classes, info.image_size, info.family) == (1000, 224, "imagenet")
+    assert (info.train_split, info.eval_split) == ("train", "validation")
+    # Train labels are the synset positions in tfds's label list: the first NUM_CLASSES classes.
+    labels = np.concatenate([next(_train(fake, augment="none", local_batch_size=9))["label"]])
+    assert sorted(labels.tolist()) == sorted(list(range(NUM_CLASSES)) * PER_CLASS)
 
 
 @pytest.mark.parametrize("augment_name", ["paper", "inception", "none"])
 def test_train_batches_are_shaped_normalised_and_deterministic(fake, augment_name):
-  a = next(_train(fake, augment=augment_name))
-  b = next(_train(fake, augment=augment_name))
-  assert a["image"].shape == (4, 224, 224, 3) and a["image"].dtype == np.float32
-  assert a["label"].shape == (4,) and a["label"].dtype == np.int32
-  np.testing.assert_array_equal(a["image"], b["image"])
-  # Normalised with ImageNet mean/std: raw 0..255 maps into [-2.12, 2.64]. PCA lighting shifts
-  # an image by ~0.1 std per channel (under 0.5 with overwhelming probability).
-  margin = 0.5 if augment_name == "paper" else 1e-4
-  lo = (0 - np.array(augment.IMAGENET_MEAN)) / augment.IMAGENET_STD
-  hi = (255 - np.array(augment.IMAGENET_MEAN)) / augment.IMAGENET_STD
-  assert np.all(a["image"].min((0, 1, 2)) >= lo - margin)
-  assert np.all(a["image"].max((0, 1, 2)) <= hi + margin)
-  assert 0.5 < a["image"].std() < 1.5
+    a = next(_train(fake, augment=augment_name))
+    b = next(_train(fake, augment=augment_name))
+    assert a["image"].shape == (4, 224, 224, 3) and a["image"].dtype == np.float32
+    assert a["label"].shape == (4,) and a["label"].dtype == np.int32
+    np.testing.assert_array_equal(a["image"], b["image"])
+    # Normalised with ImageNet mean/std: raw 0..255 maps into [-2.12, 2.64]. PCA lighting shifts
+    # an image by ~0.1 std per channel (under 0.5 with overwhelming probability).
+    margin = 0.5 if augment_name == "paper" else 1e-4
+    lo = (0 - np.array(augment.IMAGENET_MEAN)) / augment.IMAGENET_STD
+    hi = (255 - np.array(augment.IMAGENET_MEAN)) / augment.IMAGENET_STD
+    assert np.all(a["image"].min((0, 1, 2)) >= lo - margin)
+    assert np.all(a["image"].max((0, 1, 2)) <= hi + margin)
+    assert 0.5 < a["image"].std() < 1.5
 
 
 def test_other_seed_gives_other_augmentation(fake):
-  a = next(_train(fake, augment="inception", seed=0))["image"]
-  b = next(_train(fake, augment="inception", seed=1))["image"]
-  assert not np.allclose(a, b)
+    a = next(_train(fake, augment="inception", seed=0))["image"]
+    b = next(_train(fake, augment="inception", seed=1))["image"]
+    assert not np.allclose(a, b)
 
 
 def test_resumed_iterator_yields_the_same_next_batches(fake):
-  # 9 examples, batches of 4: batches 2, 4 and 6 straddle epoch boundaries.
-  full = _train(fake, augment="paper")
-  reference = [next(full) for _ in range(7)]
-  for start in (2, 5):
-    resumed = _train(fake, augment="paper", start_step=start)
-    assert resumed.step == start
-    for k in range(start, 7):
-      batch = next(resumed)
-      np.testing.assert_array_equal(batch["image"], reference[k]["image"])
-      np.testing.assert_array_equal(batch["label"], reference[k]["label"])
+    # 9 examples, batches of 4: batches 2, 4 and 6 straddle epoch boundaries.
+    full = _train(fake, augment="paper")
+    reference = [next(full) for _ in range(7)]
+    for start in (2, 5):
+        resumed = _train(fake, augment="paper", start_step=start)
+        assert resumed.step == start
+        for k in range(start, 7):
+            batch = next(resumed)
+            np.testing.assert_array_equal(batch["image"], reference[k]["image"])
+            np.testing.assert_array_equal(batch["label"], reference[k]["label"])
 
 
 def test_each_epoch_is_a_permutation_of_the_shard(fake):
-  it = _train(fake, augment="none", local_batch_size=3)
-  epochs = [[_digest(x) for _ in range(3) for x in next(it)["image"]] for _ in range(2)]
-  assert len(set(epochs[0])) == 9 and set(epochs[0]) == set(epochs[1])
-  assert epochs[0] != epochs[1]  # reshuffled
+    it = _train(fake, augment="none", local_batch_size=3)
+    epochs = [[_digest(x) for _ in range(3) for x in next(it)["image"]] for _ in range(2)]
+    assert len(set(epochs[0])) == 9 and set(epochs[0]) == set(epochs[1])
+    assert epochs[0] != epochs[1]  # reshuffled
 
 
 def test_two_processes_read_disjoint_shards_covering_the_split(fake):
-  everything = {_digest(x) for b in pipeline.eval_iterator(
-      "imagenet2012", data_dir=fake.data_dir, local_batch_size=9, split="train")
-                for x, m in zip(b["image"], b["mask"]) if m}
-  assert len(everything) == 9
-  shards = []
-  for p in range(2):
-    it = pipeline.eval_iterator("imagenet2012", data_dir=fake.data_dir, local_batch_size=2,
-                                split="train", process_index=p, process_count=2)
-    assert len(it) == 3  # ceil(5 / 2) on both processes
-    batches = list(it)
-    assert len(batches) == 3
-    shards.append([_digest(x) for b in batches for x, m in zip(b["image"], b["mask"]) if m])
-  assert sorted(map(len, shards)) == [4, 5]
-  assert not set(shards[0]) & set(shards[1])
-  assert set(shards[0]) | set(shards[1]) == everything
-  # Training shards are equal-sized (4 + 4: the remainder is dropped) and disjoint too.
-  train = []
-  for p in range(2):
-    it = _train(fake, augment="none", local_batch_size=2, process_index=p, process_count=2)
-    train.append({_digest(x) for _ in range(2) for x in next(it)["image"]})  # one epoch
-  assert [len(t) for t in train] == [4, 4]
-  assert not train[0] & train[1] and train[0] | train[1] <= everything
+    everything = {
+        _digest(x)
+        for b in pipeline.eval_iterator(
+            "imagenet2012", data_dir=fake.data_dir, local_batch_size=9, split="train"
+        )
+        for x, m in zip(b["image"], b["mask"])
+        if m
+    }
+    assert len(everything) == 9
+    shards = []
+    for p in range(2):
+        it = pipeline.eval_iterator(
+            "imagenet2012",
+            data_dir=fake.data_dir,
+            local_batch_size=2,
+            split="train",
+            process_index=p,
+            process_count=2,
+        )
+        assert len(it) == 3  # ceil(5 / 2) on both processes
+        batches = list(it)
+        assert len(batches) == 3
+        shards.append([_digest(x) for b in batches for x, m in zip(b["image"], b["mask"]) if m])
+    assert sorted(map(len, shards)) == [4, 5]
+    assert not set(shards[0]) & set(shards[1])
+    assert set(shards[0]) | set(shards[1]) == everything
+    # Training shards are equal-sized (4 + 4: the remainder is dropped) and disjoint too.
+    train = []
+    for p in range(2):
+        it = _train(fake, augment="none", local_batch_size=2, process_index=p, process_count=2)
+        train.append({_digest(x) for _ in range(2) for x in next(it)["image"]})  # one epoch
+    assert [len(t) for t in train] == [4, 4]
+    assert not train[0] & train[1] and train[0] | train[1] <= everything
 
 
 def test_eval_visits_every_example_once_with_mask(fake):
-  it = pipeline.eval_iterator("imagenet2012", data_dir=fake.data_dir, local_batch_size=2)
-  batches = list(it)
-  assert len(batches) == len(it) == 3
-  mask = np.concatenate([b["mask"] for b in batches])
-  np.testing.assert_array_equal(mask, [True] * NUM_VAL + [False])
-  images = np.concatenate([b["image"] for b in batches])
-  assert len({_digest(x) for x in images[:NUM_VAL]}) == NUM_VAL
-  np.testing.assert_allclose(images[NUM_VAL:], 0.0, atol=1e-5)  # padding normalises to zero
-  assert np.concatenate([b["label"] for b in batches])[-1] == 0
+    it = pipeline.eval_iterator("imagenet2012", data_dir=fake.data_dir, local_batch_size=2)
+    batches = list(it)
+    assert len(batches) == len(it) == 3
+    mask = np.concatenate([b["mask"] for b in batches])
+    np.testing.assert_array_equal(mask, [True] * NUM_VAL + [False])
+    images = np.concatenate([b["image"] for b in batches])
+    assert len({_digest(x) for x in images[:NUM_VAL]}) == NUM_VAL
+    np.testing.assert_allclose(images[NUM_VAL:], 0.0, atol=1e-5)  # padding normalises to zero
+    assert np.concatenate([b["label"] for b in batches])[-1] == 0
 
 
 def test_ten_crop_yields_ten_views_whose_last_five_mirror_the_first(fake):
-  batch = next(pipeline.eval_iterator("imagenet2012", data_dir=fake.data_dir,
-                                      local_batch_size=2, views="10crop"))
-  assert batch["image"].shape == (2, 10, 224, 224, 3)
-  views = batch["image"][0]
-  np.testing.assert_allclose(views[5:], views[:5, :, ::-1], atol=1e-5)
-  assert len({_digest(v) for v in views[:5]}) == 5
-  center = next(pipeline.eval_iterator("imagenet2012", data_dir=fake.data_dir,
-                                       local_batch_size=2))["image"][0]
-  # The centre view is the centre crop up to resampling (resize-then-crop vs crop-then-resize,
-  # which differ by sub-pixel shifts): far closer to it than the corner views are.
-  assert np.abs(views[4] - center).mean() < 0.5 * min(np.abs(v - center).mean() for v in views[:4])
+    batch = next(
+        pipeline.eval_iterator(
+            "imagenet2012", data_dir=fake.data_dir, local_batch_size=2, views="10crop"
+        )
+    )
+    assert batch["image"].shape == (2, 10, 224, 224, 3)
+    views = batch["image"][0]
+    np.testing.assert_allclose(views[5:], views[:5, :, ::-1], atol=1e-5)
+    assert len({_digest(v) for v in views[:5]}) == 5
+    center = next(
+        pipeline.eval_iterator("imagenet2012", data_dir=fake.data_dir, local_batch_size=2)
+    )["image"][0]
+    # The centre view is the centre crop up to resampling (resize-then-crop vs crop-then-resize,
+    # which differ by sub-pixel shifts): far closer to it than the corner views are.
+    assert np.abs(views[4] - center).mean() < 0.5 * min(
+        np.abs(v - center).mean() for v in views[:4]
+    )
 
 
 @pytest.mark.parametrize("scale", [256, 384])
 def test_multiscale_views_are_the_scale_square_and_its_mirror(fake, scale):
-  batch = next(pipeline.eval_iterator("imagenet2012", data_dir=fake.data_dir,
-                                      local_batch_size=3, views="multiscale", scale=scale))
-  assert batch["image"].shape == (3, 2, scale, scale, 3)
-  np.testing.assert_allclose(batch["image"][:, 1], batch["image"][:, 0, :, ::-1], atol=1e-5)
+    batch = next(
+        pipeline.eval_iterator(
+            "imagenet2012",
+            data_dir=fake.data_dir,
+            local_batch_size=3,
+            views="multiscale",
+            scale=scale,
+        )
+    )
+    assert batch["image"].shape == (3, 2, scale, scale, 3)
+    np.testing.assert_allclose(batch["image"][:, 1], batch["image"][:, 0, :, ::-1], atol=1e-5)
 
 
 def test_impossible_sizes_and_options_are_refused_clearly(fake):
-  with pytest.raises(ValueError, match="exceeds the smallest scale 256"):
-    _train(fake, augment="paper", image_size=300)
-  with pytest.raises(ValueError, match="fewer than one batch of 16"):
-    _train(fake, local_batch_size=16)
-  with pytest.raises(ValueError, match="augment='cifar' is not available"):
-    _train(fake, augment="cifar")
-  with pytest.raises(ValueError, match="multiscale' needs the shorter side"):
-    pipeline.eval_iterator("imagenet2012", data_dir=fake.data_dir, local_batch_size=2,
-                           views="multiscale")
-  with pytest.raises(ValueError, match="train45k"):
-    _train(fake, split="train45k")
+    with pytest.raises(ValueError, match="exceeds the smallest scale 256"):
+        _train(fake, augment="paper", image_size=300)
+    with pytest.raises(ValueError, match="fewer than one batch of 16"):
+        _train(fake, local_batch_size=16)
+    with pytest.raises(ValueError, match="augment='cifar' is not available"):
+        _train(fake, augment="cifar")
+    with pytest.raises(ValueError, match="multiscale' needs the shorter side"):
+        pipeline.eval_iterator(
+            "imagenet2012", data_dir=fake.data_dir, local_batch_size=2, views="multiscale"
+        )
+    with pytest.raises(ValueError, match="train45k"):
+        _train(fake, split="train45k")
 
 
 def test_inception_crop_at_other_resolution(fake):
-  batch = next(_train(fake, augment="inception", image_size=128))
-  assert batch["image"].shape == (4, 128, 128, 3)
+    batch = next(_train(fake, augment="inception", image_size=128))
+    assert batch["image"].shape == (4, 128, 128, 3)
 
 
 def test_not_prepared_error_names_the_prepare_command(tmp_path):
-  with pytest.raises(datasets.DatasetNotPreparedError) as e:
-    datasets.get_info("imagenet2012", str(tmp_path))
-  assert (f"python -m resnet_jax.data.prepare imagenet2012 --data_dir {tmp_path} --manual_dir"
-          in str(e.value))
-  with pytest.raises(datasets.DatasetNotPreparedError, match="prepare cifar10 --data_dir"):
-    pipeline.train_iterator("cifar10", data_dir=str(tmp_path), local_batch_size=2, seed=0)
+    with pytest.raises(datasets.DatasetNotPreparedError) as e:
+        datasets.get_info("imagenet2012", str(tmp_path))
+    assert (
+        f"python -m resnet_jax.data.prepare imagenet2012 --data_dir {tmp_path} --manual_dir"
+        in str(e.value)
+    )
+    with pytest.raises(datasets.DatasetNotPreparedError, match="prepare cifar10 --data_dir"):
+        pipeline.train_iterator("cifar10", data_dir=str(tmp_path), local_batch_size=2, seed=0)
 
 
 def test_prepare_names_the_missing_archives(tmp_path):
-  (tmp_path / "ILSVRC2012_img_val.tar").write_bytes(b"")
-  proc = subprocess.run(
-      [sys.executable, "-m", "resnet_jax.data.prepare", "imagenet2012", "--data_dir",
-       str(tmp_path / "data"), "--manual_dir", str(tmp_path)],
-      capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH="."))
-  assert proc.returncode == 1
-  assert "ILSVRC2012_img_train.tar" in proc.stderr and "ILSVRC2012_img_val.tar" in proc.stderr
-  assert f"Missing in --manual_dir {tmp_path}: {tmp_path / 'ILSVRC2012_img_train.tar'}" in proc.stderr
-  assert "Traceback" not in proc.stderr
+    (tmp_path / "ILSVRC2012_img_val.tar").write_bytes(b"")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resnet_jax.data.prepare",
+            "imagenet2012",
+            "--data_dir",
+            str(tmp_path / "data"),
+            "--manual_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH="."),
+    )
+    assert proc.returncode == 1
+    assert "ILSVRC2012_img_train.tar" in proc.stderr and "ILSVRC2012_img_val.tar" in proc.stderr
+    assert (
+        f"Missing in --manual_dir {tmp_path}: {tmp_path / 'ILSVRC2012_img_train.tar'}"
+        in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
 
 
 def test_prepare_detects_a_truncated_download(fake, tmp_path):
-  for name in ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"):
-    data = open(os.path.join(fake.manual_dir, name), "rb").read()
-    if name.startswith("ILSVRC2012_img_val"):
-      data = data[:len(data) * 2 // 3]
-    (tmp_path / name).write_bytes(data)
-  with pytest.raises(prepare.PrepareError, match="ILSVRC2012_img_val.tar .* the download is "
-                     "incomplete or damaged"):
-    prepare.check_imagenet_manual_dir(str(tmp_path))
+    for name in ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"):
+        data = open(os.path.join(fake.manual_dir, name), "rb").read()
+        if name.startswith("ILSVRC2012_img_val"):
+            data = data[: len(data) * 2 // 3]
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(
+        prepare.PrepareError,
+        match="ILSVRC2012_img_val.tar .* the download is incomplete or damaged",
+    ):
+        prepare.check_imagenet_manual_dir(str(tmp_path))
 
 
 @pytest.fixture(scope="module")
 def corrupt_fake(tmp_path_factory):
-  return fake_archives.fake_imagenet_once(
-      tmp_path_factory, "imagenet_corrupt", num_classes=1, train_per_class=3, num_val=1,
-      corrupt=1, seed=3)
+    return fake_archives.fake_imagenet_once(
+        tmp_path_factory,
+        "imagenet_corrupt",
+        num_classes=1,
+        train_per_class=3,
+        num_val=1,
+        corrupt=1,
+        seed=3,
+    )
 
 
 @pytest.mark.parametrize("augment_name", ["paper", "inception"])
 def test_corrupt_jpeg_stops_training_naming_its_key(corrupt_fake, augment_name):
-  (bad,) = corrupt_fake.corrupt_keys
-  it = _train(corrupt_fake, augment=augment_name, local_batch_size=1)
-  with pytest.raises(datasets.CorruptImageError) as e:
-    for _ in range(3):  # one epoch: the corrupt example is among the three
-      next(it)
-  assert e.value.keys == (bad,)
-  message = str(e.value)
-  assert repr(bad) in message and "imagenet2012 split 'train' (process 0)" in message
-  assert f"prepare imagenet2012 --data_dir {corrupt_fake.data_dir}" in message
-  assert "function_node" not in message and "Traceback" not in message
-  assert e.value.__cause__ is None and e.value.__suppress_context__
+    (bad,) = corrupt_fake.corrupt_keys
+    it = _train(corrupt_fake, augment=augment_name, local_batch_size=1)
+    with pytest.raises(datasets.CorruptImageError) as e:
+        for _ in range(3):  # one epoch: the corrupt example is among the three
+            next(it)
+    assert e.value.keys == (bad,)
+    message = str(e.value)
+    assert repr(bad) in message and "imagenet2012 split 'train' (process 0)" in message
+    assert f"prepare imagenet2012 --data_dir {corrupt_fake.data_dir}" in message
+    assert "function_node" not in message and "Traceback" not in message
+    assert e.value.__cause__ is None and e.value.__suppress_context__
 
 
 def test_corrupt_jpeg_stops_evaluation_naming_its_key(corrupt_fake):
-  it = pipeline.eval_iterator("imagenet2012", data_dir=corrupt_fake.data_dir, local_batch_size=2,
-                              split="train")
-  with pytest.raises(datasets.CorruptImageError) as e:
-    list(it)
-  assert e.value.keys == tuple(corrupt_fake.corrupt_keys)
+    it = pipeline.eval_iterator(
+        "imagenet2012", data_dir=corrupt_fake.data_dir, local_batch_size=2, split="train"
+    )
+    with pytest.raises(datasets.CorruptImageError) as e:
+        list(it)
+    assert e.value.keys == tuple(corrupt_fake.corrupt_keys)
 
 
 def test_throughput_reports_images_per_second(fake):
-  from resnet_jax.data import throughput  # pylint: disable=g-import-not-at-top
-  result = throughput.measure_input_pipeline("imagenet2012", fake.data_dir, batch_size=4,
-                                             augment="inception", num_batches=3, warmup_batches=1)
-  assert result["image_shape"] == [224, 224, 3] and result["num_batches"] == 3
-  assert result["images_per_sec"] == pytest.approx(12 / result["seconds"], rel=1e-9)
-  assert result["images_per_sec_per_core"] == pytest.approx(
-      result["images_per_sec"] / result["cores"], rel=1e-9)
-  assert result["images_per_cpu_sec"] > 0
+    from resnet_jax.data import throughput  # pylint: disable=g-import-not-at-top
+
+    result = throughput.measure_input_pipeline(
+        "imagenet2012",
+        fake.data_dir,
+        batch_size=4,
+        augment="inception",
+        num_batches=3,
+        warmup_batches=1,
+    )
+    assert result["image_shape"] == [224, 224, 3] and result["num_batches"] == 3
+    assert result["images_per_sec"] == pytest.approx(12 / result["seconds"], rel=1e-9)
+    assert result["images_per_sec_per_core"] == pytest.approx(
+        result["images_per_sec"] / result["cores"], rel=1e-9
+    )
+    assert result["images_per_cpu_sec"] > 0

@@ -1,4 +1,5 @@
 """Two processes on localhost (jax.distributed, gloo CPU collectives) train like one process."""
+
 import socket
 
 import numpy as np
@@ -14,10 +15,22 @@ def _free_port():
 
 def test_two_processes_end_with_the_params_of_one_process_on_the_same_global_batch(tmp_path):
     port = _free_port()
-    procs = [run_worker(tmp_path / f"p{i}.npz", devices=1, wait=False,
-                        extra=["--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
-                               "--process_id", str(i)])
-             for i in range(2)]
+    procs = [
+        run_worker(
+            tmp_path / f"p{i}.npz",
+            devices=1,
+            wait=False,
+            extra=[
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num_processes",
+                "2",
+                "--process_id",
+                str(i),
+            ],
+        )
+        for i in range(2)
+    ]
     procs.append(run_worker(tmp_path / "single.npz", devices=1, wait=False))
     for p in procs:
         out, _ = p.communicate(timeout=240)

@@ -1,4 +1,5 @@
 """Schedules against the papers' recipes, the weight-decay mask, the optimiser chain and the loss."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,8 +26,15 @@ def test_cifar_recipe_divides_by_10_at_32k_and_48k():
 
 def test_resnet110_constant_warmup_then_paper_boundaries_stay_absolute():
     # He2015: ResNet-110 uses 0.01 for ~400 iterations, then 0.1; the decays stay at 32k/48k.
-    s = optim.make_schedule(0.1, 64_000, schedule="step", boundaries=[32_000, 48_000],
-                            warmup_steps=400, warmup="constant", warmup_lr=0.01)
+    s = optim.make_schedule(
+        0.1,
+        64_000,
+        schedule="step",
+        boundaries=[32_000, 48_000],
+        warmup_steps=400,
+        warmup="constant",
+        warmup_lr=0.01,
+    )
     assert _lr(s, 0) == pytest.approx(0.01)
     assert _lr(s, 399) == pytest.approx(0.01)
     assert _lr(s, 400) == pytest.approx(0.1)
@@ -37,8 +45,12 @@ def test_resnet110_constant_warmup_then_paper_boundaries_stay_absolute():
 
 def test_imagenet_step_decays_at_epochs_30_60_80():
     steps_per_epoch = 1_281_167 // 256  # 5004
-    s = optim.make_schedule(0.1, 90 * steps_per_epoch, schedule="step",
-                            boundaries=[e * steps_per_epoch for e in (30, 60, 80)])
+    s = optim.make_schedule(
+        0.1,
+        90 * steps_per_epoch,
+        schedule="step",
+        boundaries=[e * steps_per_epoch for e in (30, 60, 80)],
+    )
     assert _lr(s, 30 * steps_per_epoch - 1) == pytest.approx(0.1)
     assert _lr(s, 30 * steps_per_epoch) == pytest.approx(0.01)
     assert _lr(s, 60 * steps_per_epoch) == pytest.approx(0.001)
@@ -80,9 +92,13 @@ PARAMS = {
 def test_kernel_mask_selects_exactly_conv_and_dense_kernels():
     mask = optim.weight_decay_mask(PARAMS, "kernels")
     flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(mask)}
-    assert flat == {"['bn_init']['bias']": False, "['bn_init']['scale']": False,
-                    "['conv_init']['kernel']": True, "['head']['bias']": False,
-                    "['head']['kernel']": True}
+    assert flat == {
+        "['bn_init']['bias']": False,
+        "['bn_init']['scale']": False,
+        "['conv_init']['kernel']": True,
+        "['head']['bias']": False,
+        "['head']['kernel']": True,
+    }
     assert all(jax.tree.leaves(optim.weight_decay_mask(PARAMS, "all")))
 
 
@@ -111,13 +127,15 @@ def test_sgd_momentum_and_nesterov_match_the_update_rule():
     # heavy ball: v_t = g + 0.9 v_{t-1}, step -lr v_t
     assert _two_updates(False) == pytest.approx((-0.05, -0.1 * (0.5 + 0.9 * 0.5)))
     # Nesterov: step -lr (g + 0.9 v_t)
-    assert _two_updates(True) == pytest.approx((-0.1 * (0.5 + 0.9 * 0.5),
-                                                -0.1 * (0.5 + 0.9 * (0.5 + 0.9 * 0.5))))
+    assert _two_updates(True) == pytest.approx(
+        (-0.1 * (0.5 + 0.9 * 0.5), -0.1 * (0.5 + 0.9 * (0.5 + 0.9 * 0.5)))
+    )
 
 
 def test_lars_scales_kernel_updates_by_trust_ratio():
-    tx = optim.make_optimizer(1.0, optimizer="lars", momentum=0.0, weight_decay=0.0,
-                              lars_trust_coefficient=0.001)
+    tx = optim.make_optimizer(
+        1.0, optimizer="lars", momentum=0.0, weight_decay=0.0, lars_trust_coefficient=0.001
+    )
     params = {"kernel": jnp.full((4,), 2.0), "bias": jnp.full((4,), 2.0)}
     grads = {"kernel": jnp.full((4,), 0.5), "bias": jnp.full((4,), 0.5)}
     updates, _ = tx.update(grads, tx.init(params), params)

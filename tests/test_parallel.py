@@ -5,6 +5,7 @@ Run as a script, this file is the worker that the multi-device and multi-process
 It trains a tiny conv+BN net on a fixed sequence of global batches and saves the per-step losses and
 the final params.
 """
+
 import argparse
 import os
 import subprocess
@@ -19,13 +20,25 @@ GLOBAL_BATCH = 16
 
 def run_worker(out, *, devices=1, steps=6, extra=(), env_extra=None, wait=True):
     """Starts this file as a worker subprocess with `devices` simulated CPU devices."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=REPO,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
     env.update(env_extra or {})
-    cmd = [sys.executable, os.path.abspath(__file__), "--out", str(out), "--steps", str(steps),
-           *extra]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     if wait:
         output, _ = proc.communicate(timeout=240)
         assert proc.returncode == 0, output
@@ -42,6 +55,7 @@ def _worker(argv=None):
     a = p.parse_args(argv)
 
     from resnet_jax import parallel
+
     parallel.initialize_distributed(a.coordinator, a.num_processes, a.process_id)
 
     import jax
@@ -60,24 +74,33 @@ def _worker(argv=None):
     def host_batches():
         for i in range(a.steps):
             full = _batch(GLOBAL_BATCH, seed=i)  # each process keeps its own slice of the batch
-            yield {k: v[lo:lo + local] for k, v in full.items()}
+            yield {k: v[lo : lo + local] for k, v in full.items()}
 
     losses = []
     for batch in parallel.prefetch_to_mesh(host_batches(), mesh):
         state, m = step_fn(state, batch)
         losses.append(m["loss"])
     local_copy = lambda x: np.asarray(x.addressable_data(0))  # noqa: E731 (replicated everywhere)
-    params = {jax.tree_util.keystr(k): local_copy(v)
-              for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
-    np.savez(a.out, losses=np.array([float(local_copy(x)) for x in losses]),
-             devices=jax.device_count(), processes=jax.process_count(), **params)
+    params = {
+        jax.tree_util.keystr(k): local_copy(v)
+        for k, v in jax.tree_util.tree_leaves_with_path(state.params)
+    }
+    np.savez(
+        a.out,
+        losses=np.array([float(local_copy(x)) for x in losses]),
+        devices=jax.device_count(),
+        processes=jax.process_count(),
+        **params,
+    )
 
 
 # ----------------------------------------------------------------------------------------- tests
 
+
 def test_mesh_spans_all_devices_on_one_data_axis():
     import jax
     from resnet_jax import parallel
+
     mesh = parallel.make_mesh()
     assert mesh.axis_names == ("data",)
     assert mesh.devices.size == jax.device_count()
@@ -85,9 +108,12 @@ def test_mesh_spans_all_devices_on_one_data_axis():
 
 def test_host_batch_becomes_a_global_array_with_the_same_values():
     from resnet_jax import parallel
+
     mesh = parallel.make_mesh()
-    batch = {"image": np.arange(4 * 2 * 2 * 3, dtype=np.float32).reshape(4, 2, 2, 3),
-             "label": np.arange(4, dtype=np.int32)}
+    batch = {
+        "image": np.arange(4 * 2 * 2 * 3, dtype=np.float32).reshape(4, 2, 2, 3),
+        "label": np.arange(4, dtype=np.int32),
+    }
     out = parallel.host_to_global(batch, mesh)
     assert out["image"].sharding.spec == parallel.P("data")
     np.testing.assert_array_equal(np.asarray(out["image"]), batch["image"])
@@ -96,6 +122,7 @@ def test_host_batch_becomes_a_global_array_with_the_same_values():
 
 def test_prefetch_yields_every_batch_once_in_order():
     from resnet_jax import parallel
+
     mesh = parallel.make_mesh()
     batches = [{"x": np.full((2,), i, np.float32)} for i in range(5)]
     got = [float(b["x"][0]) for b in parallel.prefetch_to_mesh(iter(batches), mesh, size=2)]
@@ -104,6 +131,7 @@ def test_prefetch_yields_every_batch_once_in_order():
 
 def test_initialize_distributed_is_a_noop_alone_and_wants_all_three_arguments(monkeypatch):
     from resnet_jax import parallel
+
     for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
         monkeypatch.delenv(var, raising=False)
     parallel.initialize_distributed()  # single process: nothing to join
@@ -113,6 +141,7 @@ def test_initialize_distributed_is_a_noop_alone_and_wants_all_three_arguments(mo
 
 def test_cluster_detection_reads_slurm_and_tpu_pod_environments(monkeypatch):
     from resnet_jax import parallel
+
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("SLURM_NTASKS", "4")
     assert parallel._cluster_detected()
@@ -124,8 +153,10 @@ def test_cluster_detection_reads_slurm_and_tpu_pod_environments(monkeypatch):
 
 
 def test_four_devices_train_like_one_and_reject_an_indivisible_batch(tmp_path):
-    procs = [run_worker(tmp_path / f"{name}.npz", devices=n, wait=False)
-             for name, n in (("one", 1), ("four", 4))]
+    procs = [
+        run_worker(tmp_path / f"{name}.npz", devices=n, wait=False)
+        for name, n in (("one", 1), ("four", 4))
+    ]
     for p in procs:
         out, _ = p.communicate(timeout=240)
         assert p.returncode == 0, out
@@ -136,12 +167,15 @@ def test_four_devices_train_like_one_and_reject_an_indivisible_batch(tmp_path):
     for k in set(one.files) - {"devices", "processes"}:
         np.testing.assert_allclose(four[k], one[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
-    code = ("from resnet_jax import parallel\n"
-            "try:\n  parallel.local_batch_size(6, parallel.make_mesh())\n"
-            "except ValueError as e:\n  print(e)\n")
+    code = (
+        "from resnet_jax import parallel\n"
+        "try:\n  parallel.local_batch_size(6, parallel.make_mesh())\n"
+        "except ValueError as e:\n  print(e)\n"
+    )
     env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    msg = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
-                         text=True, timeout=120).stdout
+    msg = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    ).stdout
     assert "global batch size 6" in msg and "device count 4" in msg
 
 

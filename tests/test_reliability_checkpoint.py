@@ -1,5 +1,6 @@
 """Damaged and unwritable checkpoints: the damage is named, the newest good checkpoint is used, a
 failed write leaves the earlier ones intact, and nothing ever starts over silently."""
+
 import glob
 import os
 
@@ -24,28 +25,35 @@ def _state(i):
     """A state with one array above OCDBT's 1 KiB inline limit: it lands in a data file without a
     checksum of its own (smaller arrays sit in checksummed b-tree nodes)."""
     rng = np.random.default_rng(i)
-    return {"w": rng.normal(size=(4096,)).astype(np.float32), "b": np.full((16,), i, np.float32),
-            "step": np.int32(i)}
+    return {
+        "w": rng.normal(size=(4096,)).astype(np.float32),
+        "b": np.full((16,), i, np.float32),
+        "step": np.int32(i),
+    }
 
 
 @pytest.fixture
 def three_checkpoints(tmp_path):
     """Checkpoints 1, 2, 3 (distinct states) in tmp_path; (workdir, abstract state, states)."""
     from resnet_jax import parallel
+
     sharding = parallel.replicated(parallel.make_mesh())
     states = {i: _state(i) for i in (1, 2, 3)}
     ckpt = checkpoint.Checkpointer(str(tmp_path), every_steps=1, keep=5)
     for i, state in states.items():
         ckpt.save(i, jax.device_put(state, sharding), _position(i))
     ckpt.close()
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
-                                                           sharding=sharding), states[1])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding),
+        states[1],
+    )
     return str(tmp_path), abstract, states
 
 
 def parallel_batch(mesh, seed):
     from resnet_jax import parallel
     from tests.test_steps import _batch
+
     return parallel.host_to_global(_batch(seed=seed), mesh)
 
 
@@ -63,8 +71,12 @@ def truncate(workdir, step):
 
 def flip_one_bit(workdir, step):
     """One flipped bit in the middle of the biggest array file (tensorstore reads it silently)."""
-    path = max(glob.glob(os.path.join(workdir, "checkpoints", str(step), "state", "ocdbt.process_0",
-                                      "d", "*")), key=os.path.getsize)
+    path = max(
+        glob.glob(
+            os.path.join(workdir, "checkpoints", str(step), "state", "ocdbt.process_0", "d", "*")
+        ),
+        key=os.path.getsize,
+    )
     data = bytearray(open(path, "rb").read())
     data[len(data) // 2] ^= 0x01
     open(path, "wb").write(bytes(data))
@@ -75,8 +87,9 @@ def _assert_state_equal(restored, expected):
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_truncated_newest_checkpoint_is_named_and_the_previous_one_is_used(three_checkpoints,
-                                                                             capsys):
+def test_a_truncated_newest_checkpoint_is_named_and_the_previous_one_is_used(
+    three_checkpoints, capsys
+):
     workdir, abstract, states = three_checkpoints
     truncate(workdir, 3)
     ckpt = checkpoint.Checkpointer(workdir)
@@ -100,8 +113,10 @@ def test_a_silently_flipped_bit_is_caught_by_the_fingerprint(three_checkpoints, 
     _assert_state_equal(state, states[1])
     err = capsys.readouterr().err
     for step in (3, 2):
-        assert f"checkpoint {step} ({workdir}/checkpoints/{step}) cannot be loaded: its arrays " \
-               "differ from what was saved (fingerprint mismatch in ['w'])" in err
+        assert (
+            f"checkpoint {step} ({workdir}/checkpoints/{step}) cannot be loaded: its arrays "
+            "differ from what was saved (fingerprint mismatch in ['w'])" in err
+        )
 
 
 def test_when_no_checkpoint_loads_the_run_stops_instead_of_starting_over(three_checkpoints):
@@ -151,8 +166,11 @@ def test_a_checkpoint_write_on_a_full_disk_fails_loudly_and_keeps_the_earlier_on
 
 
 def test_fingerprint_changes_with_any_single_element_and_names_the_array():
-    tree = {"a": np.arange(1000, dtype=np.float32), "b": {"c": np.ones((3, 3), np.float32)},
-            "n": np.int32(7)}
+    tree = {
+        "a": np.arange(1000, dtype=np.float32),
+        "b": {"c": np.ones((3, 3), np.float32)},
+        "n": np.int32(7),
+    }
     reference = numerics.fingerprint(tree)
     assert numerics.fingerprint(jax.tree.map(np.copy, tree)) == reference  # deterministic
     for i in (0, 499, 999):

@@ -1,4 +1,5 @@
 """Bad configs and missing data fail in seconds, before any compile, with a message saying what to fix."""
+
 import json
 import os
 import re
@@ -37,22 +38,35 @@ def test_unknown_model_and_dataset_are_refused_listing_the_valid_names():
 
 
 def test_zero_and_negative_sizes_rates_and_steps_are_all_reported_at_once():
-    c = _config(batch_size=0, learning_rate=-0.1, momentum=1.5, num_train_steps=0,
-                log_every_steps=0, weight_decay=-1e-4, keep_checkpoints=0)
+    c = _config(
+        batch_size=0,
+        learning_rate=-0.1,
+        momentum=1.5,
+        num_train_steps=0,
+        log_every_steps=0,
+        weight_decay=-1e-4,
+        keep_checkpoints=0,
+    )
     with pytest.raises(faults.ConfigError) as e:
         validation.check_config(c)
     msg = str(e.value)
     assert msg.startswith("7 problem(s)")
-    for part in ("batch_size must be >= 1, got 0", "learning_rate must be > 0, got -0.1",
-                 "momentum must be in [0, 1), got 1.5", "num_train_steps must be > 0, or -1",
-                 "log_every_steps must be >= 1, got 0", "weight_decay must be >= 0",
-                 "keep_checkpoints must be >= 1 or None, got 0"):
+    for part in (
+        "batch_size must be >= 1, got 0",
+        "learning_rate must be > 0, got -0.1",
+        "momentum must be in [0, 1), got 1.5",
+        "num_train_steps must be > 0, or -1",
+        "log_every_steps must be >= 1, got 0",
+        "weight_decay must be >= 0",
+        "keep_checkpoints must be >= 1 or None, got 0",
+    ):
         assert part in msg
 
 
 def test_an_image_size_the_model_cannot_take_is_refused():
-    with pytest.raises(faults.ConfigError, match="image_size 16 is too small for resnet50: it "
-                                                 "downsamples by 32"):
+    with pytest.raises(
+        faults.ConfigError, match="image_size 16 is too small for resnet50: it downsamples by 32"
+    ):
         validation.check_config(_config(model="resnet50", model_overrides={}, image_size=16))
     c = trainer.resolve_config(_config(image_size=64))
     with pytest.raises(faults.ConfigError, match="shapes10 images are 32x32; image_size=64"):
@@ -69,13 +83,16 @@ def test_a_batch_the_devices_cannot_share_and_a_split_smaller_than_a_batch_are_r
     assert "eval_batch_size" not in msg  # 8 is a multiple of 4
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    ({"model": "resnet21"}, "model='resnet21' is not one of"),
-    ({"train_split": "train[:4]"}, "fewer than one batch of 8"),
-    # Option-A shortcuts cannot shrink 16 stem channels to 4: found by tracing, not compiling.
-    ({"model_overrides": {"widths": (4, 8, 16)}}, "option A cannot reduce channels"),
-    ({"normalization": "mean_std"}, "normalization='mean_std' is not available for shapes10"),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"model": "resnet21"}, "model='resnet21' is not one of"),
+        ({"train_split": "train[:4]"}, "fewer than one batch of 8"),
+        # Option-A shortcuts cannot shrink 16 stem channels to 4: found by tracing, not compiling.
+        ({"model_overrides": {"widths": (4, 8, 16)}}, "option A cannot reduce channels"),
+        ({"normalization": "mean_std"}, "normalization='mean_std' is not available for shapes10"),
+    ],
+)
 def test_bad_configs_fail_before_anything_is_compiled(tmp_path, no_compile, overrides, expected):
     with pytest.raises(faults.ConfigError, match=re.escape(expected)):
         trainer.train_and_evaluate(_config(**overrides), str(tmp_path))
@@ -101,20 +118,30 @@ def test_resuming_a_run_of_another_config_is_refused_unless_allowed(tmp_path):
     del old["synthetic_batches"]
     (tmp_path / "config.json").write_text(json.dumps(old))
     defaults = trainer.default_config().to_dict()
-    assert validation.check_same_run(str(tmp_path), c, has_checkpoints=True,
-                                     defaults=defaults) == []
+    assert (
+        validation.check_same_run(str(tmp_path), c, has_checkpoints=True, defaults=defaults) == []
+    )
     with pytest.raises(faults.ConfigError, match=r"synthetic_batches: '<absent>' -> 2"):
-        validation.check_same_run(str(tmp_path), trainer.resolve_config(
-            _config(synthetic_batches=2)), has_checkpoints=True, defaults=defaults)
+        validation.check_same_run(
+            str(tmp_path),
+            trainer.resolve_config(_config(synthetic_batches=2)),
+            has_checkpoints=True,
+            defaults=defaults,
+        )
     # Without checkpoints nothing computed would be mixed: a new config simply starts.
-    assert validation.check_same_run(str(tmp_path), trainer.resolve_config(
-        _config(learning_rate=0.5)), has_checkpoints=False) == []
+    assert (
+        validation.check_same_run(
+            str(tmp_path), trainer.resolve_config(_config(learning_rate=0.5)), has_checkpoints=False
+        )
+        == []
+    )
 
 
 def test_a_dataset_that_is_not_prepared_names_the_prepare_command(tmp_path, no_compile):
     with pytest.raises(datasets.DatasetNotPreparedError) as e:
-        trainer.train_and_evaluate(_config(dataset="cifar10", data_dir=str(tmp_path / "tfds")),
-                                   str(tmp_path / "run"))
+        trainer.train_and_evaluate(
+            _config(dataset="cifar10", data_dir=str(tmp_path / "tfds")), str(tmp_path / "run")
+        )
     code, message = faults.classify(e.value)
     assert code == faults.EXIT_NO_INPUT == 66
     assert f"python -m resnet_jax.data.prepare cifar10 --data_dir {tmp_path / 'tfds'}" in message
@@ -122,10 +149,23 @@ def test_a_dataset_that_is_not_prepared_names_the_prepare_command(tmp_path, no_c
 
 
 def test_main_prints_one_line_and_exits_78_on_a_bad_config(tmp_path):
-    cmd = [sys.executable, "-m", "resnet_jax.main", "--config=configs/default.py",
-           f"--workdir={tmp_path}", "--config.model=resnet21", "--config.learning_rate=0"]
-    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(tmp_path / "cache"),
-                          capture_output=True, text=True, timeout=240)
+    cmd = [
+        sys.executable,
+        "-m",
+        "resnet_jax.main",
+        "--config=configs/default.py",
+        f"--workdir={tmp_path}",
+        "--config.model=resnet21",
+        "--config.learning_rate=0",
+    ]
+    done = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env=subprocess_env(tmp_path / "cache"),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 78, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("resnet_jax:")]
     assert len(lines) == 1 and "2 problem(s) in the config" in lines[0]

@@ -1,5 +1,6 @@
 """An unwritable or too small workdir is found before training starts (tests run as root, where chmod
 stops nothing: an immutable directory and a size-limited tmpfs are the real faults)."""
+
 import os
 
 import pytest
@@ -45,8 +46,10 @@ def test_a_disk_too_small_for_the_kept_checkpoints_is_refused_before_training(tm
             trainer.train_and_evaluate(_config(), os.path.join(fs, "run"))
         msg = str(e.value)
         # 5 saves keeping 3: Orbax holds 4 at once while writing the 4th; 4 x 2.06 + 32 MiB.
-        assert "has 16.0 MiB free, but 4 checkpoints of 2.1 MiB (plus metrics) need about " \
-               "40.3 MiB" in msg
+        assert (
+            "has 16.0 MiB free, but 4 checkpoints of 2.1 MiB (plus metrics) need about "
+            "40.3 MiB" in msg
+        )
         assert "lower --config.keep_checkpoints" in msg
 
 
@@ -66,6 +69,7 @@ def test_a_json_write_cut_off_half_way_leaves_the_previous_file_whole(tmp_path, 
     import json
 
     from resnet_jax import metrics
+
     path = str(tmp_path / "config.json")
     metrics.write_json(path, {"model": "resnet20", "seed": 0})
     real_dump = json.dump
@@ -73,6 +77,7 @@ def test_a_json_write_cut_off_half_way_leaves_the_previous_file_whole(tmp_path, 
     def dump_then_fail(obj, f, **kwargs):
         f.write(json.dumps(obj, **kwargs)[:5])
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(json, "dump", dump_then_fail)
     with pytest.raises(OSError, match="No space left"):
         metrics.write_json(path, {"model": "resnet56", "seed": 1})

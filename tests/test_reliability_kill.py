@@ -4,6 +4,7 @@ Every run is the same tiny training (tests/reliability_helpers.py: ResNet-8 at q
 steps of 8 shapes10 images, checkpoints at 4, 8, 12); an uninterrupted run of it is the reference,
 and an interrupted run must end with the reference's final train state bit for bit (CPU).
 """
+
 import json
 import os
 import re
@@ -15,9 +16,18 @@ import pytest
 
 from resnet_jax import faults
 from fake_archives import exclusive, session_dir
-from tests.reliability_helpers import (TOTAL, Run, assert_bitwise_equal, checkpoint_dirs,
-                                       copy_workdir, fill_disk, run, saved_state, tmpfs,
-                                       wait_for_file)
+from tests.reliability_helpers import (
+    TOTAL,
+    Run,
+    assert_bitwise_equal,
+    checkpoint_dirs,
+    copy_workdir,
+    fill_disk,
+    run,
+    saved_state,
+    tmpfs,
+    wait_for_file,
+)
 from tests.test_reliability_checkpoint import flip_one_bit, truncate
 
 
@@ -49,14 +59,17 @@ def _resume_and_compare(workdir, reference, cache, resumed_from):
         assert f"resumed from checkpoint step {resumed_from}" in out
     assert_bitwise_equal(saved_state(workdir, TOTAL), saved_state(reference, TOTAL))
     assert not [d for d in checkpoint_dirs(workdir) if not d.isdigit()]  # no partial writes left
-    with open(os.path.join(reference, "summary.json")) as a, \
-            open(os.path.join(workdir, "summary.json")) as b:
+    with (
+        open(os.path.join(reference, "summary.json")) as a,
+        open(os.path.join(workdir, "summary.json")) as b,
+    ):
         assert json.load(a)["eval"] == json.load(b)["eval"]
     return out
 
 
 def test_sigkill_during_a_checkpoint_write_resumes_from_the_last_complete_one_bitwise(
-        tmp_path, cache, reference):
+    tmp_path, cache, reference
+):
     workdir = tmp_path / "run"
     r = Run(workdir, cache_dir=cache, env={"RESNET_JAX_FAULT": "sigkill_in_save@8"})
     assert r.wait() == -signal.SIGKILL, r.output
@@ -69,8 +82,11 @@ def test_sigkill_during_a_checkpoint_write_resumes_from_the_last_complete_one_bi
 def _pause_then(tmp_path, cache, step, action):
     """Runs until `step` and its checkpoint are done, applies `action(run)`, then lets it go on."""
     workdir, gate = tmp_path / "run", tmp_path / "gate"
-    r = Run(workdir, cache_dir=cache,
-            env={"RESNET_JAX_FAULT": f"pause@{step}", "RESNET_JAX_FAULT_GATE": gate})
+    r = Run(
+        workdir,
+        cache_dir=cache,
+        env={"RESNET_JAX_FAULT": f"pause@{step}", "RESNET_JAX_FAULT_GATE": gate},
+    )
     wait_for_file(f"{gate}.paused", r)
     action(r)
     open(f"{gate}.go", "w").close()
@@ -78,18 +94,22 @@ def _pause_then(tmp_path, cache, step, action):
 
 
 def test_sigterm_finishes_the_step_checkpoints_exits_75_and_the_rerun_continues_bitwise(
-        tmp_path, cache, reference):
+    tmp_path, cache, reference
+):
     workdir, r = _pause_then(tmp_path, cache, 6, lambda r: r.kill(signal.SIGTERM))
     assert r.wait() == faults.EXIT_PREEMPTED == 75, r.output
     lines = [line for line in r.output.splitlines() if line.startswith("resnet_jax: preempted")]
-    assert lines == [f"resnet_jax: preempted by SIGTERM after step 6: checkpoint 6 is in "
-                     f"{workdir}/checkpoints; rerun the same command to resume"]
+    assert lines == [
+        f"resnet_jax: preempted by SIGTERM after step 6: checkpoint 6 is in "
+        f"{workdir}/checkpoints; rerun the same command to resume"
+    ]
     assert "6" in checkpoint_dirs(workdir) and "Traceback" not in r.output
     _resume_and_compare(workdir, reference, cache, resumed_from=6)
 
 
 def test_damaged_newest_checkpoints_are_named_and_the_run_resumes_from_the_good_one_bitwise(
-        tmp_path, cache, reference):
+    tmp_path, cache, reference
+):
     workdir = copy_workdir(reference, tmp_path / "run")
     truncate(workdir, 12)
     flip_one_bit(workdir, 8)
@@ -109,17 +129,22 @@ def test_a_nan_at_step_7_stops_the_run_with_exit_65_and_the_good_checkpoint_stay
     # The NaN images reach the loss as zeros through XLA's relu: the gradient shows them.
     assert len(lines) == 1 and re.match(
         r"resnet_jax: non-finite (loss and )?grad_norm at step 7 \(loss=\S+, grad_norm=nan",
-        lines[0])
+        lines[0],
+    )
     assert "checkpoint 4 (written before it) is the newest and is kept" in lines[0]
     assert checkpoint_dirs(workdir) == ["4"]  # the step-8 save never happened
-    assert all(np.isfinite(x).all() for x in saved_state(workdir, 4).values()
-               if np.issubdtype(x.dtype, np.floating))
+    assert all(
+        np.isfinite(x).all()
+        for x in saved_state(workdir, 4).values()
+        if np.issubdtype(x.dtype, np.floating)
+    )
 
 
 def test_skip_policy_drops_the_nan_update_counts_it_and_finishes(tmp_path, cache):
     workdir = tmp_path / "run"
-    rc, out = run(workdir, "--config.debug_nan_step=7", "--config.nonfinite_policy=skip",
-                  cache_dir=cache)
+    rc, out = run(
+        workdir, "--config.debug_nan_step=7", "--config.nonfinite_policy=skip", cache_dir=cache
+    )
     assert rc == 0, out
     state = saved_state(workdir, TOTAL)
     assert int(state["['step']"]) == TOTAL - 1  # one update of 12 was dropped
@@ -143,13 +168,17 @@ def test_a_workdir_whose_checkpoints_all_fail_stops_with_exit_66(tmp_path, cache
 
 # ------------------------------------------------------------------------------- slow: the matrix
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("step, resumed_from", [
-    (2, None),  # before the first checkpoint: the rerun starts from step 0
-    (6, 4),  # between checkpoints
-    (8, 8),  # right after a checkpoint was completed
-    (12, 12),  # after the last checkpoint, before the final evaluation
-])
+@pytest.mark.parametrize(
+    "step, resumed_from",
+    [
+        (2, None),  # before the first checkpoint: the rerun starts from step 0
+        (6, 4),  # between checkpoints
+        (8, 8),  # right after a checkpoint was completed
+        (12, 12),  # after the last checkpoint, before the final evaluation
+    ],
+)
 def test_sigkill_at_several_moments_resumes_bitwise(tmp_path, cache, reference, step, resumed_from):
     workdir, r = _pause_then(tmp_path, cache, step, lambda r: r.kill(signal.SIGKILL))
     assert r.wait() == -signal.SIGKILL
@@ -158,7 +187,8 @@ def test_sigkill_at_several_moments_resumes_bitwise(tmp_path, cache, reference, 
 
 @pytest.mark.slow
 def test_sigkill_during_the_first_checkpoint_write_restarts_from_step_0_bitwise(
-        tmp_path, cache, reference):
+    tmp_path, cache, reference
+):
     workdir = tmp_path / "run"
     r = Run(workdir, cache_dir=cache, env={"RESNET_JAX_FAULT": "sigkill_in_save@4"})
     assert r.wait() == -signal.SIGKILL
@@ -176,7 +206,8 @@ def test_sigint_behaves_like_sigterm(tmp_path, cache, reference):
 
 @pytest.mark.slow
 def test_restart_from_scratch_sets_damaged_checkpoints_aside_and_trains_from_step_0(
-        tmp_path, cache, reference):
+    tmp_path, cache, reference
+):
     workdir = copy_workdir(reference, tmp_path / "run")
     for step in (4, 8, 12):
         truncate(workdir, step)
@@ -189,12 +220,17 @@ def test_restart_from_scratch_sets_damaged_checkpoints_aside_and_trains_from_ste
 
 @pytest.mark.slow
 def test_a_disk_filling_up_mid_run_stops_with_exit_74_and_the_rerun_resumes_bitwise(
-        tmp_path, cache, reference):
+    tmp_path, cache, reference
+):
     gate = tmp_path / "gate"
     with tmpfs(tmp_path / "fs", "40m") as fs:  # passes the start-up check (32 MiB + 4 checkpoints)
         workdir = os.path.join(fs, "run")
-        r = Run(workdir, cache_dir=cache, log=str(tmp_path / "run.log"),
-                env={"RESNET_JAX_FAULT": "pause@4", "RESNET_JAX_FAULT_GATE": gate})
+        r = Run(
+            workdir,
+            cache_dir=cache,
+            log=str(tmp_path / "run.log"),
+            env={"RESNET_JAX_FAULT": "pause@4", "RESNET_JAX_FAULT_GATE": gate},
+        )
         wait_for_file(f"{gate}.paused", r)
         filler = fill_disk(fs)
         open(f"{gate}.go", "w").close()

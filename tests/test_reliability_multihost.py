@@ -1,5 +1,6 @@
 """Two `resnet_jax.main` processes on localhost (jax.distributed, gloo): a peer that dies makes the
 other stop within a bounded time, and a preemption notice to one makes both save the same step."""
+
 import os
 import re
 import signal
@@ -26,11 +27,24 @@ def _pair(tmp_path, cache, fault_for_1=None):
     port, workdir = _free_port(), tmp_path / "run"
     runs = []
     for i in (0, 1):
-        env = {"RESNET_JAX_FAULT": fault_for_1, "RESNET_JAX_FAULT_GATE": tmp_path / "gate"} \
-            if i == 1 and fault_for_1 else {}
-        runs.append(Run(workdir, cache_dir=cache, env=env, main_flags=(
-            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
-            f"--heartbeat_timeout_s={HEARTBEAT_S}")))
+        env = (
+            {"RESNET_JAX_FAULT": fault_for_1, "RESNET_JAX_FAULT_GATE": tmp_path / "gate"}
+            if i == 1 and fault_for_1
+            else {}
+        )
+        runs.append(
+            Run(
+                workdir,
+                cache_dir=cache,
+                env=env,
+                main_flags=(
+                    f"--coordinator_address=127.0.0.1:{port}",
+                    "--num_processes=2",
+                    f"--process_id={i}",
+                    f"--heartbeat_timeout_s={HEARTBEAT_S}",
+                ),
+            )
+        )
     return workdir, runs
 
 
@@ -70,14 +84,17 @@ def test_a_killed_process_makes_the_other_fail_within_the_heartbeat_timeout(tmp_
         _kill_leftovers((p0, p1))
     assert rc != 0 and took < HEARTBEAT_S + 30, (rc, took, p0.output)
     out = p0.output
-    assert ("another process of this job has most likely died" in out  # our message, exit 69
-            or "another task died" in out), out  # JAX's coordination service, SIGABRT
+    assert (
+        "another process of this job has most likely died" in out  # our message, exit 69
+        or "another task died" in out
+    ), out  # JAX's coordination service, SIGABRT
     if rc == 69:
         assert "Restart every process to resume from the newest checkpoint" in out
 
 
 def test_a_bug_in_one_process_ends_it_with_a_traceback_and_the_other_within_the_heartbeat(
-        tmp_path, cache):
+    tmp_path, cache
+):
     """Python's normal exit would enter JAX's shutdown barrier and wait there for the peer, which
     waits in the next step's collective for it: both alive, both answering heartbeats, forever."""
     _, (p0, p1) = _pair(tmp_path, cache, fault_for_1="bug@6")
@@ -108,8 +125,10 @@ def test_sigterm_to_one_process_makes_both_save_the_same_step_and_exit_75(tmp_pa
     finally:
         _kill_leftovers((p0, p1))
     assert codes == [75, 75], (p0.output, p1.output)
-    steps = [int(re.search(r"preempted by SIGTERM after step (\d+)", p.output).group(1))
-             for p in (p0, p1)]
+    steps = [
+        int(re.search(r"preempted by SIGTERM after step (\d+)", p.output).group(1))
+        for p in (p0, p1)
+    ]
     assert steps[0] == steps[1] and 5 <= steps[0] < TOTAL
     assert str(steps[0]) in checkpoint_dirs(workdir)
     # Both restart and finish from the agreed step.

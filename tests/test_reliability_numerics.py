@@ -3,6 +3,7 @@
 The trainer-level runs (a NaN batch injected at step k with `--config.debug_nan_step=k`) are in
 tests/test_reliability_kill.py, which shares their subprocess set-up; these work on the step itself.
 """
+
 import functools
 import re
 
@@ -21,8 +22,11 @@ def _step_fns(lr=0.1):
     schedule = optax.constant_schedule(lr)
     tx = optim.make_optimizer(schedule, momentum=0.9, weight_decay=1e-4)
     state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3))
-    make = lambda skip: jax.jit(functools.partial(  # noqa: E731
-        steps.train_step, model=model, tx=tx, learning_rate_fn=schedule, skip_nonfinite=skip))
+    make = lambda skip: jax.jit(
+        functools.partial(  # noqa: E731
+            steps.train_step, model=model, tx=tx, learning_rate_fn=schedule, skip_nonfinite=skip
+        )
+    )
     return state, make(False), make(True)
 
 
@@ -70,11 +74,18 @@ def test_stop_policy_names_the_first_non_finite_step_and_the_likely_causes():
         monitor.check(11, metrics)  # these were steps 11, 12, 13
     msg = str(e.value)
     assert e.value.exit_code == faults.EXIT_NONFINITE == 65
-    assert re.match(r"non-finite (loss and )?grad_norm at step 12 \(loss=\S+, grad_norm=nan, "
-                    r"learning_rate=0\.1\)\. Likely causes: ", msg), msg
-    for cause in ("learning rate is too high", "bfloat16 overflow", "bad input data",
-                  "checkpoint 10 (written before it) is the newest and is kept",
-                  "--config.nonfinite_policy=skip"):
+    assert re.match(
+        r"non-finite (loss and )?grad_norm at step 12 \(loss=\S+, grad_norm=nan, "
+        r"learning_rate=0\.1\)\. Likely causes: ",
+        msg,
+    ), msg
+    for cause in (
+        "learning rate is too high",
+        "bfloat16 overflow",
+        "bad input data",
+        "checkpoint 10 (written before it) is the newest and is kept",
+        "--config.nonfinite_policy=skip",
+    ):
         assert cause in msg
     with pytest.raises(faults.NonFiniteError, match="non-finite train state at step 13"):
         monitor.check_state(13, state)
@@ -82,9 +93,11 @@ def test_stop_policy_names_the_first_non_finite_step_and_the_likely_causes():
 
 def test_skip_policy_monitor_counts_skipped_steps_and_averages_the_others():
     monitor = numerics.NonFiniteMonitor("skip", skipped=2)
-    fetched = [{"loss": np.float32(1.0), "skipped": np.float32(0)},
-               {"loss": np.float32(np.nan), "skipped": np.float32(1)},
-               {"loss": np.float32(3.0), "skipped": np.float32(0)}]
+    fetched = [
+        {"loss": np.float32(1.0), "skipped": np.float32(0)},
+        {"loss": np.float32(np.nan), "skipped": np.float32(1)},
+        {"loss": np.float32(3.0), "skipped": np.float32(0)},
+    ]
     assert len(monitor.check(5, fetched)) == 3
     assert monitor.skipped == 3
     logged = monitor.loggable(fetched)

@@ -1,4 +1,5 @@
 """train_step / eval_step on a tiny conv + BN + dense module (no ResNet, no data pipeline needed)."""
+
 import functools
 
 import flax.linen as nn
@@ -13,6 +14,7 @@ from resnet_jax import optim, steps
 
 class TinyNet(nn.Module):
     """conv -> BN -> relu -> mean pool -> dense; [B, H, W, 3] -> [B, K] float32."""
+
     num_classes: int = 10
     dtype: jnp.dtype = jnp.float32
 
@@ -38,8 +40,15 @@ def _setup(dtype=jnp.float32, lr=0.1, label_smoothing=0.0):
     schedule = optax.constant_schedule(lr)
     tx = optim.make_optimizer(schedule, momentum=0.9, weight_decay=1e-4)
     state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3))
-    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, learning_rate_fn=schedule,
-                                     label_smoothing=label_smoothing))
+    step = jax.jit(
+        functools.partial(
+            steps.train_step,
+            model=model,
+            tx=tx,
+            learning_rate_fn=schedule,
+            label_smoothing=label_smoothing,
+        )
+    )
     return model, tx, state, step
 
 
@@ -72,8 +81,12 @@ def test_grad_norm_and_loss_match_a_direct_computation():
     batch = _batch()
 
     def loss_fn(params):
-        logits, _ = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                batch["image"], train=True, mutable=["batch_stats"])
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+        )
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
 
     loss, grads = jax.jit(jax.value_and_grad(loss_fn))(state.params)
@@ -87,8 +100,9 @@ def test_learning_rate_metric_is_the_schedule_at_the_pre_update_step():
     schedule = optim.make_schedule(0.1, 10, schedule="step", boundaries=[2])
     tx = optim.make_optimizer(schedule)
     state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3))
-    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
-                                     learning_rate_fn=schedule))
+    step = jax.jit(
+        functools.partial(steps.train_step, model=model, tx=tx, learning_rate_fn=schedule)
+    )
     lrs = []
     for _ in range(3):
         state, m = step(state, _batch())
@@ -100,7 +114,9 @@ def test_bfloat16_compute_keeps_float32_params_and_optimizer_state():
     _, _, state, step = _setup(dtype=jnp.bfloat16)
     state, m = step(state, _batch())
     leaves = jax.tree.leaves((state.params, state.opt_state))
-    assert {x.dtype for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype("float32")}
+    assert {x.dtype for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)} == {
+        jnp.dtype("float32")
+    }
     assert np.isfinite(float(m["loss"]))
 
 

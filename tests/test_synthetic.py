@@ -1,5 +1,6 @@
 """dataset=synthetic: random batches made on the devices, and the trainer running on them without
 TensorFlow (what a GPU machine without TensorFlow or a prepared dataset runs)."""
+
 import json
 import os
 import subprocess
@@ -53,8 +54,12 @@ def test_config_resolves_imagenet_shaped_unless_told_and_rejects_multi_crop_eval
     c.num_classes, c.image_size = 10, 64
     assert (trainer.resolve_config(c).num_classes, trainer.resolve_config(c).image_size) == (10, 64)
     with pytest.raises(faults.ConfigError, match="synthetic data has only eval_views='center'"):
-        evaluate.make_evaluator(trainer.build_model(rc), parallel.make_mesh(),
-                                **evaluate.eval_data_args(rc), views="10crop")
+        evaluate.make_evaluator(
+            trainer.build_model(rc),
+            parallel.make_mesh(),
+            **evaluate.eval_data_args(rc),
+            views="10crop",
+        )
     c.dataset = "synthtic"
     with pytest.raises(faults.ConfigError, match="synthetic"):  # the valid names are listed
         trainer.train_and_evaluate(c, "/nonexistent/never-created")
@@ -100,10 +105,20 @@ print(json.dumps({
 
 
 def test_trainer_learns_synthetic_data_on_two_devices_resumes_exactly_without_tensorflow(tmp_path):
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path)], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=REPO)
+    env = dict(
+        os.environ,
+        PYTHONPATH=REPO,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "resumed from checkpoint step 15" in out

@@ -1,4 +1,5 @@
 """Checkpointer (Orbax) round trip with the input position, keep-k, and the metrics writers."""
+
 import io
 import json
 import os
@@ -28,7 +29,9 @@ def test_checkpoint_restores_state_and_input_position_exactly(tmp_path):
         state, _ = step(state, parallel.host_to_global(_batch(seed=i), mesh))
     ckpt = checkpoint.Checkpointer(str(tmp_path), every_steps=2, keep=2)
     assert ckpt.restore(abstract) is None  # empty workdir: start fresh
-    assert not ckpt.save(3, state, checkpoint.data_position(3, 0, 16, 1))  # 3 is not a multiple of 2
+    assert not ckpt.save(
+        3, state, checkpoint.data_position(3, 0, 16, 1)
+    )  # 3 is not a multiple of 2
     assert ckpt.save(3, state, checkpoint.data_position(3, 0, 16, 1), force=True)
     ckpt.close()
 
@@ -57,24 +60,44 @@ def test_checkpointer_saves_every_n_steps_and_keeps_the_newest_k(tmp_path):
 
 def test_metrics_logger_writes_jsonl_and_a_progress_line(tmp_path):
     out = io.StringIO()
-    logger = metrics.MetricsLogger(str(tmp_path), total_steps=100, global_batch_size=32,
-                                   tensorboard=False, stream=out)
+    logger = metrics.MetricsLogger(
+        str(tmp_path), total_steps=100, global_batch_size=32, tensorboard=False, stream=out
+    )
     logger.start(0)
-    step_metrics = [{"loss": np.float32(2.0), "top1": np.float32(0.25), "top5": np.float32(0.5),
-                     "learning_rate": np.float32(0.1), "grad_norm": np.float32(1.0)},
-                    {"loss": np.float32(1.0), "top1": np.float32(0.75), "top5": np.float32(1.0),
-                     "learning_rate": np.float32(0.1), "grad_norm": np.float32(3.0)}]
+    step_metrics = [
+        {
+            "loss": np.float32(2.0),
+            "top1": np.float32(0.25),
+            "top5": np.float32(0.5),
+            "learning_rate": np.float32(0.1),
+            "grad_norm": np.float32(1.0),
+        },
+        {
+            "loss": np.float32(1.0),
+            "top1": np.float32(0.75),
+            "top5": np.float32(1.0),
+            "learning_rate": np.float32(0.1),
+            "grad_norm": np.float32(3.0),
+        },
+    ]
     m = logger.log_train(10, step_metrics)
-    logger.log_eval(10, metrics.means_from_sums({"loss": 6.0, "top1": 2.0, "top5": 3.0,
-                                                 "count": 4.0}))
+    logger.log_eval(
+        10, metrics.means_from_sums({"loss": 6.0, "top1": 2.0, "top5": 3.0, "count": 4.0})
+    )
     logger.close()
     assert m["loss"] == pytest.approx(1.5) and m["grad_norm"] == pytest.approx(2.0)
     assert m["images_per_sec"] == pytest.approx(32 * m["steps_per_sec"])
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["split"] for r in records] == ["train", "eval"]
     assert records[0]["step"] == 10 and records[0]["top1"] == pytest.approx(0.5)
-    assert records[1] == {"step": 10, "split": "eval", "loss": 1.5, "top1": 0.5, "top5": 0.75,
-                          "count": 4}
+    assert records[1] == {
+        "step": 10,
+        "split": "eval",
+        "loss": 1.5,
+        "top1": 0.5,
+        "top5": 0.75,
+        "count": 4,
+    }
     line = out.getvalue().splitlines()[0]
     for part in ("[ 10/100]", "loss 1.5000", "top-1 50.00%", "lr 0.1", "steps/s", "img/s", "ETA"):
         assert part in line

@@ -1,4 +1,5 @@
 """evaluate.py's reductions on a toy module: padding ignored, scores averaged over scales."""
+
 import functools
 
 import jax
@@ -12,8 +13,9 @@ from tests.test_steps import TinyNet, _batch
 @pytest.fixture(scope="module")
 def setup():
     model, mesh = TinyNet(), parallel.make_mesh()
-    state = parallel.create_sharded_train_state(model, optim.make_optimizer(0.1),
-                                                jax.random.PRNGKey(3), (8, 8, 3), mesh)
+    state = parallel.create_sharded_train_state(
+        model, optim.make_optimizer(0.1), jax.random.PRNGKey(3), (8, 8, 3), mesh
+    )
     return model, mesh, state
 
 
@@ -22,11 +24,15 @@ def _eval_batches(n_real, batch=8, seed=0):
     data = _batch(n_real, seed=seed)
     out = []
     for lo in range(0, n_real, batch):
-        img, lab = data["image"][lo:lo + batch], data["label"][lo:lo + batch]
+        img, lab = data["image"][lo : lo + batch], data["label"][lo : lo + batch]
         pad = batch - len(lab)
-        out.append({"image": np.concatenate([img, np.full((pad, 8, 8, 3), 50.0, np.float32)]),
-                    "label": np.concatenate([lab, np.zeros(pad, np.int32)]),
-                    "mask": np.arange(batch) < len(lab)})
+        out.append(
+            {
+                "image": np.concatenate([img, np.full((pad, 8, 8, 3), 50.0, np.float32)]),
+                "label": np.concatenate([lab, np.zeros(pad, np.int32)]),
+                "mask": np.arange(batch) < len(lab),
+            }
+        )
     return data, out
 
 
@@ -52,19 +58,23 @@ def test_multiscale_averages_probabilities_over_scales(setup):
     score = jax.jit(steps.metrics_from_probs)
     result = evaluate.evaluate_multiscale(predict, score, state, [scale_a, scale_b], mesh)
 
-    probs = [np.concatenate([np.asarray(predict(state, b["image"])) for b in s])[:11]
-             for s in (scale_a, scale_b)]
+    probs = [
+        np.concatenate([np.asarray(predict(state, b["image"])) for b in s])[:11]
+        for s in (scale_a, scale_b)
+    ]
     mean = (probs[0] + probs[1]) / 2
     labels = np.concatenate([b["label"] for b in scale_a])[:11]
     assert result["count"] == 11
     assert result["top1"] == pytest.approx(float(np.mean(mean.argmax(-1) == labels)))
-    assert result["loss"] == pytest.approx(float(-np.mean(np.log(mean[np.arange(11), labels]))),
-                                           rel=1e-5)
+    assert result["loss"] == pytest.approx(
+        float(-np.mean(np.log(mean[np.arange(11), labels]))), rel=1e-5
+    )
     assert not np.allclose(probs[0], probs[1])  # the two scales really differ
 
 
 def test_unknown_views_are_rejected(setup):
     model, mesh, _ = setup
     with pytest.raises(ValueError, match="center"):
-        evaluate.make_evaluator(model, mesh, dataset="shapes10", data_dir=None,
-                                global_batch_size=8, views="5crop")
+        evaluate.make_evaluator(
+            model, mesh, dataset="shapes10", data_dir=None, global_batch_size=8, views="5crop"
+        )

@@ -1,4 +1,5 @@
 """The training loop on shapes10: exact resumption, workdir outputs, and the shortened default run."""
+
 import glob
 import importlib.util
 import json
@@ -27,7 +28,9 @@ def tiny_config(steps):
     c.model_overrides = {"stage_sizes": (1, 1, 1), "widths": (8, 16, 32), "stem_width": 8}
     c.batch_size = 16
     c.num_train_steps = steps
-    c.lr_schedule = "step"  # unlike cosine, independent of num_train_steps: resuming longer is exact
+    c.lr_schedule = (
+        "step"  # unlike cosine, independent of num_train_steps: resuming longer is exact
+    )
     c.lr_decay_steps = (4,)
     c.warmup_steps = 2
     c.log_every_steps = 2
@@ -41,8 +44,9 @@ def final_state(workdir, c):
     """The newest checkpoint of `workdir`, restored like the trainer does."""
     rc = trainer.resolve_config(c)
     _, tx = trainer.build_optimizer(rc)
-    abstract = parallel.abstract_train_state(trainer.build_model(rc), tx, (32, 32, 3),
-                                             parallel.make_mesh())
+    abstract = parallel.abstract_train_state(
+        trainer.build_model(rc), tx, (32, 32, 3), parallel.make_mesh()
+    )
     state, position = checkpoint.Checkpointer(workdir).restore(abstract)
     return jax.device_get(state), position
 
@@ -79,14 +83,29 @@ def check_workdir(workdir, state):
     assert {"config.json", "metrics.jsonl", "summary.json", "checkpoints"} <= files
     assert any(f.startswith("events.out.tfevents") for f in files)
     config = json.load(open(os.path.join(workdir, "config.json")))
-    assert (config["num_classes"], config["image_size"], config["steps_per_epoch"]) == (10, 32, 2500)
+    assert (config["num_classes"], config["image_size"], config["steps_per_epoch"]) == (
+        10,
+        32,
+        2500,
+    )
     assert config["lr_decay_steps"] == [4] and config["peak_learning_rate"] == 0.05
     records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    assert [(r["step"], r["split"]) for r in records] == [(2, "train"), (4, "train"), (6, "train"),
-                                                          (6, "eval")]
+    assert [(r["step"], r["split"]) for r in records] == [
+        (2, "train"),
+        (4, "train"),
+        (6, "train"),
+        (6, "eval"),
+    ]
     train = records[0]
-    assert {"loss", "top1", "top5", "learning_rate", "grad_norm", "steps_per_sec",
-            "images_per_sec"} <= set(train)
+    assert {
+        "loss",
+        "top1",
+        "top5",
+        "learning_rate",
+        "grad_norm",
+        "steps_per_sec",
+        "images_per_sec",
+    } <= set(train)
     assert train["learning_rate"] == pytest.approx((0.0 + 0.025) / 2)  # warm-up steps 0 and 1
     assert records[1]["learning_rate"] == pytest.approx(0.05)  # steps 2 and 3
     assert records[2]["learning_rate"] == pytest.approx(0.005)  # /10 from step 4 on

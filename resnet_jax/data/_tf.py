@@ -4,6 +4,7 @@ TensorFlow is only the host input pipeline here: JAX owns every GPU/TPU. Hiding 
 must happen before TF initialises its devices, so every module of `resnet_jax.data` that needs TF
 gets it through `import_tf()` instead of `import tensorflow`.
 """
+
 import functools
 import logging
 import os
@@ -11,24 +12,27 @@ import os
 
 @functools.lru_cache(maxsize=None)
 def import_tf():
-  """Returns the `tensorflow` module with all GPUs hidden from it (idempotent)."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    """Returns the `tensorflow` module with all GPUs hidden from it (idempotent)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except RuntimeError:
-    # Devices were already initialised by someone who imported TF first; say so loudly rather than
-    # silently sharing the accelerator memory with JAX.
-    if tf.config.get_visible_devices("GPU"):
-      logging.warning("TensorFlow was initialised before resnet_jax.data could hide the GPUs from it; "
-                      "it may reserve accelerator memory. Import resnet_jax.data first.")
-  return tf
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        # Devices were already initialised by someone who imported TF first; say so loudly rather than
+        # silently sharing the accelerator memory with JAX.
+        if tf.config.get_visible_devices("GPU"):
+            logging.warning(
+                "TensorFlow was initialised before resnet_jax.data could hide the GPUs from it; "
+                "it may reserve accelerator memory. Import resnet_jax.data first."
+            )
+    return tf
 
 
 @functools.lru_cache(maxsize=None)
 def import_tfds():
-  """Returns `tensorflow_datasets`, after TF has been imported with GPUs hidden."""
-  import_tf()
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds
+    """Returns `tensorflow_datasets`, after TF has been imported with GPUs hidden."""
+    import_tf()
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    return tfds

@@ -3,24 +3,57 @@
 Importing this module does not import TensorFlow: `DatasetInfo`, the errors and `DATASETS` are plain
 Python, and tfds is imported only when a builder is needed.
 """
+
 import dataclasses
 import os
 
 # Static facts per dataset. Example counts come from the prepared data when it exists (so tests on
 # fake archives see their own sizes); these are the counts of the real datasets.
 _FACTS = {
-    "imagenet2012": dict(num_classes=1000, image_size=224, family="imagenet", train_split="train",
-                         eval_split="validation", num_train=1_281_167, num_eval=50_000,
-                         manual=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
-                         key="file_name"),
-    "cifar10": dict(num_classes=10, image_size=32, family="cifar", train_split="train",
-                    eval_split="test", num_train=50_000, num_eval=10_000,
-                    manual=("cifar-10-binary.tar.gz",), key="id"),
-    "cifar100": dict(num_classes=100, image_size=32, family="cifar", train_split="train",
-                     eval_split="test", num_train=50_000, num_eval=10_000,
-                     manual=("cifar-100-binary.tar.gz",), key="id"),
-    "shapes10": dict(num_classes=10, image_size=32, family="cifar", train_split="train",
-                     eval_split="test", num_train=40_000, num_eval=10_000, manual=(), key="id"),
+    "imagenet2012": dict(
+        num_classes=1000,
+        image_size=224,
+        family="imagenet",
+        train_split="train",
+        eval_split="validation",
+        num_train=1_281_167,
+        num_eval=50_000,
+        manual=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
+        key="file_name",
+    ),
+    "cifar10": dict(
+        num_classes=10,
+        image_size=32,
+        family="cifar",
+        train_split="train",
+        eval_split="test",
+        num_train=50_000,
+        num_eval=10_000,
+        manual=("cifar-10-binary.tar.gz",),
+        key="id",
+    ),
+    "cifar100": dict(
+        num_classes=100,
+        image_size=32,
+        family="cifar",
+        train_split="train",
+        eval_split="test",
+        num_train=50_000,
+        num_eval=10_000,
+        manual=("cifar-100-binary.tar.gz",),
+        key="id",
+    ),
+    "shapes10": dict(
+        num_classes=10,
+        image_size=32,
+        family="cifar",
+        train_split="train",
+        eval_split="test",
+        num_train=40_000,
+        num_eval=10_000,
+        manual=(),
+        key="id",
+    ),
 }
 DATASETS = tuple(_FACTS)  # the tfds ones
 # Random data made on the devices (resnet_jax.data.synthetic): the trainer takes it, tfds does not.
@@ -33,147 +66,159 @@ SPLIT_ALIASES = {"train45k": "train[:90%]", "val5k": "train[90%:]"}
 
 
 class DatasetNotPreparedError(FileNotFoundError):
-  """The dataset has not been built into `data_dir`; the message names the command that does it."""
+    """The dataset has not been built into `data_dir`; the message names the command that does it."""
 
 
 class CorruptImageError(ValueError):
-  """An encoded image in the prepared data cannot be decoded; `keys` names the examples."""
+    """An encoded image in the prepared data cannot be decoded; `keys` names the examples."""
 
-  def __init__(self, message, keys=()):
-    super().__init__(message)
-    self.keys = tuple(keys)
+    def __init__(self, message, keys=()):
+        super().__init__(message)
+        self.keys = tuple(keys)
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """What the trainer needs to know about a dataset.
+    """What the trainer needs to know about a dataset.
 
-  image_size is the native training resolution (224 or 32); family is "imagenet" or "cifar" (the
-  CIFAR-style 32x32 recipe, which shapes10 shares); num_train / num_eval count the examples of
-  train_split / eval_split as prepared in data_dir.
-  """
-  name: str
-  num_classes: int
-  image_size: int
-  train_split: str
-  eval_split: str
-  num_train: int
-  num_eval: int
-  family: str
+    image_size is the native training resolution (224 or 32); family is "imagenet" or "cifar" (the
+    CIFAR-style 32x32 recipe, which shapes10 shares); num_train / num_eval count the examples of
+    train_split / eval_split as prepared in data_dir.
+    """
+
+    name: str
+    num_classes: int
+    image_size: int
+    train_split: str
+    eval_split: str
+    num_train: int
+    num_eval: int
+    family: str
 
 
 def check_name(name):
-  if name not in _FACTS:
-    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name not in _FACTS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
 def facts(name):
-  """Static facts of `name`: num_classes, image_size, family, splits, manual files, key feature."""
-  check_name(name)
-  return dict(_FACTS[name])
+    """Static facts of `name`: num_classes, image_size, family, splits, manual files, key feature."""
+    check_name(name)
+    return dict(_FACTS[name])
 
 
 def resolve_data_dir(data_dir):
-  """data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (tfds's own default)."""
-  if data_dir:
-    return os.path.expanduser(str(data_dir))
-  return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+    """data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (tfds's own default)."""
+    if data_dir:
+        return os.path.expanduser(str(data_dir))
+    return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
 
 
 def prepare_command(name, data_dir=None, manual_dir=None):
-  """The shell command that builds `name` into `data_dir`.
+    """The shell command that builds `name` into `data_dir`.
 
-  imagenet2012 always needs --manual_dir; CIFAR needs it only offline (then it holds the archive).
-  """
-  cmd = f"python -m resnet_jax.data.prepare {name} --data_dir {resolve_data_dir(data_dir)}"
-  if name == "imagenet2012" or manual_dir:
-    cmd += f" --manual_dir {manual_dir or 'DIR_WITH_ILSVRC2012_TARS'}"
-  return cmd
+    imagenet2012 always needs --manual_dir; CIFAR needs it only offline (then it holds the archive).
+    """
+    cmd = f"python -m resnet_jax.data.prepare {name} --data_dir {resolve_data_dir(data_dir)}"
+    if name == "imagenet2012" or manual_dir:
+        cmd += f" --manual_dir {manual_dir or 'DIR_WITH_ILSVRC2012_TARS'}"
+    return cmd
 
 
 def manual_files(name):
-  """Archive file names that `--manual_dir` must hold for an offline build of `name`."""
-  check_name(name)
-  return _FACTS[name]["manual"]
+    """Archive file names that `--manual_dir` must hold for an offline build of `name`."""
+    check_name(name)
+    return _FACTS[name]["manual"]
 
 
 def _tfds_builder(name, data_dir):
-  """The tfds builder for `name` rooted at data_dir (registers shapes10 first)."""
-  from resnet_jax.data._tf import import_tfds  # pylint: disable=g-import-not-at-top
-  tfds = import_tfds()
-  if name == "shapes10":
-    from resnet_jax.data import shapes  # pylint: disable=g-import-not-at-top,unused-import
-  return tfds.builder(name, data_dir=resolve_data_dir(data_dir))
+    """The tfds builder for `name` rooted at data_dir (registers shapes10 first)."""
+    from resnet_jax.data._tf import import_tfds  # pylint: disable=g-import-not-at-top
+
+    tfds = import_tfds()
+    if name == "shapes10":
+        from resnet_jax.data import shapes  # pylint: disable=g-import-not-at-top,unused-import
+    return tfds.builder(name, data_dir=resolve_data_dir(data_dir))
 
 
 def get_builder(name, data_dir=None):
-  """A prepared tfds builder; shapes10 is built on first use, others raise DatasetNotPreparedError."""
-  check_name(name)
-  builder = _tfds_builder(name, data_dir)
-  if not builder.is_prepared():
-    if name == "shapes10":
-      _prepare_locked(builder)
-      builder = _tfds_builder(name, data_dir)  # re-read: another process may have built it
-    else:
-      offline = ("" if name == "imagenet2012" else f"\n(offline: add --manual_dir M, with M "
-                 f"holding the official {_FACTS[name]['manual'][0]})")
-      raise DatasetNotPreparedError(
-          f"dataset {name!r} is not prepared in {resolve_data_dir(data_dir)} (looked for "
-          f"{builder.data_dir}). Build it once with:\n  {prepare_command(name, data_dir)}"
-          f"{offline}")
-  return builder
+    """A prepared tfds builder; shapes10 is built on first use, others raise DatasetNotPreparedError."""
+    check_name(name)
+    builder = _tfds_builder(name, data_dir)
+    if not builder.is_prepared():
+        if name == "shapes10":
+            _prepare_locked(builder)
+            builder = _tfds_builder(name, data_dir)  # re-read: another process may have built it
+        else:
+            offline = (
+                ""
+                if name == "imagenet2012"
+                else f"\n(offline: add --manual_dir M, with M "
+                f"holding the official {_FACTS[name]['manual'][0]})"
+            )
+            raise DatasetNotPreparedError(
+                f"dataset {name!r} is not prepared in {resolve_data_dir(data_dir)} (looked for "
+                f"{builder.data_dir}). Build it once with:\n  {prepare_command(name, data_dir)}"
+                f"{offline}"
+            )
+    return builder
 
 
 def _prepare_locked(builder):
-  """Builds a procedural dataset once even when several processes ask at the same moment."""
-  import fcntl  # pylint: disable=g-import-not-at-top
-  root = str(builder.data_dir_root)
-  os.makedirs(root, exist_ok=True)
-  with open(os.path.join(root, f".{builder.name}.prepare.lock"), "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait here, then find the data prepared
-    try:
-      if not builder.is_prepared():
-        builder.download_and_prepare()  # procedural: no download, about half a minute
-    finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
+    """Builds a procedural dataset once even when several processes ask at the same moment."""
+    import fcntl  # pylint: disable=g-import-not-at-top
+
+    root = str(builder.data_dir_root)
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, f".{builder.name}.prepare.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait here, then find the data prepared
+        try:
+            if not builder.is_prepared():
+                builder.download_and_prepare()  # procedural: no download, about half a minute
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def resolve_split(name, split):
-  """Maps the paper's split aliases (`train45k`, `val5k`) onto tfds split strings."""
-  if isinstance(split, str) and split in SPLIT_ALIASES:
-    if name not in ("cifar10", "cifar100"):
-      raise ValueError(f"split {split!r} is the CIFAR 45k/5k protocol; {name} has no such split. "
-                       f"Use a tfds slice such as {SPLIT_ALIASES[split]!r} instead.")
-    return SPLIT_ALIASES[split]
-  return split
+    """Maps the paper's split aliases (`train45k`, `val5k`) onto tfds split strings."""
+    if isinstance(split, str) and split in SPLIT_ALIASES:
+        if name not in ("cifar10", "cifar100"):
+            raise ValueError(
+                f"split {split!r} is the CIFAR 45k/5k protocol; {name} has no such split. "
+                f"Use a tfds slice such as {SPLIT_ALIASES[split]!r} instead."
+            )
+        return SPLIT_ALIASES[split]
+    return split
 
 
 def num_examples(builder, name, split):
-  """Number of examples of `split` (any tfds split string or alias) in the prepared data."""
-  split = resolve_split(name, split)
-  try:
-    return builder.info.splits[split].num_examples
-  except (KeyError, ValueError) as e:
-    raise ValueError(f"{name} has no split {split!r} (prepared splits: "
-                     f"{', '.join(builder.info.splits)}): {e}") from None
+    """Number of examples of `split` (any tfds split string or alias) in the prepared data."""
+    split = resolve_split(name, split)
+    try:
+        return builder.info.splits[split].num_examples
+    except (KeyError, ValueError) as e:
+        raise ValueError(
+            f"{name} has no split {split!r} (prepared splits: "
+            f"{', '.join(builder.info.splits)}): {e}"
+        ) from None
 
 
 def get_info(name, data_dir=None):
-  """DatasetInfo of a prepared dataset (shapes10 is prepared here on first use).
+    """DatasetInfo of a prepared dataset (shapes10 is prepared here on first use).
 
-  Raises:
-    ValueError: unknown name.
-    DatasetNotPreparedError: the dataset is not in data_dir; the message gives the command.
-  """
-  builder = get_builder(name, data_dir)
-  facts = _FACTS[name]
-  return DatasetInfo(
-      name=name,
-      num_classes=builder.info.features["label"].num_classes,
-      image_size=facts["image_size"],
-      train_split=facts["train_split"],
-      eval_split=facts["eval_split"],
-      num_train=num_examples(builder, name, facts["train_split"]),
-      num_eval=num_examples(builder, name, facts["eval_split"]),
-      family=facts["family"],
-  )
+    Raises:
+      ValueError: unknown name.
+      DatasetNotPreparedError: the dataset is not in data_dir; the message gives the command.
+    """
+    builder = get_builder(name, data_dir)
+    facts = _FACTS[name]
+    return DatasetInfo(
+        name=name,
+        num_classes=builder.info.features["label"].num_classes,
+        image_size=facts["image_size"],
+        train_split=facts["train_split"],
+        eval_split=facts["eval_split"],
+        num_train=num_examples(builder, name, facts["train_split"]),
+        num_eval=num_examples(builder, name, facts["eval_split"]),
+        family=facts["family"],
+    )

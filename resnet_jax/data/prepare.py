@@ -7,6 +7,7 @@ themselves; on an offline machine put the official archive (cifar-10-binary.tar.
 cifar-100-binary.tar.gz) in M and tfds uses it after checking its registered checksum. shapes10 is
 generated (about half a minute). See docs/data.md.
 """
+
 import argparse
 import logging
 import os
@@ -18,140 +19,178 @@ from resnet_jax.data import datasets
 
 # Sizes of the official archives, to warn (not fail: subsets and test fixtures are legitimate)
 # when a file differs.
-_OFFICIAL = {"ILSVRC2012_img_train.tar": (147_897_477_120, 1000),
-             "ILSVRC2012_img_val.tar": (6_744_924_160, 50_000)}
+_OFFICIAL = {
+    "ILSVRC2012_img_train.tar": (147_897_477_120, 1000),
+    "ILSVRC2012_img_val.tar": (6_744_924_160, 50_000),
+}
 
 
 class PrepareError(RuntimeError):
-  """A dataset cannot be built; the message says what is missing and how to fix it."""
+    """A dataset cannot be built; the message says what is missing and how to fix it."""
 
 
 def _check_tar(path, member_ok, what):
-  """Raises PrepareError unless `path` is a complete tar whose members satisfy member_ok(name)."""
-  try:
-    with tarfile.open(path, "r:") as tar:
-      members = tar.getmembers()  # headers only: seeks over the data, quick even for 150 GB
-  except (tarfile.TarError, OSError) as e:
-    raise PrepareError(f"{path} cannot be read as a tar archive ({e}): the download is incomplete "
-                       "or damaged; download it again.") from None
-  if not members:
-    raise PrepareError(f"{path} is empty; download it again.")
-  end = max(m.offset_data + m.size for m in members)
-  if end > os.path.getsize(path):
-    raise PrepareError(f"{path} is truncated (its last member ends at byte {end:,}, the file has "
-                       f"{os.path.getsize(path):,}): the download is incomplete or damaged; "
-                       "download it again.")
-  bad = [m.name for m in members if not member_ok(m.name)]
-  if bad:
-    raise PrepareError(f"{path} does not look like {what}: unexpected member(s) {bad[:3]}")
-  return len(members)
+    """Raises PrepareError unless `path` is a complete tar whose members satisfy member_ok(name)."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            members = tar.getmembers()  # headers only: seeks over the data, quick even for 150 GB
+    except (tarfile.TarError, OSError) as e:
+        raise PrepareError(
+            f"{path} cannot be read as a tar archive ({e}): the download is incomplete "
+            "or damaged; download it again."
+        ) from None
+    if not members:
+        raise PrepareError(f"{path} is empty; download it again.")
+    end = max(m.offset_data + m.size for m in members)
+    if end > os.path.getsize(path):
+        raise PrepareError(
+            f"{path} is truncated (its last member ends at byte {end:,}, the file has "
+            f"{os.path.getsize(path):,}): the download is incomplete or damaged; "
+            "download it again."
+        )
+    bad = [m.name for m in members if not member_ok(m.name)]
+    if bad:
+        raise PrepareError(f"{path} does not look like {what}: unexpected member(s) {bad[:3]}")
+    return len(members)
 
 
 def check_imagenet_manual_dir(manual_dir):
-  """Checks that manual_dir holds complete ILSVRC2012 train and val tars; returns their paths."""
-  files = datasets.manual_files("imagenet2012")
-  paths = [os.path.join(manual_dir, f) for f in files] if manual_dir else []
-  missing = [p for p in paths if not os.path.isfile(p)]
-  if not manual_dir or missing:
-    raise PrepareError(
-        "imagenet2012 is built from the two archives of the ILSVRC2012 challenge, downloaded by "
-        "hand from https://image-net.org/download-images (registration needed):\n"
-        + "".join(f"  {f}\n" for f in files)
-        + (f"Missing in --manual_dir {manual_dir}: {', '.join(missing)}" if manual_dir
-           else "Pass the folder that holds them as --manual_dir."))
-  checks = {
-      files[0]: (lambda n: n.endswith(".tar") and n.startswith("n"), "the per-class train tar"),
-      files[1]: (lambda n: n.startswith("ILSVRC2012_val_") and n.endswith(".JPEG"),
-                 "the validation image tar"),
-  }
-  for path in paths:
-    name = os.path.basename(path)
-    count = _check_tar(path, *checks[name])
-    size, official_count = _OFFICIAL[name]
-    if os.path.getsize(path) != size or count != official_count:
-      logging.warning("%s has %d members / %d bytes; the official archive has %d / %d. Building "
-                      "from it anyway.", path, count, os.path.getsize(path), official_count, size)
-  return paths
+    """Checks that manual_dir holds complete ILSVRC2012 train and val tars; returns their paths."""
+    files = datasets.manual_files("imagenet2012")
+    paths = [os.path.join(manual_dir, f) for f in files] if manual_dir else []
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if not manual_dir or missing:
+        raise PrepareError(
+            "imagenet2012 is built from the two archives of the ILSVRC2012 challenge, downloaded by "
+            "hand from https://image-net.org/download-images (registration needed):\n"
+            + "".join(f"  {f}\n" for f in files)
+            + (
+                f"Missing in --manual_dir {manual_dir}: {', '.join(missing)}"
+                if manual_dir
+                else "Pass the folder that holds them as --manual_dir."
+            )
+        )
+    checks = {
+        files[0]: (lambda n: n.endswith(".tar") and n.startswith("n"), "the per-class train tar"),
+        files[1]: (
+            lambda n: n.startswith("ILSVRC2012_val_") and n.endswith(".JPEG"),
+            "the validation image tar",
+        ),
+    }
+    for path in paths:
+        name = os.path.basename(path)
+        count = _check_tar(path, *checks[name])
+        size, official_count = _OFFICIAL[name]
+        if os.path.getsize(path) != size or count != official_count:
+            logging.warning(
+                "%s has %d members / %d bytes; the official archive has %d / %d. Building "
+                "from it anyway.",
+                path,
+                count,
+                os.path.getsize(path),
+                official_count,
+                size,
+            )
+    return paths
 
 
 def prepare(name, data_dir=None, manual_dir=None):
-  """Builds `name` into data_dir (no-op when already there); returns the tfds builder."""
-  datasets.check_name(name)
-  if name == "imagenet2012":
-    check_imagenet_manual_dir(manual_dir)
-  builder = datasets._tfds_builder(name, data_dir)  # pylint: disable=protected-access
-  if builder.is_prepared():
-    logging.info("%s is already prepared in %s", name, builder.data_dir)
+    """Builds `name` into data_dir (no-op when already there); returns the tfds builder."""
+    datasets.check_name(name)
+    if name == "imagenet2012":
+        check_imagenet_manual_dir(manual_dir)
+    builder = datasets._tfds_builder(name, data_dir)  # pylint: disable=protected-access
+    if builder.is_prepared():
+        logging.info("%s is already prepared in %s", name, builder.data_dir)
+        return builder
+    if name == "shapes10":
+        return datasets.get_builder(
+            name, data_dir
+        )  # generated under a lock shared with the pipeline
+    archive = datasets.manual_files(name)[0]
+    # A finished tfds download leaves '<file>.INFO' in data_dir/downloads/<name>/.
+    cache = os.path.join(datasets.resolve_data_dir(data_dir), "downloads", name)
+    cached = os.path.isdir(cache) and any(f.endswith(".INFO") for f in os.listdir(cache))
+    in_manual_dir = manual_dir and os.path.isfile(os.path.join(manual_dir, archive))
+    if not (cached or in_manual_dir) and not _reachable(_DOWNLOAD_HOSTS[name]):
+        # Fail now: offline, tfds would retry for minutes before giving up.
+        raise PrepareError(
+            _download_help(name, data_dir, manual_dir, f"cannot reach {_DOWNLOAD_HOSTS[name]}")
+        )
+    from resnet_jax.data._tf import import_tfds  # pylint: disable=g-import-not-at-top
+
+    tfds = import_tfds()
+    config = tfds.download.DownloadConfig(
+        manual_dir=os.path.expanduser(manual_dir) if manual_dir else None
+    )
+    try:
+        builder.download_and_prepare(download_config=config)
+    except tfds.download.DownloadError as e:  # offline, or the server refused
+        raise PrepareError(_download_help(name, data_dir, manual_dir, e)) from None
+    except Exception as e:  # pylint: disable=broad-except
+        if type(e).__name__ == "NonMatchingChecksumError":
+            raise PrepareError(
+                f"{e}\nThe archive in --manual_dir is not the official "
+                f"{datasets.manual_files(name)[0]}; download it again."
+            ) from None
+        if "requests" in type(e).__module__ or isinstance(e, (ConnectionError, TimeoutError)):
+            raise PrepareError(_download_help(name, data_dir, manual_dir, e)) from None
+        raise
     return builder
-  if name == "shapes10":
-    return datasets.get_builder(name, data_dir)  # generated under a lock shared with the pipeline
-  archive = datasets.manual_files(name)[0]
-  # A finished tfds download leaves '<file>.INFO' in data_dir/downloads/<name>/.
-  cache = os.path.join(datasets.resolve_data_dir(data_dir), "downloads", name)
-  cached = os.path.isdir(cache) and any(f.endswith(".INFO") for f in os.listdir(cache))
-  in_manual_dir = manual_dir and os.path.isfile(os.path.join(manual_dir, archive))
-  if not (cached or in_manual_dir) and not _reachable(_DOWNLOAD_HOSTS[name]):
-    # Fail now: offline, tfds would retry for minutes before giving up.
-    raise PrepareError(_download_help(name, data_dir, manual_dir,
-                                      f"cannot reach {_DOWNLOAD_HOSTS[name]}"))
-  from resnet_jax.data._tf import import_tfds  # pylint: disable=g-import-not-at-top
-  tfds = import_tfds()
-  config = tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual_dir)
-                                        if manual_dir else None)
-  try:
-    builder.download_and_prepare(download_config=config)
-  except tfds.download.DownloadError as e:  # offline, or the server refused
-    raise PrepareError(_download_help(name, data_dir, manual_dir, e)) from None
-  except Exception as e:  # pylint: disable=broad-except
-    if type(e).__name__ == "NonMatchingChecksumError":
-      raise PrepareError(f"{e}\nThe archive in --manual_dir is not the official "
-                         f"{datasets.manual_files(name)[0]}; download it again.") from None
-    if "requests" in type(e).__module__ or isinstance(e, (ConnectionError, TimeoutError)):
-      raise PrepareError(_download_help(name, data_dir, manual_dir, e)) from None
-    raise
-  return builder
 
 
 _DOWNLOAD_HOSTS = {"cifar10": "www.cs.toronto.edu", "cifar100": "www.cs.toronto.edu"}
 
 
 def _reachable(host, timeout=5.0):
-  """Whether a TCP connection to host:443 opens within `timeout` seconds."""
-  try:
-    socket.create_connection((host, 443), timeout=timeout).close()
-    return True
-  except OSError:
-    return False
+    """Whether a TCP connection to host:443 opens within `timeout` seconds."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _download_help(name, data_dir, manual_dir, error):
-  archive = datasets.manual_files(name)[0]
-  reason = error if isinstance(error, str) else f"{type(error).__name__}: {str(error).splitlines()[0]}"
-  return (f"could not download {name} ({reason}). "
-          f"On a machine without internet, copy the official {archive} into a folder and run\n  "
-          f"{datasets.prepare_command(name, data_dir, manual_dir or 'FOLDER')}")
+    archive = datasets.manual_files(name)[0]
+    reason = (
+        error if isinstance(error, str) else f"{type(error).__name__}: {str(error).splitlines()[0]}"
+    )
+    return (
+        f"could not download {name} ({reason}). "
+        f"On a machine without internet, copy the official {archive} into a folder and run\n  "
+        f"{datasets.prepare_command(name, data_dir, manual_dir or 'FOLDER')}"
+    )
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(
-      prog="python -m resnet_jax.data.prepare", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("name", choices=datasets.DATASETS)
-  parser.add_argument("--data_dir", default=None,
-                      help="tfds data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-  parser.add_argument("--manual_dir", default=None,
-                      help="folder with manually downloaded archives (imagenet2012; offline CIFAR)")
-  args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
-  try:
-    builder = prepare(args.name, args.data_dir, args.manual_dir)
-  except PrepareError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  splits = ", ".join(f"{k}: {v.num_examples:,}" for k, v in builder.info.splits.items())
-  print(f"{args.name} ready in {builder.data_dir} ({splits})")
-  return 0
+    parser = argparse.ArgumentParser(
+        prog="python -m resnet_jax.data.prepare",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", choices=datasets.DATASETS)
+    parser.add_argument(
+        "--data_dir",
+        default=None,
+        help="tfds data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)",
+    )
+    parser.add_argument(
+        "--manual_dir",
+        default=None,
+        help="folder with manually downloaded archives (imagenet2012; offline CIFAR)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        builder = prepare(args.name, args.data_dir, args.manual_dir)
+    except PrepareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    splits = ", ".join(f"{k}: {v.num_examples:,}" for k, v in builder.info.splits.items())
+    print(f"{args.name} ready in {builder.data_dir} ({splits})")
+    return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

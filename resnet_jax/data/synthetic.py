@@ -12,6 +12,7 @@ trains on batch k mod num_batches, so the order is a pure function of (seed, ste
 continues exactly. Evaluation scores the same examples: random labels can only be memorised, so an
 eval top-1 well above chance shows that training works, and it is not the accuracy of anything.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -26,17 +27,32 @@ NAME = datasets.SYNTHETIC
 NUM_CLASSES, IMAGE_SIZE, EPOCH_EXAMPLES = 1000, 224, 1_281_167  # ImageNet's
 
 
-def info(num_classes: Optional[int], image_size: Optional[int], batch_size: int,
-         num_batches: int) -> datasets.DatasetInfo:
+def info(
+    num_classes: Optional[int], image_size: Optional[int], batch_size: int, num_batches: int
+) -> datasets.DatasetInfo:
     """The DatasetInfo the trainer resolves a config with (eval = the pool's examples)."""
     return datasets.DatasetInfo(
-        name=NAME, num_classes=num_classes or NUM_CLASSES, image_size=image_size or IMAGE_SIZE,
-        train_split="train", eval_split="train", num_train=EPOCH_EXAMPLES,
-        num_eval=num_batches * batch_size, family="imagenet")
+        name=NAME,
+        num_classes=num_classes or NUM_CLASSES,
+        image_size=image_size or IMAGE_SIZE,
+        train_split="train",
+        eval_split="train",
+        num_train=EPOCH_EXAMPLES,
+        num_eval=num_batches * batch_size,
+        family="imagenet",
+    )
 
 
-def make_batches(mesh: Any, num_batches: int, batch_size: int, image_size: int, num_classes: int,
-                 *, seed: int = 0, with_mask: bool = False) -> list[dict[str, jax.Array]]:
+def make_batches(
+    mesh: Any,
+    num_batches: int,
+    batch_size: int,
+    image_size: int,
+    num_classes: int,
+    *,
+    seed: int = 0,
+    with_mask: bool = False,
+) -> list[dict[str, jax.Array]]:
     """`num_batches` global batches {'image' f32 [B, S, S, 3], 'label' int32 [B]} on the mesh.
 
     `with_mask` adds 'mask' bool [B] (all True), as eval batches carry; the images and labels do
@@ -49,8 +65,9 @@ def make_batches(mesh: Any, num_batches: int, batch_size: int, image_size: int, 
         for i in range(num_batches):
             k_img, k_lbl = jax.random.split(jax.random.fold_in(key, i))
             batch = {
-                "image": jax.random.normal(k_img, (batch_size, image_size, image_size, 3),
-                                           jnp.float32),
+                "image": jax.random.normal(
+                    k_img, (batch_size, image_size, image_size, 3), jnp.float32
+                ),
                 "label": jax.random.randint(k_lbl, (batch_size,), 0, num_classes, jnp.int32),
             }
             if with_mask:
@@ -61,15 +78,24 @@ def make_batches(mesh: Any, num_batches: int, batch_size: int, image_size: int, 
     return jax.jit(make, out_shardings=parallel.batch_sharded(mesh))(jax.random.key(seed))
 
 
-def random_batch(mesh: Any, batch_size: int, image_size: int, num_classes: int, *,
-                 with_mask: bool = False, seed: int = 0) -> dict[str, jax.Array]:
+def random_batch(
+    mesh: Any,
+    batch_size: int,
+    image_size: int,
+    num_classes: int,
+    *,
+    with_mask: bool = False,
+    seed: int = 0,
+) -> dict[str, jax.Array]:
     """One global batch on the mesh (see `make_batches`)."""
-    return make_batches(mesh, 1, batch_size, image_size, num_classes, seed=seed,
-                        with_mask=with_mask)[0]
+    return make_batches(
+        mesh, 1, batch_size, image_size, num_classes, seed=seed, with_mask=with_mask
+    )[0]
 
 
-def train_batches(pool: Sequence[dict[str, jax.Array]], start_step: int = 0
-                  ) -> Iterator[dict[str, jax.Array]]:
+def train_batches(
+    pool: Sequence[dict[str, jax.Array]], start_step: int = 0
+) -> Iterator[dict[str, jax.Array]]:
     """Endless: the batch of step k is pool[k % len(pool)], from `start_step` on."""
     n = len(pool)
     return (pool[k % n] for k in itertools.count(start_step))
