@@ -6,7 +6,7 @@ resnet164, preact_resnet164/1001, wrn28_10, ...). Append `,cifar100` for CIFAR-1
 
 import re
 
-from resnet_jax.trainer import default_config
+from resnet_jax.config import default_config
 
 
 def get_config(arg: str = "resnet20"):

@@ -6,7 +6,7 @@ Expect ~78% test top-1 (README states the measured figure); the loss stays near 
 ~400 steps while the net finds the shapes, then falls quickly.
 """
 
-from resnet_jax.trainer import default_config
+from resnet_jax.config import default_config
 
 
 def get_config():

@@ -6,7 +6,7 @@ Any ImageNet model works (resnet18..152, resnet50_v1, plain34, resnet34_a, resne
 Prepare the data first: see README.md ("ImageNet").
 """
 
-from resnet_jax.trainer import default_config
+from resnet_jax.config import default_config
 
 
 def paper(c):

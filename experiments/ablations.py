@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments import Check, Entry, Experiment, register
 from experiments.he2015 import TABLE3, cifar, imagenet
+from experiments.spec import Check, Entry, Experiment, register
 
 _T3 = {e.name: e for e in TABLE3.entries}
 

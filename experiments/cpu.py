@@ -8,7 +8,7 @@ the schedule are all different.
 
 from __future__ import annotations
 
-from experiments import Check, Entry, Experiment, register
+from experiments.spec import Check, Entry, Experiment, register
 
 # The CPU recipe of configs/default.py, written out in full so that later edits of that file cannot
 # silently change this experiment: SGD with momentum 0.9, weight decay 1e-4, lr 0.05 for batch 32

@@ -5,7 +5,7 @@ Paper numbers are copied from /work/shared/PAPER.md section 3 (error %, lower is
 
 from __future__ import annotations
 
-from experiments import Check, Entry, Experiment, register
+from experiments.spec import Check, Entry, Experiment, register
 
 
 def imagenet(model, label, *, paper=None, eval_views="10crop"):
@@ -173,7 +173,7 @@ FIG7 = Experiment(
     ),
     notes="Same runs as fig6 (same entry names): use the same --workdir and nothing is trained "
     "twice. The report measures the std of each 3x3 layer's response after BN, before the addition "
-    "and ReLU, on test images, with resnet_jax.analysis.",
+    "and ReLU, on test images, with resnet_jax.tools.analysis.",
 )
 
 register(TABLE2, TABLE3, TABLE4, TABLE6, FIG6, FIG7)

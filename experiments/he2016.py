@@ -6,8 +6,8 @@ numbers from /work/shared/PAPER.md section 3.
 
 from __future__ import annotations
 
-from experiments import Check, Experiment, register
 from experiments.he2015 import cifar
+from experiments.spec import Check, Experiment, register
 
 # (depth, pre-activation?) -> (CIFAR-10, CIFAR-100) error of He2016.
 _PAPER = {

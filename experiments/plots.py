@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # reports are written on headless machines
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from experiments import Experiment  # noqa: E402
-from experiments.results import EntryResult  # noqa: E402
+from experiments import Experiment
+from experiments.results import EntryResult
 
 # Moving-average window (in logged points) for the training curves: a single mini-batch's error
 # jumps by several percent, which hides the trend the figure is about.
@@ -40,7 +40,7 @@ def curves(exp: Experiment, results: Sequence[EntryResult], path: pathlib.Path) 
         1, len(series), figsize=(5.2 * len(series), 4.2), sharey=True, squeeze=False
     )
     top = 0.0
-    for ax, name in zip(axes[0], series):
+    for ax, name in zip(axes[0], series, strict=True):
         members = [r for r in results if r.entry.series == name]
         colours = plt.cm.viridis_r if name == "plain" else plt.cm.plasma_r
         for i, r in enumerate(members):
@@ -118,7 +118,7 @@ def tradeoffs(
     fig, axes = plt.subplots(
         1, len(panels), figsize=(4.6 * len(panels), 3.8), sharey=True, squeeze=False
     )
-    for ax, (key, label) in zip(axes[0], panels):
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
         for x, y, err, name in points[key]:
             ax.errorbar([x], [y], yerr=[err], fmt="o", capsize=3)
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)

@@ -17,7 +17,7 @@ import json
 import pathlib
 import shlex
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import experiments
 from experiments import METRICS, Experiment, plots, results
@@ -37,8 +37,8 @@ def fmt_stat(mean: float | None, std: float | None, n: int) -> str:
 
 def model_costs(entry: experiments.Entry) -> dict:
     """{'params', 'macs'} of the entry's model at its native input size (traced, not compiled)."""
-    from resnet_jax import summary
     from resnet_jax.models import create_model
+    from resnet_jax.tools import summary
 
     stats = summary.analyze(create_model(entry.model, **dict(entry.model_overrides)))
     return {"params": stats.params, "macs": stats.macs}
@@ -197,7 +197,7 @@ def render(
     commands: Sequence[str],
     notes: Sequence[str] = (),
 ) -> str:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     n_done = sum(r.n_done for r in res)
     n_all = sum(len(r.runs) for r in res)
     lines = [
@@ -231,7 +231,7 @@ def render(
 
 def responses(exp: Experiment, res: Sequence[EntryResult], path: pathlib.Path) -> bool:
     """Fig. 7 from the finished runs' checkpoints (seed 0 of each entry); False when none."""
-    from resnet_jax import analysis
+    from resnet_jax.tools import analysis
 
     profiles = {}
     for r in res:

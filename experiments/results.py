@@ -12,7 +12,8 @@ import json
 import math
 import os
 import pathlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from experiments import Check, Entry, Experiment
 from experiments import run as run_lib

@@ -21,7 +21,8 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import experiments
 from experiments import Entry, Experiment
@@ -60,7 +61,7 @@ def run_dir(root: os.PathLike, entry: Entry, seed: int) -> pathlib.Path:
 
 
 def eval_file(workdir: pathlib.Path, views: str) -> pathlib.Path:
-    """Where `--mode=eval` leaves the result of a protocol (resnet_jax/evaluate.py)."""
+    """Where `--mode=eval` leaves the result of a protocol (resnet_jax/engine/evaluate.py)."""
     return workdir / f"eval_{views}.json"
 
 

@@ -5,10 +5,11 @@ Foreseen failures end with one line on stderr and an exit code (docs/reliability
 "preempted after a checkpoint: rerun the same command".
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import parallel
+from resnet_jax import entry
+from resnet_jax.engine import parallel
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -47,7 +48,12 @@ def main(argv):
         heartbeat_timeout_s=FLAGS.heartbeat_timeout_s,
     )
     import jax
-    from resnet_jax import evaluate, faults, trainer  # after initialisation, before device use
+
+    from resnet_jax.engine import (  # after initialisation, before device use
+        evaluate,
+        faults,
+        trainer,
+    )
 
     with faults.exit_on_error(jax.process_count):
         if FLAGS.mode == "eval":
@@ -57,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    entry.run(main)

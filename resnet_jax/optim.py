@@ -6,7 +6,8 @@ tests can build the exact optimiser the trainer uses.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -104,7 +105,7 @@ def make_optimizer(
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    mask = lambda params: weight_decay_mask(params, weight_decay_on)  # noqa: E731
+    mask = lambda params: weight_decay_mask(params, weight_decay_on)
     if optimizer == "lars":
         # LARS (You et al. 2017) leaves BN and biases out of both decay and trust ratio, as is usual.
         return optax.lars(

@@ -21,7 +21,7 @@ import pytest
 
 def forbid_compiling(monkeypatch, before: str) -> None:
     """Makes creating the train state or jitting the step (a run's first compiles) fail the test."""
-    from resnet_jax import parallel
+    from resnet_jax.engine import parallel
 
     def forbidden(*args, **kwargs):
         raise AssertionError(f"compiled before {before}")
@@ -100,7 +100,7 @@ class Run:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-            raise AssertionError(f"run did not end within {timeout} s:\n{self.output}")
+            raise AssertionError(f"run did not end within {timeout} s:\n{self.output}") from None
         self._log_file.close()
         return self.proc.returncode
 

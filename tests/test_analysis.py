@@ -1,4 +1,4 @@
-"""resnet_jax.analysis: layer responses (He2015 Fig. 7) and per-layer gradient norms."""
+"""resnet_jax.tools.analysis: layer responses (He2015 Fig. 7) and per-layer gradient norms."""
 
 import json
 
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import analysis
 from resnet_jax.models import create_model
+from resnet_jax.tools import analysis
 
 
 def _perturbed_tiny_resnet():

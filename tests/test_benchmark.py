@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import bench_core
+from resnet_jax.bench import core as bench_core
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -204,7 +204,7 @@ def test_sharded_step_flops_count_all_devices():
     script = textwrap.dedent("""
         import jax, jax.numpy as jnp
         from jax.sharding import NamedSharding, PartitionSpec as P
-        from resnet_jax import bench_core
+        from resnet_jax.bench import core as bench_core
         step = jax.jit(lambda w, x: w - 0.1 * jax.grad(lambda w: jnp.sum(jnp.tanh(x @ w)))(w))
         for n in (1, 2):
             mesh = jax.make_mesh((n,), ("data",), devices=jax.devices()[:n])
@@ -343,8 +343,8 @@ def test_benchmark_imports_neither_tensorflow_nor_ml_collections():
     # The model benchmark must run on a GPU image that has JAX/flax/optax but neither TensorFlow
     # nor ml_collections (the workplace's CUDA image lacks both).
     script = (
-        "import sys, resnet_jax.benchmark, resnet_jax.models, resnet_jax.parallel, "
-        "resnet_jax.optim, resnet_jax.steps; "
+        "import sys, resnet_jax.bench.cli, resnet_jax.models, resnet_jax.engine.parallel, "
+        "resnet_jax.optim, resnet_jax.engine.steps; "
         "print(sorted(m for m in ('tensorflow', 'ml_collections') if m in sys.modules))"
     )
     out = subprocess.run(
@@ -359,12 +359,12 @@ def test_benchmark_imports_neither_tensorflow_nor_ml_collections():
 
 
 def test_cli_times_resnet20_train_step_and_emits_json(tmp_path):
-    from resnet_jax import summary
+    from resnet_jax.tools import summary
 
     cmd = [
         sys.executable,
         "-m",
-        "resnet_jax.benchmark",
+        "resnet_jax.bench.cli",
         "--model=resnet20",
         "--batch_size=8",
         "--steps=2",
@@ -410,9 +410,9 @@ def test_cli_times_resnet20_train_step_and_emits_json(tmp_path):
 
 
 def test_eval_mode_with_host_feed_times_the_forward_pass_and_writes_a_profile(tmp_path):
-    from resnet_jax import benchmark, summary
-
+    from resnet_jax.bench import cli as benchmark
     from resnet_jax.models import create_model
+    from resnet_jax.tools import summary
 
     # One unit per stage (a "ResNet-8") through the model overrides keeps the compile short.
     r = benchmark.benchmark(
@@ -438,7 +438,8 @@ def test_eval_mode_with_host_feed_times_the_forward_pass_and_writes_a_profile(tm
 
 
 def test_host_batches_are_fresh_global_arrays_each_step():
-    from resnet_jax import benchmark, parallel
+    from resnet_jax.bench import cli as benchmark
+    from resnet_jax.engine import parallel
 
     mesh = parallel.make_mesh()
     it = benchmark.host_batches(mesh, 8, 4, 10, pool=2)
@@ -450,7 +451,7 @@ def test_host_batches_are_fresh_global_arrays_each_step():
 
 
 def test_sweep_runs_smallest_batch_first_and_stops_at_out_of_memory(monkeypatch):
-    from resnet_jax import benchmark
+    from resnet_jax.bench import cli as benchmark
 
     seen = []
 
@@ -498,7 +499,7 @@ def test_sweep_runs_smallest_batch_first_and_stops_at_out_of_memory(monkeypatch)
 def test_input_pipeline_mode_reports_the_data_module_measurement(monkeypatch):
     import types
 
-    from resnet_jax import benchmark
+    from resnet_jax.bench import cli as benchmark
 
     calls = []
 
@@ -539,7 +540,7 @@ def _fake_python(tmp_path, body):
 
 
 def test_suite_entry_saves_result_with_its_command_and_passes_xla_flags(tmp_path, monkeypatch):
-    from resnet_jax import bench_suite
+    from resnet_jax.bench import suite as bench_suite
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     fake = _fake_python(
@@ -560,7 +561,7 @@ def test_suite_entry_saves_result_with_its_command_and_passes_xla_flags(tmp_path
 
 
 def test_suite_records_out_of_memory_and_failures_as_rows(tmp_path):
-    from resnet_jax import bench_suite
+    from resnet_jax.bench import suite as bench_suite
 
     oom = _fake_python(tmp_path, 'echo "RESOURCE_EXHAUSTED: Out of memory" >&2; exit 1')
     r = bench_suite.run_entry(bench_suite.Entry("big", "resnet152", 4096), str(tmp_path), oom, 30)
@@ -575,7 +576,7 @@ def test_suite_records_out_of_memory_and_failures_as_rows(tmp_path):
 
 
 def test_suites_list_the_issue_rows():
-    from resnet_jax import bench_suite
+    from resnet_jax.bench import suite as bench_suite
 
     gpu = {(e.model, e.batch_size, e.mode, e.dtype) for e in bench_suite.GPU_SUITE}
     for depth in (18, 34, 50, 101, 152):

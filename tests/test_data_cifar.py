@@ -2,10 +2,10 @@
 
 import hashlib
 
+import fake_archives
 import numpy as np
 import pytest
 
-import fake_archives
 from resnet_jax.data import datasets, pipeline, stats
 
 N_TRAIN, N_TEST = 50, 20
@@ -41,8 +41,8 @@ def test_real_builder_reads_the_binary_format(cifar10):
     st = _stats(cifar10)
     batch = next(_train(cifar10, augment="none", local_batch_size=N_TRAIN))
     raw = np.rint(batch["image"] * st["pixel_std"] + st["mean_image"]).astype(np.uint8)
-    got = sorted(zip(map(_key, raw), batch["label"].tolist()))
-    want = sorted(zip(map(_key, cifar10.train_images), cifar10.train_labels.tolist()))
+    got = sorted(zip(map(_key, raw), batch["label"].tolist(), strict=True))
+    want = sorted(zip(map(_key, cifar10.train_images), cifar10.train_labels.tolist(), strict=True))
     assert got == want
 
 
@@ -66,7 +66,7 @@ def test_pad_crop_flip_is_a_shifted_or_mirrored_view_of_the_image(cifar10):
     augmented = next(_train(cifar10, augment="cifar"))
     np.testing.assert_array_equal(plain["label"], augmented["label"])  # same order
     shifts = []
-    for x, a in zip(plain["image"], augmented["image"]):
+    for x, a in zip(plain["image"], augmented["image"], strict=True):
         padded = np.pad(x, [(4, 4), (4, 4), (0, 0)])
         found = [
             (dy, dx, f)
@@ -102,7 +102,7 @@ def test_paper_45k_5k_protocol_splits_the_training_set(cifar10):
             "cifar10", data_dir=cifar10.data_dir, local_batch_size=7, split=split
         ):
             raw = np.rint(b["image"] * st["pixel_std"] + st["mean_image"]).astype(np.uint8)
-            out += [_key(r) for r, m in zip(raw, b["mask"]) if m]
+            out += [_key(r) for r, m in zip(raw, b["mask"], strict=True) if m]
         return out
 
     train, val = keys("train45k"), keys("val5k")

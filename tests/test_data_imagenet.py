@@ -5,10 +5,10 @@ import os
 import subprocess
 import sys
 
+import fake_archives
 import numpy as np
 import pytest
 
-import fake_archives
 from resnet_jax.data import augment, datasets, pipeline, prepare
 
 NUM_CLASSES, PER_CLASS, NUM_VAL = 3, 3, 5
@@ -93,7 +93,7 @@ def test_two_processes_read_disjoint_shards_covering_the_split(fake):
         for b in pipeline.eval_iterator(
             "imagenet2012", data_dir=fake.data_dir, local_batch_size=9, split="train"
         )
-        for x, m in zip(b["image"], b["mask"])
+        for x, m in zip(b["image"], b["mask"], strict=True)
         if m
     }
     assert len(everything) == 9
@@ -110,7 +110,9 @@ def test_two_processes_read_disjoint_shards_covering_the_split(fake):
         assert len(it) == 3  # ceil(5 / 2) on both processes
         batches = list(it)
         assert len(batches) == 3
-        shards.append([_digest(x) for b in batches for x, m in zip(b["image"], b["mask"]) if m])
+        shards.append(
+            [_digest(x) for b in batches for x, m in zip(b["image"], b["mask"], strict=True) if m]
+        )
     assert sorted(map(len, shards)) == [4, 5]
     assert not set(shards[0]) & set(shards[1])
     assert set(shards[0]) | set(shards[1]) == everything

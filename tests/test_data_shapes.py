@@ -2,11 +2,11 @@
 
 import hashlib
 
+import fake_archives
 import numpy as np
 import pytest
 import scipy.optimize
 
-import fake_archives
 from resnet_jax.data import datasets, pipeline, shapes
 
 SMALL_TRAIN, SMALL_TEST = 240, 60
@@ -97,7 +97,7 @@ def test_first_use_prepares_it_through_tfds_and_the_pipeline_reads_it(small_shap
         (_digest(ex["image"]), int(ex["label"]))
         for ex in builder.as_dataset(split="test").as_numpy_iterator()
     )
-    assert stored == sorted(zip(map(_digest, images), labels.tolist()))
+    assert stored == sorted(zip(map(_digest, images), labels.tolist(), strict=True))
 
 
 def test_eval_covers_the_test_split_once(small_shapes):

@@ -318,7 +318,7 @@ def test_tiny_real_training_run_through_run_and_report(tmp_path, monkeypatch, ca
     summary = json.loads((root / "tiny" / "seed0" / "summary.json").read_text())
     out = tmp_path / "tiny_e2e.md"
     text = report.make_report(exp, str(root), out)
-    row = next(l for l in text.splitlines() if l.startswith("| tiny ResNet"))
+    row = next(line for line in text.splitlines() if line.startswith("| tiny ResNet"))
     assert f"{100 * (1 - summary['eval']['top1']):.2f} (n=1)" in row
     assert row.rstrip().endswith("| 1 / 0 |")
     assert (tmp_path / "tiny_e2e_curves.png").exists()

@@ -7,10 +7,10 @@ import os
 import subprocess
 import sys
 
+import fake_archives
 import pytest
 
-import fake_archives
-from resnet_jax import evaluate
+from resnet_jax import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES, PER_CLASS, NUM_VAL = 4, 4, 6
@@ -103,4 +103,4 @@ def test_fake_imagenet_trains_evaluates_checkpoints_and_resumes(fake, tmp_path):
         assert result["step"] == 5 and result["count"] == NUM_VAL and result["views"] == views
         assert 0 <= result["top1"] <= result["top5"] <= 1
     assert json.load(open(os.path.join(workdir, "eval_multiscale.json")))["scales"] == [64, 96]
-    assert evaluate.VIEWS == ("center", "10crop", "multiscale")
+    assert config_lib.EVAL_VIEWS == ("center", "10crop", "multiscale")

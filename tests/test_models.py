@@ -13,14 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import summary
 from resnet_jax.models import available_models, create_model, get_published, get_spec
+from resnet_jax.tools import summary
 
 SLOW = {"resnet1202", "resnet1001", "preact_resnet1001"}
 FAST = [n for n in available_models() if n not in SLOW]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def stats(name, **overrides):
     """Shapes, params and per-image MACs of a registered model, at batch 2 (traced once)."""
     return summary.analyze(create_model(name, **overrides), batch_size=2)

@@ -31,7 +31,7 @@ def init(module, x):
     return fast_jit(module.init)(jax.random.key(0, impl="unsafe_rbg"), x)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_resnet20():
     """Variables and the train / eval / plain-call outputs of a 3-unit resnet20, in one compile."""
     m = create_model("resnet20", **TINY_CIFAR)
@@ -53,7 +53,7 @@ def test_train_mode_updates_batch_stats_and_eval_mode_leaves_them():
     v, x, ((logits, upd), (eval_logits, eval_upd), plain_call) = tiny_resnet20()
     old, new = jax.tree.leaves(v["batch_stats"]), jax.tree.leaves(upd["batch_stats"])
     assert len(old) == len(new) == 2 * 7  # mean and var of 7 BNs: stem + 3 units x 2
-    assert all(not np.allclose(a, b) for a, b in zip(old, new))
+    assert all(not np.allclose(a, b) for a, b in zip(old, new, strict=True))
     # The stem BN's running mean moves 10% of the way to the batch mean (momentum 0.9).
     conv_out = np.stack(
         [
@@ -72,7 +72,7 @@ def test_train_mode_updates_batch_stats_and_eval_mode_leaves_them():
         rtol=1e-4,
         atol=1e-6,
     )
-    for a, b in zip(old, jax.tree.leaves(eval_upd["batch_stats"])):
+    for a, b in zip(old, jax.tree.leaves(eval_upd["batch_stats"]), strict=True):
         np.testing.assert_array_equal(a, b)
     assert logits.shape == eval_logits.shape == (4, 10)
     assert not np.allclose(logits, eval_logits)  # batch vs running statistics

@@ -109,7 +109,7 @@ def test_weight_decay_reaches_exactly_the_masked_leaves(which):
     grads = jax.tree.map(jnp.zeros_like, PARAMS)
     updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
     mask = optim.weight_decay_mask(PARAMS, which)
-    for u, m in zip(jax.tree.leaves(updates), jax.tree.leaves(mask)):
+    for u, m in zip(jax.tree.leaves(updates), jax.tree.leaves(mask), strict=True):
         np.testing.assert_allclose(u, -1e-2 if m else 0.0, rtol=1e-6)
     assert sum(jax.tree.leaves(mask)) == (5 if which == "all" else 2)
 

@@ -54,11 +54,12 @@ def _worker(argv=None):
     p.add_argument("--process_id", type=int)
     a = p.parse_args(argv)
 
-    from resnet_jax import parallel
+    from resnet_jax.engine import parallel
 
     parallel.initialize_distributed(a.coordinator, a.num_processes, a.process_id)
 
     import jax
+
     from resnet_jax import optim
     from tests.test_steps import TinyNet, _batch
 
@@ -80,7 +81,7 @@ def _worker(argv=None):
     for batch in parallel.prefetch_to_mesh(host_batches(), mesh):
         state, m = step_fn(state, batch)
         losses.append(m["loss"])
-    local_copy = lambda x: np.asarray(x.addressable_data(0))  # noqa: E731 (replicated everywhere)
+    local_copy = lambda x: np.asarray(x.addressable_data(0))
     params = {
         jax.tree_util.keystr(k): local_copy(v)
         for k, v in jax.tree_util.tree_leaves_with_path(state.params)
@@ -99,7 +100,8 @@ def _worker(argv=None):
 
 def test_mesh_spans_all_devices_on_one_data_axis():
     import jax
-    from resnet_jax import parallel
+
+    from resnet_jax.engine import parallel
 
     mesh = parallel.make_mesh()
     assert mesh.axis_names == ("data",)
@@ -107,7 +109,7 @@ def test_mesh_spans_all_devices_on_one_data_axis():
 
 
 def test_host_batch_becomes_a_global_array_with_the_same_values():
-    from resnet_jax import parallel
+    from resnet_jax.engine import parallel
 
     mesh = parallel.make_mesh()
     batch = {
@@ -121,7 +123,7 @@ def test_host_batch_becomes_a_global_array_with_the_same_values():
 
 
 def test_prefetch_yields_every_batch_once_in_order():
-    from resnet_jax import parallel
+    from resnet_jax.engine import parallel
 
     mesh = parallel.make_mesh()
     batches = [{"x": np.full((2,), i, np.float32)} for i in range(5)]
@@ -130,7 +132,7 @@ def test_prefetch_yields_every_batch_once_in_order():
 
 
 def test_initialize_distributed_is_a_noop_alone_and_wants_all_three_arguments(monkeypatch):
-    from resnet_jax import parallel
+    from resnet_jax.engine import parallel
 
     for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
         monkeypatch.delenv(var, raising=False)
@@ -140,7 +142,7 @@ def test_initialize_distributed_is_a_noop_alone_and_wants_all_three_arguments(mo
 
 
 def test_cluster_detection_reads_slurm_and_tpu_pod_environments(monkeypatch):
-    from resnet_jax import parallel
+    from resnet_jax.engine import parallel
 
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("SLURM_NTASKS", "4")
@@ -168,7 +170,7 @@ def test_four_devices_train_like_one_and_reject_an_indivisible_batch(tmp_path):
         np.testing.assert_allclose(four[k], one[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
     code = (
-        "from resnet_jax import parallel\n"
+        "from resnet_jax.engine import parallel\n"
         "try:\n  parallel.local_batch_size(6, parallel.make_mesh())\n"
         "except ValueError as e:\n  print(e)\n"
     )

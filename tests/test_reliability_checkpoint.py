@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, faults, numerics
+from resnet_jax.engine import checkpoint, faults, numerics
 from tests.reliability_helpers import fill_disk, tmpfs
 from tests.test_train_checkpoint import _state_and_step
 
@@ -35,7 +35,7 @@ def _state(i):
 @pytest.fixture
 def three_checkpoints(tmp_path):
     """Checkpoints 1, 2, 3 (distinct states) in tmp_path; (workdir, abstract state, states)."""
-    from resnet_jax import parallel
+    from resnet_jax.engine import parallel
 
     sharding = parallel.replicated(parallel.make_mesh())
     states = {i: _state(i) for i in (1, 2, 3)}
@@ -51,7 +51,7 @@ def three_checkpoints(tmp_path):
 
 
 def parallel_batch(mesh, seed):
-    from resnet_jax import parallel
+    from resnet_jax.engine import parallel
     from tests.test_steps import _batch
 
     return parallel.host_to_global(_batch(seed=seed), mesh)
@@ -83,7 +83,9 @@ def flip_one_bit(workdir, step):
 
 
 def _assert_state_equal(restored, expected):
-    for a, b in zip(jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(expected)):
+    for a, b in zip(
+        jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(expected), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
 
 

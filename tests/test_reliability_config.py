@@ -8,13 +8,14 @@ import sys
 
 import pytest
 
-from resnet_jax import faults, trainer, validation
+from resnet_jax import config as config_lib
 from resnet_jax.data import datasets
+from resnet_jax.engine import faults, trainer, validation
 from tests.reliability_helpers import REPO, forbid_compiling, subprocess_env
 
 
 def _config(**overrides):
-    c = trainer.default_config()
+    c = config_lib.default_config()
     c.model_overrides = {"stage_sizes": (1, 1, 1), "widths": (4, 8, 16), "stem_width": 4}
     c.batch_size, c.num_train_steps, c.eval_split = 8, 4, "test[:32]"
     for k, v in overrides.items():
@@ -68,13 +69,13 @@ def test_an_image_size_the_model_cannot_take_is_refused():
         faults.ConfigError, match="image_size 16 is too small for resnet50: it downsamples by 32"
     ):
         validation.check_config(_config(model="resnet50", model_overrides={}, image_size=16))
-    c = trainer.resolve_config(_config(image_size=64))
+    c = config_lib.resolve_config(_config(image_size=64))
     with pytest.raises(faults.ConfigError, match="shapes10 images are 32x32; image_size=64"):
         validation.check_resolved(c, device_count=1, process_count=1)
 
 
 def test_a_batch_the_devices_cannot_share_and_a_split_smaller_than_a_batch_are_refused():
-    c = trainer.resolve_config(_config(batch_size=6, eval_batch_size=8, train_split="train[:5]"))
+    c = config_lib.resolve_config(_config(batch_size=6, eval_batch_size=8, train_split="train[:5]"))
     with pytest.raises(faults.ConfigError) as e:
         validation.check_resolved(c, device_count=4, process_count=1)
     msg = str(e.value)
@@ -100,11 +101,11 @@ def test_bad_configs_fail_before_anything_is_compiled(tmp_path, no_compile, over
 
 
 def test_resuming_a_run_of_another_config_is_refused_unless_allowed(tmp_path):
-    c = trainer.resolve_config(_config())
+    c = config_lib.resolve_config(_config())
     (tmp_path / "config.json").write_text(json.dumps(c.to_dict()))
-    longer = trainer.resolve_config(_config(num_train_steps=8, log_every_steps=1))
+    longer = config_lib.resolve_config(_config(num_train_steps=8, log_every_steps=1))
     assert validation.check_same_run(str(tmp_path), longer, has_checkpoints=True) == []
-    other = trainer.resolve_config(_config(learning_rate=0.5, batch_size=16))
+    other = config_lib.resolve_config(_config(learning_rate=0.5, batch_size=16))
     with pytest.raises(faults.ConfigError) as e:
         validation.check_same_run(str(tmp_path), other, has_checkpoints=True)
     assert "holds a run of a different config (batch_size: 8 -> 16; " in str(e.value)
@@ -117,21 +118,23 @@ def test_resuming_a_run_of_another_config_is_refused_unless_allowed(tmp_path):
     old = c.to_dict()
     del old["synthetic_batches"]
     (tmp_path / "config.json").write_text(json.dumps(old))
-    defaults = trainer.default_config().to_dict()
+    defaults = config_lib.default_config().to_dict()
     assert (
         validation.check_same_run(str(tmp_path), c, has_checkpoints=True, defaults=defaults) == []
     )
     with pytest.raises(faults.ConfigError, match=r"synthetic_batches: '<absent>' -> 2"):
         validation.check_same_run(
             str(tmp_path),
-            trainer.resolve_config(_config(synthetic_batches=2)),
+            config_lib.resolve_config(_config(synthetic_batches=2)),
             has_checkpoints=True,
             defaults=defaults,
         )
     # Without checkpoints nothing computed would be mixed: a new config simply starts.
     assert (
         validation.check_same_run(
-            str(tmp_path), trainer.resolve_config(_config(learning_rate=0.5)), has_checkpoints=False
+            str(tmp_path),
+            config_lib.resolve_config(_config(learning_rate=0.5)),
+            has_checkpoints=False,
         )
         == []
     )

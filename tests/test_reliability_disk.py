@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from resnet_jax import faults, parallel, trainer, validation
+from resnet_jax import config as config_lib
+from resnet_jax.engine import faults, parallel, trainer, validation
 from tests.reliability_helpers import forbid_compiling, immutable, tmpfs
 
 
@@ -15,7 +16,7 @@ def no_compile(monkeypatch):
 
 
 def _config():
-    c = trainer.default_config()  # ResNet-20: 2.2 MB of params + momentum per checkpoint
+    c = config_lib.default_config()  # ResNet-20: 2.2 MB of params + momentum per checkpoint
     c.num_train_steps, c.batch_size, c.keep_checkpoints, c.checkpoint_every_steps = 4, 8, 3, 1
     return c
 
@@ -54,9 +55,9 @@ def test_a_disk_too_small_for_the_kept_checkpoints_is_refused_before_training(tm
 
 
 def test_checkpoint_size_estimate_counts_params_and_optimizer_state():
-    c = trainer.resolve_config(_config())
-    model = trainer.build_model(c)
-    _, tx = trainer.build_optimizer(c)
+    c = config_lib.resolve_config(_config())
+    model = config_lib.build_model(c)
+    _, tx = config_lib.build_optimizer(c)
     abstract = parallel.abstract_train_state(model, tx, (32, 32, 3), parallel.make_mesh())
     params, bn_stats = 269_722, 1_376  # ResNet-20 with 10 classes (He2015: 0.27M)
     size = validation.checkpoint_bytes(abstract)
@@ -68,7 +69,7 @@ def test_a_json_write_cut_off_half_way_leaves_the_previous_file_whole(tmp_path, 
     """config.json and summary.json are read by every process while process 0 rewrites them."""
     import json
 
-    from resnet_jax import metrics
+    from resnet_jax.engine import metrics
 
     path = str(tmp_path / "config.json")
     metrics.write_json(path, {"model": "resnet20", "seed": 0})

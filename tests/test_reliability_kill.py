@@ -13,9 +13,9 @@ import signal
 
 import numpy as np
 import pytest
-
-from resnet_jax import faults
 from fake_archives import exclusive, session_dir
+
+from resnet_jax.engine import faults
 from tests.reliability_helpers import (
     TOTAL,
     Run,

@@ -8,9 +8,9 @@ import socket
 import time
 
 import pytest
-
 from fake_archives import session_dir
-from resnet_jax import faults
+
+from resnet_jax.engine import faults
 from tests.reliability_helpers import TOTAL, Run, checkpoint_dirs, wait_for_file
 
 HEARTBEAT_S = 10

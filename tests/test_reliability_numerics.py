@@ -13,7 +13,8 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import faults, numerics, optim, steps
+from resnet_jax import optim
+from resnet_jax.engine import faults, numerics, steps
 from tests.test_steps import TinyNet, _batch
 
 
@@ -23,7 +24,7 @@ def _step_fns(lr=0.1):
     tx = optim.make_optimizer(schedule, momentum=0.9, weight_decay=1e-4)
     state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3))
     make = lambda skip: jax.jit(
-        functools.partial(  # noqa: E731
+        functools.partial(
             steps.train_step, model=model, tx=tx, learning_rate_fn=schedule, skip_nonfinite=skip
         )
     )
@@ -35,7 +36,7 @@ def _nan_batch(seed):
 
 
 def _assert_same(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 

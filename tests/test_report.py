@@ -169,19 +169,19 @@ def test_markdown_report_and_plots_on_partial_results(root, tmp_path):
     assert "\nWhat it shows: nothing.\n" in text
     assert out.read_text() == text
     assert "WARNING: our numbers come from `shapes10`, NOT the paper's dataset (`cifar10`)" in text
-    row = next(l for l in text.splitlines() if l.startswith("| ResNet-20"))
+    row = next(line for line in text.splitlines() if line.startswith("| ResNet-20"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
     # model | eval | paper top-1 | ours top-1 | ours top-5 | ours train | params | GMACs | img/s | runs
     assert cells[1:4] == ["center", "8.75", "8.00 ± 2.00 (n=3)"]
     assert cells[4] == "1.00 ± 0.00 (n=3)"
     assert cells[5] == "30.00 ± 10.00 (n=3)"
     assert cells[6] == "0.27"  # ResNet-20: 0.27M parameters (He2015 Table 6)
-    assert cells[7] == "0.041"  # 40.6M multiply-adds from resnet_jax.summary
+    assert cells[7] == "0.041"  # 40.6M multiply-adds from resnet_jax.tools.summary
     assert cells[8] == "80"  # the fastest benchmark row, preferred to the run's own 100 img/s
     assert cells[9] == "3 / 0"
-    pln = next(l for l in text.splitlines() if l.startswith("| plain-20"))
+    pln = next(line for line in text.splitlines() if line.startswith("| plain-20"))
     assert "15.00 (n=1)" in pln and "1 / 2 (seed 1 at step 50/100)" in pln
-    r32 = next(l for l in text.splitlines() if l.startswith("| ResNet-32"))
+    r32 = next(line for line in text.splitlines() if line.startswith("| ResNet-32"))
     assert "0 / 1 (seed 0 trained, 10crop eval to run)" in r32
     assert "**HOLDS** — plain is worse" in text and "**NOT YET MEASURABLE** — deeper" in text
     assert "Runs finished: 4 of 7" in text
@@ -207,4 +207,4 @@ def test_report_cli_on_an_empty_workdir_says_nothing_is_measured(tmp_path, capsy
 
 def test_same_dataset_has_no_warning():
     exp = Experiment("e", "t", "cifar10", "cifar10", "s", entries=())
-    assert not any("WARNING" in l for l in report.dataset_banner(exp))
+    assert not any("WARNING" in line for line in report.dataset_banner(exp))

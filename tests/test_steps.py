@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import optim, steps
+from resnet_jax import optim
+from resnet_jax.engine import steps
 
 
 class TinyNet(nn.Module):

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from resnet_jax import summary
 from resnet_jax.models import available_models
+from resnet_jax.tools import summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,19 +9,22 @@ import sys
 import numpy as np
 import pytest
 
-from resnet_jax import evaluate, faults, parallel, trainer
+from resnet_jax import config as config_lib
 from resnet_jax.data import synthetic
+from resnet_jax.engine import evaluate, faults, parallel, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_pool_is_sharded_like_a_batch_seeded_and_cycled_by_step():
     mesh = parallel.make_mesh()
-    pool = synthetic.make_batches(mesh, 3, 8, 16, 10, seed=1)
-    again = synthetic.make_batches(mesh, 3, 8, 16, 10, seed=1)
-    other = synthetic.make_batches(mesh, 3, 8, 16, 10, seed=2)
-    masked = synthetic.make_batches(mesh, 3, 8, 16, 10, seed=1, with_mask=True)
-    for batch, same, eval_batch in zip(pool, again, masked):
+    pool = synthetic.make_batches(parallel.batch_sharded(mesh), 3, 8, 16, 10, seed=1)
+    again = synthetic.make_batches(parallel.batch_sharded(mesh), 3, 8, 16, 10, seed=1)
+    other = synthetic.make_batches(parallel.batch_sharded(mesh), 3, 8, 16, 10, seed=2)
+    masked = synthetic.make_batches(
+        parallel.batch_sharded(mesh), 3, 8, 16, 10, seed=1, with_mask=True
+    )
+    for batch, same, eval_batch in zip(pool, again, masked, strict=True):
         assert set(batch) == {"image", "label"}
         assert batch["image"].shape == (8, 16, 16, 3) and batch["image"].dtype == np.float32
         assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
@@ -46,16 +49,19 @@ def test_pool_is_sharded_like_a_batch_seeded_and_cycled_by_step():
 
 
 def test_config_resolves_imagenet_shaped_unless_told_and_rejects_multi_crop_eval():
-    c = trainer.default_config()
+    c = config_lib.default_config()
     c.dataset, c.model, c.batch_size = "synthetic", "resnet18", 8
-    rc = trainer.resolve_config(c)
+    rc = config_lib.resolve_config(c)
     assert (rc.num_classes, rc.image_size, rc.num_train_examples) == (1000, 224, 1_281_167)
     assert rc.steps_per_epoch == 1_281_167 // 8
     c.num_classes, c.image_size = 10, 64
-    assert (trainer.resolve_config(c).num_classes, trainer.resolve_config(c).image_size) == (10, 64)
+    assert (config_lib.resolve_config(c).num_classes, config_lib.resolve_config(c).image_size) == (
+        10,
+        64,
+    )
     with pytest.raises(faults.ConfigError, match="synthetic data has only eval_views='center'"):
         evaluate.make_evaluator(
-            trainer.build_model(rc),
+            config_lib.build_model(rc),
             parallel.make_mesh(),
             **evaluate.eval_data_args(rc),
             views="10crop",
@@ -70,21 +76,22 @@ import json, sys
 sys.modules["tensorflow"] = None  # any import of TensorFlow now fails
 sys.modules["tensorflow_datasets"] = None
 import jax, numpy as np
-from resnet_jax import checkpoint, parallel, trainer
+from resnet_jax import config as config_lib
+from resnet_jax.engine import checkpoint, parallel, trainer
 
 root = sys.argv[1]
 
 def config(steps):
-    c = trainer.default_config()
+    c = config_lib.default_config()
     c.update(dict(dataset="synthetic", model="resnet20", num_classes=10, image_size=32,
                   batch_size=16, synthetic_batches=3, num_train_steps=steps, learning_rate=0.05,
                   lr_schedule="constant", log_every_steps=5, checkpoint_every_steps=5))
     return c
 
 def final_params(workdir):
-    rc = trainer.resolve_config(config(30))
-    _, tx = trainer.build_optimizer(rc)
-    abstract = parallel.abstract_train_state(trainer.build_model(rc), tx, (32, 32, 3),
+    rc = config_lib.resolve_config(config(30))
+    _, tx = config_lib.build_optimizer(rc)
+    abstract = parallel.abstract_train_state(config_lib.build_model(rc), tx, (32, 32, 3),
                                              parallel.make_mesh())
     state, _ = checkpoint.Checkpointer(workdir).restore(abstract)
     return jax.tree.leaves(jax.device_get(state))

@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import checkpoint, metrics, optim, parallel
+from resnet_jax import optim
+from resnet_jax.engine import checkpoint, metrics, parallel
 from tests.test_steps import TinyNet, _batch
 
 
@@ -38,12 +39,12 @@ def test_checkpoint_restores_state_and_input_position_exactly(tmp_path):
     restored, position = checkpoint.Checkpointer(str(tmp_path)).restore(abstract)
     assert position == {"step": 3, "seed": 0, "global_batch_size": 16, "process_count": 1}
     assert int(restored.step) == 3
-    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert b.sharding.is_fully_replicated
     # The restored state trains on exactly like the original.
     batch = parallel.host_to_global(_batch(seed=9), mesh)
-    (s1, m1), (s2, m2) = step(state, batch), step(restored, batch)
+    (_, m1), (_, m2) = step(state, batch), step(restored, batch)
     np.testing.assert_array_equal(np.asarray(m1["loss"]), np.asarray(m2["loss"]))
 
 

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import evaluate, optim, parallel, steps
+from resnet_jax import optim
+from resnet_jax.engine import evaluate, parallel, steps
 from tests.test_steps import TinyNet, _batch
 
 

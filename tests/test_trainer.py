@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import checkpoint, parallel, trainer
+from resnet_jax import config as config_lib
+from resnet_jax.engine import checkpoint, parallel, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,10 +43,10 @@ def tiny_config(steps):
 
 def final_state(workdir, c):
     """The newest checkpoint of `workdir`, restored like the trainer does."""
-    rc = trainer.resolve_config(c)
-    _, tx = trainer.build_optimizer(rc)
+    rc = config_lib.resolve_config(c)
+    _, tx = config_lib.build_optimizer(rc)
     abstract = parallel.abstract_train_state(
-        trainer.build_model(rc), tx, (32, 32, 3), parallel.make_mesh()
+        config_lib.build_model(rc), tx, (32, 32, 3), parallel.make_mesh()
     )
     state, position = checkpoint.Checkpointer(workdir).restore(abstract)
     return jax.device_get(state), position
@@ -65,7 +66,7 @@ def test_stopping_at_n_and_resuming_to_2n_is_bitwise_equal_to_2n_in_one_go(tmp_p
     assert pos_a == pos_b == {"step": 6, "seed": 0, "global_batch_size": 16, "process_count": 1}
     leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
     assert len(leaves_a) == len(leaves_b) > 20
-    for x, y in zip(leaves_a, leaves_b):
+    for x, y in zip(leaves_a, leaves_b, strict=True):
         np.testing.assert_array_equal(x, y)
     assert summary["step"] == 6 and summary["eval"]["count"] == 40
     check_workdir(one_go, a)

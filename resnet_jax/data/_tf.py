@@ -10,7 +10,7 @@ import logging
 import os
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def import_tf():
     """Returns the `tensorflow` module with all GPUs hidden from it (idempotent)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,7 +29,7 @@ def import_tf():
     return tf
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def import_tfds():
     """Returns `tensorflow_datasets`, after TF has been imported with GPUs hidden."""
     import_tf()

@@ -172,7 +172,9 @@ def ten_crop_eval(image_bytes, image_size=224, resize_size=256):
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     ys = [0, 0, h - image_size, h - image_size, (h - image_size) // 2]
     xs = [0, w - image_size, 0, w - image_size, (w - image_size) // 2]
-    views = tf.stack([image[y : y + image_size, x : x + image_size] for y, x in zip(ys, xs)])
+    views = tf.stack(
+        [image[y : y + image_size, x : x + image_size] for y, x in zip(ys, xs, strict=True)]
+    )
     return _flip_views(views)
 
 

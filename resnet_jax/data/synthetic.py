@@ -16,7 +16,7 @@ eval top-1 well above chance shows that training works, and it is not the accura
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ NUM_CLASSES, IMAGE_SIZE, EPOCH_EXAMPLES = 1000, 224, 1_281_167  # ImageNet's
 
 
 def info(
-    num_classes: Optional[int], image_size: Optional[int], batch_size: int, num_batches: int
+    num_classes: int | None, image_size: int | None, batch_size: int, num_batches: int
 ) -> datasets.DatasetInfo:
     """The DatasetInfo the trainer resolves a config with (eval = the pool's examples)."""
     return datasets.DatasetInfo(
@@ -44,7 +44,7 @@ def info(
 
 
 def make_batches(
-    mesh: Any,
+    sharding: jax.sharding.Sharding,
     num_batches: int,
     batch_size: int,
     image_size: int,
@@ -53,12 +53,13 @@ def make_batches(
     seed: int = 0,
     with_mask: bool = False,
 ) -> list[dict[str, jax.Array]]:
-    """`num_batches` global batches {'image' f32 [B, S, S, 3], 'label' int32 [B]} on the mesh.
+    """`num_batches` global batches {'image' f32 [B, S, S, 3], 'label' int32 [B]}.
+
+    `sharding`: where each batch is born, the mesh's batch sharding (`parallel.batch_sharded`).
 
     `with_mask` adds 'mask' bool [B] (all True), as eval batches carry; the images and labels do
     not depend on it, so an eval pool holds exactly the training examples.
     """
-    from resnet_jax import parallel
 
     def make(key):
         out = []
@@ -75,11 +76,11 @@ def make_batches(
             out.append(batch)
         return out
 
-    return jax.jit(make, out_shardings=parallel.batch_sharded(mesh))(jax.random.key(seed))
+    return jax.jit(make, out_shardings=sharding)(jax.random.key(seed))
 
 
 def random_batch(
-    mesh: Any,
+    sharding: jax.sharding.Sharding,
     batch_size: int,
     image_size: int,
     num_classes: int,
@@ -87,9 +88,9 @@ def random_batch(
     with_mask: bool = False,
     seed: int = 0,
 ) -> dict[str, jax.Array]:
-    """One global batch on the mesh (see `make_batches`)."""
+    """One global batch (see `make_batches`)."""
     return make_batches(
-        mesh, 1, batch_size, image_size, num_classes, seed=seed, with_mask=with_mask
+        sharding, 1, batch_size, image_size, num_classes, seed=seed, with_mask=with_mask
     )[0]
 
 

@@ -1,6 +1,6 @@
 """Throughput of the host input pipeline alone (read, decode, augment, batch; no model).
 
-`resnet_jax.benchmark --input_pipeline` reports this function's result; until then:
+`resnet_jax.bench.cli --input_pipeline` reports this function's result; until then:
 
   python -m resnet_jax.data.throughput --dataset imagenet2012 --data_dir D --batch_size 128 \
       --augment inception [--num_batches 40] [--json]

@@ -5,7 +5,8 @@ All tensors are NHWC: a unit maps `[B, H, W, C_in]` to `[B, ceil(H/s), ceil(W/s)
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -10,7 +10,8 @@ the per-device batch, the reshape keeps every group on one device, so no communi
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

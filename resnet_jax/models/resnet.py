@@ -167,7 +167,7 @@ class ResNet(nn.Module):
             param_dtype=self.param_dtype,
         )
         x = Stem(s.stem, s.stem_width, s.preact, conv, norm, name="stem")(x)
-        for i, (n, stride) in enumerate(zip(s.stage_sizes, s.strides)):
+        for i, (n, stride) in enumerate(zip(s.stage_sizes, s.strides, strict=True)):
             inner, features = s.unit_widths(i)
             for j in range(n):
                 x = ResidualUnit(

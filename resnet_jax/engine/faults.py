@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Iterator
+from collections.abc import Iterator
 
 # Exit codes. 75 is the only one after which rerunning the same command is the right reaction.
 EXIT_NONFINITE = 65  # EX_DATAERR: NaN/Inf loss or gradient under nonfinite_policy='stop'
@@ -122,7 +122,7 @@ def exit_on_error(process_count_fn=lambda: 1) -> Iterator[None]:
     """
     try:
         yield
-    except Exception as e:  # noqa: BLE001 - re-raised unless foreseen
+    except Exception as e:
         count = process_count_fn()
         found = classify(e, count)
         if found is None:
@@ -153,7 +153,7 @@ class PreemptionWatcher:
         self.received: str | None = None
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "PreemptionWatcher":
+    def __enter__(self) -> PreemptionWatcher:
         if threading.current_thread() is not threading.main_thread():
             return self  # signal handlers can only be set from the main thread
         # With several processes JAX's preemption notifier owns SIGTERM (a Python handler would

@@ -18,12 +18,14 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 
-from resnet_jax.faults import ConfigError, DiskError
+from resnet_jax import config as config_lib
+from resnet_jax.engine.faults import ConfigError, DiskError
 
 RESUMABLE_KEYS = frozenset(
     {
@@ -52,8 +54,9 @@ _OVERHEAD_BYTES = 32 << 20
 
 
 def _problems(c) -> list[str]:
-    from resnet_jax import evaluate, models, numerics, optim
+    from resnet_jax import models, optim
     from resnet_jax.data import datasets
+    from resnet_jax.engine import numerics
 
     out = []
 
@@ -81,7 +84,7 @@ def _problems(c) -> list[str]:
     choice("warmup", optim.WARMUPS)
     choice("weight_decay_on", optim.DECAY_TARGETS)
     choice("lr_scaling", ("none", "linear"))
-    choice("eval_views", evaluate.VIEWS)
+    choice("eval_views", config_lib.EVAL_VIEWS)
     choice("nonfinite_policy", numerics.POLICIES, "stop")
     for key in ("batch_size", "log_every_steps", "prefetch_batches", "synthetic_batches"):
         positive(key)

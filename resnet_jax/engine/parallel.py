@@ -10,15 +10,17 @@ from __future__ import annotations
 import collections
 import functools
 import os
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 import optax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from resnet_jax import steps
+from resnet_jax.engine import steps
 
 DATA_AXIS = "data"
 

@@ -1,7 +1,7 @@
 """Model-independent pieces of the benchmark: timing, statistics, FLOPs, MFU, memory, tables.
 
 Nothing here knows about ResNets or the training engine, so it can be tested on a toy step and
-reused by other tools (the trainer's progress line, experiments). `resnet_jax.benchmark` wires it
+reused by other tools (the trainer's progress line, experiments). `resnet_jax.bench.cli` wires it
 to the project's real train and eval steps.
 
 Units: times in seconds unless a name ends in `_ms`; FLOPs are floating-point operations (one
@@ -16,7 +16,8 @@ import os
 import platform
 import re
 import time
-from typing import Any, Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import jax
 
@@ -44,7 +45,7 @@ PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
 )
 
 
-def lookup_peak_tflops(device_kind: str, dtype: str) -> Optional[float]:
+def lookup_peak_tflops(device_kind: str, dtype: str) -> float | None:
     """Dense peak TFLOP/s of one device of this kind for `dtype`; None when unknown (CPUs)."""
     for pattern, peaks in PEAK_TFLOPS:
         if re.search(pattern, device_kind, flags=re.IGNORECASE):
@@ -80,7 +81,7 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def achieved_tflops(flops_per_step: Optional[float], step_seconds: float) -> Optional[float]:
+def achieved_tflops(flops_per_step: float | None, step_seconds: float) -> float | None:
     """Achieved TFLOP/s over all devices: FLOPs of one global step / step time."""
     if not flops_per_step or step_seconds <= 0:
         return None
@@ -88,11 +89,11 @@ def achieved_tflops(flops_per_step: Optional[float], step_seconds: float) -> Opt
 
 
 def mfu(
-    flops_per_step: Optional[float],
+    flops_per_step: float | None,
     step_seconds: float,
-    peak_tflops_per_device: Optional[float],
+    peak_tflops_per_device: float | None,
     num_devices: int = 1,
-) -> Optional[float]:
+) -> float | None:
     """Model FLOPs utilisation in [0, 1]: achieved FLOP/s over the summed peak of the devices."""
     tflops = achieved_tflops(flops_per_step, step_seconds)
     if tflops is None or not peak_tflops_per_device:
@@ -104,7 +105,7 @@ def mfu(
 # XLA cost and memory analysis
 
 
-def _flops_from_cost(cost: Any) -> Optional[float]:
+def _flops_from_cost(cost: Any) -> float | None:
     # jax returns a dict (recent versions) or a list with one dict per computation (older ones).
     if cost is None:
         return None
@@ -116,7 +117,7 @@ def _flops_from_cost(cost: Any) -> Optional[float]:
     return None if flops is None else float(flops)
 
 
-def _cost_flops(stage: Any) -> Optional[float]:
+def _cost_flops(stage: Any) -> float | None:
     try:
         return _flops_from_cost(stage.cost_analysis())
     except Exception:  # Backends may not implement cost analysis at all.
@@ -125,7 +126,7 @@ def _cost_flops(stage: Any) -> Optional[float]:
 
 def step_flops_both(
     lowered: Any, compiled: Any, num_devices: int
-) -> tuple[Optional[float], Optional[float]]:
+) -> tuple[float | None, float | None]:
     """(compiled, lowered) FLOPs of one global step; None where the analysis gives nothing.
 
     After SPMD partitioning the compiled module is the program of ONE device, so its count is
@@ -135,7 +136,7 @@ def step_flops_both(
     return (c * num_devices if c else None), (low or None)
 
 
-def step_flops(lowered: Any, compiled: Any, num_devices: int) -> tuple[Optional[float], str]:
+def step_flops(lowered: Any, compiled: Any, num_devices: int) -> tuple[float | None, str]:
     """FLOPs of one global step from XLA's cost analysis, and which analysis gave them.
 
     The compiled module is preferred: it is what runs. But a backend's cost model can miss work it
@@ -151,7 +152,7 @@ def step_flops(lowered: Any, compiled: Any, num_devices: int) -> tuple[Optional[
     return None, "unavailable"
 
 
-def compiled_memory_bytes(compiled: Any) -> Optional[int]:
+def compiled_memory_bytes(compiled: Any) -> int | None:
     """Bytes one device needs to run the executable (arguments + outputs + temporaries − aliased).
 
     XLA's static estimate; unlike the allocator's peak it is available on every backend (CPU too).
@@ -171,7 +172,7 @@ def compiled_memory_bytes(compiled: Any) -> Optional[int]:
     )
 
 
-def peak_memory_bytes(devices: Sequence[Any]) -> Optional[int]:
+def peak_memory_bytes(devices: Sequence[Any]) -> int | None:
     """Largest allocator peak over `devices` (GPU/TPU); None where the backend keeps no stats (CPU).
 
     The allocator peak is since process start, so in a sweep run batch sizes in increasing order.
@@ -210,7 +211,7 @@ def describe_devices(devices: Sequence[Any]) -> str:
     return f"{kind} x{len(devices)}"
 
 
-def host_load() -> Optional[float]:
+def host_load() -> float | None:
     """1-minute load average of the host; figures taken under load are noted as such."""
     try:
         return round(os.getloadavg()[0], 2)
@@ -252,7 +253,7 @@ def time_step(
     steps: int,
     warmup: int,
     windows: int = 5,
-    batches: Optional[Iterator[Any]] = None,
+    batches: Iterator[Any] | None = None,
     guard_transfers: bool = True,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Timing:
@@ -275,7 +276,7 @@ def time_step(
 
 def _time_step(step, carry, batch, steps, warmup, windows, batches, clock) -> Timing:
     windows, per_window = split_steps(steps, windows)
-    get = (lambda: batch) if batches is None else (lambda: next(batches))  # noqa: E731
+    get = (lambda: batch) if batches is None else (lambda: next(batches))
     start = clock()
     outs = []
     for _ in range(max(warmup, 0)):
@@ -309,7 +310,7 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
-def _gib(value: Optional[int]) -> Optional[float]:
+def _gib(value: int | None) -> float | None:
     return None if value is None else value / 2**30
 
 

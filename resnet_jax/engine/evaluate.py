@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from resnet_jax import faults, metrics, parallel, steps
+from resnet_jax import config as config_lib
 from resnet_jax.data import synthetic  # JAX only: no TensorFlow
-
-VIEWS = ("center", "10crop", "multiscale")
+from resnet_jax.engine import faults, metrics, parallel, steps
 
 
 def eval_data_args(c) -> dict:
@@ -94,7 +94,7 @@ def evaluate_multiscale(
                 probs[i] = probs[i] + p
     n = len(per_scale_batches)
     sums = None
-    for p, y, m in zip(probs, labels, masks):
+    for p, y, m in zip(probs, labels, masks, strict=True):
         sums = _add(sums, score(p / n, y, m))
     return metrics.means_from_sums(sums)
 
@@ -119,8 +119,8 @@ def make_evaluator(
     `multiscale` (fully convolutional at each of `scales` with flips, scores averaged).
     synthetic_pool: (num_batches, num_classes, seed) of the training pool that `synthetic` scores.
     """
-    if views not in VIEWS:
-        raise ValueError(f"eval views must be one of {VIEWS}, got {views!r}")
+    if views not in config_lib.EVAL_VIEWS:
+        raise ValueError(f"eval views must be one of {config_lib.EVAL_VIEWS}, got {views!r}")
     local_batch = parallel.local_batch_size(global_batch_size, mesh)
     if dataset == synthetic.NAME:
         if views != "center":
@@ -135,7 +135,7 @@ def make_evaluator(
             eval_step,
             state,
             synthetic.make_batches(
-                mesh,
+                parallel.batch_sharded(mesh),
                 num_batches,
                 global_batch_size,
                 image_size,
@@ -172,12 +172,12 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
 
     Appends an `eval` record (with `views`) to metrics.jsonl and writes `eval_<views>.json`.
     """
-    from resnet_jax import checkpoint, trainer
+    from resnet_jax.engine import checkpoint
 
-    c = trainer.resolve_config(config)
+    c = config_lib.resolve_config(config)
     mesh = parallel.make_mesh()
-    model = trainer.build_model(c)
-    _, tx = trainer.build_optimizer(c)
+    model = config_lib.build_model(c)
+    _, tx = config_lib.build_optimizer(c)
     ckpt = checkpoint.Checkpointer(workdir, every_steps=0, keep=None)
     image_shape = (c.image_size, c.image_size, 3)
     restored = ckpt.restore(parallel.abstract_train_state(model, tx, image_shape, mesh))

@@ -25,7 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from resnet_jax import faults, numerics
+from resnet_jax.engine import faults, numerics
 
 
 def data_position(step: int, seed: int, global_batch_size: int, process_count: int) -> dict:
@@ -114,7 +114,7 @@ class Checkpointer:
                 ),
                 force=True,
             )
-        except Exception as e:  # noqa: BLE001 - Orbax and tensorstore raise many types
+        except Exception as e:
             raise self._write_error(step, e) from e
         self._writing = step
         return saved
@@ -167,7 +167,7 @@ class Checkpointer:
         for s in candidates:
             try:
                 state, position = self._restore_step(s, abstract_state)
-            except Exception as e:  # noqa: BLE001 - a damaged checkpoint fails in many ways
+            except Exception as e:
                 reason = faults.first_line(e)
                 print(
                     f"resnet_jax: checkpoint {s} ({self.directory}/{s}) cannot be loaded: {reason}",
@@ -225,7 +225,7 @@ class Checkpointer:
         """Blocks until pending asynchronous saves are on disk; raises CheckpointWriteError."""
         try:
             self._manager.wait_until_finished()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._write_error(self._writing, e) from e
         self._writing = None
 

@@ -6,7 +6,8 @@ test can call them on a toy module and the benchmark can time exactly what the t
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from resnet_jax import numerics
+from resnet_jax.engine import numerics
 from resnet_jax.optim import cross_entropy
 
 

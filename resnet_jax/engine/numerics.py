@@ -16,13 +16,14 @@ wrong number; the fingerprint stored next to each checkpoint catches that on res
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.faults import NonFiniteError
+from resnet_jax.engine.faults import NonFiniteError
 
 POLICIES = ("stop", "skip")
 
@@ -184,4 +185,4 @@ def fingerprint_mismatch(tree: Any, expected: Sequence[int]) -> list[str]:
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
     if len(got) != len(expected):
         return [f"<{len(expected)} arrays recorded, {len(got)} restored>"]
-    return [p for p, a, b in zip(paths, got, expected) if int(a) != int(b)]
+    return [p for p, a, b in zip(paths, got, expected, strict=True) if int(a) != int(b)]

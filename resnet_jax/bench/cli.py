@@ -1,0 +1,430 @@
+r"""Throughput of the real train / eval step on device-resident random data, with MFU.
+
+    python -m resnet_jax.benchmark --model resnet50 --batch_size 256 --dtype bfloat16 [--json]
+    python -m resnet_jax.benchmark --model resnet50 --dtype bfloat16 --sweep 64,128,256
+    python -m resnet_jax.benchmark --input_pipeline --dataset imagenet2012 --data_dir DIR
+
+What is timed is exactly what the trainer runs: `parallel.jit_train_step` (the jitted, donated,
+sharded `steps.train_step` with the `optim` optimiser) over a mesh of every device, so a multi-GPU
+host (or, under SLURM / Open MPI / a TPU pod, every host) measures data parallelism including the
+gradient all-reduce. The batch is generated on the devices, so no input pipeline or host-to-device
+copy is in the loop; `--feed host` adds the per-step copy through the trainer's prefetch, and
+`--input_pipeline` measures tf.data alone. TensorFlow is never imported unless `--input_pipeline`
+is given.
+
+FLOPs come from XLA's cost analysis of the compiled step (forward, backward, optimiser; one
+multiply-add = 2 FLOPs); MFU divides the achieved FLOP/s by the dense peak of the devices
+(`--peak_tflops`, or the table in `bench_core.PEAK_TFLOPS`; none on CPU).
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from resnet_jax import entry
+from resnet_jax.bench import core as bench_core
+from resnet_jax.data import synthetic  # JAX only: no TensorFlow
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+MODES = ("train", "eval")
+FEEDS = ("device", "host")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def host_batches(
+    mesh: Any,
+    batch_size: int,
+    image_size: int,
+    num_classes: int,
+    *,
+    with_mask: bool = False,
+    prefetch: int = 2,
+    pool: int = 2,
+    seed: int = 0,
+):
+    """Endless global batches copied from host numpy arrays by `parallel.prefetch_to_mesh`.
+
+    The trainer's feeding path minus tf.data: every step pays a real host-to-device copy of this
+    process's shard (from a small pool of arrays, so no host work is timed), overlapped with the
+    running step exactly as in training.
+    """
+    from resnet_jax.engine import parallel
+
+    local = parallel.local_batch_size(batch_size, mesh)
+    rng = np.random.default_rng(seed + jax.process_index())
+    arrays = []
+    for _ in range(pool):
+        arrays.append(
+            {
+                "image": rng.standard_normal((local, image_size, image_size, 3), np.float32),
+                "label": rng.integers(0, num_classes, (local,), dtype=np.int32),
+            }
+        )
+        if with_mask:
+            arrays[-1]["mask"] = np.ones((local,), np.bool_)
+    return parallel.prefetch_to_mesh(itertools.cycle(arrays), mesh, prefetch)
+
+
+def benchmark(
+    model_name: str,
+    *,
+    batch_size: int,
+    dtype: str = "float32",
+    image_size: int | None = None,
+    mode: str = "train",
+    steps: int = 20,
+    warmup: int = 3,
+    windows: int = 5,
+    peak_tflops: float | None = None,
+    feed: str = "device",
+    devices: Sequence[Any] | None = None,
+    profile_dir: str | None = None,
+    profile_steps: int = 5,
+    **model_overrides,
+) -> dict[str, Any]:
+    """Compiles and times one model's train or eval step; returns a flat dict of results.
+
+    `batch_size` is global (split over `devices`, default all). `model_overrides` go to
+    `create_model` (e.g. bn_group_size=32). Times: `step_ms` is the median over windows of the
+    per-step mean inside each window (see `bench_core.time_step`). feed: 'device' reuses one batch
+    born on the devices (the step alone); 'host' copies a host batch in every step through the
+    trainer's prefetch path (step + input transfer, without tf.data).
+    """
+    import ml_collections
+
+    from resnet_jax import config as config_lib
+    from resnet_jax.engine import parallel
+    from resnet_jax.models import get_spec
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if feed not in FEEDS:
+        raise ValueError(f"feed must be one of {FEEDS}, got {feed!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    spec = get_spec(model_name)
+    # The trainer's own model and optimizer, built from its default config as `dataset=synthetic`
+    # would: the timed step is the one a default training run compiles. The schedule's values do
+    # not change the step's cost.
+    c = config_lib.default_config()
+    c.update(
+        dict(
+            model=model_name,
+            dataset="synthetic",
+            dtype=dtype,
+            batch_size=batch_size,
+            image_size=image_size or spec.input_size,
+            num_classes=model_overrides.pop("num_classes", None) or spec.num_classes,
+            bn_group_size=model_overrides.pop("bn_group_size", None),
+            num_train_steps=1000,
+            lr_schedule="cosine",
+        )
+    )
+    c.model_overrides = ml_collections.ConfigDict(model_overrides)
+    c = config_lib.resolve_config(c)
+    image_size, num_classes = c.image_size, c.num_classes
+    model = config_lib.build_model(c)
+
+    mesh = parallel.make_mesh(devices)
+    mesh_devices = list(mesh.devices.flat)
+    parallel.local_batch_size(batch_size, mesh)  # raises unless the devices share it evenly
+    lr, tx = config_lib.build_optimizer(c)
+    # A raw uint32 key, as the trainer passes (TrainState.rng is uint32 [2]).
+    state = parallel.create_sharded_train_state(
+        model, tx, jax.random.PRNGKey(0), (image_size, image_size, 3), mesh
+    )
+    # Exactly the trainer's inputs: train batches have no mask, eval batches do.
+    batch = synthetic.random_batch(
+        parallel.batch_sharded(mesh), batch_size, image_size, num_classes, with_mask=mode == "eval"
+    )
+    if mode == "train":
+        jitted = parallel.jit_train_step(model, tx, lr, mesh)
+    else:
+        jitted = parallel.jit_eval_step(model, mesh)
+    jax.block_until_ready((state, batch))
+
+    # Ahead-of-time lower + compile, so compile time is measured apart from the first step and the
+    # timed loop calls the very executable that was analysed. It keeps jit's donation of the state.
+    start = time.perf_counter()
+    lowered = jitted.lower(state, batch)
+    lower_s = time.perf_counter() - start
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+
+    if mode == "train":
+        step = compiled
+    else:
+        step = lambda s, b: (s, compiled(s, b))
+
+    fed = None
+    if feed == "host":
+        fed = host_batches(mesh, batch_size, image_size, num_classes, with_mask=mode == "eval")
+    timing = bench_core.time_step(
+        step, state, batch, steps=steps, warmup=warmup, windows=windows, batches=fed
+    )
+    state = timing.carry
+    if profile_dir:
+        # A separate short run: tracing adds overhead, so it never overlaps the timed windows.
+        with jax.profiler.trace(profile_dir):
+            for _ in range(profile_steps):
+                state, out = step(state, next(fed) if fed else batch)
+            jax.block_until_ready((state, out))
+
+    stats = timing.stats
+    step_s = stats["median"]
+    flops, flops_source = bench_core.step_flops(lowered, compiled, len(mesh_devices))
+    flops_compiled, flops_lowered = bench_core.step_flops_both(lowered, compiled, len(mesh_devices))
+    kind = mesh_devices[0].device_kind
+    peak = peak_tflops if peak_tflops else bench_core.lookup_peak_tflops(kind, dtype)
+    return {
+        "model": model_name,
+        "mode": mode,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "image_size": image_size,
+        "feed": feed,
+        "num_classes": num_classes,
+        "images_per_sec": batch_size / step_s,
+        "step_ms": 1e3 * step_s,
+        "step_ms_min": 1e3 * stats["min"],
+        "step_ms_p90": 1e3 * stats["p90"],
+        "step_ms_max": 1e3 * stats["max"],
+        "steps": timing.steps_per_window * len(timing.step_seconds),
+        "windows": len(timing.step_seconds),
+        "warmup": warmup,
+        "lower_s": lower_s,
+        "compile_s": compile_s,
+        "flops_per_step": flops,
+        "flops_per_image": flops / batch_size if flops else None,
+        "flops_source": flops_source,
+        "flops_per_step_compiled": flops_compiled,
+        "flops_per_step_lowered": flops_lowered,
+        "tflops": bench_core.achieved_tflops(flops, step_s),
+        "peak_tflops": peak,
+        "mfu": bench_core.mfu(flops, step_s, peak, len(mesh_devices)),
+        "peak_memory_bytes": bench_core.peak_memory_bytes(mesh_devices),
+        "compiled_memory_bytes": bench_core.compiled_memory_bytes(compiled),
+        "device": bench_core.describe_devices(mesh_devices),
+        "device_kind": kind,
+        "platform": mesh_devices[0].platform,
+        "num_devices": len(mesh_devices),
+        "process_count": jax.process_count(),
+        "host_load": bench_core.host_load(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax_version": jax.__version__,
+        "date": _now(),
+    }
+
+
+def sweep(model_name: str, batch_sizes: Sequence[int], **kwargs) -> list[dict[str, Any]]:
+    """`benchmark` at each batch size, smallest first; stops at the first out-of-memory batch.
+
+    Increasing order keeps the allocator's process-wide peak meaningful for each row.
+    """
+    rows = []
+    for b in sorted(batch_sizes):
+        try:
+            rows.append(benchmark(model_name, batch_size=b, **kwargs))
+        except Exception as e:  # Only the allocator's OOM is a result; anything else is a bug.
+            if not bench_core.is_out_of_memory(e):
+                raise
+            from resnet_jax.models import get_spec
+
+            size = kwargs.get("image_size") or get_spec(model_name).input_size
+            rows.append(
+                {"model": model_name, "image_size": size, "batch_size": b, "error": "out of memory"}
+            )
+            break
+        jax.clear_caches()  # drop the previous executable's buffers before the next size
+    return rows
+
+
+def input_pipeline(
+    dataset: str,
+    data_dir: str | None,
+    batch_size: int,
+    augment: str | None = None,
+    num_batches: int = 40,
+    image_size: int | None = None,
+    num_threads: int | None = None,
+) -> dict[str, Any]:
+    """Host-side tf.data throughput of the project's training pipeline (imports TensorFlow).
+
+    `resnet_jax.data.throughput.measure_input_pipeline` does the measuring; this adds the host
+    description, load and date so the row can go into docs/benchmarks.md as it is.
+    """
+    from resnet_jax.data.throughput import measure_input_pipeline
+
+    result = dict(
+        measure_input_pipeline(
+            dataset,
+            data_dir,
+            batch_size,
+            augment,
+            num_batches,
+            image_size=image_size,
+            num_threads=num_threads,
+        )
+    )
+    result.update(
+        device=f"host {bench_core.cpu_model_name()}, {os.cpu_count()} cores",
+        host_load=bench_core.host_load(),
+        date=_now(),
+    )
+    return result
+
+
+def format_result(r: dict[str, Any]) -> str:
+    """One human-readable line per result."""
+
+    def opt(value, spec, suffix=""):
+        return "n/a" if value is None else format(value, spec) + suffix
+
+    mfu = r["mfu"] and 100 * r["mfu"]
+    mem = r["peak_memory_bytes"] and r["peak_memory_bytes"] / 2**30
+
+    return (
+        f"{r['model']} {r['mode']} batch={r['batch_size']} {r['dtype']} {r['image_size']}px on "
+        f"{r['device']}: {r['images_per_sec']:,.1f} img/s, step {r['step_ms']:.2f} ms "
+        f"(min {r['step_ms_min']:.2f}, p90 {r['step_ms_p90']:.2f}), "
+        f"compile {r['compile_s']:.1f} s, {opt(r['tflops'], '.2f', ' TFLOP/s')}, "
+        f"MFU {opt(mfu, '.1f', '%')}, peak mem {opt(mem, '.2f', ' GiB')}"
+    )
+
+
+def table_with_header(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of results, after a line with what they share (mode, dtype, device, date)."""
+    ok = [r for r in rows if "error" not in r] or [{}]
+    r = ok[0]
+    head = (
+        f"{r.get('mode')} step, {r.get('dtype')}, feed={r.get('feed')}, on {r.get('device')}, "
+        f"{r.get('date')}, host load {r.get('host_load')}"
+    )
+    return head + "\n\n" + bench_core.markdown_table(rows)
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    # Defined only when run as a program: absl flags are process-global, and other modules
+    # (resnet_jax.tools.summary) define --model too, so defining them at import would clash.
+    f = flags
+    f.DEFINE_list(
+        "model",
+        None,
+        "Registered model name(s), comma-separated (see resnet_jax.models.available_models).",
+    )
+    f.DEFINE_integer("batch_size", 128, "Global batch size (split over all devices).")
+    f.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Compute dtype; params stay float32.")
+    f.DEFINE_integer("image_size", None, "Input side in pixels; default: the model's native size.")
+    f.DEFINE_integer("steps", 20, "Timed steps (after warm-up), split into --windows windows.")
+    f.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+    f.DEFINE_integer("windows", 5, "Timing windows; each ends with one block_until_ready.")
+    f.DEFINE_enum("mode", "train", MODES, "Time the train step or the eval step.")
+    f.DEFINE_enum(
+        "feed",
+        "device",
+        FEEDS,
+        "device: one device-resident batch; host: a host "
+        "batch copied every step through parallel.prefetch_to_mesh.",
+    )
+    f.DEFINE_list("sweep", None, "Comma-separated batch sizes (instead of --batch_size).")
+    f.DEFINE_float("peak_tflops", None, "Dense peak TFLOP/s per device for MFU (default: table).")
+    f.DEFINE_bool("json", False, "Print JSON: an object for one run, a list for several.")
+    f.DEFINE_list(
+        "output",
+        None,
+        "Also write the result to these files: JSON for *.json, "
+        "the text/markdown table otherwise (e.g. --output=r.json,r.md).",
+    )
+    f.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of a few extra steps here.")
+    f.DEFINE_integer("bn_group_size", None, "Batch-norm statistics per group of N examples.")
+    f.DEFINE_bool("input_pipeline", False, "Measure the host input pipeline instead of a model.")
+    f.DEFINE_string("dataset", "shapes10", "Dataset for --input_pipeline.")
+    f.DEFINE_string("data_dir", None, "tfds data_dir for --input_pipeline.")
+    f.DEFINE_string(
+        "augment",
+        None,
+        "--input_pipeline augmentation (default: the dataset "
+        "family's standard one; 'none' to time decoding alone).",
+    )
+    f.DEFINE_integer("num_batches", 40, "Batches timed by --input_pipeline.")
+    f.DEFINE_integer("num_threads", None, "--input_pipeline tf.data threads (default: all cores).")
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    if FLAGS.input_pipeline:
+        result = input_pipeline(
+            FLAGS.dataset,
+            FLAGS.data_dir,
+            FLAGS.batch_size,
+            FLAGS.augment,
+            FLAGS.num_batches,
+            FLAGS.image_size,
+            FLAGS.num_threads,
+        )
+        text = (
+            f"{FLAGS.dataset} input pipeline batch={FLAGS.batch_size} "
+            f"augment={result.get('augment')}: {result['images_per_sec']:,.1f} img/s on "
+            f"{result['device']} (load {result['host_load']})"
+        )
+    else:
+        if not FLAGS.model:
+            raise app.UsageError("--model is required (or --input_pipeline)")
+        from resnet_jax.engine import parallel
+
+        parallel.initialize_distributed()  # no-op unless a multi-process job is detected
+        kwargs = dict(
+            dtype=FLAGS.dtype,
+            image_size=FLAGS.image_size,
+            mode=FLAGS.mode,
+            steps=FLAGS.steps,
+            warmup=FLAGS.warmup,
+            windows=FLAGS.windows,
+            peak_tflops=FLAGS.peak_tflops,
+            feed=FLAGS.feed,
+            profile_dir=FLAGS.profile_dir,
+        )
+        if FLAGS.bn_group_size:
+            kwargs["bn_group_size"] = FLAGS.bn_group_size
+        if len(FLAGS.model) == 1 and not FLAGS.sweep:
+            result = benchmark(FLAGS.model[0], batch_size=FLAGS.batch_size, **kwargs)
+            text = format_result(result)
+        else:
+            sizes = [int(b) for b in FLAGS.sweep] if FLAGS.sweep else [FLAGS.batch_size]
+            result = [r for m in FLAGS.model for r in sweep(m, sizes, **kwargs)]
+            text = table_with_header(result)
+    as_json = json.dumps(result, indent=1)
+    # Every process measures, one reports. The pipeline mode never touches JAX (no backend start,
+    # no GPU memory preallocation) and is one process.
+    if FLAGS.input_pipeline or jax.process_index() == 0:
+        print(as_json if FLAGS.json else text, flush=True)
+        for path in FLAGS.output or ():
+            with open(path, "w") as f:  # the format follows the file's extension
+                f.write((as_json if path.endswith(".json") else text) + "\n")
+
+
+def run() -> None:
+    """`python -m resnet_jax.benchmark`."""
+    _define_flags()
+    entry.run(main)
+
+
+if __name__ == "__main__":
+    run()

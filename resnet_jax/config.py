@@ -1,0 +1,159 @@
+"""Config -> objects: the default config, its resolution, and the model and optimizer it names.
+
+The one place that turns an ml_collections config into things: the trainer, evaluation, the
+experiments and the benchmark all build their model and optimizer here, so a config means the same
+run wherever it is used. Below it lie only `models`, `optim` and `data` (which never read a config).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
+
+from resnet_jax import optim
+from resnet_jax.data import synthetic  # JAX only: no TensorFlow
+
+# Evaluation protocols: one centre crop, He2015's 10 crops, or its fully-convolutional multi-scale.
+EVAL_VIEWS = ("center", "10crop", "multiscale")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key the trainer reads, with its default; config files override a few of them."""
+    c = ml_collections.ConfigDict()
+    c.model = "resnet20"  # a name from resnet_jax.models.available_models()
+    c.model_overrides = ml_collections.ConfigDict()  # ResNetSpec fields, e.g. {'shortcut': 'B'}
+    c.dtype = "float32"  # compute dtype ('bfloat16' for mixed precision); params stay float32
+    c.bn_group_size = config_dict.placeholder(int)  # None or 0: BN over the global batch
+    c.dataset = (
+        "shapes10"  # imagenet2012, cifar10, cifar100, shapes10, synthetic (random, on device)
+    )
+    c.data_dir = config_dict.placeholder(str)  # tfds data dir (None: the tfds default)
+    c.image_size = config_dict.placeholder(int)  # None: the dataset's native training size
+    c.num_classes = config_dict.placeholder(int)  # None: the dataset's
+    c.augment = config_dict.placeholder(str)  # None: the family's standard (paper / cifar)
+    c.normalization = config_dict.placeholder(
+        str
+    )  # 32x32 sets: per_pixel_mean (He2015) | per_channel
+    c.train_split = config_dict.placeholder(
+        str
+    )  # tfds split string; None: the dataset's train split
+    c.eval_split = config_dict.placeholder(
+        str
+    )  # None: the dataset's eval split (test / validation)
+    c.batch_size = 128  # global, over all devices and hosts
+    c.num_epochs = 1.0
+    c.num_train_steps = -1  # > 0 wins over num_epochs
+    c.optimizer = "sgd"  # sgd | lars
+    c.learning_rate = 0.1  # base rate, before linear scaling
+    c.lr_scaling = "none"  # none | linear (lr = learning_rate * batch_size / 256)
+    c.lr_schedule = "step"  # step | cosine | constant
+    c.lr_decay_epochs = ()  # step schedule: multiply by lr_decay_factor at these epochs ...
+    c.lr_decay_steps = ()  # ... or at these steps (wins when set)
+    c.lr_decay_factor = 0.1
+    c.end_learning_rate = 0.0  # cosine floor
+    c.warmup = "linear"  # linear (ramp from warmup_learning_rate) | constant (hold it)
+    c.warmup_epochs = 0.0
+    c.warmup_steps = 0  # > 0 wins over warmup_epochs
+    c.warmup_learning_rate = 0.0
+    c.weight_decay = 1e-4
+    c.weight_decay_on = "all"  # all | kernels
+    c.momentum = 0.9
+    c.nesterov = False
+    c.lars_trust_coefficient = 0.001
+    c.label_smoothing = 0.0
+    c.seed = 0
+    c.log_every_steps = 100
+    c.eval_every_steps = 0  # 0: evaluate only at the end
+    c.eval_batch_size = config_dict.placeholder(int)  # None: batch_size
+    c.eval_views = "center"  # --mode=eval: center | 10crop | multiscale
+    c.eval_scales = (224, 256, 384, 480, 640)  # multiscale shorter sides (He2015 Table 4)
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.prefetch_batches = 2
+    c.synthetic_batches = 8  # dataset=synthetic: distinct device-resident batches, trained in turn
+    c.profile = False  # trace profile_steps steps with jax.profiler into WORKDIR/profile
+    c.profile_start_step = 10
+    c.profile_steps = 5
+    # Faults (docs/reliability.md). NaN/Inf loss or gradient: 'stop' (exit 65) or 'skip' the update.
+    c.nonfinite_policy = "stop"
+    c.debug_nan_step = 0  # test hook: K > 0 feeds the K-th batch with NaN images
+    c.allow_config_change = False  # resume a workdir whose config.json differs (see the doc)
+    c.restart_from_scratch = False  # if no checkpoint of the workdir loads: set them aside, start
+    return c
+
+
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy with every derived value filled in: sizes from the dataset, epochs turned into steps.
+
+    Adds `steps_per_epoch`, `peak_learning_rate` and `num_train_examples`; sets `num_classes`,
+    `image_size`, `num_train_steps`, `warmup_steps` and `lr_decay_steps` to what the run uses.
+    """
+    from resnet_jax.data import datasets  # plain Python: TensorFlow only once a builder is needed
+
+    c = ml_collections.ConfigDict(config.to_dict())
+    if c.dataset == synthetic.NAME:
+        info = synthetic.info(c.num_classes, c.image_size, c.batch_size, c.synthetic_batches)
+    else:
+        info = datasets.get_info(c.dataset, data_dir=c.data_dir)
+    if c.num_classes is None:
+        c.num_classes = info.num_classes
+    if c.image_size is None:
+        c.image_size = info.image_size
+    c.num_train_examples = info.num_train
+    c.steps_per_epoch = max(info.num_train // c.batch_size, 1)
+    epochs_to_steps = lambda e: int(round(e * c.steps_per_epoch))
+    if c.num_train_steps <= 0:
+        c.num_train_steps = max(epochs_to_steps(c.num_epochs), 1)
+    if c.warmup_steps <= 0:
+        c.warmup_steps = epochs_to_steps(c.warmup_epochs)
+    if not c.lr_decay_steps:
+        c.lr_decay_steps = tuple(epochs_to_steps(e) for e in c.lr_decay_epochs)
+    c.lr_decay_steps = tuple(int(s) for s in c.lr_decay_steps)
+    c.peak_learning_rate = (
+        optim.scaled_learning_rate(c.learning_rate, c.batch_size)
+        if c.lr_scaling == "linear"
+        else c.learning_rate
+    )
+    if c.lr_scaling not in ("none", "linear"):
+        raise ValueError(f"lr_scaling must be 'none' or 'linear', got {c.lr_scaling!r}")
+    if c.eval_batch_size is None:
+        c.eval_batch_size = c.batch_size
+    return c
+
+
+def build_model(c: ml_collections.ConfigDict):
+    from resnet_jax import models
+
+    return models.create_model(
+        c.model,
+        num_classes=c.num_classes,
+        dtype=jnp.dtype(c.dtype),
+        bn_group_size=c.bn_group_size or None,
+        **c.model_overrides.to_dict(),
+    )
+
+
+def build_optimizer(c: ml_collections.ConfigDict):
+    """(learning-rate schedule, optax transformation) of a resolved config."""
+    schedule = optim.make_schedule(
+        c.peak_learning_rate,
+        c.num_train_steps,
+        schedule=c.lr_schedule,
+        boundaries=c.lr_decay_steps,
+        decay_factor=c.lr_decay_factor,
+        warmup_steps=c.warmup_steps,
+        warmup=c.warmup,
+        warmup_lr=c.warmup_learning_rate,
+        end_lr=c.end_learning_rate,
+    )
+    tx = optim.make_optimizer(
+        schedule,
+        optimizer=c.optimizer,
+        momentum=c.momentum,
+        nesterov=c.nesterov,
+        weight_decay=c.weight_decay,
+        weight_decay_on=c.weight_decay_on,
+        lars_trust_coefficient=c.lars_trust_coefficient,
+    )
+    return schedule, tx

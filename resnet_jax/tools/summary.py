@@ -1,0 +1,228 @@
+"""Trainable parameters and forward multiply-adds of the registered models.
+
+    python -m resnet_jax.summary --model resnet50      # per-stage table and totals
+    python -m resnet_jax.summary --all [--json]        # one row / object per model
+    python -m resnet_jax.summary --all --markdown > docs/models.md
+
+What is counted, per image at the model's native input (224x224 ImageNet, 32x32 CIFAR):
+- params: every leaf of the `params` collection (conv kernels, BN scale/bias, dense kernel and
+  bias); BN running mean/variance (`batch_stats`) are not trainable and are left out.
+- macs: multiply-adds of every convolution (stem, branch convs, projection shortcuts; a grouped
+  conv counts `k*k*C_in/groups` per output element) and of the final dense layer (weights only,
+  no bias). BN, ReLU, pooling, shortcut additions and zero-padding are not counted, as in
+  He2015 Table 1 and torchvision's figures.
+Counting intercepts each `nn.Conv` / `nn.Dense` call while `jax.eval_shape` traces `init`,
+so nothing is compiled or run. JSON objects have keys `model`, `params`, `macs` (plus `family`,
+`input_size`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from resnet_jax import entry
+from resnet_jax.models import available_models, create_model, get_published
+
+
+@dataclasses.dataclass
+class StageStats:
+    """One row of the per-stage table; output_shape excludes the batch dimension."""
+
+    name: str
+    output_shape: tuple[int, ...] = ()
+    params: int = 0
+    macs: int = 0
+
+
+@dataclasses.dataclass
+class ModelStats:
+    name: str
+    family: str
+    input_size: int
+    params: int
+    macs: int
+    logits: jax.ShapeDtypeStruct
+    variables: dict
+    stages: list[StageStats]
+
+
+def _stage_key(top: str) -> str:
+    # Module names are 'stem', 'stage{i}_unit{j}', 'final_bn', 'head' (see models/resnet.py).
+    if top.startswith("stage"):
+        return top.split("_")[0]
+    return "head" if top in ("final_bn", "head") else top
+
+
+def analyze(model: nn.Module, batch_size: int = 1, image_size: int | None = None) -> ModelStats:
+    """Shapes of variables and logits, params and per-image MACs of `model`, without compiling."""
+    spec = model.spec
+    size = image_size or spec.input_size
+    stages: dict[str, StageStats] = {}
+
+    def stage(path):
+        key = _stage_key(path[0])
+        return stages.setdefault(key, StageStats(key))
+
+    def count(next_fun, args, kwargs, ctx):
+        out = next_fun(*args, **kwargs)
+        mod = ctx.module
+        if ctx.method_name != "__call__" or not mod.path:
+            return out
+        if isinstance(mod, nn.Conv):
+            fan_in = math.prod(mod.kernel_size) * args[0].shape[-1] // mod.feature_group_count
+            stage(mod.path).macs += out.size * fan_in
+        elif isinstance(mod, nn.Dense):
+            stage(mod.path).macs += out.size * args[0].shape[-1]
+        if len(mod.path) == 1:  # a direct child of the ResNet: the last one sets the stage's shape
+            stage(mod.path).output_shape = tuple(out.shape[1:])
+        return out
+
+    def init():
+        x = jnp.zeros((batch_size, size, size, 3), jnp.float32)
+        return model.init_with_output(jax.random.key(0), x, train=False)
+
+    with nn.intercept_methods(count):
+        logits, variables = jax.eval_shape(init)
+    for top, sub in variables["params"].items():
+        stage((top,)).params += sum(leaf.size for leaf in jax.tree.leaves(sub))
+    rows = list(stages.values())
+    for r in rows:
+        r.macs //= batch_size
+    return ModelStats(
+        name=spec.name,
+        family=spec.family,
+        input_size=size,
+        params=sum(r.params for r in rows),
+        macs=sum(r.macs for r in rows),
+        logits=logits,
+        variables=variables,
+        stages=rows,
+    )
+
+
+def model_stats(name: str) -> ModelStats:
+    return analyze(create_model(name))
+
+
+def _human(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.3f}{unit}"
+    return str(int(n))
+
+
+def stage_table(st: ModelStats) -> str:
+    """The per-stage text table of one model."""
+    lines = [
+        f"{st.name}  ({st.family}, input {st.input_size}x{st.input_size}x3, "
+        f"{st.logits.shape[-1]} classes)",
+        f"{'stage':<8} {'output':<16} {'params':>14} {'MACs':>10}",
+    ]
+    for r in st.stages:
+        lines.append(
+            f"{r.name:<8} {str(list(r.output_shape)):<16} {r.params:>14,} {_human(r.macs):>10}"
+        )
+    lines.append(f"{'total':<8} {'':<16} {st.params:>14,} {_human(st.macs):>10}")
+    return "\n".join(lines)
+
+
+def _fmt(v, spec):
+    return "" if v is None else format(v, spec)
+
+
+def markdown(names: list[str]) -> str:
+    """docs/models.md: every model's counts beside the published figures."""
+    out = [
+        "# Model zoo",
+        "",
+        "Generated by `python -m resnet_jax.summary --all --markdown > docs/models.md`; do not edit.",
+        "",
+        "Params: trainable (BN running statistics excluded). MACs: multiply-adds per image of all",
+        "convolutions (projection shortcuts included) and the final dense layer, at the native",
+        "input (224x224 ImageNet, 32x32 CIFAR). Published params are torchvision's exact counts or",
+        "the paper's rounded millions; published errors are % (ImageNet: 10-crop val top-1/top-5,",
+        "He2015; CIFAR: test error, CIFAR-10 / CIFAR-100). \"ref top-1\" is torchvision's weights'",
+        "single-crop accuracy %. Names: `resnetN` = option B, stride on the 3x3 (v1.5); `_v1` =",
+        "stride on the first 1x1 (He2015); `_a`/`_c` = shortcut option A/C; `plainN` = no shortcuts.",
+        "",
+        "| model | family | params | published params | GMACs | published GMACs | "
+        "published error | ref top-1 |",
+        "|---|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for name in names:
+        st, p = model_stats(name), get_published(name)
+        pub_params = f"{p.params:,}" if p.params else (f"{p.params_m}M" if p.params_m else "")
+        pub_macs = f"{p.macs / 1e9:g} ({p.macs_source})" if p.macs else ""
+        errs = [e for e in (p.top1_error, p.top5_error, p.cifar100_error) if e is not None]
+        err = " / ".join(f"{e:.2f}" for e in errs) + (f" ({p.error_source})" if errs else "")
+        out.append(
+            f"| {name} | {st.family} | {st.params:,} | {pub_params} | {st.macs / 1e9:.3f} | "
+            f"{pub_macs} | {err} | {_fmt(p.ref_top1, '.3f')} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    # Defined on demand, not at import: other entry points (benchmark, main) that import this
+    # module may define a --model flag of their own.
+    flags.DEFINE_string("model", None, "A registered model name (see --all).")
+    flags.DEFINE_bool("all", False, "One row per registered model.")
+    flags.DEFINE_bool(
+        "json", False, "Print a JSON list of {model, params, macs, family, input_size}."
+    )
+    flags.DEFINE_bool("markdown", False, "With --all: print docs/models.md.")
+
+
+def main(argv):
+    del argv
+    if FLAGS.all == bool(FLAGS.model):
+        raise app.UsageError("give exactly one of --model NAME or --all")
+    names = available_models() if FLAGS.all else [FLAGS.model]
+    try:
+        get_published(names[0])  # validates the name before any tracing
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    if FLAGS.markdown:
+        print(markdown(names), end="")
+    elif FLAGS.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "model": s.name,
+                        "params": s.params,
+                        "macs": s.macs,
+                        "family": s.family,
+                        "input_size": s.input_size,
+                    }
+                    for s in map(model_stats, names)
+                ],
+                indent=1,
+            )
+        )
+    elif FLAGS.all:
+        print(f"{'model':<20} {'family':<9} {'params':>14} {'MACs':>10}")
+        for s in map(model_stats, names):
+            print(f"{s.name:<20} {s.family:<9} {s.params:>14,} {_human(s.macs):>10}")
+    else:
+        print(stage_table(model_stats(FLAGS.model)))
+
+
+def run() -> None:
+    """`python -m resnet_jax.summary`."""
+    define_flags()
+    entry.run(main)
+
+
+if __name__ == "__main__":
+    run()
