@@ -1,24 +1,56 @@
-"""Running an absl program as a command: `--help` is an answer, not an error.
+"""Running an absl program as a command: `--help` is an answer, a bad flag is one line.
 
-absl ends `--help` with exit status 1, so a shell script or CI step that asks a command for its
-usage would read it as a failure; here it ends with 0, like every other Unix tool.
+absl ends `--help` with exit status 1, so a script or CI step that asks a command for its usage
+would read it as a failure; here it ends with 0, like every other Unix tool. A flag that does not
+parse (a config file that is missing, unreadable or broken, or a bad `:arg`) ends with one line
+naming the cause and a chosen exit code instead of a chained traceback.
 """
 
 from __future__ import annotations
 
+import difflib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from absl import app
+from absl import app, flags
 
-_HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+_HELP_FLAGS = ("--help", "-help", "-?", "--helpshort", "--helpfull", "--helpxml")
+EXIT_USAGE = 64  # EX_USAGE: the command line itself is wrong
 
 
-def run(main: Callable[[list[str]], object]) -> None:
-    """`absl.app.run(main)`, exiting 0 after printing the usage asked for with --help."""
+def root_cause(e: BaseException) -> str:
+    """The innermost exception of a chain, as one line: what a user can act on."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def fail(message: str, code: int) -> None:
+    print(f"resnet_jax: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def did_you_mean(value: str, valid: Iterable[str], n: int = 3) -> str:
+    """' (did you mean a, b?)' with the closest valid names, or '' when none is close."""
+    close = difflib.get_close_matches(str(value), list(valid), n=n, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def run(main: Callable[[list[str]], object], *, flag_error_code: int = EXIT_USAGE) -> None:
+    """`absl.app.run(main)`: exit 0 after --help; one line and `flag_error_code` on a bad flag."""
     asked_help = any(a.split("=")[0] in _HELP_FLAGS for a in sys.argv[1:])
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            return flags.FLAGS(argv)
+        except Exception as e:  # flags.Error, or a config file that fails to import
+            name = getattr(e, "flag_name", None) or "the command line"
+            fail(f"cannot parse {name}: {root_cause(e)} (see --help)", flag_error_code)
+            raise  # unreachable: fail() exits
+
     try:
-        app.run(main)
+        app.run(main, flags_parser=parse)
     except SystemExit as e:
         if asked_help and e.code == 1:
             raise SystemExit(0) from None

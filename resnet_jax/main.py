@@ -1,21 +1,34 @@
-"""Entry point: `python -m resnet_jax.main --config=configs/X.py[:arg] --workdir=DIR [--mode=eval]`.
+"""Train or evaluate a ResNet from a config file.
 
-Kept short on purpose: the logic lives in importable modules (trainer, evaluate).
+    python -m resnet_jax.main --config=configs/X.py[:ARG] --workdir=DIR [--mode=eval]
+        [--config.KEY=VALUE ...]
+
+Any key of the config can be overridden on the command line, e.g. `--config.batch_size=256
+--config.model_overrides.shortcut=B`; every key, its default and its meaning are listed in
+resnet_jax/config.py (`default_config`). The run resumes from DIR when it holds a checkpoint.
 Foreseen failures end with one line on stderr and an exit code (docs/reliability.md); 75 means
 "preempted after a checkpoint: rerun the same command".
+
+Kept short on purpose: the logic lives in importable modules (resnet_jax.engine).
 """
 
 from absl import flags, logging
 from ml_collections import config_flags
 
 from resnet_jax import entry
-from resnet_jax.engine import parallel
+from resnet_jax.engine import faults, parallel
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/cifar10.py:resnet56.", lock_config=True
+    "config",
+    None,
+    "Config file with an optional argument, e.g. configs/cifar10.py:resnet56 (required). "
+    "Override any key with --config.KEY=VALUE; keys are listed in resnet_jax/config.py.",
+    lock_config=True,
 )
-flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, summary.")
+# A required flag has no default worth printing; absl would show "(default: 'None')".
+FLAGS["config"].default_as_str = None
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, summary (required).")
 flags.DEFINE_enum(
     "mode", "train", ["train", "eval"], "train (resumes) or eval the newest checkpoint."
 )
@@ -35,12 +48,22 @@ flags.DEFINE_integer(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _config():
+    """The parsed --config; a file that is missing, unreadable or broken is a ConfigError."""
+    try:
+        config = FLAGS.config
+        config.keys()  # ml_collections reports a failed load only when the config is first read
+        return config
+    except Exception as e:  # whatever the config file raised while loading
+        raise faults.ConfigError(f"cannot load --config: {entry.root_cause(e)}") from None
+
+
 def main(argv):
     del argv
-    if not FLAGS[
-        "verbosity"
-    ].present:  # Orbax and TF log every save at INFO; keep the console to ours
+    if not FLAGS["verbosity"].present:  # Orbax and TF log every save at INFO; keep ours
         logging.set_verbosity(logging.WARNING)
+    with faults.exit_on_error():
+        config = _config()
     parallel.initialize_distributed(
         FLAGS.coordinator_address,
         FLAGS.num_processes,
@@ -49,18 +72,14 @@ def main(argv):
     )
     import jax
 
-    from resnet_jax.engine import (  # after initialisation, before device use
-        evaluate,
-        faults,
-        trainer,
-    )
+    from resnet_jax.engine import evaluate, trainer  # after initialisation, before device use
 
     with faults.exit_on_error(jax.process_count):
         if FLAGS.mode == "eval":
-            evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+            evaluate.evaluate_checkpoint(config, FLAGS.workdir)
         else:
-            trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            trainer.train_and_evaluate(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    entry.run(main)
+    entry.run(main, flag_error_code=faults.EXIT_CONFIG)

@@ -28,13 +28,17 @@ def no_compile(monkeypatch):
     forbid_compiling(monkeypatch, "the config was validated")
 
 
-def test_unknown_model_and_dataset_are_refused_listing_the_valid_names():
+def test_unknown_model_and_dataset_are_refused_suggesting_close_names_first():
     with pytest.raises(faults.ConfigError) as e:
         validation.check_config(_config(model="resnet21", dataset="cifar11"))
     msg = str(e.value)
     assert msg.startswith("2 problem(s)")
-    assert "model='resnet21' is not one of resnet18, resnet34" in msg and "resnet20" in msg
-    assert "dataset='cifar11' is not one of imagenet2012, cifar10, cifar100, shapes10" in msg
+    assert "model='resnet21' is unknown (did you mean resnet32, resnet20, resnet18?); all 43" in msg
+    assert "python -m resnet_jax.summary --all" in msg and "resnet1001" not in msg  # no 43 names
+    assert (
+        "dataset='cifar11' is unknown (did you mean cifar10, cifar100?); "
+        "valid: imagenet2012, cifar10, cifar100, shapes10"
+    ) in msg
     assert e.value.exit_code == faults.EXIT_CONFIG == 78
 
 
@@ -87,7 +91,7 @@ def test_a_batch_the_devices_cannot_share_and_a_split_smaller_than_a_batch_are_r
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        ({"model": "resnet21"}, "model='resnet21' is not one of"),
+        ({"model": "resnet21"}, "model='resnet21' is unknown (did you mean"),
         ({"train_split": "train[:4]"}, "fewer than one batch of 8"),
         # Option-A shortcuts cannot shrink 16 stem channels to 4: found by tracing, not compiling.
         ({"model_overrides": {"widths": (4, 8, 16)}}, "option A cannot reduce channels"),

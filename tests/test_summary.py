@@ -75,7 +75,7 @@ def test_cli_json_lists_model_params_macs():
 def test_cli_unknown_model_is_a_usage_error_naming_close_names():
     out = _cli("--model", "resnet_50")
     assert out.returncode != 0
-    assert "unknown model 'resnet_50'; closest: resnet50" in out.stderr
+    assert "unknown model 'resnet_50' (did you mean resnet50" in out.stderr
 
 
 def test_markdown_rows_show_counts_beside_published_figures():

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from resnet_jax import config as config_lib
+from resnet_jax import entry
 from resnet_jax.engine.faults import ConfigError, DiskError
 
 RESUMABLE_KEYS = frozenset(
@@ -72,11 +73,19 @@ def _problems(c) -> list[str]:
             f"{key} must be >= {minimum}{' or None' if allow_none else ''}, got {v!r}",
         )
 
-    def choice(key, allowed, default=None):
+    def choice(key, allowed, default=None, listing=None):
         v = c.get(key, default)
-        need(v in allowed, f"{key}={v!r} is not one of {', '.join(map(str, allowed))}")
+        valid = listing or f"valid: {', '.join(map(str, allowed))}"
+        need(
+            v in allowed,
+            f"{key}={v!r} is unknown{entry.did_you_mean(v, map(str, allowed))}; {valid}",
+        )
 
-    choice("model", models.available_models())
+    choice(
+        "model",
+        models.available_models(),
+        listing=f"all {len(models.available_models())}: python -m resnet_jax.summary --all",
+    )
     choice("dataset", datasets.TRAINABLE)
     choice("dtype", ("float32", "bfloat16", "float16"))
     choice("optimizer", optim.OPTIMIZERS)

@@ -9,8 +9,8 @@ use option A as He2015 Sec. 4.2.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 
+from resnet_jax import entry
 from resnet_jax.models.resnet import ResNetSpec
 
 # Stage sizes per depth (He2015 Table 1; ResNet-200 from He2016).
@@ -222,11 +222,10 @@ def available_models() -> list[str]:
 
 def _check_name(name: str) -> None:
     if name not in _SPECS:
-        close = difflib.get_close_matches(name, _SPECS, n=5, cutoff=0.5)
-        hint = (
-            f"closest: {', '.join(close)}" if close else f"available: {', '.join(sorted(_SPECS))}"
+        raise ValueError(
+            f"unknown model {name!r}{entry.did_you_mean(name, _SPECS)}; all {len(_SPECS)} "
+            "registered names: python -m resnet_jax.summary --all"
         )
-        raise ValueError(f"unknown model {name!r}; {hint}")
 
 
 def get_spec(name: str) -> ResNetSpec:
