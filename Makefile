@@ -1,18 +1,23 @@
 # Two entry points for a fresh machine: `make train` and `make test`.
-# Each creates .venv from the pinned requirements.txt when it is missing or stale.
+# Each creates .venv from the pinned requirements when it is missing or stale.
+# On an NVIDIA GPU machine add ACCEL=cuda (e.g. `make train ACCEL=cuda`): it also installs the
+# CUDA build of the same jax (requirements-cuda.txt).
 PYTHON ?= python3
+ACCEL ?= cpu
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+REQUIREMENTS := requirements.txt $(if $(filter cuda,$(ACCEL)),requirements-cuda.txt)
+STAMP := $(VENV)/.installed-$(ACCEL)
 WORKDIR ?= runs/default
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: train test test-slow test-all lint format clean
 
-$(STAMP): requirements.txt
+$(STAMP): $(REQUIREMENTS)
+	@echo "Installing the pinned requirements into $(VENV) (once; 1-2 minutes, quiet)..."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q $(addprefix -r ,$(REQUIREMENTS))
 	touch $(STAMP)
 
 train: $(STAMP)

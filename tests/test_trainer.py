@@ -4,6 +4,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -59,7 +60,11 @@ def test_stopping_at_n_and_resuming_to_2n_is_bitwise_equal_to_2n_in_one_go(tmp_p
     trainer.train_and_evaluate(c, one_go)
     trainer.train_and_evaluate(tiny_config(3), resumed)
     summary = trainer.train_and_evaluate(tiny_config(6), resumed)
-    assert "resumed from checkpoint step 3" in capsys.readouterr().out
+    out = capsys.readouterr().out.splitlines()
+    resumed_at = out.index("resumed from checkpoint step 3")
+    assert out[resumed_at - 1].startswith(
+        "resnet20 on shapes10: 6 steps of 16 images"
+    )  # header first
 
     a, pos_a = final_state(one_go, tiny_config(6))
     b, pos_b = final_state(resumed, tiny_config(6))
@@ -70,6 +75,25 @@ def test_stopping_at_n_and_resuming_to_2n_is_bitwise_equal_to_2n_in_one_go(tmp_p
         np.testing.assert_array_equal(x, y)
     assert summary["step"] == 6 and summary["eval"]["count"] == 40
     check_workdir(one_go, a)
+
+    # Rerunning the finished run reports it with its own time and writes nothing (config.json is
+    # rewritten with the invocation's config, here without profiling).
+    def outputs():
+        names = [f for f in os.listdir(one_go) if "." in f and f != "config.json"]
+        return {f: open(os.path.join(one_go, f), "rb").read() for f in names}
+
+    before = outputs()
+    again = trainer.train_and_evaluate(tiny_config(6), one_go)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("resnet20 on shapes10: 6 steps") and len(out) == 3, out
+    assert out[1] == "resumed from checkpoint step 6"
+    assert re.fullmatch(
+        r"already finished at step 6: top-1 \d+\.\d\d%, top-5 \d+\.\d\d% \(from summary.json; "
+        r"it trained in \d+ s\); nothing to do \(\d+ s\)",
+        out[2],
+    ), out[2]
+    assert outputs() == before  # no metrics line, no events file, the same summary.json
+    assert again == json.loads(before["summary.json"])
 
     # The input order depends on the global batch: resuming with another one is refused.
     c = tiny_config(8)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import functools
 import os
+import shutil
+import subprocess
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -78,6 +80,37 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """
     devices = list(jax.devices() if devices is None else devices)
     return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def describe_devices() -> str:
+    """What the run trains on, e.g. '8 devices (NVIDIA H200, gpu)' or '1 device (cpu, cpu)'."""
+    devices = jax.devices()
+    kinds = sorted({d.device_kind for d in devices})
+    n = len(devices)
+    return f"{n} device{'s' if n > 1 else ''} ({', '.join(kinds)}, {jax.default_backend()})"
+
+
+def unused_gpu_warning() -> str | None:
+    """A warning when `nvidia-smi` lists a GPU but JAX found only CPU devices, else None.
+
+    The usual cause is a CPU-only jaxlib (the default `pip install jax`); training then runs on the
+    CPU, tens of times slower, with nothing else to say so.
+    """
+    if jax.default_backend() != "cpu" or shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    gpus = [line for line in listed.splitlines() if line.startswith("GPU ")]
+    if not gpus:
+        return None
+    return (
+        f"nvidia-smi lists {len(gpus)} GPU(s) but JAX runs on the CPU: this environment has the "
+        "CPU-only jaxlib. Install the CUDA build of jax (make train ACCEL=cuda, see README) to train on the GPU."
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

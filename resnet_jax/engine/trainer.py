@@ -182,6 +182,43 @@ class _Profiler:
             print(f"profile of steps {self.start}-{step} in {self.logdir}", flush=True)
 
 
+def _print_header(c, workdir: str) -> None:
+    if jax.process_index() != 0:
+        return
+    print(
+        f"{c.model} on {c.dataset}: {c.num_train_steps} steps of {c.batch_size} images "
+        f"({c.steps_per_epoch} steps/epoch) on {parallel.describe_devices()}, "
+        f"{jax.process_count()} process(es); workdir {workdir}",
+        flush=True,
+    )
+    unused_gpu = parallel.unused_gpu_warning()
+    if unused_gpu:
+        print(f"WARNING: {unused_gpu}", flush=True)
+    if c.dataset == synthetic.NAME:
+        print(
+            f"synthetic data: {c.synthetic_batches} random batches made on the devices "
+            f"(no input pipeline; data options ignored); evaluation scores those "
+            f"{c.synthetic_batches * c.batch_size} examples, so it measures memorisation of "
+            f"random labels, not accuracy",
+            flush=True,
+        )
+
+
+def _already_finished(summary_path: str, t0: float) -> dict:
+    """A rerun of a finished run: reports it and touches nothing (no metrics, no events file)."""
+    with open(summary_path, encoding="utf-8") as f:
+        summary = json.load(f)
+    if jax.process_index() == 0:
+        e = summary["eval"]
+        print(
+            f"already finished at step {summary['step']}: top-1 {100 * e['top1']:.2f}%, "
+            f"top-5 {100 * e['top5']:.2f}% (from summary.json; it trained in "
+            f"{summary['wall_time_s']:.0f} s); nothing to do ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+    return summary
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from `workdir` if it holds a checkpoint), evaluates; returns summary.json."""
     t0 = time.perf_counter()
@@ -195,9 +232,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     abstract = validation.abstract_state(
         lambda: parallel.abstract_train_state(model, tx, (c.image_size, c.image_size, 3), mesh), c
     )
+    _print_header(c, workdir)
     ckpt = _prepare_workdir(c, workdir, abstract)
     state, start, position = restore_or_init(c, model, tx, mesh, ckpt, abstract)
     total = c.num_train_steps
+    summary_path = os.path.join(workdir, "summary.json")
+    if start == total and os.path.exists(summary_path):
+        ckpt.close()
+        return _already_finished(summary_path, t0)
     monitor = numerics.NonFiniteMonitor(
         c.nonfinite_policy, dtype=c.dtype, skipped=position.get("skipped_steps", 0)
     )
@@ -212,22 +254,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     eval_fn = evaluate.make_evaluator(model, mesh, **evaluate.eval_data_args(c), views="center")
     logger = metrics.MetricsLogger(workdir, total_steps=total, global_batch_size=c.batch_size)
-    if jax.process_index() == 0:
-        print(
-            f"{c.model} on {c.dataset}: {total} steps of {c.batch_size} images "
-            f"({c.steps_per_epoch} steps/epoch) on {jax.device_count()} device(s), "
-            f"{jax.process_count()} process(es); workdir {workdir}",
-            flush=True,
-        )
-        if c.dataset == synthetic.NAME:
-            print(
-                f"synthetic data: {c.synthetic_batches} random batches made on the devices "
-                f"(no input pipeline; data options ignored); evaluation scores those "
-                f"{c.synthetic_batches * c.batch_size} examples, so it measures memorisation of "
-                f"random labels, not accuracy",
-                flush=True,
-            )
-
     batches = parallel.prefetch_to_mesh(
         _train_batches(c, start, local_batch, mesh), mesh, c.prefetch_batches
     )
@@ -313,15 +339,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "processes": jax.process_count(),
         "skipped_steps": monitor.skipped,
     }
-    summary_path = os.path.join(workdir, "summary.json")
-    if start == total and os.path.exists(
-        summary_path
-    ):  # only re-evaluated: keep the training figures
-        with open(summary_path, encoding="utf-8") as f:
-            previous = json.load(f)
-        summary.update(
-            {k: previous[k] for k in ("train", "images_per_sec", "wall_time_s") if k in previous}
-        )
     metrics.write_json(summary_path, summary)
     if jax.process_index() == 0:
         what = (
