@@ -17,6 +17,7 @@ from typing import Any
 
 from experiments import Check, Entry, Experiment
 from experiments import run as run_lib
+from resnet_jax.engine.metrics import read_metrics
 
 # The training error reported beside the test error is the mean over the last few logged training
 # batches: one mini-batch's error is too noisy to compare nets by.
@@ -28,21 +29,6 @@ def read_json(path: pathlib.Path) -> dict | None:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-
-
-def read_metrics(path: pathlib.Path) -> list[dict]:
-    """metrics.jsonl records; a truncated last line (a writer mid-flush) is skipped."""
-    records = []
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return records
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def error_pct(metrics: dict, key: str) -> float | None:

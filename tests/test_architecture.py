@@ -29,6 +29,7 @@ FLOORS = (
         "resnet_jax.bench_suite",
         "resnet_jax.summary",
         "resnet_jax.analysis",
+        "resnet_jax.plot",
     ),
     ("experiments", "configs"),  # paper tables and recipes, on top of everything
 )
@@ -39,6 +40,7 @@ ENTRY_POINTS = (
     "resnet_jax.benchmark",
     "resnet_jax.bench_suite",
     "resnet_jax.analysis",
+    "resnet_jax.plot",
     "resnet_jax.data.prepare",
     "experiments.run",
     "experiments.report",

@@ -48,6 +48,23 @@ def progress_line(step: int, total: int, m: Mapping[str, float]) -> str:
     )
 
 
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl, [] if there is none; a truncated last line (the trainer
+    mid-flush) is skipped, so a running job can be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def write_json(path: str, obj: Any) -> None:
     """Process 0 writes `obj` to `path` whole: other processes may read it at the same moment.
 
