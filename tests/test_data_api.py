@@ -60,3 +60,16 @@ def test_split_aliases_are_the_cifar_45k_5k_protocol():
     assert datasets.resolve_split("imagenet2012", "validation[:10]") == "validation[:10]"
     with pytest.raises(ValueError, match="45k/5k protocol"):
         datasets.resolve_split("shapes10", "val5k")
+
+
+def test_an_unprepared_dataset_names_the_command_and_tfds_logs_no_warning(tmp_path, caplog):
+    import logging
+
+    from resnet_jax.data import datasets
+
+    with caplog.at_level(logging.WARNING), pytest.raises(datasets.DatasetNotPreparedError) as e:
+        datasets.get_info("cifar100", data_dir=str(tmp_path))
+    assert f"looked for {tmp_path / 'cifar100'}" in str(e.value)
+    assert f"python -m resnet_jax.data.prepare cifar100 --data_dir {tmp_path}" in str(e.value)
+    assert not [r for r in caplog.records if "dataset_info.json" in r.getMessage()]
+    assert not (tmp_path / "cifar100").exists()  # asking created nothing

@@ -144,8 +144,12 @@ def _tfds_builder(name, data_dir):
 def get_builder(name, data_dir=None):
     """A prepared tfds builder; shapes10 is built on first use, others raise DatasetNotPreparedError."""
     check_name(name)
-    builder = _tfds_builder(name, data_dir)
-    if not builder.is_prepared():
+    # A dataset never prepared has no folder: say so before tfds is asked for a builder, which
+    # would log a confusing warning about a version folder without dataset_info.json.
+    folder = os.path.join(resolve_data_dir(data_dir), name)
+    exists = name == "shapes10" or os.path.isdir(folder)  # shapes10 is built right here
+    builder = _tfds_builder(name, data_dir) if exists else None
+    if builder is None or not builder.is_prepared():
         if name == "shapes10":
             _prepare_locked(builder)
             builder = _tfds_builder(name, data_dir)  # re-read: another process may have built it
@@ -156,9 +160,10 @@ def get_builder(name, data_dir=None):
                 else f"\n(offline: add --manual_dir M, with M "
                 f"holding the official {_FACTS[name]['manual'][0]})"
             )
+            looked = builder.data_dir if builder is not None else folder
             raise DatasetNotPreparedError(
                 f"dataset {name!r} is not prepared in {resolve_data_dir(data_dir)} (looked for "
-                f"{builder.data_dir}). Build it once with:\n  {prepare_command(name, data_dir)}"
+                f"{looked}). Build it once with:\n  {prepare_command(name, data_dir)}"
                 f"{offline}"
             )
     return builder
