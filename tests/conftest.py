@@ -8,3 +8,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TensorFlow must never take an accelerator.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Many tests train the same tiny nets, several in subprocesses (kill, preemption, multi-host), and
+# each would compile the same steps again: a persistent compilation cache shared by every test
+# process (subprocesses inherit the variable) compiles each of them once per machine.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax"
+    ),
+)
