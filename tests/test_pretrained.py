@@ -17,6 +17,7 @@ import pytest
 from jax import lax
 
 from resnet_jax import pretrained
+from resnet_jax.engine import faults
 from resnet_jax.models import create_model
 from tests.test_models import fast_jit
 
@@ -383,3 +384,59 @@ def test_training_checkpoint_wrapping_and_ddp_prefix_are_removed(tmp_path):
     path = str(tmp_path / "w.npz")
     pretrained.save_state_dict({f"module.{k}": v for k, v in sd.items()}, path)
     assert set(pretrained.load_state_dict(path)) == set(sd)
+
+
+# ----------------------------------------------------------------------------- the torch check
+
+
+def test_compare_statistics_are_max_abs_max_rel_and_top1_agreement():
+    from resnet_jax.pretrained import compare
+
+    want = np.array([[1.0, -4.0, 2.0], [0.0, 3.0, 1.0]])
+    got = want + np.array([[0.0, 0.004, 0.0], [0.0, 0.0, 2.5]])  # row 2's top class moves
+    d = compare.differences(got, want)
+    assert d == pytest.approx({"max_abs": 2.5, "max_rel": 2.5 / 4.0, "top1_agree": 0.5})
+
+
+def test_compare_covers_every_mapped_model_and_timms_own_resnet50():
+    from resnet_jax.pretrained import compare
+
+    pairs = compare.all_models()
+    assert {m for m, _ in pairs} == set(pretrained.MAPPED["timm"])
+    assert ("resnet50d", "timm") in pairs and ("resnet50", "timm") in pairs
+    assert ("wide_resnet101_2", "torchvision") in pairs
+
+
+def test_compare_random_variables_have_live_batch_norm():
+    from resnet_jax.pretrained import compare
+
+    v = compare.random_variables(create_model("resnet18", num_classes=4), 32, seed=0)
+    bn = v["batch_stats"]["stage2_unit1"]["bn1"]
+    assert bn["var"].min() >= 0.5 and np.abs(bn["mean"]).max() > 0
+    assert not np.allclose(v["params"]["stage2_unit1"]["bn1"]["scale"], 1.0)
+    # export/import of them is the identity, as the GPU check relies on
+    sd = pretrained.to_torch_state_dict("resnet18", v)
+    back = pretrained.from_torch_state_dict("resnet18", sd)
+    assert jax.tree.all(jax.tree.map(np.array_equal, back, v))
+
+
+def test_compare_command_without_torch_ends_with_one_line():
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu")
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.argv = ['x', 'compare'];"
+        "from resnet_jax.pretrained import cli; cli.run()"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == faults.ConfigError.exit_code, p.stderr
+    assert (
+        p.stderr.strip()
+        .splitlines()[-1]
+        .startswith("resnet_jax: compare runs the PyTorch modules and needs torch")
+    )

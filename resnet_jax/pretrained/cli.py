@@ -15,7 +15,7 @@ from resnet_jax import config as config_lib
 from resnet_jax import entry, pretrained
 
 FLAGS = flags.FLAGS
-COMMANDS = ("import", "export")
+COMMANDS = ("import", "export", "compare")
 flags.DEFINE_enum(
     "source",
     None,
@@ -27,8 +27,14 @@ flags.DEFINE_string(
     "weights", None, "import: .safetensors, .npz, or .pth/.pt where torch is installed."
 )
 flags.DEFINE_string("workdir", None, "The run directory import writes and export reads.")
-flags.DEFINE_string("out", None, "export: the file to write, .safetensors or .npz.")
+flags.DEFINE_string(
+    "out", None, "export: the file to write, .safetensors or .npz; compare: a JSON of the results."
+)
 flags.DEFINE_integer("step", None, "export: the checkpoint step (default: the newest).")
+flags.DEFINE_list("models", None, "compare: models to check (default: every mapped one).")
+flags.DEFINE_integer("batch", 8, "compare: images per forward pass.")
+flags.DEFINE_integer("image_size", 224, "compare: input height and width.")
+flags.DEFINE_string("device", "cuda", "compare: torch device (cuda, cpu).")
 config_flags.DEFINE_config_file(
     "config",
     None,
@@ -102,6 +108,59 @@ def _as_config_error(config_error):
         raise config_error(str(e)) from None
 
 
+def _import() -> None:
+    c = import_weights(FLAGS.model, FLAGS.weights, FLAGS.workdir, FLAGS.config, FLAGS.source)
+    print(
+        f"imported {c.model} ({c.num_classes} classes) into {FLAGS.workdir}/checkpoints/0; "
+        f"evaluate with: python -m resnet_jax.main --config=CONFIG --workdir={FLAGS.workdir} "
+        f"--mode=eval [--config.eval_views=10crop|multiscale], fine-tune with "
+        f"--config.init_from={FLAGS.workdir}",
+        flush=True,
+    )
+
+
+def _export() -> None:
+    model, step = export_weights(FLAGS.workdir, FLAGS.out, FLAGS.source, FLAGS.step)
+    print(f"exported {model} checkpoint {step} of {FLAGS.workdir} to {FLAGS.out}", flush=True)
+
+
+def _compare(config_error) -> None:
+    import importlib.util
+    import json
+
+    from resnet_jax.pretrained import compare
+
+    missing = [m for m in ("torch", "torchvision", "timm") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise config_error(
+            f"compare runs the PyTorch modules and needs {', '.join(missing)}: run it where "
+            "torch, torchvision and timm are installed (pip install torch torchvision timm)"
+        )
+    pairs = compare.all_models()
+    if FLAGS.models:
+        pairs = [(m, FLAGS.source or pretrained.default_source(m)) for m in FLAGS.models]
+    print("| model | naming | import max abs | import max rel | export max abs | export max rel |")
+    print("|---|---|---:|---:|---:|---:|")
+    rows = []
+    for name, source in pairs:
+        r = compare.compare_model(
+            name, source, batch=FLAGS.batch, image_size=FLAGS.image_size, device=FLAGS.device
+        )
+        rows.append(r)
+        i, e = r["import"], r["export"]
+        print(
+            f"| {name} | {source} | {i['max_abs']:.2e} | {i['max_rel']:.2e} | "
+            f"{e['max_abs']:.2e} | {e['max_rel']:.2e} |",
+            flush=True,
+        )
+    if FLAGS.out:
+        with open(FLAGS.out, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+
+
+_NEEDS = {"import": ("model", "weights", "workdir", "config"), "export": ("workdir", "out")}
+
+
 def main(argv):
     from resnet_jax.engine import faults
 
@@ -111,29 +170,17 @@ def main(argv):
             f"usage: python -m resnet_jax.pretrained {'|'.join(COMMANDS)} --flags (--help lists "
             f"them); got {' '.join(commands) or 'no command'}"
         )
-    needs = (
-        ("model", "weights", "workdir", "config") if commands[0] == "import" else ("workdir", "out")
-    )
-    missing = [f"--{n}" for n in needs if getattr(FLAGS, n) is None]
+    command = commands[0]
+    missing = [f"--{n}" for n in _NEEDS.get(command, ()) if getattr(FLAGS, n) is None]
     with faults.exit_on_error(lambda: 1), _as_config_error(faults.ConfigError):
         if missing:
-            raise faults.ConfigError(f"{commands[0]} needs {', '.join(missing)}")
-        if commands[0] == "import":
-            c = import_weights(
-                FLAGS.model, FLAGS.weights, FLAGS.workdir, FLAGS.config, FLAGS.source
-            )
-            print(
-                f"imported {c.model} ({c.num_classes} classes) into {FLAGS.workdir}/checkpoints/0; "
-                f"evaluate with: python -m resnet_jax.main --config=CONFIG "
-                f"--workdir={FLAGS.workdir} --mode=eval [--config.eval_views=10crop|multiscale], "
-                f"fine-tune with --config.init_from={FLAGS.workdir}",
-                flush=True,
-            )
+            raise faults.ConfigError(f"{command} needs {', '.join(missing)}")
+        if command == "import":
+            _import()
+        elif command == "export":
+            _export()
         else:
-            model, step = export_weights(FLAGS.workdir, FLAGS.out, FLAGS.source, FLAGS.step)
-            print(
-                f"exported {model} checkpoint {step} of {FLAGS.workdir} to {FLAGS.out}", flush=True
-            )
+            _compare(faults.ConfigError)
 
 
 def run() -> None:
