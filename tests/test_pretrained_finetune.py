@@ -257,6 +257,13 @@ def test_import_writes_a_run_that_eval_reads_and_export_gives_the_weights_back(
     want = -float(np.mean(np.take_along_axis(np.asarray(logp), labels[:, None], 1)))
     assert result["loss"] == pytest.approx(want, rel=1e-5)
 
+    # --config.init_from=DIR takes the run directory's newest checkpoint.
+    state = warm_start.init_from(fresh_state(c, seed=2), workdir, "resnet18", TINY)
+    got = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    assert jax.tree.all(jax.tree.map(np.array_equal, got, variables))
+    with pytest.raises(faults.ConfigError, match="holds a resnet18, the config trains a resnet34"):
+        warm_start.init_from(fresh, workdir, "resnet34")
+
     out = str(tmp_path / "out.safetensors")
     assert cli.export_weights(workdir, out) == ("resnet18", 0)
     back = pretrained.load_state_dict(out)

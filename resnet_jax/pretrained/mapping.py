@@ -45,8 +45,8 @@ _TORCHVISION = (
 # timm names torchvision's architectures exactly as torchvision does, and adds the ResNet-D nets.
 MAPPED = {"torchvision": _TORCHVISION, "timm": (*_TORCHVISION, "resnet50d", "resnet101d")}
 
-# Spec fields (create_model's overrides) that torchvision's ResNet class can express too (layers,
-# widths, groups, width_per_group): the naming rule holds for them, so tiny variants map as well.
+# Spec fields (create_model's overrides) that keep the PyTorch module's structure and key names
+# (layer counts, widths, groups; init and BN momentum): variants, tiny test nets included, map too.
 OVERRIDABLE = (
     "stage_sizes",
     "widths",
