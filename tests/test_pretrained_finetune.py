@@ -286,6 +286,7 @@ def test_import_command_ends_bad_weights_with_one_line(tmp_path):
             f"--weights={weights}",
             f"--workdir={tmp_path / 'run'}",
             "--config=configs/default.py",
+            "--config.model=resnet50",
         ],
         cwd=REPO,
         env=env,
@@ -321,3 +322,12 @@ def test_finetune_config_refuses_other_datasets():
 
     with pytest.raises(ValueError, match=r"must be one of \('cifar10', 'cifar100', 'shapes10'\)"):
         finetune.get_config("imagenet2012")
+
+
+def test_import_refuses_a_config_of_another_model(tmp_path):
+    weights = str(tmp_path / "w.npz")
+    pretrained.save_state_dict(tiny_state_dict(10), weights)
+    with pytest.raises(
+        faults.ConfigError, match="--model=resnet34 but the config builds a resnet18"
+    ):
+        cli.import_weights("resnet34", weights, str(tmp_path / "run"), tiny_config(1))

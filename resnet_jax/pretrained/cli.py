@@ -1,6 +1,7 @@
-"""The `python -m resnet_jax.pretrained import|export` commands (usage in `__main__.py`).
+"""The `python -m resnet_jax.pretrained import|export|compare` commands (usage in `__main__.py`).
 
-`import_weights` and `export_weights` are the commands as functions, for scripts and tests.
+`import_weights` and `export_weights` are the commands as functions, for scripts and tests. The
+engine is imported inside them, so `--help` and `compare` do not load Orbax.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ def import_weights(model_name: str, weights: str, workdir: str, config, source: 
 
     source = source or pretrained.default_source(model_name)
     pretrained.check_mapped(model_name, source)
+    if config.model != model_name:  # `--mode=eval` with this config would build another model
+        raise faults.ConfigError(
+            f"--model={model_name} but the config builds a {config.model}: pass the config you "
+            f"will evaluate this {model_name} with (e.g. configs/imagenet.py:{model_name})"
+        )
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
         raise faults.ConfigError(f"{ckpt_dir} is not empty: import into a new --workdir")
@@ -63,7 +69,6 @@ def import_weights(model_name: str, weights: str, workdir: str, config, source: 
         overrides=config.model_overrides.to_dict(),
     )
     c = config_lib.resolve_config(config)
-    c.model = model_name
     c.num_classes = int(variables["params"]["head"]["bias"].shape[0])
     model = config_lib.build_model(c)
     _, tx = config_lib.build_optimizer(c)

@@ -2,7 +2,7 @@
 
 Needs torch and torchvision (and timm for its nets), so it runs where those are installed (our
 GPU machines); `python -m resnet_jax.pretrained compare --help` shows the command. For each model:
-  import: a PyTorch module (random init, BN weights and running statistics randomised too, eval
+  import: a PyTorch module (random weights, BN weights and running statistics random too, eval
     mode) -> its state_dict -> `from_torch_state_dict` -> our logits vs the module's;
   export: our random variables -> `to_torch_state_dict` -> `load_state_dict(strict=True)` -> the
     module's logits vs ours.
@@ -72,7 +72,10 @@ def _torch_module(name: str, source: str, num_classes: int):
     return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
 
 
-def _randomise_bn(module, seed: int) -> None:
+def _randomise(module, seed: int) -> None:
+    """Redraws BN weights and running statistics (PyTorch's init leaves BN an identity) and conv
+    weights at 1/fan_in variance: with PyTorch's fan_out init and random statistics, logits of the
+    deep nets grow to ~1e8, where a float32 comparison says little."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -84,6 +87,9 @@ def _randomise_bn(module, seed: int) -> None:
                 m.bias.copy_(torch.randn(n, generator=g) * 0.2)
                 m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
                 m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            elif isinstance(m, torch.nn.Conv2d):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / math.sqrt(fan_in))
 
 
 def compare_model(
@@ -104,7 +110,7 @@ def compare_model(
     source = source or default_source(name)
     torch.manual_seed(seed)
     module = _torch_module(name, source, num_classes).eval()
-    _randomise_bn(module, seed)
+    _randomise(module, seed)
     module = module.to(device)
     x = np.random.default_rng(seed).standard_normal((batch, 3, image_size, image_size), np.float32)
     x_torch = torch.from_numpy(x).to(device)
