@@ -63,6 +63,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.lars_trust_coefficient = 0.001
     c.label_smoothing = 0.0
     c.seed = 0
+    # Pretrained start: a run directory (its newest checkpoint) or a PyTorch-named weights file
+    # (.safetensors, .npz, .pth); params and BN statistics only, the head fresh if the class count
+    # differs. Read only when the workdir has no checkpoint (docs/pretrained.md).
+    c.init_from = config_dict.placeholder(str)
     c.log_every_steps = 100
     c.eval_every_steps = 0  # 0: evaluate only at the end
     c.eval_batch_size = config_dict.placeholder(int)  # None: batch_size

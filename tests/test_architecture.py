@@ -11,13 +11,15 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Lowest first. A module may import modules of its own floor or below, never above. Prefixes
-# match a package and everything in it.
+# match a package and everything in it; the longest matching prefix decides, so a package's
+# command-line modules can sit above its library.
 FLOORS = (
     (
         "resnet_jax.models",
         "resnet_jax.data",
         "resnet_jax.optim",
         "resnet_jax.entry",
+        "resnet_jax.pretrained",  # state dicts <-> variables, weights files
     ),  # no config, no loop
     ("resnet_jax.config",),  # config -> model, optimizer, resolved sizes
     ("resnet_jax.engine",),  # the training engine: steps, sharding, checkpoints, loop, evaluation
@@ -30,6 +32,8 @@ FLOORS = (
         "resnet_jax.summary",
         "resnet_jax.analysis",
         "resnet_jax.plot",
+        "resnet_jax.pretrained.cli",
+        "resnet_jax.pretrained.__main__",
     ),
     ("experiments", "configs"),  # paper tables and recipes, on top of everything
 )
@@ -41,6 +45,7 @@ ENTRY_POINTS = (
     "resnet_jax.bench_suite",
     "resnet_jax.analysis",
     "resnet_jax.plot",
+    "resnet_jax.pretrained",
     "resnet_jax.data.prepare",
     "experiments.run",
     "experiments.report",
@@ -87,10 +92,15 @@ def _imports(modules: dict[str, str]) -> dict[str, set[str]]:
 
 
 def _floor(module: str) -> int:
-    for i, prefixes in enumerate(FLOORS):
-        if any(module == p or module.startswith(p + ".") for p in prefixes):
-            return i
-    raise AssertionError(f"{module} is on no floor of FLOORS: place it in docs/architecture.md")
+    matches = [
+        (len(p), i)
+        for i, prefixes in enumerate(FLOORS)
+        for p in prefixes
+        if module == p or module.startswith(p + ".")
+    ]
+    if not matches:
+        raise AssertionError(f"{module} is on no floor of FLOORS: place it in docs/architecture.md")
+    return max(matches)[1]
 
 
 def _upward(graph: dict[str, set[str]]) -> list[str]:
@@ -137,9 +147,11 @@ def test_the_checks_find_a_planted_circle_and_an_upward_import():
     planted = {k: set(v) for k, v in graph.items()}
     planted["resnet_jax.engine.steps"].add("resnet_jax.engine.trainer")
     planted["resnet_jax.models.resnet"].add("resnet_jax.config")
+    planted["resnet_jax.pretrained.mapping"].add("resnet_jax.pretrained.cli")
     assert any("resnet_jax.engine.steps" in c for c in _cycles(planted))
     assert _upward(planted) == [
-        "resnet_jax.models.resnet (floor 0) imports resnet_jax.config (floor 1)"
+        "resnet_jax.models.resnet (floor 0) imports resnet_jax.config (floor 1)",
+        "resnet_jax.pretrained.mapping (floor 0) imports resnet_jax.pretrained.cli (floor 4)",
     ]
 
 

@@ -65,6 +65,10 @@ def restore_or_init(c, model, tx, mesh, ckpt: checkpoint.Checkpointer, abstract)
     if restored is None:
         rng = jax.random.PRNGKey(c.seed)
         state = parallel.create_sharded_train_state(model, tx, rng, image_shape, mesh)
+        if c.get("init_from"):  # a fresh start only: a resumed fine-tune has its own checkpoints
+            from resnet_jax.engine import warm_start
+
+            state = warm_start.init_from(state, c.init_from, c.model, c.model_overrides.to_dict())
         return state, 0, {}
     state, position = restored
     for key, want in (("seed", c.seed), ("global_batch_size", c.batch_size)):

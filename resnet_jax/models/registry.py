@@ -208,7 +208,11 @@ def _build():
     add(
         _imagenet("resnext50_32x4d", 50, groups=32, width_per_group=4), Published(params=25_028_904)
     )
-    add(_imagenet("resnext101_32x8d", 101, groups=32, width_per_group=8))
+    add(_imagenet("wide_resnet101_2", 101, width_multiplier=2), Published(params=126_886_696))
+    add(
+        _imagenet("resnext101_32x8d", 101, groups=32, width_per_group=8),
+        Published(params=88_791_336),
+    )
     return specs, pub
 
 

@@ -1,0 +1,152 @@
+"""Pretrained weights into a fresh train state (`--config.init_from=DIR|FILE`), and the variables
+of a run directory's checkpoint.
+
+init_from names either a run directory (its newest checkpoint: a run of ours, or one written by
+`python -m resnet_jax.pretrained import`) or a weights file in PyTorch naming (`.safetensors`,
+`.npz`, `.pth` with torch; see `resnet_jax.pretrained`). Only `params` and `batch_stats` are taken:
+the step, the optimizer state and the RNG of the new run start fresh. Where the new run has another
+number of classes, the head (the last dense layer) keeps its fresh initialisation, and the run says
+so. The trainer calls this only when the workdir has no checkpoint, so a resumed fine-tune
+continues from its own checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import traverse_util
+
+from resnet_jax import config as config_lib
+from resnet_jax import pretrained
+from resnet_jax.engine import checkpoint, faults, parallel
+
+_COLLECTIONS = ("params", "batch_stats")
+_HEAD = "head"
+
+
+def run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config a run directory was written with (its `config.json`)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise faults.ConfigError(
+            f"{workdir} has no config.json: it is not a run directory of resnet_jax (a training "
+            "workdir, or one written by `python -m resnet_jax.pretrained import`)"
+        )
+    with open(path, encoding="utf-8") as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_variables(workdir: str, step: int | None = None) -> tuple[dict, int, Any]:
+    """(`{'params', 'batch_stats'}` as numpy, step, resolved config) of a run's checkpoint `step`
+    (default: the newest that loads). The state's shapes come from the run's own config.json, so
+    any optimizer and class count restore."""
+    c = run_config(workdir)
+    mesh = parallel.make_mesh()
+    model = config_lib.build_model(c)
+    _, tx = config_lib.build_optimizer(c)
+    abstract = parallel.abstract_train_state(model, tx, (c.image_size, c.image_size, 3), mesh)
+    ckpt = checkpoint.Checkpointer(workdir, every_steps=0, keep=None)
+    try:
+        restored = ckpt.restore(abstract, step)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise faults.ConfigError(f"no checkpoint in {ckpt.directory} to take weights from")
+    state, position = restored
+    variables = {
+        "params": jax.tree.map(np.asarray, state.params),
+        "batch_stats": jax.tree.map(np.asarray, state.batch_stats),
+    }
+    return variables, int(position["step"]), c
+
+
+def load_variables(init_from: str, model_name: str, overrides=None) -> tuple[dict, str]:
+    """(`{'params', 'batch_stats'}` as numpy, a description) from a run directory or a file.
+
+    `overrides`: the config's model_overrides (a weights file is read for that variant).
+    """
+    if os.path.isdir(init_from):
+        variables, step, c = restore_variables(init_from)
+        if c.model != model_name:
+            raise faults.ConfigError(
+                f"init_from={init_from} holds a {c.model}, the config trains a {model_name}"
+            )
+        return variables, f"{init_from} (checkpoint {step})"
+    if not os.path.exists(init_from):
+        raise faults.ConfigError(
+            f"init_from={init_from!r} is neither a run directory nor a weights file "
+            f"({', '.join(pretrained.files.READABLE)})"
+        )
+    try:
+        pretrained.check_mapped(model_name, pretrained.default_source(model_name))
+        state_dict = pretrained.load_state_dict(init_from)
+        source = pretrained.default_source(model_name)
+        variables = pretrained.from_torch_state_dict(
+            model_name, state_dict, source=source, overrides=overrides
+        )
+        return variables, init_from
+    except pretrained.WeightsError as e:
+        raise faults.ConfigError(f"init_from={init_from}: {e}") from None
+
+
+def merge(fresh: dict, loaded: dict, what: str) -> tuple[dict, list[str]]:
+    """`fresh` (`{'params', 'batch_stats'}`) with every leaf of `loaded` put in its place.
+
+    A head whose shape differs keeps its fresh values (listed in the returned notes); any other
+    leaf that is missing, extra or of another shape raises ConfigError naming it.
+    """
+    old = traverse_util.flatten_dict({k: loaded.get(k, {}) for k in _COLLECTIONS}, sep="/")
+    new = traverse_util.flatten_dict({k: fresh[k] for k in _COLLECTIONS}, sep="/")
+    out, notes, problems = {}, [], []
+    for path, leaf in new.items():
+        is_head = path.split("/")[1] == _HEAD
+        if path not in old:
+            problems.append(f"{path} is missing")
+        elif np.shape(old[path]) == leaf.shape:
+            out[path] = old[path]
+        elif is_head:
+            notes.append(f"{path} {np.shape(old[path])} -> {leaf.shape}")
+            out[path] = leaf
+        else:
+            problems.append(f"{path} has shape {np.shape(old[path])}, the model {leaf.shape}")
+    problems += [f"{path} is not in the model" for path in old if path not in new]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise faults.ConfigError(f"init_from={what} does not fit the model: {problems[0]}{more}")
+    return traverse_util.unflatten_dict(out, sep="/"), notes
+
+
+def _place_like(value, like: jax.Array) -> jax.Array:
+    """`value` (numpy or jax) as a global array with `like`'s sharding (works multi-process)."""
+    if value is like:
+        return like
+    host = np.asarray(value, dtype=like.dtype)
+    return jax.make_array_from_callback(host.shape, like.sharding, lambda index: host[index])
+
+
+def apply_variables(state, variables: dict, what: str):
+    """`state` with `variables` (`{'params', 'batch_stats'}`, numpy) merged in (`merge`) and placed
+    like the state's own arrays; says on stdout where they came from and what stayed fresh."""
+    fresh = {"params": state.params, "batch_stats": state.batch_stats}
+    merged, notes = merge(fresh, variables, what)
+    placed = jax.tree.map(_place_like, merged, fresh)
+    if jax.process_index() == 0:
+        print(f"init_from: params and BN statistics from {what}", flush=True)
+        if notes:
+            print(
+                "init_from: the class count differs, so the head is re-initialised: "
+                + "; ".join(notes),
+                flush=True,
+            )
+    return state.replace(params=placed["params"], batch_stats=placed["batch_stats"])
+
+
+def init_from(state, source: str, model_name: str, overrides=None):
+    """`state` (a fresh TrainState) with the params and BN statistics of `source` (see module)."""
+    variables, what = load_variables(source, model_name, overrides)
+    return apply_variables(state, variables, what)

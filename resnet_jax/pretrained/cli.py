@@ -1,0 +1,192 @@
+"""The `python -m resnet_jax.pretrained import|export|compare` commands (usage in `__main__.py`).
+
+`import_weights` and `export_weights` are the commands as functions, for scripts and tests. The
+engine is imported inside them, so `--help` and `compare` do not load Orbax.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from absl import flags
+from ml_collections import config_flags
+
+from resnet_jax import config as config_lib
+from resnet_jax import entry, pretrained
+
+FLAGS = flags.FLAGS
+COMMANDS = ("import", "export", "compare")
+flags.DEFINE_enum(
+    "source",
+    None,
+    list(pretrained.SOURCES),
+    "Key naming (default: torchvision where it has the model).",
+)
+flags.DEFINE_string("model", None, "import: the model, e.g. resnet50.")
+flags.DEFINE_string(
+    "weights", None, "import: .safetensors, .npz, or .pth/.pt where torch is installed."
+)
+flags.DEFINE_string("workdir", None, "The run directory import writes and export reads.")
+flags.DEFINE_string(
+    "out", None, "export: the file to write, .safetensors or .npz; compare: a JSON of the results."
+)
+flags.DEFINE_integer("step", None, "export: the checkpoint step (default: the newest).")
+flags.DEFINE_list("models", None, "compare: models to check (default: every mapped one).")
+flags.DEFINE_integer("batch", 8, "compare: images per forward pass.")
+flags.DEFINE_integer("image_size", 224, "compare: input height and width.")
+flags.DEFINE_string("device", "cuda", "compare: torch device (cuda, cpu).")
+config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "import: the config to evaluate or fine-tune with, e.g. configs/imagenet.py:resnet50.",
+)
+
+
+def import_weights(model_name: str, weights: str, workdir: str, config, source: str | None = None):
+    """Writes `workdir/checkpoints/0` and `workdir/config.json` from a weights file.
+
+    Returns the resolved config written (model and num_classes set from the weights).
+    """
+    import jax
+
+    from resnet_jax.engine import checkpoint, faults, metrics, parallel, warm_start
+
+    source = source or pretrained.default_source(model_name)
+    pretrained.check_mapped(model_name, source)
+    if config.model != model_name:  # `--mode=eval` with this config would build another model
+        raise faults.ConfigError(
+            f"--model={model_name} but the config builds a {config.model}: pass the config you "
+            f"will evaluate this {model_name} with (e.g. configs/imagenet.py:{model_name})"
+        )
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+        raise faults.ConfigError(f"{ckpt_dir} is not empty: import into a new --workdir")
+    variables = pretrained.from_torch_state_dict(
+        model_name,
+        pretrained.load_state_dict(weights),
+        source=source,
+        overrides=config.model_overrides.to_dict(),
+    )
+    c = config_lib.resolve_config(config)
+    c.num_classes = int(variables["params"]["head"]["bias"].shape[0])
+    model = config_lib.build_model(c)
+    _, tx = config_lib.build_optimizer(c)
+    mesh = parallel.make_mesh()
+    fresh = parallel.create_sharded_train_state(
+        model, tx, jax.random.PRNGKey(c.seed), (c.image_size, c.image_size, 3), mesh
+    )
+    state = warm_start.apply_variables(fresh, variables, f"{weights} ({source} naming)")
+    ckpt = checkpoint.Checkpointer(workdir, every_steps=0, keep=None)
+    position = checkpoint.data_position(0, c.seed, c.batch_size, jax.process_count())
+    ckpt.save(0, state, position, force=True)
+    ckpt.close()
+    metrics.write_json(os.path.join(workdir, "config.json"), c.to_dict())
+    return c
+
+
+def export_weights(workdir: str, out: str, source: str | None = None, step: int | None = None):
+    """Writes checkpoint `step` (default: newest) of `workdir` to `out`; returns (model, step)."""
+    from resnet_jax.engine import warm_start
+
+    c = warm_start.run_config(workdir)
+    source = source or pretrained.default_source(c.model)
+    pretrained.check_mapped(c.model, source)
+    variables, step, _ = warm_start.restore_variables(workdir, step)
+    state_dict = pretrained.to_torch_state_dict(
+        c.model,
+        variables,
+        source=source,
+        num_batches_tracked=step,
+        overrides=c.model_overrides.to_dict(),
+    )
+    pretrained.save_state_dict(state_dict, out)
+    return c.model, step
+
+
+@contextlib.contextmanager
+def _as_config_error(config_error):
+    """Bad weights or a missing file end in one line and the config-error exit code."""
+    try:
+        yield
+    except (pretrained.WeightsError, FileNotFoundError) as e:
+        raise config_error(str(e)) from None
+
+
+def _import() -> None:
+    c = import_weights(FLAGS.model, FLAGS.weights, FLAGS.workdir, FLAGS.config, FLAGS.source)
+    print(
+        f"imported {c.model} ({c.num_classes} classes) into {FLAGS.workdir}/checkpoints/0; "
+        f"evaluate with: python -m resnet_jax.main --config=CONFIG --workdir={FLAGS.workdir} "
+        f"--mode=eval [--config.eval_views=10crop|multiscale], fine-tune with "
+        f"--config.init_from={FLAGS.workdir}",
+        flush=True,
+    )
+
+
+def _export() -> None:
+    model, step = export_weights(FLAGS.workdir, FLAGS.out, FLAGS.source, FLAGS.step)
+    print(f"exported {model} checkpoint {step} of {FLAGS.workdir} to {FLAGS.out}", flush=True)
+
+
+def _compare(config_error) -> None:
+    import importlib.util
+    import json
+
+    from resnet_jax.pretrained import compare
+
+    missing = [m for m in ("torch", "torchvision", "timm") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise config_error(
+            f"compare runs the PyTorch modules and needs {', '.join(missing)}: run it where "
+            "torch, torchvision and timm are installed (pip install torch torchvision timm)"
+        )
+    pairs = compare.all_models()
+    if FLAGS.models:
+        pairs = [(m, FLAGS.source or pretrained.default_source(m)) for m in FLAGS.models]
+    print("| model | naming | import max abs | import max rel | export max abs | export max rel |")
+    print("|---|---|---:|---:|---:|---:|")
+    rows = []
+    for name, source in pairs:
+        r = compare.compare_model(
+            name, source, batch=FLAGS.batch, image_size=FLAGS.image_size, device=FLAGS.device
+        )
+        rows.append(r)
+        i, e = r["import"], r["export"]
+        print(
+            f"| {name} | {source} | {i['max_abs']:.2e} | {i['max_rel']:.2e} | "
+            f"{e['max_abs']:.2e} | {e['max_rel']:.2e} |",
+            flush=True,
+        )
+    if FLAGS.out:
+        with open(FLAGS.out, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+
+
+_NEEDS = {"import": ("model", "weights", "workdir", "config"), "export": ("workdir", "out")}
+
+
+def main(argv):
+    from resnet_jax.engine import faults
+
+    commands = argv[1:]
+    if len(commands) != 1 or commands[0] not in COMMANDS:
+        raise SystemExit(
+            f"usage: python -m resnet_jax.pretrained {'|'.join(COMMANDS)} --flags (--help lists "
+            f"them); got {' '.join(commands) or 'no command'}"
+        )
+    command = commands[0]
+    missing = [f"--{n}" for n in _NEEDS.get(command, ()) if getattr(FLAGS, n) is None]
+    with faults.exit_on_error(lambda: 1), _as_config_error(faults.ConfigError):
+        if missing:
+            raise faults.ConfigError(f"{command} needs {', '.join(missing)}")
+        if command == "import":
+            _import()
+        elif command == "export":
+            _export()
+        else:
+            _compare(faults.ConfigError)
+
+
+def run() -> None:
+    entry.run(main)
