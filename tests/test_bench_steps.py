@@ -111,12 +111,14 @@ def test_minimal_step_learns_a_fixed_batch_and_returns_only_the_loss():
     assert losses[-1] < 0.5 * losses[0]  # 16 random labels memorised
 
 
-def test_minimal_step_refuses_eval_mode_and_bn_groups():
+def test_reference_steps_refuse_eval_mode_and_minimal_refuses_bn_groups():
+    with pytest.raises(ValueError, match="step 'bare' is a train step"):
+        build.build_step("resnet20", kind="bare", batch_size=2, mode="eval")
     with pytest.raises(ValueError, match="step 'minimal' is a train step"):
         build.build_step("resnet20", kind="minimal", batch_size=2, mode="eval")
     with pytest.raises(ValueError, match="drop bn_group_size"):
         build.build_step("resnet20", kind="minimal", batch_size=4, bn_group_size=2)
-    with pytest.raises(ValueError, match=r"step must be one of \('default', 'minimal'\)"):
+    with pytest.raises(ValueError, match=r"step must be one of \('default', 'bare', 'minimal'\)"):
         build.build_step("resnet20", kind="lean", batch_size=2)
 
 
@@ -125,7 +127,7 @@ def test_compare_steps_times_both_kinds_in_turn_and_gives_paired_ratios():
 
     rows = cli.compare_steps(
         "resnet20",
-        ["default", "minimal"],
+        ["default", "bare", "minimal"],
         batch_size=4,
         rounds=3,
         steps=1,
@@ -134,11 +136,12 @@ def test_compare_steps_times_both_kinds_in_turn_and_gives_paired_ratios():
         widths=(8, 16, 32),
         stem_width=8,
     )
-    assert [r["step"] for r in rows] == ["default", "minimal"]
+    assert [r["step"] for r in rows] == ["default", "bare", "minimal"]
     assert all(r["windows"] == 3 and r["steps"] == 3 for r in rows)
-    assert rows[1]["speed_ratio"] == rows[1]["speed_ratio_min"] == 1.0  # itself
-    assert rows[0]["relative_to"] == "minimal"
+    assert rows[2]["speed_ratio"] == rows[2]["speed_ratio_min"] == 1.0  # itself
+    assert all(r["relative_to"] == "minimal" for r in rows)
     assert rows[0]["speed_ratio_min"] <= rows[0]["speed_ratio"] <= rows[0]["speed_ratio_max"]
-    # Same convolutions except the minimal net's two 1x1 projections: more FLOPs for it.
-    proj_macs = 32 * 32 * 0 + 16 * 16 * 8 * 16 + 8 * 8 * 16 * 32
-    assert rows[1]["flops_per_step"] - rows[0]["flops_per_step"] == 6 * 4 * proj_macs
+    # default and bare share the model; the minimal net adds two 1x1 projections (+ FLOPs).
+    assert rows[0]["flops_per_step"] == rows[1]["flops_per_step"]
+    proj_macs = 16 * 16 * 8 * 16 + 8 * 8 * 16 * 32
+    assert rows[2]["flops_per_step"] - rows[0]["flops_per_step"] == 6 * 4 * proj_macs

@@ -6,8 +6,10 @@ what the report needs (compile time, the FLOPs of one step counted from the mode
 Step kinds:
   default  what a training run compiles: the model and optimizer of the trainer's default config
            (`config.build_model` / `build_optimizer`), `parallel.jit_train_step` (or the eval step).
+  bare     the project's model with `reference.minimal_train_step` (no weight decay, no metric but
+           the loss): default / bare is what the step's extras cost (train mode only).
   minimal  `reference.MinimalResNet` of the same spec with `reference.minimal_train_step`: the
-           yardstick for what the default step's extras cost (train mode only).
+           yardstick a lean step is held to; bare / minimal is what the model's choices cost.
 
 FLOPs convention: the model's forward multiply-adds (every conv and dense layer, at the step's
 input size; `tools.summary.analyze`) times 2 FLOPs, times 3 for a training step (forward, gradient
@@ -31,7 +33,7 @@ from resnet_jax.data import synthetic  # JAX only: no TensorFlow
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 MODES = ("train", "eval")
-STEP_KINDS = ("default", "minimal")
+STEP_KINDS = ("default", "bare", "minimal")
 
 
 @dataclasses.dataclass
@@ -125,8 +127,8 @@ def build_step(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if kind == "minimal" and mode != "train":
-        raise ValueError("step 'minimal' is a train step; time the eval step with step 'default'")
+    if kind != "default" and mode != "train":
+        raise ValueError(f"step {kind!r} is a train step; time the eval step with step 'default'")
     if kind == "minimal" and model_overrides.get("bn_group_size"):
         raise ValueError("step 'minimal' normalises over the whole batch; drop bn_group_size")
     model, lr, tx, image_size, num_classes = _default_parts(
@@ -138,14 +140,13 @@ def build_step(
     )
     mesh = parallel.make_mesh(devices)
     parallel.local_batch_size(batch_size, mesh)  # raises unless the devices share it evenly
-    if kind == "minimal":
+    if kind != "default":
         from resnet_jax.bench import reference
 
-        spec = dataclasses.replace(model.spec, num_classes=num_classes)
-        model, tx = (
-            reference.MinimalResNet(spec, dtype=DTYPES[dtype]),
-            reference.minimal_optimizer(),
-        )
+        if kind == "minimal":
+            spec = dataclasses.replace(model.spec, num_classes=num_classes)
+            model = reference.MinimalResNet(spec, dtype=DTYPES[dtype])
+        tx = reference.minimal_optimizer()
         jitted = jax.jit(
             functools.partial(reference.minimal_train_step, model=model, tx=tx),
             in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),

@@ -18,9 +18,9 @@ compiled step is reported beside it as `flops_xla`, with a warning when the two 
 10% (on GPU XLA does not count cuDNN convolutions). MFU divides the achieved FLOP/s by the dense
 peak of the devices (`--peak_tflops`, or the table in `bench_core.PEAK_TFLOPS`; none on CPU).
 
-`--step default,minimal` times the trainer's step and the minimal reference step
-(`bench.reference`) in one process, window by window in turn, and gives the default's speed
-relative to the minimal one.
+`--step default,bare,minimal` times the trainer's step, the project's net under the minimal
+reference step, and the reference net and step (`bench.reference`) in one process, window by
+window in turn, and gives each one's speed relative to the last.
 """
 
 from __future__ import annotations
@@ -370,9 +370,10 @@ def _define_flags() -> None:
     f.DEFINE_list(
         "step",
         ["default"],
-        f"Step kind(s) {STEP_KINDS}: default = the trainer's step, minimal = the reference step "
-        "(resnet_jax/bench/reference.py). Two or more: timed in turn, window by window, in one "
-        "process, with each one's speed relative to the last (e.g. default,minimal).",
+        f"Step kind(s) {STEP_KINDS}: default = the trainer's step; minimal = the reference net "
+        "and step (resnet_jax/bench/reference.py); bare = the project's net with the reference "
+        "step. Two or more: timed in turn, window by window, in one process, with each one's "
+        "speed relative to the last (e.g. default,bare,minimal).",
     )
     f.DEFINE_integer("rounds", 10, "With several --step kinds: windows timed per kind.")
     f.DEFINE_enum(
