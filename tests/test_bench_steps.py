@@ -145,3 +145,51 @@ def test_compare_steps_times_both_kinds_in_turn_and_gives_paired_ratios():
     assert rows[0]["flops_per_step"] == rows[1]["flops_per_step"]
     proj_macs = 16 * 16 * 8 * 16 + 8 * 8 * 16 * 32
     assert rows[2]["flops_per_step"] - rows[0]["flops_per_step"] == 6 * 4 * proj_macs
+
+
+# --- what a checkpoint save costs training -------------------------------------------------------
+
+
+def test_save_stall_times_blocks_with_and_without_a_save_and_each_part_of_the_save(tmp_path):
+    from resnet_jax.bench import save_stall
+    from resnet_jax.engine import checkpoint
+
+    r = save_stall.measure(
+        "resnet20",
+        batch_size=4,
+        every=2,
+        rounds=2,
+        workdir=str(tmp_path),
+        stage_sizes=(1, 1, 1),
+        widths=(8, 16, 32),
+        stem_width=8,
+    )
+    assert (r["every"], r["rounds"], len(r["saves"])) == (2, 2, 2)
+    assert len(r["block_s_with_save"]) == len(r["block_s_without"]) == 2
+    for p in r["saves"]:
+        assert p["held_s"] == pytest.approx(p["check_and_fingerprint_s"] + p["checkpointer_save_s"])
+    assert r["ratio_min"] <= r["ratio"] <= r["ratio_max"] and r["ratio"] > 0
+    # Saves at steps 2 and 6 (after 2 warm-up steps, blocks of 2 with and without a save).
+    assert checkpoint.Checkpointer(str(tmp_path)).all_steps() == [2, 6]
+    # The state's arrays: params, momentum, BN statistics, step and rng.
+    assert r["state_arrays"] > 20 and r["state_mb"] > 0
+
+
+def test_one_top_k_gives_the_same_top1_and_top5_as_one_top_k_per_k():
+    from resnet_jax.engine import steps
+
+    rng = np.random.default_rng(0)
+    # Rounded scores make ties, where the order of equal scores decides top-1 and top-5.
+    logits = jnp.asarray(np.round(rng.standard_normal((256, 20)), 0), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 20, 256), jnp.int32)
+
+    def per_k(k):
+        _, top = jax.lax.top_k(logits, k)
+        return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+    top1, top5 = steps.topk_correct(logits, labels, (1, 5))
+    np.testing.assert_array_equal(top1, per_k(1))
+    np.testing.assert_array_equal(top5, per_k(5))
+    assert 0 < float(top1.sum()) < float(top5.sum()) < 256
+    # Fewer classes than k: every label is among the top k.
+    assert float(steps.topk_correct(logits[:, :3], labels % 3, (5,))[0].sum()) == 256
