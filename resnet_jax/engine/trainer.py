@@ -218,7 +218,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     ckpt = _prepare_workdir(c, workdir, abstract)
     state, start, position = restore_or_init(c, model, tx, mesh, ckpt, abstract)
-    # Compiled now, not inside the first save: on a GPU this compile took seconds of training.
+    # The pre-save check compiled now, or the first save compiles it inside the loop (about 20 s
+    # for a ResNet-50 state on a 2-core CPU; docs/benchmarks.md).
     numerics.warm_up(state)
     total = c.num_train_steps
     monitor = numerics.NonFiniteMonitor(
