@@ -92,6 +92,17 @@ def test_stop_policy_names_the_first_non_finite_step_and_the_likely_causes():
         monitor.check_state(13, state)
 
 
+def test_the_state_check_before_a_save_also_gives_the_fingerprint_in_one_pass():
+    tree = {"w": jnp.arange(6.0).reshape(2, 3), "n": jnp.arange(4, dtype=jnp.int32)}
+    assert numerics.finite_and_fingerprint(tree) == (True, numerics.fingerprint(tree))
+    monitor = numerics.NonFiniteMonitor("stop")
+    assert monitor.check_state(5, tree) == numerics.fingerprint(tree)
+    bad = dict(tree, w=tree["w"].at[1, 2].set(jnp.inf))
+    assert numerics.finite_and_fingerprint(bad)[0] is False
+    with pytest.raises(faults.NonFiniteError, match="non-finite train state at step 6"):
+        monitor.check_state(6, bad)
+
+
 def test_skip_policy_monitor_counts_skipped_steps_and_averages_the_others():
     monitor = numerics.NonFiniteMonitor("skip", skipped=2)
     fetched = [

@@ -141,6 +141,19 @@ def check_workdir(workdir, state):
     assert summary["step"] == 6 and summary["model"] == "resnet20"
     assert summary["params"] == sum(x.size for x in jax.tree.leaves(state.params))
     assert summary["images_per_sec"] > 0 and summary["wall_time_s"] > 0
+    # Three rates, each saying what it covers: steps alone; steps and the saves at steps 2 and 4
+    # (the loop waits for them); every step of the run over the whole wall time (compilation too).
+    assert summary["checkpoint_time_s"] > 0 and summary["eval_time_s"] == 0  # eval only at the end
+    assert (
+        summary["images_per_sec"]
+        > summary["images_per_sec_with_checkpoints"]
+        > summary["images_per_sec_wall"]
+        > 0
+    )
+    assert summary["images_per_sec_wall"] == pytest.approx(
+        6 * 16 / summary["wall_time_s"], rel=0.05
+    )
+    assert "excluding compilation, evaluation" in summary["images_per_sec_covers"]
     traces = glob.glob(os.path.join(workdir, "profile", "**", "*.xplane.pb"), recursive=True)
     assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
 

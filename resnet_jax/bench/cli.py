@@ -12,9 +12,15 @@ copy is in the loop; `--feed host` adds the per-step copy through the trainer's 
 `--input_pipeline` measures tf.data alone. TensorFlow is never imported unless `--input_pipeline`
 is given.
 
-FLOPs come from XLA's cost analysis of the compiled step (forward, backward, optimiser; one
-multiply-add = 2 FLOPs); MFU divides the achieved FLOP/s by the dense peak of the devices
-(`--peak_tflops`, or the table in `bench_core.PEAK_TFLOPS`; none on CPU).
+FLOPs are counted from the model: 2 per forward multiply-add of every conv and dense layer at
+the step's input size, 3 x that for a training step (`bench.build`). XLA's cost analysis of the
+compiled step is reported beside it as `flops_xla`, with a warning when the two differ by more than
+10% (on GPU XLA does not count cuDNN convolutions). MFU divides the achieved FLOP/s by the dense
+peak of the devices (`--peak_tflops`, or the table in `bench_core.PEAK_TFLOPS`; none on CPU).
+
+`--step default,bare,minimal` times the trainer's step, the project's net under the minimal
+reference step, and the reference net and step (`bench.reference`) in one process, window by
+window in turn, and gives each one's speed relative to the last.
 """
 
 from __future__ import annotations
@@ -23,21 +29,18 @@ import datetime
 import itertools
 import json
 import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from resnet_jax import entry
+from resnet_jax.bench import build
 from resnet_jax.bench import core as bench_core
-from resnet_jax.data import synthetic  # JAX only: no TensorFlow
+from resnet_jax.bench.build import DTYPES, MODES, STEP_KINDS
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-MODES = ("train", "eval")
 FEEDS = ("device", "host")
 
 
@@ -86,6 +89,7 @@ def benchmark(
     dtype: str = "float32",
     image_size: int | None = None,
     mode: str = "train",
+    step: str = "default",
     steps: int = 20,
     warmup: int = 3,
     windows: int = 5,
@@ -99,135 +103,155 @@ def benchmark(
     """Compiles and times one model's train or eval step; returns a flat dict of results.
 
     `batch_size` is global (split over `devices`, default all). `model_overrides` go to
-    `create_model` (e.g. bn_group_size=32). Times: `step_ms` is the median over windows of the
+    `create_model` (e.g. bn_group_size=32). `step`: 'default' (what the trainer runs) or 'minimal'
+    (the reference step, `bench.reference`). Times: `step_ms` is the median over windows of the
     per-step mean inside each window (see `bench_core.time_step`). feed: 'device' reuses one batch
     born on the devices (the step alone); 'host' copies a host batch in every step through the
     trainer's prefetch path (step + input transfer, without tf.data).
     """
-    import ml_collections
-
-    from resnet_jax import config as config_lib
-    from resnet_jax.engine import parallel
-    from resnet_jax.models import get_spec
-
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if feed not in FEEDS:
         raise ValueError(f"feed must be one of {FEEDS}, got {feed!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    spec = get_spec(model_name)
-    # The trainer's own model and optimizer, built from its default config as `dataset=synthetic`
-    # would: the timed step is the one a default training run compiles. The schedule's values do
-    # not change the step's cost.
-    c = config_lib.default_config()
-    c.update(
-        dict(
-            model=model_name,
-            dataset="synthetic",
-            dtype=dtype,
-            batch_size=batch_size,
-            image_size=image_size or spec.input_size,
-            num_classes=model_overrides.pop("num_classes", None) or spec.num_classes,
-            bn_group_size=model_overrides.pop("bn_group_size", None),
-            num_train_steps=1000,
-            lr_schedule="cosine",
-        )
+    built = build.build_step(
+        model_name,
+        kind=step,
+        batch_size=batch_size,
+        dtype=dtype,
+        image_size=image_size,
+        mode=mode,
+        devices=devices,
+        **model_overrides,
     )
-    c.model_overrides = ml_collections.ConfigDict(model_overrides)
-    c = config_lib.resolve_config(c)
-    image_size, num_classes = c.image_size, c.num_classes
-    model = config_lib.build_model(c)
-
-    mesh = parallel.make_mesh(devices)
-    mesh_devices = list(mesh.devices.flat)
-    parallel.local_batch_size(batch_size, mesh)  # raises unless the devices share it evenly
-    lr, tx = config_lib.build_optimizer(c)
-    # A raw uint32 key, as the trainer passes (TrainState.rng is uint32 [2]).
-    state = parallel.create_sharded_train_state(
-        model, tx, jax.random.PRNGKey(0), (image_size, image_size, 3), mesh
-    )
-    # Exactly the trainer's inputs: train batches have no mask, eval batches do.
-    batch = synthetic.random_batch(
-        parallel.batch_sharded(mesh), batch_size, image_size, num_classes, with_mask=mode == "eval"
-    )
-    if mode == "train":
-        jitted = parallel.jit_train_step(model, tx, lr, mesh)
-    else:
-        jitted = parallel.jit_eval_step(model, mesh)
-    jax.block_until_ready((state, batch))
-
-    # Ahead-of-time lower + compile, so compile time is measured apart from the first step and the
-    # timed loop calls the very executable that was analysed. It keeps jit's donation of the state.
-    start = time.perf_counter()
-    lowered = jitted.lower(state, batch)
-    lower_s = time.perf_counter() - start
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - start
-
-    if mode == "train":
-        step = compiled
-    else:
-        step = lambda s, b: (s, compiled(s, b))
-
     fed = None
     if feed == "host":
-        fed = host_batches(mesh, batch_size, image_size, num_classes, with_mask=mode == "eval")
+        fed = host_batches(
+            built.mesh, batch_size, built.image_size, built.num_classes, with_mask=mode == "eval"
+        )
     timing = bench_core.time_step(
-        step, state, batch, steps=steps, warmup=warmup, windows=windows, batches=fed
+        built.step,
+        built.state,
+        built.batch,
+        steps=steps,
+        warmup=warmup,
+        windows=windows,
+        batches=fed,
     )
     state = timing.carry
     if profile_dir:
         # A separate short run: tracing adds overhead, so it never overlaps the timed windows.
         with jax.profiler.trace(profile_dir):
             for _ in range(profile_steps):
-                state, out = step(state, next(fed) if fed else batch)
+                state, out = built.step(state, next(fed) if fed else built.batch)
             jax.block_until_ready((state, out))
+    result = _result(model_name, built, timing.step_seconds, timing.steps_per_window, peak_tflops)
+    result.update(feed=feed, warmup=warmup)
+    return result
 
-    stats = timing.stats
+
+def _result(
+    model_name: str,
+    built: build.BuiltStep,
+    step_seconds: Sequence[float],
+    steps_per_window: int,
+    peak_tflops: float | None,
+) -> dict[str, Any]:
+    """The flat result dict of one timed step: rates, times, FLOPs (model and XLA), MFU, memory."""
+    stats = bench_core.summarize(step_seconds)
     step_s = stats["median"]
-    flops, flops_source = bench_core.step_flops(lowered, compiled, len(mesh_devices))
-    flops_compiled, flops_lowered = bench_core.step_flops_both(lowered, compiled, len(mesh_devices))
-    kind = mesh_devices[0].device_kind
+    batch_size, dtype, devices = built.batch_size, built.dtype, built.devices
+    kind = devices[0].device_kind
     peak = peak_tflops if peak_tflops else bench_core.lookup_peak_tflops(kind, dtype)
+    flops = built.flops_per_step
+    warning = bench_core.flops_disagreement(flops, built.flops_xla)
+    if warning:
+        logging.warning("%s %s: %s", model_name, built.kind, warning)
     return {
         "model": model_name,
-        "mode": mode,
+        "mode": built.mode,
+        "step": built.kind,
         "batch_size": batch_size,
         "dtype": dtype,
-        "image_size": image_size,
-        "feed": feed,
-        "num_classes": num_classes,
+        "image_size": built.image_size,
+        "num_classes": built.num_classes,
         "images_per_sec": batch_size / step_s,
         "step_ms": 1e3 * step_s,
         "step_ms_min": 1e3 * stats["min"],
         "step_ms_p90": 1e3 * stats["p90"],
         "step_ms_max": 1e3 * stats["max"],
-        "steps": timing.steps_per_window * len(timing.step_seconds),
-        "windows": len(timing.step_seconds),
-        "warmup": warmup,
-        "lower_s": lower_s,
-        "compile_s": compile_s,
+        "steps": steps_per_window * len(step_seconds),
+        "windows": len(step_seconds),
+        "lower_s": built.lower_s,
+        "compile_s": built.compile_s,
         "flops_per_step": flops,
-        "flops_per_image": flops / batch_size if flops else None,
-        "flops_source": flops_source,
-        "flops_per_step_compiled": flops_compiled,
-        "flops_per_step_lowered": flops_lowered,
+        "flops_per_image": flops / batch_size,
+        "flops_source": "model",
+        "flops_xla": built.flops_xla,
+        "flops_xla_source": built.flops_xla_source,
+        "flops_xla_ratio": built.flops_xla / flops if built.flops_xla else None,
+        "flops_warning": warning,
+        "flops_per_step_compiled": built.flops_per_step_compiled,
+        "flops_per_step_lowered": built.flops_per_step_lowered,
         "tflops": bench_core.achieved_tflops(flops, step_s),
         "peak_tflops": peak,
-        "mfu": bench_core.mfu(flops, step_s, peak, len(mesh_devices)),
-        "peak_memory_bytes": bench_core.peak_memory_bytes(mesh_devices),
-        "compiled_memory_bytes": bench_core.compiled_memory_bytes(compiled),
-        "device": bench_core.describe_devices(mesh_devices),
+        "mfu": bench_core.mfu(flops, step_s, peak, len(devices)),
+        "peak_memory_bytes": bench_core.peak_memory_bytes(devices),
+        "compiled_memory_bytes": bench_core.compiled_memory_bytes(built.compiled),
+        "device": bench_core.describe_devices(devices),
         "device_kind": kind,
-        "platform": mesh_devices[0].platform,
-        "num_devices": len(mesh_devices),
+        "platform": devices[0].platform,
+        "num_devices": len(devices),
         "process_count": jax.process_count(),
         "host_load": bench_core.host_load(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax_version": jax.__version__,
         "date": _now(),
     }
+
+
+def compare_steps(
+    model_name: str,
+    kinds: Sequence[str],
+    *,
+    batch_size: int,
+    rounds: int = 10,
+    steps: int = 2,
+    warmup: int = 2,
+    peak_tflops: float | None = None,
+    **kwargs,
+) -> list[dict[str, Any]]:
+    """Times several step kinds of one model in one process, window by window in turn.
+
+    Each round times one window of `steps` steps of every kind, one after the other, so a noisy
+    neighbour slows all of them alike; each row's `speed_ratio` is the median over rounds of
+    (last kind's window time / this kind's window time) in the same round: its speed relative to
+    the last kind named (e.g. `default,minimal`: the default step over the minimal one).
+    """
+    if len(kinds) < 2 or len(set(kinds)) != len(kinds):
+        raise ValueError(f"compare needs two or more different step kinds, got {list(kinds)}")
+    built = [build.build_step(model_name, kind=k, batch_size=batch_size, **kwargs) for k in kinds]
+    carries = [b.state for b in built]
+    per_round = [[] for _ in built]
+    for r in range(rounds + 1):  # round 0 is the warm-up
+        for i, b in enumerate(built):
+            t = bench_core.time_step(
+                b.step, carries[i], b.batch, steps=steps if r else warmup, warmup=0, windows=1
+            )
+            carries[i] = t.carry
+            if r:
+                per_round[i].extend(t.step_seconds)
+    rows = []
+    for b, seconds in zip(built, per_round, strict=True):
+        row = _result(model_name, b, seconds, steps, peak_tflops)
+        ratios = [ref / s for ref, s in zip(per_round[-1], seconds, strict=True)]
+        row.update(
+            feed="device",
+            warmup=warmup,
+            relative_to=kinds[-1],
+            speed_ratio=bench_core.percentile(ratios, 50),
+            speed_ratio_min=min(ratios),
+            speed_ratio_max=max(ratios),
+        )
+        rows.append(row)
+    return rows
 
 
 def sweep(model_name: str, batch_sizes: Sequence[int], **kwargs) -> list[dict[str, Any]]:
@@ -297,12 +321,19 @@ def format_result(r: dict[str, Any]) -> str:
     mfu = r["mfu"] and 100 * r["mfu"]
     mem = r["peak_memory_bytes"] and r["peak_memory_bytes"] / 2**30
 
+    ratio = ""
+    if "speed_ratio" in r:
+        ratio = (
+            f", speed {r['speed_ratio']:.3f}x {r['relative_to']}'s (median of paired windows, "
+            f"{r['speed_ratio_min']:.3f}-{r['speed_ratio_max']:.3f})"
+        )
+    kind = "" if r.get("step", "default") == "default" else f" ({r['step']} step)"
     return (
-        f"{r['model']} {r['mode']} batch={r['batch_size']} {r['dtype']} {r['image_size']}px on "
+        f"{r['model']} {r['mode']}{kind} batch={r['batch_size']} {r['dtype']} {r['image_size']}px on "
         f"{r['device']}: {r['images_per_sec']:,.1f} img/s, step {r['step_ms']:.2f} ms "
         f"(min {r['step_ms_min']:.2f}, p90 {r['step_ms_p90']:.2f}), "
         f"compile {r['compile_s']:.1f} s, {opt(r['tflops'], '.2f', ' TFLOP/s')}, "
-        f"MFU {opt(mfu, '.1f', '%')}, peak mem {opt(mem, '.2f', ' GiB')}"
+        f"MFU {opt(mfu, '.1f', '%')}, peak mem {opt(mem, '.2f', ' GiB')}{ratio}"
     )
 
 
@@ -336,6 +367,15 @@ def _define_flags() -> None:
     f.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
     f.DEFINE_integer("windows", 5, "Timing windows; each ends with one block_until_ready.")
     f.DEFINE_enum("mode", "train", MODES, "Time the train step or the eval step.")
+    f.DEFINE_list(
+        "step",
+        ["default"],
+        f"Step kind(s) {STEP_KINDS}: default = the trainer's step; minimal = the reference net "
+        "and step (resnet_jax/bench/reference.py); bare = the project's net with the reference "
+        "step. Two or more: timed in turn, window by window, in one process, with each one's "
+        "speed relative to the last (e.g. default,bare,minimal).",
+    )
+    f.DEFINE_integer("rounds", 10, "With several --step kinds: windows timed per kind.")
     f.DEFINE_enum(
         "feed",
         "device",
@@ -403,11 +443,34 @@ def main(argv: Sequence[str]) -> None:
         )
         if FLAGS.bn_group_size:
             kwargs["bn_group_size"] = FLAGS.bn_group_size
-        if len(FLAGS.model) == 1 and not FLAGS.sweep:
-            result = benchmark(FLAGS.model[0], batch_size=FLAGS.batch_size, **kwargs)
+        bad = [k for k in FLAGS.step if k not in STEP_KINDS]
+        if bad:
+            raise app.UsageError(f"--step {bad} unknown; valid: {', '.join(STEP_KINDS)}")
+        if len(FLAGS.step) > 1:
+            if len(FLAGS.model) > 1 or FLAGS.sweep or FLAGS.feed != "device" or FLAGS.profile_dir:
+                raise app.UsageError(
+                    "several --step kinds compare one --model at one --batch_size on device data "
+                    "(no --sweep, --feed=host or --profile_dir)"
+                )
+            for key in ("feed", "profile_dir", "windows"):
+                kwargs.pop(key)
+            kwargs["steps"] = max(1, FLAGS.steps // FLAGS.rounds)
+            result = compare_steps(
+                FLAGS.model[0],
+                FLAGS.step,
+                batch_size=FLAGS.batch_size,
+                rounds=FLAGS.rounds,
+                **kwargs,
+            )
+            text = "\n".join(map(format_result, result))
+        elif len(FLAGS.model) == 1 and not FLAGS.sweep:
+            result = benchmark(
+                FLAGS.model[0], batch_size=FLAGS.batch_size, step=FLAGS.step[0], **kwargs
+            )
             text = format_result(result)
         else:
             sizes = [int(b) for b in FLAGS.sweep] if FLAGS.sweep else [FLAGS.batch_size]
+            kwargs["step"] = FLAGS.step[0]
             result = [r for m in FLAGS.model for r in sweep(m, sizes, **kwargs)]
             text = table_with_header(result)
     as_json = json.dumps(result, indent=1)

@@ -5,7 +5,7 @@ reused by other tools (the trainer's progress line, experiments). `resnet_jax.be
 to the project's real train and eval steps.
 
 Units: times in seconds unless a name ends in `_ms`; FLOPs are floating-point operations (one
-multiply-add = 2 FLOPs, XLA's convention); TFLOP/s = 1e12 FLOP/s; memory in bytes.
+multiply-add = 2 FLOPs); TFLOP/s = 1e12 FLOP/s; memory in bytes.
 """
 
 from __future__ import annotations
@@ -99,6 +99,40 @@ def mfu(
     if tflops is None or not peak_tflops_per_device:
         return None
     return tflops / (peak_tflops_per_device * num_devices)
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs: the model's count, and XLA's beside it
+
+# FLOPs per multiply-add of the forward pass: 2 (one multiply, one add). A training step does the
+# forward pass, the gradient with respect to the activations and the one with respect to the
+# weights, each about as many multiply-adds: 3 x 2 per multiply-add (Kaplan et al. 2020, PAPER.md).
+FLOPS_PER_MAC = {"train": 3 * 2, "eval": 2}
+# Above this relative gap between the model's count and XLA's, the report warns: one of them
+# misses work (XLA on GPU does not count cuDNN convolution custom calls).
+FLOPS_DISAGREEMENT = 0.10
+
+
+def model_flops(macs: float, mode: str) -> float:
+    """FLOPs of a train or eval step that does `macs` forward multiply-adds (whole batch)."""
+    if mode not in FLOPS_PER_MAC:
+        raise ValueError(f"mode must be one of {tuple(FLOPS_PER_MAC)}, got {mode!r}")
+    return FLOPS_PER_MAC[mode] * float(macs)
+
+
+def flops_disagreement(model_flops: float, xla_flops: float | None) -> str | None:
+    """A one-line warning when XLA's count is more than 10% off the model's; else None."""
+    if not xla_flops or not model_flops:
+        return None
+    ratio = xla_flops / model_flops
+    if abs(ratio - 1.0) <= FLOPS_DISAGREEMENT:
+        return None
+    return (
+        f"XLA's cost analysis counts {xla_flops:.3g} FLOP per step, {ratio:.3g}x the model's "
+        f"{model_flops:.3g} (3 x 2 x multiply-adds for training, 2 x for evaluation); TFLOP/s and "
+        f"MFU use the model's count. XLA leaves out work it hands to libraries (cuDNN convolutions "
+        f"on GPU)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -95,14 +95,28 @@ class Checkpointer:
     def should_save(self, step: int) -> bool:
         return self.every_steps > 0 and step > 0 and step % self.every_steps == 0
 
-    def save(self, step: int, state: Any, position: dict, *, force: bool = False) -> bool:
-        """Saves `state` as checkpoint `step` if due (or `force`); returns whether it saved."""
+    def save(
+        self,
+        step: int,
+        state: Any,
+        position: dict,
+        *,
+        force: bool = False,
+        fingerprint: list[int] | None = None,
+    ) -> bool:
+        """Saves `state` as checkpoint `step` if due (or `force`); returns whether it saved.
+
+        `fingerprint`: `numerics.fingerprint(state)` when the caller has it already (the trainer's
+        finite check computes it in the same pass); computed here otherwise.
+        """
         if not (force or self.should_save(step)):
             return False
         if step == self._last_saved or step in self._manager.all_steps():
             return False
         self._last_saved = step
-        data = dict(position, fingerprint=numerics.fingerprint(state))
+        if fingerprint is None:
+            fingerprint = numerics.fingerprint(state)
+        data = dict(position, fingerprint=fingerprint)
         # Orbax waits for the previous asynchronous write before starting one; waiting here first
         # tells which step a failure belongs to.
         self.wait()

@@ -51,11 +51,16 @@ def create_train_state(
     )
 
 
-def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-    """[B] float32: 1 where the label is among the k highest scores."""
-    k = min(k, logits.shape[-1])
-    _, top = jax.lax.top_k(logits, k)
-    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+def topk_correct(logits: jax.Array, labels: jax.Array, ks: Sequence[int]) -> list[jax.Array]:
+    """For each k in `ks`, [B] float32: 1 where the label is among the k highest scores.
+
+    One `top_k` (a sort on GPU) serves every k: lax.top_k orders ties by index, so its first k
+    columns are exactly `top_k(logits, k)`.
+    """
+    kmax = min(max(ks), logits.shape[-1])
+    _, top = jax.lax.top_k(logits, kmax)
+    hit = top == labels[:, None]
+    return [jnp.any(hit[:, : min(k, kmax)], axis=-1).astype(jnp.float32) for k in ks]
 
 
 def train_step(
@@ -91,11 +96,11 @@ def train_step(
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    labels = batch["label"]
+    top1, top5 = topk_correct(logits, batch["label"], (1, 5))
     metrics = {
         "loss": loss,
-        "top1": _topk_correct(logits, labels, 1).mean(),
-        "top5": _topk_correct(logits, labels, 5).mean(),
+        "top1": top1.mean(),
+        "top5": top5.mean(),
         "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
         "grad_norm": optax.tree.norm(grads),
     }
@@ -132,10 +137,11 @@ def metrics_from_probs(
     p_true = jnp.take_along_axis(probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
     # The floor keeps a confident miss finite (tiny is ~1e-38, so -log stays under 88).
     nll = -jnp.log(jnp.maximum(p_true, jnp.finfo(jnp.float32).tiny))
+    top1, top5 = topk_correct(probs, labels, (1, 5))
     return {
         "loss": jnp.sum(nll * mask),
-        "top1": jnp.sum(_topk_correct(probs, labels, 1) * mask),
-        "top5": jnp.sum(_topk_correct(probs, labels, 5) * mask),
+        "top1": jnp.sum(top1 * mask),
+        "top5": jnp.sum(top5 * mask),
         "count": jnp.sum(mask),
     }
 

@@ -142,6 +142,27 @@ def _prepare_workdir(c, workdir: str, abstract) -> checkpoint.Checkpointer:
     return ckpt
 
 
+THROUGHPUT_KEYS = ("images_per_sec", "images_per_sec_with_checkpoints", "images_per_sec_wall")
+
+
+def _throughput(
+    batch: int, timed_steps: int, train_s: float, loop_s: float, steps_run: int, wall_s: float
+) -> dict:
+    """summary.json's three rates (images/s) and what each covers (see docs/training.md)."""
+    rate = lambda steps, s: steps * batch / s if s > 0 and steps > 0 else None
+    return {
+        "images_per_sec": rate(timed_steps, train_s),
+        "images_per_sec_with_checkpoints": rate(timed_steps, loop_s),
+        "images_per_sec_wall": rate(steps_run, wall_s),
+        "images_per_sec_covers": (
+            "images_per_sec: training steps after the first, excluding compilation, evaluation "
+            "and the time checkpoint saves held the loop; images_per_sec_with_checkpoints: the "
+            "same steps including checkpoint saves; images_per_sec_wall: every step of this run "
+            "over its whole wall time (start-up, compilation, evaluation and saves included)"
+        ),
+    }
+
+
 def _count_params(params) -> int:
     return int(sum(x.size for x in jax.tree.leaves(params)))
 
@@ -244,6 +265,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if start == total and os.path.exists(summary_path):
         ckpt.close()
         return _already_finished(summary_path, t0)
+    # The pre-save check compiled now, or the first save compiles it inside the loop (about 20 s
+    # for a ResNet-50 state on a 2-core CPU; docs/benchmarks.md).
+    numerics.warm_up(state)
     monitor = numerics.NonFiniteMonitor(
         c.nonfinite_policy, dtype=c.dtype, skipped=position.get("skipped_steps", 0)
     )
@@ -263,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     profiler = _Profiler(c, workdir)
     pending, checked, last_train = [], [], {}
-    eval_time, timed_from, timed_steps = 0.0, None, 0
+    eval_time, save_time, timed_from, timed_steps = 0.0, 0.0, None, 0
     hook = faults.FaultHook()
 
     def check_metrics(done):  # fetches the pending step metrics; a NaN under 'stop' raises here
@@ -271,13 +295,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         pending.clear()
 
     def save(done, state, force=False):  # never writes a state that is not finite
+        nonlocal save_time
         if not (force or ckpt.should_save(done)):
             return
+        # Queued train steps finish first, so their compute is not counted as checkpoint time.
+        jax.block_until_ready(state)
+        t = time.perf_counter()
         check_metrics(done)
-        monitor.check_state(done, state)
-        if ckpt.save(done, state, _position(c, done, monitor), force=force):
+        fingerprint = monitor.check_state(done, state)
+        position = _position(c, done, monitor)
+        if ckpt.save(done, state, position, force=force, fingerprint=fingerprint):
             monitor.last_good_checkpoint = done
             hook.after_save_started(done)
+        save_time += time.perf_counter() - t
 
     with (
         faults.PreemptionWatcher(jax.process_count()) as preemption,
@@ -323,7 +353,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     done,
                 )
         jax.block_until_ready(state)
-        train_time = (time.perf_counter() - timed_from - eval_time) if timed_from else 0.0
+        loop_time = (time.perf_counter() - timed_from - eval_time) if timed_from else 0.0
+        train_time = loop_time - save_time
         save(total, state, force=True)
 
         last_eval = eval_fn(state)
@@ -338,7 +369,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "eval": last_eval,
         "train": last_train,
         "wall_time_s": time.perf_counter() - t0,
-        "images_per_sec": timed_steps * c.batch_size / train_time if train_time > 0 else None,
+        **_throughput(
+            c.batch_size,
+            timed_steps,
+            train_time,
+            loop_time,
+            total - start,
+            time.perf_counter() - t0,
+        ),
+        "eval_time_s": eval_time,
+        "checkpoint_time_s": save_time,
         "devices": jax.device_count(),
         "processes": jax.process_count(),
         "skipped_steps": monitor.skipped,
