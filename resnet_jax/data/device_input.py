@@ -98,6 +98,17 @@ def pad_crop_flip(images, index, offsets, flips, mean, std) -> jax.Array:
     return jnp.where(inside[..., None], pixels, 0.0)
 
 
+@functools.cache
+def _jit_cached(fn, out_sharding, static):
+    return jax.jit(functools.partial(fn, **dict(static)), out_shardings=out_sharding)
+
+
+def _jit(fn, out_sharding, **static):
+    """`fn` with the `static` keywords bound, jitted once per (fn, sharding, static) in a process:
+    a resumed or second iterator reuses the compiled function."""
+    return _jit_cached(fn, out_sharding, tuple(sorted(static.items())))
+
+
 def _check_batch(batch_size, mesh):
     if batch_size < 1 or batch_size % mesh.devices.size:
         raise ValueError(
@@ -137,11 +148,8 @@ class TrainBatches:
         self._seed = np.int32(seed)
         replicated = NamedSharding(batch_sharding.mesh, P())
         self._mean, self._std = (jax.device_put(np.asarray(v), replicated) for v in (mean, std))
-        self._order_fn = jax.jit(functools.partial(epoch_order, n=n), out_shardings=replicated)
-        self._fetch = jax.jit(
-            functools.partial(_train_batch, batch_size=batch_size, augment=augment),
-            out_shardings=batch_sharding,
-        )
+        self._order_fn = _jit(epoch_order, replicated, n=n)
+        self._fetch = _jit(_train_batch, batch_sharding, batch_size=batch_size, augment=augment)
         self._epoch, self._order = None, None
 
     def __iter__(self) -> Iterator[dict]:
@@ -186,9 +194,7 @@ class EvalBatches:
         self.split, self.batch_size = split, batch_size
         replicated = NamedSharding(batch_sharding.mesh, P())
         self._mean, self._std = (jax.device_put(np.asarray(v), replicated) for v in (mean, std))
-        self._fetch = jax.jit(
-            functools.partial(_eval_batch, batch_size=batch_size), out_shardings=batch_sharding
-        )
+        self._fetch = _jit(_eval_batch, batch_sharding, batch_size=batch_size)
 
     def __len__(self) -> int:
         return math.ceil(self.split.labels.shape[0] / self.batch_size)
