@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax.data import arrays, datasets, device_input, pipeline, shapes, stats
+from resnet_jax.data import arrays, datasets, device_input, pipeline, prepare, shapes, stats
 from resnet_jax.engine import parallel
 
 N_COORD = 200  # examples of the coordinate-coded fake CIFAR-10 (the id is stored in blue)
@@ -245,8 +245,17 @@ def test_shapes10_arrays_are_rendered_without_tensorflow_and_bad_files_are_rebui
 
 
 def test_cifar_arrays_follow_the_tfds_order_and_a_damaged_file_without_source_is_an_error(
-    coord_cifar, tmp_path
+    coord_cifar, tmp_path, capsys
 ):
+    assert prepare.main(["cifar10", "--data_dir", coord_cifar.data_dir]) == 0
+    folder = os.path.join(coord_cifar.data_dir, arrays.FOLDER, "cifar10")
+    assert f"arrays for input_pipeline='device' in {folder}" in capsys.readouterr().out
+    assert sorted(os.listdir(folder)) == [
+        "test.npz",
+        "test.npz.lock",
+        "train.npz",
+        "train.npz.lock",
+    ]
     split = arrays.load("cifar10", "train", coord_cifar.data_dir)
     builder = datasets.get_builder("cifar10", coord_cifar.data_dir)
     first = next(builder.as_dataset(split="train", shuffle_files=False).as_numpy_iterator())
