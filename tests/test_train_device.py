@@ -111,6 +111,10 @@ def test_shapes10_trains_without_tensorflow_and_resumes_bitwise_across_an_epoch(
     same = [s for s in r["losses"] if s != "12"]
     assert [r["resumed_losses"][s] for s in same] == [r["losses"][s] for s in same]
     assert not (tmp_path / "data" / "shapes10").exists()  # no tfds build: rendered straight
+    # TensorBoard events without TensorFlow: the scalars are in the event file.
+    (events,) = [f for f in os.listdir(tmp_path / "one_go") if f.startswith("events.out.tfevents")]
+    data = (tmp_path / "one_go" / events).read_bytes()
+    assert b"train/loss" in data and b"eval/top1" in data
 
 
 def _free_port():
