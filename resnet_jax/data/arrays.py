@@ -37,8 +37,10 @@ _FORMAT = 1
 _STATS_KEYS = ("mean_image", "channel_mean", "channel_std", "pixel_std", "count")
 
 
-class ArraysError(ValueError):
-    """Prepared arrays that cannot be used and cannot be rebuilt here; the message says why."""
+class ArraysError(datasets.DatasetNotPreparedError):
+    """Prepared arrays that cannot be used and cannot be rebuilt here; the message says why.
+
+    A kind of DatasetNotPreparedError: the run stops with the same exit code (no input)."""
 
 
 class Split(NamedTuple):
