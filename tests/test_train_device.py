@@ -170,3 +170,25 @@ def test_input_pipeline_defaults_by_family_and_rejects_device_for_imagenet():
         match="input_pipeline='gpu' is not available for cifar10; choose from device, host",
     ):
         validation.check_config(c)
+
+
+def test_tensorboard_events_are_written_without_importing_an_installed_tensorflow(tmp_path):
+    script = (
+        "import sys; from resnet_jax.engine import metrics; "
+        f"w = metrics.MetricsLogger({str(tmp_path)!r}, total_steps=2, global_batch_size=4); "
+        "w.log_eval(1, {'loss': 1.0, 'top1': 0.5, 'top5': 1.0, 'count': 4}); w.close(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'))"
+    )
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"  # TensorFlow is installed, yet not loaded
+    (events,) = [f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents")]
+    assert b"eval/top1" in (tmp_path / events).read_bytes()

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -92,6 +93,10 @@ class _ScalarEventWriter:
     """
 
     def __init__(self, logdir: str):
+        if "tensorflow" not in sys.modules:
+            # tensorboard's file I/O imports TensorFlow when it is installed, unless the module
+            # `tensorboard.compat.notf` exists (its build's switch for "use the TF-free stub").
+            sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("notf"))
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
