@@ -176,4 +176,30 @@ FIG7 = Experiment(
     "and ReLU, on test images, with resnet_jax.tools.analysis.",
 )
 
-register(TABLE2, TABLE3, TABLE4, TABLE6, FIG6, FIG7)
+# Fig. 6's question at the paper's full CIFAR schedule (64k iterations of 128) on shapes10, which
+# is rendered where it trains: a GPU machine without TensorFlow or a CIFAR download runs it, its
+# runs sharing the GPU (`experiments.run fig6_shapes10 --parallel 4`).
+FIG6_SHAPES10 = Experiment(
+    name="fig6_shapes10",
+    title="The degradation problem at the paper's CIFAR schedule, on shapes10",
+    dataset="shapes10",
+    paper_dataset="cifar10",
+    source="He2015 Fig. 6 and Table 6 (numbers are CIFAR-10's; shapes10 answers the same question)",
+    kind="curves",
+    entries=tuple(cifar(f"plain{d}", f"plain-{d}", dataset="shapes10") for d in (20, 56))
+    + tuple(cifar(f"resnet{d}", f"ResNet-{d}", dataset="shapes10") for d in (20, 56)),
+    checks=(
+        Check(
+            "plain56_shapes10",
+            ">",
+            "plain20_shapes10",
+            "top1_err",
+            "deeper plain net: higher error",
+        ),
+        Check(
+            "resnet56_shapes10", "<=", "resnet20_shapes10", "top1_err", "deeper ResNet: no worse"
+        ),
+    ),
+)
+
+register(TABLE2, TABLE3, TABLE4, TABLE6, FIG6, FIG7, FIG6_SHAPES10)

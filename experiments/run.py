@@ -1,9 +1,11 @@
 """Launch or resume an experiment: one `python -m resnet_jax.main` subprocess per (entry, seed).
 
   python -m experiments.run NAME --workdir ROOT [--only ENTRY[,ENTRY]] [--seeds K]
-                            [--dry_run] [--print_commands] [--python PY]
+                            [--parallel N] [--dry_run] [--print_commands] [--python PY]
 
-Runs go one after another on this host into ROOT/<entry>/seed<k>. A run whose workdir has a
+Runs go one after another on this host into ROOT/<entry>/seed<k>; `--parallel N` runs N at a time,
+sharing the host's accelerator (each process may take 1/N of its memory): CIFAR nets are bound by
+kernel launches, not arithmetic, so N small runs on one GPU take little longer than one. A run whose workdir has a
 `summary.json` (and, for a 10-crop / multi-scale entry, its `eval_<views>.json`) is finished and
 skipped; any other run is (re)started, and the trainer resumes it from the checkpoint in its workdir. `--print_commands` prints one shell command per unfinished run, for a
 cluster scheduler (see docs/experiments.md for a SLURM array).
@@ -20,8 +22,10 @@ import platform
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from concurrent import futures
 from typing import Any
 
 import experiments
@@ -175,40 +179,69 @@ def _claim_workdir(run: Run, exp: Experiment) -> None:
     record_path.write_text(json.dumps(record, indent=1) + "\n")
 
 
+# Memory XLA may take on an accelerator, shared by `--parallel` runs (the rest is headroom for
+# the CUDA context of each process).
+_SHARED_MEMORY_FRACTION = 0.9
+
+
+def run_env(parallel: int = 1) -> dict:
+    """The environment of a run's processes; with `parallel` > 1, each gets 1/parallel of the
+    accelerator's memory (`XLA_PYTHON_CLIENT_MEM_FRACTION`) unless the caller set a fraction."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    if parallel > 1 and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env:
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{_SHARED_MEMORY_FRACTION / parallel:.3f}"
+    return env
+
+
+def _phases(r: Run, python: str, env: dict) -> int:
+    """Runs a run's phases (train, then evaluate) into its log; the first non-zero exit code."""
+    with open(r.workdir / LOG, "a") as log:
+        for args in r.phases:
+            log.write(f"\n$ {shlex.join([python, *args])}\n")
+            log.flush()
+            rc = subprocess.run(
+                [python, *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+            ).returncode
+            if rc:
+                return rc
+    return 0
+
+
 def execute(
-    exp: Experiment, runs: Sequence[Run], *, python: str = sys.executable, out=None
+    exp: Experiment,
+    runs: Sequence[Run],
+    *,
+    python: str = sys.executable,
+    out=None,
+    parallel: int = 1,
 ) -> list[Run]:
-    """Trains (then evaluates) the unfinished runs one after another; returns the failed ones."""
+    """Trains (then evaluates) the unfinished runs, `parallel` at a time; returns the failed ones."""
+    if parallel < 1:
+        raise ValueError(f"parallel must be >= 1 runs at a time, got {parallel}")
     out = out or sys.stdout
     failed = []
     todo = [r for r in runs if r.status != "done"]
     for r in runs:
         if r.status == "done":
             print(f"skip   {r.entry.name} seed {r.seed}: finished ({r.workdir})", file=out)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    for i, r in enumerate(todo, 1):
-        _claim_workdir(r, exp)
+    env = run_env(parallel)
+    lock = threading.Lock()  # one line at a time from the runs' threads
+
+    def one(i: int, r: Run) -> None:
         verb = "resume" if r.status == "partial" else "start "
-        print(
-            f"{verb} [{i}/{len(todo)}] {r.entry.name} seed {r.seed}  (log: {r.workdir / LOG})",
-            file=out,
-            flush=True,
-        )
+        with lock:
+            print(
+                f"{verb} [{i}/{len(todo)}] {r.entry.name} seed {r.seed}  (log: {r.workdir / LOG})",
+                file=out,
+                flush=True,
+            )
         t0 = time.time()
-        rc = 0
-        with open(r.workdir / LOG, "a") as log:
-            for args in r.phases:
-                log.write(f"\n$ {shlex.join([python, *args])}\n")
-                log.flush()
-                rc = subprocess.run(
-                    [python, *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-                ).returncode
-                if rc:
-                    break
+        rc = _phases(r, python, env)
         took = time.time() - t0
-        if rc == 0 and run_status(r.workdir, r.entry.eval_views) == "done":
-            print(f"done   {r.entry.name} seed {r.seed} in {took:.0f} s", file=out, flush=True)
-        else:
+        with lock:
+            if rc == 0 and run_status(r.workdir, r.entry.eval_views) == "done":
+                print(f"done   {r.entry.name} seed {r.seed} in {took:.0f} s", file=out, flush=True)
+                return
             failed.append(r)
             tail = (r.workdir / LOG).read_text().splitlines()[-15:]
             print(
@@ -217,7 +250,13 @@ def execute(
                 file=out,
                 flush=True,
             )
-    return failed
+
+    for r in todo:
+        _claim_workdir(r, exp)  # before anything starts: a clash stops the whole launch
+    with futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+        for done in [pool.submit(one, i, r) for i, r in enumerate(todo, 1)]:
+            done.result()  # re-raises a bug in the bookkeeping
+    return sorted(failed, key=todo.index)
 
 
 def describe(runs: Sequence[Run], python: str) -> str:
@@ -253,6 +292,12 @@ def parse_args(argv):
         type=int,
         default=None,
         help="seeds 0..K-1 for every entry (default: each entry's own count)",
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="runs at a time on this host, sharing its accelerator (each takes 1/N of its memory)",
     )
     p.add_argument("--dry_run", action="store_true", help="list the runs and their status")
     p.add_argument(
@@ -297,7 +342,10 @@ def main(argv=None) -> int:
         print(f"{exp.name}: {exp.title} [dataset: {exp.dataset}]")
         print(describe(runs, python))
         return 0
-    failed = execute(exp, runs, python=python)
+    if a.parallel < 1:
+        print(f"error: --parallel must be >= 1, got {a.parallel}", file=sys.stderr)
+        return 2
+    failed = execute(exp, runs, python=python, parallel=a.parallel)
     print(
         f"{exp.name}: {len(runs) - len(failed)}/{len(runs)} runs finished; "
         f"report: python -m experiments.report {exp.name} --workdir {a.workdir}"

@@ -29,6 +29,9 @@ def default_config() -> ml_collections.ConfigDict:
         "shapes10"  # imagenet2012, cifar10, cifar100, shapes10, synthetic (random, on device)
     )
     c.data_dir = config_dict.placeholder(str)  # tfds data dir (None: the tfds default)
+    # device: the whole split in accelerator memory, augmented there (32x32 sets, no TensorFlow);
+    # host: tf.data on the CPU. None: device for the 32x32 sets, host for ImageNet.
+    c.input_pipeline = config_dict.placeholder(str)
     c.image_size = config_dict.placeholder(int)  # None: the dataset's native training size
     c.num_classes = config_dict.placeholder(int)  # None: the dataset's
     c.augment = config_dict.placeholder(str)  # None: the family's standard (paper / cifar)
@@ -98,6 +101,10 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     c = ml_collections.ConfigDict(config.to_dict())
     if c.dataset == synthetic.NAME:
         info = synthetic.info(c.num_classes, c.image_size, c.batch_size, c.synthetic_batches)
+    elif input_pipeline(c) == "device":
+        from resnet_jax.data import arrays  # numpy only: no TensorFlow once the arrays exist
+
+        info = arrays.get_info(c.dataset, data_dir=c.data_dir)
     else:
         info = datasets.get_info(c.dataset, data_dir=c.data_dir)
     if c.num_classes is None:
@@ -124,6 +131,17 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     if c.eval_batch_size is None:
         c.eval_batch_size = c.batch_size
     return c
+
+
+def input_pipeline(c: ml_collections.ConfigDict) -> str | None:
+    """'device' or 'host': the config's choice, else its dataset family's default (None: synthetic)."""
+    from resnet_jax.data import datasets
+
+    if c.dataset not in datasets.DATASETS:
+        return None
+    return (
+        c.get("input_pipeline") or datasets.INPUT_PIPELINES[datasets.facts(c.dataset)["family"]][0]
+    )
 
 
 def build_model(c: ml_collections.ConfigDict):

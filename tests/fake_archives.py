@@ -169,10 +169,16 @@ _CIFAR = {
 }
 
 
-def _cifar_records(rng, num, spec):
-    """CIFAR binary records: label byte(s) then 3072 bytes of R, G, B planes (row-major 32x32)."""
+def _cifar_records(rng, num, spec, images=None):
+    """CIFAR binary records: label byte(s) then 3072 bytes of R, G, B planes (row-major 32x32).
+
+    images: uint8 [num, 32, 32, 3] to store; None draws random pixels.
+    """
     labels = np.stack([rng.integers(0, c, num) for c in spec["classes"]], 1).astype(np.uint8)
-    planes = rng.integers(0, 256, (num, 3 * 32 * 32), dtype=np.uint8)
+    if images is None:
+        planes = rng.integers(0, 256, (num, 3 * 32 * 32), dtype=np.uint8)
+    else:
+        planes = np.asarray(images, np.uint8).transpose(0, 3, 1, 2).reshape(num, 3 * 32 * 32)
     return np.concatenate([labels, planes], 1), labels[:, -1], planes.reshape(num, 3, 32, 32)
 
 
@@ -209,17 +215,20 @@ def seed_tfds_download_cache(data_dir, dataset, url, archive_bytes):
     return path
 
 
-def make_fake_cifar(root, name="cifar10", *, num_train=50, num_test=20, seed=0, prepare=True):
+def make_fake_cifar(
+    root, name="cifar10", *, num_train=50, num_test=20, seed=0, prepare=True, train_images=None
+):
     """Fake cifar10/cifar100 binary archive seeded into root/data's tfds download cache.
 
-    num_train is spread over the train files (cifar10 has five). Random pixels and labels.
+    num_train is spread over the train files (cifar10 has five). Random pixels and labels, or the
+    uint8 [num_train, 32, 32, 3] `train_images` given.
     Returns FakeDataset with `train_images` uint8 [N, 32, 32, 3] and `train_labels` [N] in archive
     order (tfds re-orders records when it prepares).
     """
     spec = _CIFAR[name]
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
-    train_records, train_labels, train_planes = _cifar_records(rng, num_train, spec)
+    train_records, train_labels, train_planes = _cifar_records(rng, num_train, spec, train_images)
     test_records, _, _ = _cifar_records(rng, num_test, spec)
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for i, fname in enumerate(spec["train"]):

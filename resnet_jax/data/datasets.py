@@ -60,6 +60,13 @@ DATASETS = tuple(_FACTS)  # the tfds ones
 SYNTHETIC = "synthetic"
 TRAINABLE = DATASETS + (SYNTHETIC,)
 
+# Per family, the options of the input pipelines (the first is the default).
+TRAIN_AUGMENTS = {"imagenet": ("paper", "inception", "none"), "cifar": ("cifar", "none")}
+NORMALIZATIONS = {"imagenet": ("mean_std",), "cifar": ("per_pixel_mean", "per_channel")}
+# Where the input is made: 'device' holds the whole split in accelerator memory and augments it
+# there (the 32x32 sets' default), 'host' is the tf.data pipeline (ImageNet's only choice).
+INPUT_PIPELINES = {"imagenet": ("host",), "cifar": ("device", "host")}
+
 # He2015 Sec. 4.2 tunes on a 45k/5k split of the CIFAR training set. As fractions they are exactly
 # 45,000/5,000 of the real 50,000 and stay meaningful on small fake data.
 SPLIT_ALIASES = {"train45k": "train[:90%]", "val5k": "train[90%:]"}
@@ -137,7 +144,9 @@ def _tfds_builder(name, data_dir):
 
     tfds = import_tfds()
     if name == "shapes10":
-        pass  # pylint: disable=g-import-not-at-top,unused-import
+        from resnet_jax.data import shapes  # pylint: disable=g-import-not-at-top
+
+        shapes.builder_class()  # registers it with tfds
     return tfds.builder(name, data_dir=resolve_data_dir(data_dir))
 
 

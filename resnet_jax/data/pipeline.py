@@ -31,8 +31,7 @@ tf = import_tf()
 # conversion halves the time to build a pipeline.
 _plain = tf.autograph.experimental.do_not_convert
 
-TRAIN_AUGMENTS = {"imagenet": ("paper", "inception", "none"), "cifar": ("cifar", "none")}
-NORMALIZATIONS = {"imagenet": ("mean_std",), "cifar": ("per_pixel_mean", "per_channel")}
+TRAIN_AUGMENTS, NORMALIZATIONS = datasets.TRAIN_AUGMENTS, datasets.NORMALIZATIONS
 EVAL_VIEWS = {"imagenet": ("center", "10crop", "multiscale"), "cifar": ("center",)}
 # Encoded ImageNet records are ~110 KB: 10k of them (1.1 GB) plus file-order shuffling mixes well.
 # The 32x32 datasets fit whole (<= 65k records of ~3 KB), which makes each epoch a full permutation.
@@ -181,10 +180,7 @@ def _finish(ds, batch_fn, num_threads):
 def _normalizer(shard, normalization):
     """Function float32 [32, 32, 3] (0-255) -> normalised, for the 32x32 datasets."""
     st = stats_lib.normalization_stats(shard.builder, datasets.facts(shard.dataset)["train_split"])
-    if normalization == "per_pixel_mean":
-        mean, std = st["mean_image"], st["pixel_std"]
-    else:
-        mean, std = st["channel_mean"], st["channel_std"]
+    mean, std = stats_lib.mean_and_std(st, normalization)
     return lambda x: (x - mean) / std
 
 

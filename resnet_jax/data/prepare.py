@@ -5,7 +5,8 @@
 imagenet2012 needs the two archives from image-net.org in M. cifar10 / cifar100 download
 themselves; on an offline machine put the official archive (cifar-10-binary.tar.gz or
 cifar-100-binary.tar.gz) in M and tfds uses it after checking its registered checksum. shapes10 is
-generated (about half a minute). See docs/data.md.
+generated (about half a minute). For cifar10 / cifar100 / shapes10 it also writes the arrays that
+the device input path reads (`resnet_jax.data.arrays`). See docs/data.md.
 """
 
 import argparse
@@ -189,6 +190,18 @@ def main(argv=None):
         return 1
     splits = ", ".join(f"{k}: {v.num_examples:,}" for k, v in builder.info.splits.items())
     print(f"{args.name} ready in {builder.data_dir} ({splits})")
+    if datasets.facts(args.name)["family"] == "cifar":  # what the device input path reads
+        from resnet_jax.data import arrays  # pylint: disable=g-import-not-at-top
+
+        for split in (
+            datasets.facts(args.name)["train_split"],
+            datasets.facts(args.name)["eval_split"],
+        ):
+            arrays.num_examples(args.name, split, args.data_dir)  # builds the file when needed
+        folder = os.path.dirname(arrays.path(args.name, args.data_dir, "train"))
+        print(
+            f"arrays for input_pipeline='device' in {folder} (copy it to train without TensorFlow)"
+        )
     return 0
 
 

@@ -6,7 +6,13 @@ position, scale, aspect, rotation and noise level are all random, so raw pixel i
 almost no linear evidence of the class (a softmax regression on pixels stays far below 45% test
 accuracy), while a small convnet learns shapes quickly. Everything is vectorised numpy and a pure
 function of the seed, so every machine builds bit-identical data without a download.
+
+Importing this module does not import TensorFlow: `render` is plain numpy (the device input path
+builds shapes10 with it on machines without TensorFlow), and the tfds builder class is defined and
+registered only when `builder_class()` is first called.
 """
+
+import functools
 
 import numpy as np
 
@@ -200,8 +206,9 @@ def render(num_examples, seed):
     return images, labels.astype(np.int64)
 
 
-def _make_builder_class():
-    """Defines (and thereby registers with tfds) the `shapes10` builder; tfds is imported lazily."""
+@functools.cache
+def builder_class():
+    """Defines (and thereby registers with tfds) the `shapes10` builder; tfds is imported here."""
     tfds = import_tfds()
 
     class Shapes10(tfds.core.GeneratorBasedBuilder):
@@ -237,6 +244,3 @@ def _make_builder_class():
                 yield key, {"id": key, "image": images[i], "label": int(labels[i])}
 
     return Shapes10
-
-
-Shapes10 = _make_builder_class()

@@ -15,17 +15,15 @@ from resnet_jax.data._tf import import_tf
 _FILE = "resnet_jax_norm_stats.npz"
 
 
-def _compute(builder, split):
-    """Float64 sums over all images of `split`, read in order."""
-    tf = import_tf()
-    to_float = tf.autograph.experimental.do_not_convert(lambda ex: tf.cast(ex["image"], tf.float64))
-    ds = (
-        builder.as_dataset(split=split, shuffle_files=False)
-        .map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(1000)
-    )
+def from_batches(batches):
+    """Statistics of uint8 (or 0-255 float) images given as an iterable of [b, 32, 32, 3] arrays.
+
+    Sums run in float64, so the result does not depend on how the images are batched beyond the
+    last bits of float64, far below float32's resolution.
+    """
     count, total, total_sq = 0, 0.0, 0.0
-    for batch in ds.as_numpy_iterator():  # [b, 32, 32, 3]
+    for batch in batches:
+        batch = np.asarray(batch, np.float64)
         count += batch.shape[0]
         total = total + batch.sum(0)
         total_sq = total_sq + (batch * batch).sum(0)
@@ -40,6 +38,33 @@ def _compute(builder, split):
         pixel_std=np.float32(np.sqrt(centred_var)),
         count=np.int64(count),
     )
+
+
+def mean_and_std(stats, normalization):
+    """(mean, std) that `normalization` subtracts and divides by, broadcastable to [..., 32, 32, 3].
+
+    'per_pixel_mean' (He2015): the mean image [32, 32, 3] and one scalar std of what it leaves;
+    'per_channel': channel means and standard deviations [3].
+    """
+    if normalization == "per_pixel_mean":
+        return stats["mean_image"], stats["pixel_std"]
+    if normalization == "per_channel":
+        return stats["channel_mean"], stats["channel_std"]
+    raise ValueError(
+        f"normalization={normalization!r} is not one of 'per_pixel_mean', 'per_channel'"
+    )
+
+
+def _compute(builder, split):
+    """Statistics of all images of `split`, read in order with tf.data."""
+    tf = import_tf()
+    to_float = tf.autograph.experimental.do_not_convert(lambda ex: tf.cast(ex["image"], tf.float64))
+    ds = (
+        builder.as_dataset(split=split, shuffle_files=False)
+        .map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(1000)
+    )
+    return from_batches(ds.as_numpy_iterator())
 
 
 def normalization_stats(builder, split="train"):

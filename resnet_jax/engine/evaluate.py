@@ -39,6 +39,7 @@ def eval_data_args(c) -> dict:
         scales=tuple(c.eval_scales),
         split=c.eval_split,
         normalization=c.normalization,
+        input_pipeline=config_lib.input_pipeline(c),
     )
 
 
@@ -112,12 +113,14 @@ def make_evaluator(
     split: str | None = None,
     normalization: str | None = None,
     synthetic_pool: tuple[int, int, int] | None = None,
+    input_pipeline: str | None = "host",
 ) -> Callable[[steps.TrainState], dict]:
     """Returns `evaluate(state) -> {'loss', 'top1', 'top5', 'count'}` over the eval split.
 
     views: `center` (one crop), `10crop` (4 corners + centre and their flips, He2015), or
     `multiscale` (fully convolutional at each of `scales` with flips, scores averaged).
     synthetic_pool: (num_batches, num_classes, seed) of the training pool that `synthetic` scores.
+    input_pipeline: 'device' holds the split on the devices (loaded once, here; centre view only).
     """
     if views not in config_lib.EVAL_VIEWS:
         raise ValueError(f"eval views must be one of {config_lib.EVAL_VIEWS}, got {views!r}")
@@ -145,6 +148,21 @@ def make_evaluator(
             ),
             mesh,
         )
+    if input_pipeline == "device":
+        from resnet_jax.data import device_input
+
+        if views != "center":
+            raise faults.ConfigError(f"eval_views={views!r}: {dataset} has only 'center'")
+        batches = device_input.eval_batches(
+            dataset,
+            data_dir=data_dir,
+            batch_sharding=parallel.batch_sharded(mesh),
+            global_batch_size=global_batch_size,
+            split=split,
+            normalization=normalization,
+        )
+        eval_step = parallel.jit_eval_step(model, mesh)
+        return lambda state: evaluate_batches(eval_step, state, batches, mesh)
     data = functools.partial(
         _eval_batches,
         dataset,

@@ -1,4 +1,4 @@
-"""Run metrics: TensorBoard (clu metric_writers), `metrics.jsonl`, and a console progress line.
+"""Run metrics: TensorBoard events (no TensorFlow), `metrics.jsonl`, and a console progress line.
 
 Only process 0 writes. Train metrics stay on device between log steps and are fetched with one
 `jax.device_get` per log step, so the loop never waits on the host in between.
@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -101,17 +102,47 @@ class JsonlWriter:
         self._file.close()
 
 
-def _tensorboard_writer(logdir: str):
-    """clu's TensorBoard writer, or None where TensorFlow is not installed (it needs tf.summary)."""
-    try:
-        from resnet_jax.data._tf import import_tf
+class _ScalarEventWriter:
+    """TensorBoard scalars through the `tensorboard` package's own event-file writer.
 
-        import_tf()  # first, so TensorFlow is kept off the accelerators
-        from clu import metric_writers
+    Unlike tf.summary (clu's SummaryWriter) it needs no TensorFlow, so a run whose input is made on
+    the devices imports none. Writes are queued and flushed by a background thread of the writer.
+    """
+
+    def __init__(self, logdir: str):
+        if "tensorflow" not in sys.modules:
+            # tensorboard's file I/O imports TensorFlow when it is installed, unless the module
+            # `tensorboard.compat.notf` exists (its build's switch for "use the TF-free stub").
+            sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("notf"))
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+        self._writer = EventFileWriter(logdir)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        values = [self._summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+        self._writer.add_event(
+            self._event(wall_time=time.time(), step=int(step), summary=self._summary(value=values))
+        )
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        del hparams  # the resolved config is in config.json
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _tensorboard_writer(logdir: str):
+    """A TensorBoard scalar writer, or None where the tensorboard package is not installed."""
+    try:
+        return _ScalarEventWriter(logdir)
     except ImportError as e:
         logging.warning("no TensorBoard events (%s); metrics.jsonl is still written", e)
         return None
-    return metric_writers.AsyncWriter(metric_writers.SummaryWriter(logdir))
 
 
 class MetricsLogger:
@@ -121,7 +152,7 @@ class MetricsLogger:
       workdir: run directory (metrics.jsonl and TensorBoard events land there).
       total_steps: for the progress line and ETA.
       global_batch_size: to turn steps/s into images/s.
-      tensorboard: write TensorBoard events (needs TensorFlow).
+      tensorboard: write TensorBoard events (needs the tensorboard package, not TensorFlow).
     """
 
     def __init__(

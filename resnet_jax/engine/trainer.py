@@ -26,7 +26,7 @@ from resnet_jax.engine import checkpoint, evaluate, faults, metrics, numerics, p
 
 
 def _train_batches(c, start_step: int, local_batch: int, mesh) -> Iterator[dict]:
-    """Batches from `start_step` on: host numpy batches, or global arrays for synthetic data."""
+    """Batches from `start_step` on: host numpy batches, or global arrays made on the devices."""
     if c.dataset == synthetic.NAME:
         pool = synthetic.make_batches(
             parallel.batch_sharded(mesh),
@@ -37,6 +37,20 @@ def _train_batches(c, start_step: int, local_batch: int, mesh) -> Iterator[dict]
             seed=c.seed,
         )
         return synthetic.train_batches(pool, start_step)
+    if config_lib.input_pipeline(c) == "device":  # the whole split on the devices: no TensorFlow
+        from resnet_jax.data import device_input
+
+        return device_input.train_batches(
+            c.dataset,
+            data_dir=c.data_dir,
+            batch_sharding=parallel.batch_sharded(mesh),
+            global_batch_size=c.batch_size,
+            seed=c.seed,
+            start_step=start_step,
+            split=c.train_split,
+            augment=c.augment,
+            normalization=c.normalization,
+        )
     from resnet_jax.data import pipeline  # TensorFlow only on the data path
 
     return pipeline.train_iterator(

@@ -95,6 +95,13 @@ def _problems(c) -> list[str]:
     choice("lr_scaling", ("none", "linear"))
     choice("eval_views", config_lib.EVAL_VIEWS)
     choice("nonfinite_policy", numerics.POLICIES, "stop")
+    if c.dataset in datasets.DATASETS and c.get("input_pipeline") is not None:
+        allowed = datasets.INPUT_PIPELINES[datasets.facts(c.dataset)["family"]]
+        need(
+            c.input_pipeline in allowed,
+            f"input_pipeline={c.input_pipeline!r} is not available for {c.dataset}; choose from "
+            f"{', '.join(allowed)}",
+        )
     for key in ("batch_size", "log_every_steps", "prefetch_batches", "synthetic_batches"):
         positive(key)
     for key in ("eval_batch_size", "image_size", "keep_checkpoints"):
@@ -201,7 +208,7 @@ def check_resolved(c, *, device_count: int, process_count: int) -> None:
 
 
 def _data_problems(c, process_count: int) -> list[str]:
-    from resnet_jax.data import datasets, pipeline
+    from resnet_jax.data import datasets
 
     problems = []
     facts = datasets.facts(c.dataset)
@@ -211,22 +218,28 @@ def _data_problems(c, process_count: int) -> list[str]:
             f"image_size={c.image_size} is not supported"
         )
     for key, allowed in (
-        ("augment", pipeline.TRAIN_AUGMENTS),
-        ("normalization", pipeline.NORMALIZATIONS),
+        ("augment", datasets.TRAIN_AUGMENTS),
+        ("normalization", datasets.NORMALIZATIONS),
     ):
         if c[key] is not None and c[key] not in allowed[facts["family"]]:
             problems.append(
                 f"{key}={c[key]!r} is not available for {c.dataset}; choose from "
                 f"{allowed[facts['family']]}"
             )
-    builder = datasets.get_builder(c.dataset, c.data_dir)
+    if config_lib.input_pipeline(c) == "device":  # the prepared arrays: no TensorFlow
+        from resnet_jax.data import arrays
+
+        count = lambda split: arrays.num_examples(c.dataset, split, c.data_dir)
+    else:
+        builder = datasets.get_builder(c.dataset, c.data_dir)
+        count = lambda split: datasets.num_examples(builder, c.dataset, split)
     for key, default, batch in (
         ("train_split", facts["train_split"], c.batch_size),
         ("eval_split", facts["eval_split"], 1),
     ):
         split = c[key] or default
         try:
-            n = datasets.num_examples(builder, c.dataset, split)
+            n = count(split)
         except ValueError as e:
             problems.append(f"{key}: {e}")
             continue
