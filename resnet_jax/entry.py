@@ -3,7 +3,8 @@
 absl ends `--help` with exit status 1, so a script or CI step that asks a command for its usage
 would read it as a failure; here it ends with 0, like every other Unix tool. A flag that does not
 parse (a config file that is missing, unreadable or broken, or a bad `:arg`) ends with one line
-naming the cause and a chosen exit code instead of a chained traceback.
+naming the cause and a chosen exit code instead of a chained traceback. Libraries' INFO logs stay
+off the console unless `--verbosity` asks for them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import difflib
 import sys
 from collections.abc import Callable, Iterable
 
-from absl import app, flags
+from absl import app, flags, logging
 
 _HELP_FLAGS = ("--help", "-help", "-?", "--helpshort", "--helpfull", "--helpxml")
 EXIT_USAGE = 64  # EX_USAGE: the command line itself is wrong
@@ -49,8 +50,13 @@ def run(main: Callable[[list[str]], object], *, flag_error_code: int = EXIT_USAG
             fail(f"cannot parse {name}: {root_cause(e)} (see --help)", flag_error_code)
             raise  # unreachable: fail() exits
 
+    def quiet_main(argv: list[str]) -> object:
+        if not flags.FLAGS["verbosity"].present:  # Orbax and TF log every step at INFO
+            logging.set_verbosity(logging.WARNING)
+        return main(argv)
+
     try:
-        app.run(main, flags_parser=parse)
+        app.run(quiet_main, flags_parser=parse)
     except SystemExit as e:
         if asked_help and e.code == 1:
             raise SystemExit(0) from None

@@ -12,7 +12,7 @@ Foreseen failures end with one line on stderr and an exit code (docs/reliability
 Kept short on purpose: the logic lives in importable modules (resnet_jax.engine).
 """
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from resnet_jax import entry
@@ -60,8 +60,6 @@ def _config():
 
 def main(argv):
     del argv
-    if not FLAGS["verbosity"].present:  # Orbax and TF log every save at INFO; keep ours
-        logging.set_verbosity(logging.WARNING)
     with faults.exit_on_error():
         config = _config()
     parallel.initialize_distributed(

@@ -236,3 +236,15 @@ def get_info(name, data_dir=None):
         num_eval=num_examples(builder, name, facts["eval_split"]),
         family=facts["family"],
     )
+
+
+def class_names(name, data_dir=None):
+    """The label names of `name` (index -> name), or None where it is not prepared here."""
+    if name == "shapes10":
+        from resnet_jax.data import shapes  # plain numpy: no TensorFlow
+
+        return list(shapes.CLASS_NAMES)
+    try:
+        return list(get_builder(name, data_dir).info.features["label"].names)
+    except DatasetNotPreparedError:
+        return None

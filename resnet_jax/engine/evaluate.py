@@ -185,24 +185,33 @@ def make_evaluator(
     )
 
 
-def evaluate_checkpoint(config, workdir: str) -> dict:
-    """`--mode=eval`: evaluates the newest checkpoint in `workdir` with `config.eval_views`.
+def restore_newest(c, workdir: str, mesh: Mesh) -> tuple[Any, steps.TrainState, int]:
+    """(model, state, step) of the newest checkpoint in `workdir`, for the resolved config `c`.
 
-    Appends an `eval` record (with `views`) to metrics.jsonl and writes `eval_<views>.json`.
+    Raises CheckpointLoadError (exit 66) when the workdir holds no checkpoint.
     """
     from resnet_jax.engine import checkpoint
 
-    c = config_lib.resolve_config(config)
-    mesh = parallel.make_mesh()
     model = config_lib.build_model(c)
     _, tx = config_lib.build_optimizer(c)
     ckpt = checkpoint.Checkpointer(workdir, every_steps=0, keep=None)
     image_shape = (c.image_size, c.image_size, 3)
     restored = ckpt.restore(parallel.abstract_train_state(model, tx, image_shape, mesh))
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpt.directory} to evaluate")
-    state, position = restored
     ckpt.close()
+    if restored is None:
+        raise faults.CheckpointLoadError(f"no checkpoint in {ckpt.directory}")
+    state, position = restored
+    return model, state, int(position["step"])
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+    """`--mode=eval`: evaluates the newest checkpoint in `workdir` with `config.eval_views`.
+
+    Appends an `eval` record (with `views`) to metrics.jsonl and writes `eval_<views>.json`.
+    """
+    c = config_lib.resolve_config(config)
+    mesh = parallel.make_mesh()
+    model, state, step = restore_newest(c, workdir, mesh)
     evaluate = make_evaluator(model, mesh, **eval_data_args(c), views=c.eval_views)
     result = evaluate(state)
     logger = metrics.MetricsLogger(
@@ -211,11 +220,11 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
         global_batch_size=c.eval_batch_size,
         tensorboard=False,
     )
-    logger.log_eval(position["step"], dict(result, views=c.eval_views))
+    logger.log_eval(step, dict(result, views=c.eval_views))
     logger.close()
     out = dict(
         result,
-        step=position["step"],
+        step=step,
         views=c.eval_views,
         scales=list(c.eval_scales) if c.eval_views == "multiscale" else None,
     )
