@@ -6,7 +6,7 @@ r"""The tables of docs/benchmarks.md as data, run one entry per process, resumab
 Each entry is one `python -m resnet_jax.benchmark ... --json` in its own process, so every row
 gets a fresh allocator (a clean peak-memory figure) and its own `XLA_FLAGS`. Results land in
 `OUT/<id>.json` as soon as an entry finishes; entries whose JSON already exists are skipped, so a
-suite cut by a time limit (the GPU lease's 10-minute calls) resumes where it stopped. The markdown
+suite cut by a time limit (a job scheduler's, say) resumes where it stopped. The markdown
 table of everything done so far is printed last and written to `OUT/table.md`.
 """
 
