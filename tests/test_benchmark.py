@@ -341,7 +341,7 @@ REQUIRED_KEYS = {
 
 def test_benchmark_imports_neither_tensorflow_nor_ml_collections():
     # The model benchmark must run on a GPU image that has JAX/flax/optax but neither TensorFlow
-    # nor ml_collections (the workplace's CUDA image lacks both).
+    # nor ml_collections (a CUDA machine image lacks both).
     script = (
         "import sys, resnet_jax.bench.cli, resnet_jax.models, resnet_jax.engine.parallel, "
         "resnet_jax.optim, resnet_jax.engine.steps; "
