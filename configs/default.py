@@ -2,8 +2,13 @@
 
 shapes10 (32x32, 10 classes, 40k train / 10k test) is generated locally on first use, so this runs
 on a fresh machine without a download. The recipe is the CIFAR one (He2015 Sec. 4.2) shortened.
-Expect ~78% test top-1 (README states the measured figure); the loss stays near ln(10) for the first
-~400 steps while the net finds the shapes, then falls quickly.
+
+The loss sits near ln(10) until the net has seen about 10k images, whatever the batch size or
+learning rate (trials on 2026-12-01: batch 32 at lr 0.02, 0.05 and 0.1, batch 64 and 128, Nesterov,
+per-channel normalisation, pad-crop-flip and zero-initialised residual BN all left the plateau
+after 9-10k images or later). When that take-off comes varies with the seed and with the CPU's
+arithmetic, so the run is made long enough (96k images) for the take-off to be its first ~10% and
+the final accuracy to settle; README states the range measured over seeds.
 """
 
 from resnet_jax.config import default_config
@@ -13,10 +18,10 @@ def get_config():
     c = default_config()
     c.model = "resnet20"  # He2015's smallest CIFAR net (0.27M params)
     c.dataset = "shapes10"
-    # About one epoch: too short to overfit, so augmentation would only slow learning down.
+    # 2.4 epochs: too short to overfit much, so augmentation would only slow learning down.
     c.augment = "none"
     c.batch_size = 32  # on 2 CPU cores small batches learn more per second than large ones
-    c.num_train_steps = 1400  # 44.8k images, ~1.1 epochs: about 5 minutes of 2 CPU cores
+    c.num_train_steps = 3000  # 96k images, 2.4 epochs: 5-7 minutes of 2 idle CPU cores
     c.learning_rate = (
         0.05  # half the paper's 0.1 for a quarter of its batch; beat 0.1 at batch 64 in a trial
     )

@@ -54,7 +54,7 @@ def test_the_trainer_header_names_the_devices_and_the_warning(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     devices, warning = out.stdout.splitlines()
-    assert devices == "2 devices (cpu, cpu)"
+    assert devices == "2 devices (cpu)"
     assert warning.startswith("nvidia-smi lists 1 GPU(s)")
 
 

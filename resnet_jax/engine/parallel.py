@@ -83,11 +83,13 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def describe_devices() -> str:
-    """What the run trains on, e.g. '8 devices (NVIDIA H200, gpu)' or '1 device (cpu, cpu)'."""
+    """What the run trains on, e.g. '8 devices (NVIDIA H200, gpu)' or '1 device (cpu)'."""
     devices = jax.devices()
     kinds = sorted({d.device_kind for d in devices})
     n = len(devices)
-    return f"{n} device{'s' if n > 1 else ''} ({', '.join(kinds)}, {jax.default_backend()})"
+    backend = jax.default_backend()
+    what = ", ".join(kinds) if kinds == [backend] else ", ".join([*kinds, backend])
+    return f"{n} device{'s' if n > 1 else ''} ({what})"
 
 
 def unused_gpu_warning() -> str | None:
