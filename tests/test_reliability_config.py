@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from resnet_jax import config as config_lib
+from resnet_jax import models
 from resnet_jax.data import datasets
 from resnet_jax.engine import faults, trainer, validation
 from tests.reliability_helpers import REPO, forbid_compiling, subprocess_env
@@ -33,8 +34,11 @@ def test_unknown_model_and_dataset_are_refused_suggesting_close_names_first():
         validation.check_config(_config(model="resnet21", dataset="cifar11"))
     msg = str(e.value)
     assert msg.startswith("2 problem(s)")
-    assert "model='resnet21' is unknown (did you mean resnet32, resnet20, resnet18?); all 43" in msg
-    assert "python -m resnet_jax.summary --all" in msg and "resnet1001" not in msg  # no 43 names
+    n = len(models.available_models())
+    assert (
+        f"model='resnet21' is unknown (did you mean resnet32, resnet20, resnet18?); all {n}" in msg
+    )
+    assert "python -m resnet_jax.summary --all" in msg and "resnet1001" not in msg  # not all names
     assert (
         "dataset='cifar11' is unknown (did you mean cifar10, cifar100?); "
         "valid: imagenet2012, cifar10, cifar100, shapes10"
