@@ -111,6 +111,9 @@ print(json.dumps({
 """
 
 
+# Slow (45 s): the fast suite covers its parts elsewhere: the trainer resuming bitwise with
+# TensorFlow unimportable on two devices (test_train_device), and the synthetic pool here above.
+@pytest.mark.slow
 def test_trainer_learns_synthetic_data_on_two_devices_resumes_exactly_without_tensorflow(tmp_path):
     env = dict(
         os.environ,
