@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_jax.data import arrays, device_input
+from resnet_jax.data import arrays, device_input, shapes
 from resnet_jax.engine import evaluate, parallel, trainer
 from resnet_jax.tools import predict
 
@@ -54,18 +54,7 @@ def test_predictions_equal_the_evaluation_path_on_the_same_test_images(run):
         {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
     )
     want = np.asarray(jax.nn.softmax(logits))[:4]
-    names = [
-        "disc",
-        "ring",
-        "square",
-        "triangle",
-        "plus",
-        "star",
-        "crescent",
-        "ell",
-        "tee",
-        "heart",
-    ]
+    names = shapes.CLASS_NAMES
     for top, p in zip(got, want, strict=True):
         assert len(top) == 5
         order = np.argsort(-p, kind="stable")[:5]
