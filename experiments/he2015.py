@@ -1,6 +1,6 @@
 """He et al. 2015, "Deep Residual Learning for Image Recognition": Tables 2, 3, 4, 6 and Figs. 6, 7.
 
-Paper numbers are the published ones (arXiv 1512.03385, Tables 2-4 and 6; error %, lower is better).
+Paper numbers are the published ones (arXiv 1512.03385; error %, lower is better).
 """
 
 from __future__ import annotations

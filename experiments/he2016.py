@@ -1,7 +1,7 @@
 """He et al. 2016, "Identity Mappings in Deep Residual Networks": original vs pre-activation units.
 
 CIFAR-10 and CIFAR-100 test error (%), ResNet-164 and ResNet-1001 (bottleneck units, depth 9n+2),
-numbers as published (arXiv 1603.05027, Tables 2 and 3).
+numbers as published (arXiv 1603.05027).
 """
 
 from __future__ import annotations
