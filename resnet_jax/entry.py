@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import sys
 from collections.abc import Callable, Iterable
+from typing import NoReturn
 
 from absl import app, flags, logging
 
@@ -27,7 +28,7 @@ def root_cause(e: BaseException) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
-def fail(message: str, code: int) -> None:
+def fail(message: str, code: int) -> NoReturn:
     print(f"resnet_jax: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
 
@@ -48,7 +49,6 @@ def run(main: Callable[[list[str]], object], *, flag_error_code: int = EXIT_USAG
         except Exception as e:  # flags.Error, or a config file that fails to import
             name = getattr(e, "flag_name", None) or "the command line"
             fail(f"cannot parse {name}: {root_cause(e)} (see --help)", flag_error_code)
-            raise  # unreachable: fail() exits
 
     def quiet_main(argv: list[str]) -> object:
         if not flags.FLAGS["verbosity"].present:  # Orbax and TF log every step at INFO

@@ -156,9 +156,6 @@ def _prepare_workdir(c, workdir: str, abstract) -> checkpoint.Checkpointer:
     return ckpt
 
 
-THROUGHPUT_KEYS = ("images_per_sec", "images_per_sec_with_checkpoints", "images_per_sec_wall")
-
-
 def _throughput(
     batch: int, timed_steps: int, train_s: float, loop_s: float, steps_run: int, wall_s: float
 ) -> dict:
