@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from resnet_jax.data import arrays, device_input, shapes
-from resnet_jax.engine import evaluate, parallel, trainer
+from resnet_jax.engine import evaluate, parallel, trainer, warm_start
 from resnet_jax.tools import predict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,9 +42,9 @@ def test_predictions_equal_the_evaluation_path_on_the_same_test_images(run):
     workdir, paths, c = run
     got = predict.predict(workdir, paths)
     # The same images through the trainer's own evaluation input (device path) and the model.
-    rc = predict.run_config(workdir)
+    rc = warm_start.run_config(workdir)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    model, state, step = evaluate.restore_newest(rc, workdir, mesh)
+    model, state, step = evaluate.restore_checkpoint(rc, workdir, mesh)
     assert step == 2
     batch = next(iter(device_input.eval_batches(
         "shapes10", data_dir=None, batch_sharding=parallel.batch_sharded(mesh),

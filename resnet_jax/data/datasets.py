@@ -114,6 +114,11 @@ def facts(name):
     return dict(_FACTS[name])
 
 
+def normalization_of(name, normalization=None):
+    """`normalization`, or when None the default of `name`'s family (the first in NORMALIZATIONS)."""
+    return normalization or NORMALIZATIONS[facts(name)["family"]][0]
+
+
 def resolve_data_dir(data_dir):
     """data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (tfds's own default)."""
     if data_dir:

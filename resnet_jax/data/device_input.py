@@ -216,8 +216,10 @@ def _eval_batch(split, mean, std, start, *, batch_size):
 
 
 def _held(dataset, data_dir, split, normalization, batch_sharding):
-    """(DeviceSplit on the sharding's mesh, mean, std) of a split and the chosen normalisation."""
+    """(DeviceSplit on the sharding's mesh, mean, std) of a split and the chosen normalisation
+    (None: the dataset's default)."""
     held = put(arrays.load(dataset, split, data_dir), batch_sharding.mesh)
+    normalization = datasets.normalization_of(dataset, normalization)
     mean, std = stats_lib.mean_and_std(arrays.load_stats(dataset, data_dir), normalization)
     return held, mean, std
 
@@ -236,9 +238,7 @@ def train_batches(
 ) -> TrainBatches:
     """The training batches of `dataset` from `start_step` on (defaults: train split, 'cifar'
     augmentation, 'per_pixel_mean' normalisation), held on `batch_sharding`'s mesh."""
-    held, mean, std = _held(
-        dataset, data_dir, split, normalization or "per_pixel_mean", batch_sharding
-    )
+    held, mean, std = _held(dataset, data_dir, split, normalization, batch_sharding)
     return TrainBatches(
         held,
         mean,
@@ -265,7 +265,7 @@ def eval_batches(
         dataset,
         data_dir,
         split or datasets.facts(dataset)["eval_split"],
-        normalization or "per_pixel_mean",
+        normalization,
         batch_sharding,
     )
     return EvalBatches(held, mean, std, batch_sharding=batch_sharding, batch_size=global_batch_size)

@@ -234,7 +234,7 @@ def train_iterator(
     family = datasets.facts(dataset)["family"]
     augment = augment or TRAIN_AUGMENTS[family][0]
     _check_choice("augment", augment, TRAIN_AUGMENTS[family], dataset)
-    normalization = normalization or NORMALIZATIONS[family][0]
+    normalization = datasets.normalization_of(dataset, normalization)
     _check_choice("normalization", normalization, NORMALIZATIONS[family], dataset)
     image_size = _check_image_size(dataset, family, image_size, augment, scale_range)
     if local_batch_size < 1 or start_step < 0:
@@ -331,7 +331,7 @@ def eval_iterator(
     """
     family = datasets.facts(dataset)["family"]
     _check_choice("views", views, EVAL_VIEWS[family], dataset)
-    normalization = normalization or NORMALIZATIONS[family][0]
+    normalization = datasets.normalization_of(dataset, normalization)
     _check_choice("normalization", normalization, NORMALIZATIONS[family], dataset)
     image_size = _check_image_size(dataset, family, image_size, None, None)
     if local_batch_size < 1:

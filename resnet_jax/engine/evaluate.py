@@ -185,8 +185,11 @@ def make_evaluator(
     )
 
 
-def restore_newest(c, workdir: str, mesh: Mesh) -> tuple[Any, steps.TrainState, int]:
-    """(model, state, step) of the newest checkpoint in `workdir`, for the resolved config `c`.
+def restore_checkpoint(
+    c, workdir: str, mesh: Mesh, step: int | None = None
+) -> tuple[Any, steps.TrainState, int]:
+    """(model, state, step) of checkpoint `step` in `workdir` (default: the newest that loads),
+    for the resolved config `c`, whose model and optimizer give the state its shapes.
 
     Raises CheckpointLoadError (exit 66) when the workdir holds no checkpoint.
     """
@@ -196,8 +199,10 @@ def restore_newest(c, workdir: str, mesh: Mesh) -> tuple[Any, steps.TrainState, 
     _, tx = config_lib.build_optimizer(c)
     ckpt = checkpoint.Checkpointer(workdir, every_steps=0, keep=None)
     image_shape = (c.image_size, c.image_size, 3)
-    restored = ckpt.restore(parallel.abstract_train_state(model, tx, image_shape, mesh))
-    ckpt.close()
+    try:
+        restored = ckpt.restore(parallel.abstract_train_state(model, tx, image_shape, mesh), step)
+    finally:
+        ckpt.close()
     if restored is None:
         raise faults.CheckpointLoadError(f"no checkpoint in {ckpt.directory}")
     state, position = restored
@@ -211,7 +216,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
     """
     c = config_lib.resolve_config(config)
     mesh = parallel.make_mesh()
-    model, state, step = restore_newest(c, workdir, mesh)
+    model, state, step = restore_checkpoint(c, workdir, mesh)
     evaluate = make_evaluator(model, mesh, **eval_data_args(c), views=c.eval_views)
     result = evaluate(state)
     logger = metrics.MetricsLogger(

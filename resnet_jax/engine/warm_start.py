@@ -21,9 +21,8 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from resnet_jax import config as config_lib
 from resnet_jax import pretrained
-from resnet_jax.engine import checkpoint, faults, parallel
+from resnet_jax.engine import evaluate, faults, parallel
 
 _COLLECTIONS = ("params", "batch_stats")
 _HEAD = "head"
@@ -46,23 +45,15 @@ def restore_variables(workdir: str, step: int | None = None) -> tuple[dict, int,
     (default: the newest that loads). The state's shapes come from the run's own config.json, so
     any optimizer and class count restore."""
     c = run_config(workdir)
-    mesh = parallel.make_mesh()
-    model = config_lib.build_model(c)
-    _, tx = config_lib.build_optimizer(c)
-    abstract = parallel.abstract_train_state(model, tx, (c.image_size, c.image_size, 3), mesh)
-    ckpt = checkpoint.Checkpointer(workdir, every_steps=0, keep=None)
     try:
-        restored = ckpt.restore(abstract, step)
-    finally:
-        ckpt.close()
-    if restored is None:
-        raise faults.ConfigError(f"no checkpoint in {ckpt.directory} to take weights from")
-    state, position = restored
+        _, state, step = evaluate.restore_checkpoint(c, workdir, parallel.make_mesh(), step)
+    except faults.CheckpointLoadError as e:
+        raise faults.ConfigError(f"{e} to take weights from") from None
     variables = {
         "params": jax.tree.map(np.asarray, state.params),
         "batch_stats": jax.tree.map(np.asarray, state.batch_stats),
     }
-    return variables, int(position["step"]), c
+    return variables, step, c
 
 
 def load_variables(init_from: str, model_name: str, overrides=None) -> tuple[dict, str]:

@@ -11,8 +11,6 @@ dataset is not on this machine).
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,18 +25,6 @@ TOP_K = 5
 def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "A run directory (config.json and checkpoints/).")
     flags.mark_flag_as_required("workdir")
-
-
-def run_config(workdir: str):
-    """The resolved config the run trained with (its config.json)."""
-    import ml_collections
-
-    path = os.path.join(workdir, "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return ml_collections.ConfigDict(json.load(f))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: is {workdir} a run directory?") from None
 
 
 def model_inputs(paths: Sequence[str], c) -> np.ndarray:
@@ -64,7 +50,7 @@ def model_inputs(paths: Sequence[str], c) -> np.ndarray:
         return np.asarray(augment.normalize_imagenet(batch), np.float32)
     from resnet_jax.data import arrays, normalize, stats
 
-    normalization = c.normalization or datasets.NORMALIZATIONS["cifar"][0]  # the default
+    normalization = datasets.normalization_of(c.dataset, c.normalization)
     mean, std = stats.mean_and_std(arrays.load_stats(c.dataset, c.data_dir), normalization)
     return np.asarray(normalize.normalize(batch, mean, std))
 
@@ -74,11 +60,11 @@ def predict(workdir: str, paths: Sequence[str]) -> list[list[tuple[str, float]]]
     import jax
 
     from resnet_jax.data import datasets
-    from resnet_jax.engine import evaluate, parallel
+    from resnet_jax.engine import evaluate, parallel, warm_start
 
-    c = run_config(workdir)
+    c = warm_start.run_config(workdir)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    model, state, _ = evaluate.restore_newest(c, workdir, mesh)
+    model, state, _ = evaluate.restore_checkpoint(c, workdir, mesh)
     logits = model.apply(
         {"params": state.params, "batch_stats": state.batch_stats},
         model_inputs(paths, c),
