@@ -24,13 +24,13 @@ train: $(STAMP)
 	$(PY) -m resnet_jax.main --config=configs/default.py --workdir=$(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" -n 2 --durations=15
+	$(PY) -m pytest -m "not slow" -n 2 --dist worksteal --durations=15
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow -n 2 --durations=15
+	$(PY) -m pytest -m slow -n 2 --dist worksteal --durations=15
 
 test-all: $(STAMP)
-	$(PY) -m pytest -n 2 --durations=25
+	$(PY) -m pytest -n 2 --dist worksteal --durations=25
 
 # One style (ruff format: PEP 8, 4-space indents) and one rule set (pyproject.toml), checked in CI.
 lint: $(STAMP)

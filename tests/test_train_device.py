@@ -78,8 +78,8 @@ def _start(root, mode, devices):
         PYTHONPATH=REPO,
         JAX_PLATFORMS="cpu",
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        # The restarted run compiles what the first one did: reuse it from the disk cache.
-        JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
+        # The restarted run, and the single-process run of the other test, compile what the first
+        # run did: every program goes to the suite's shared disk cache (tests/conftest.py).
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     )
     return subprocess.Popen(
