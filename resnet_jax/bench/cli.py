@@ -63,7 +63,8 @@ def host_batches(
 
     The trainer's feeding path minus tf.data: every step pays a real host-to-device copy of this
     process's shard (from a small pool of arrays, so no host work is timed), overlapped with the
-    running step exactly as in training.
+    running step exactly as in training. The batches are those of the synthetic device pool
+    (`synthetic.make_batches`): uint8 images, and for training the 'flip' and 'light' draws.
     """
     from resnet_jax.engine import parallel
 
@@ -73,12 +74,15 @@ def host_batches(
     for _ in range(pool):
         arrays.append(
             {
-                "image": rng.standard_normal((local, image_size, image_size, 3), np.float32),
+                "image": rng.integers(0, 256, (local, image_size, image_size, 3), np.uint8),
                 "label": rng.integers(0, num_classes, (local,), dtype=np.int32),
             }
         )
         if with_mask:
             arrays[-1]["mask"] = np.ones((local,), np.bool_)
+        else:
+            arrays[-1]["flip"] = np.zeros((local,), np.bool_)
+            arrays[-1]["light"] = np.zeros((local, 3), np.float32)
     return parallel.prefetch_to_mesh(itertools.cycle(arrays), mesh, prefetch)
 
 
