@@ -152,8 +152,10 @@ def test_eval_step_averages_softmax_over_views():
     images = jnp.asarray(_batch(4)["image"])
     two_views = jnp.stack([images, images[:, ::-1]], axis=1)  # [B, V=2, H, W, 3]
     predict = jax.jit(functools.partial(steps.predict_step, model=model))
-    p0, p1 = predict(state, images), predict(state, images[:, ::-1])
-    np.testing.assert_allclose(predict(state, two_views), (p0 + p1) / 2, rtol=1e-5, atol=1e-7)
+    p0, p1 = predict(state, {"image": images}), predict(state, {"image": images[:, ::-1]})
+    np.testing.assert_allclose(
+        predict(state, {"image": two_views}), (p0 + p1) / 2, rtol=1e-5, atol=1e-7
+    )
     batch = {"image": two_views, "label": jnp.zeros(4, jnp.int32), "mask": jnp.ones(4, bool)}
     s = jax.jit(functools.partial(steps.eval_step, model=model))(state, batch)
     np.testing.assert_allclose(s["loss"], -jnp.log((p0 + p1)[:, 0] / 2).sum(), rtol=1e-5)
