@@ -361,3 +361,27 @@ def test_throughput_reports_images_per_second(fake):
         result["images_per_sec"] / result["cores"], rel=1e-9
     )
     assert result["images_per_cpu_sec"] > 0
+
+
+def test_decoder_comparison_times_pipeline_and_decoder_on_the_same_rounds(fake):
+    from resnet_jax.data import throughput  # pylint: disable=g-import-not-at-top
+
+    decoder = next(
+        pipeline.decoder_iterator(
+            "imagenet2012", data_dir=fake.data_dir, local_batch_size=4, seed=0, augment="inception"
+        )
+    )
+    train = next(_train(fake, augment="inception"))
+    assert set(decoder) == {"pixel", "label"} and decoder["pixel"].shape == (4, 3)
+    np.testing.assert_array_equal(decoder["label"], train["label"])  # the same examples
+    r = throughput.compare_with_decoder(
+        "imagenet2012", fake.data_dir, 4, "inception", rounds=2, num_batches=1, warmup_batches=0
+    )
+    assert len(r["rounds"]) == 2 and set(r["rounds"][0]) == {"pipeline", "decoder"}
+    ratios = [x["pipeline"]["images_per_sec"] / x["decoder"]["images_per_sec"] for x in r["rounds"]]
+    assert r["ratio"] == pytest.approx(np.median(ratios), rel=1e-9)
+    assert r["pipeline_images_per_sec_per_core"] == pytest.approx(
+        np.median([x["pipeline"]["images_per_sec"] for x in r["rounds"]]) / r["cores"], rel=1e-9
+    )
+    with pytest.raises(ValueError, match="not cropped out of JPEGs"):
+        pipeline.decoder_iterator("cifar10", data_dir=fake.data_dir, local_batch_size=4, seed=0)

@@ -390,6 +390,10 @@ def decoder_iterator(
     decode whose pixels go unused), 'label': int32 [b]}, to time the decoder's own speed against
     the pipeline's (`throughput.compare_with_decoder`).
     """
+    if datasets.facts(dataset)["family"] != "imagenet":
+        raise ValueError(
+            f"{dataset} images are not cropped out of JPEGs; decoder_iterator is for ImageNet"
+        )
     ts = _TrainStream(
         dataset,
         data_dir,
@@ -403,10 +407,6 @@ def decoder_iterator(
         scale_range,
         None,
     )
-    if ts.family != "imagenet":
-        raise ValueError(
-            f"{dataset} images are not cropped out of JPEGs; decoder_iterator is for ImageNet"
-        )
     window_fn = _window_fn(ts.augment, ts.image_size, ts.scale_range)
 
     def example(image_bytes, seed):
