@@ -116,7 +116,7 @@ def make_evaluator(
     split: str | None = None,
     synthetic_pool: tuple[int, int, int] | None = None,
     input_pipeline: str | None = "host",
-    finish: steps.Finish = None,
+    finish: steps.FinishFn = None,
 ) -> Callable[[steps.TrainState], dict]:
     """Returns `evaluate(state) -> {'loss', 'top1', 'top5', 'count'}` over the eval split.
 

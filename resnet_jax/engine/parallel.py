@@ -204,7 +204,7 @@ def jit_train_step(
     label_smoothing: float = 0.0,
     donate: bool = True,
     skip_nonfinite: bool = False,
-    finish: steps.Finish = None,
+    finish: steps.FinishFn = None,
 ) -> Callable[[steps.TrainState, Any], tuple[steps.TrainState, dict]]:
     """Compiled `train_step(state, batch) -> (state, metrics)`: batch sharded, state replicated.
 
@@ -229,7 +229,7 @@ def jit_train_step(
 
 
 def jit_eval_step(
-    model: nn.Module, mesh: Mesh, finish: steps.Finish = None
+    model: nn.Module, mesh: Mesh, finish: steps.FinishFn = None
 ) -> Callable[[steps.TrainState, Any], dict]:
     """Compiled `eval_step(state, batch) -> metric sums` over the whole (global) batch."""
     return jax.jit(
@@ -240,7 +240,7 @@ def jit_eval_step(
 
 
 def jit_predict_step(
-    model: nn.Module, mesh: Mesh, finish: steps.Finish = None
+    model: nn.Module, mesh: Mesh, finish: steps.FinishFn = None
 ) -> Callable[[steps.TrainState, Any], jax.Array]:
     """Compiled `predict_step(state, batch) -> probs [B, K]`, probs sharded like the batch."""
     return jax.jit(

@@ -22,7 +22,7 @@ from resnet_jax.optim import cross_entropy
 # `finish`: the input path's batch -> model inputs (resnet_jax.data.finish.Finish: cast, lighting,
 # normalisation, crop and flip), run inside the step so batches cross to the device as uint8.
 # None: batch['image'] is already the model input.
-Finish = Callable[[Mapping[str, jax.Array]], jax.Array] | None
+FinishFn = Callable[[Mapping[str, jax.Array]], jax.Array] | None
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -78,9 +78,9 @@ def train_step(
     learning_rate_fn: Callable[[jax.Array], jax.Array],
     label_smoothing: float = 0.0,
     skip_nonfinite: bool = False,
-    finish: Finish = None,
+    finish: FinishFn = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD step on batch {'image': [B, H, W, 3], 'label': int [B], ...} (see `Finish`).
+    """One SGD step on batch {'image': [B, H, W, 3], 'label': int [B], ...} (see `FinishFn`).
 
     Returns the new state and scalar metrics: loss (cross-entropy, without weight decay), top1, top5
     (fractions of the batch), learning_rate (the one used for this update), grad_norm (global L2).
@@ -123,7 +123,7 @@ def train_step(
 
 
 def predict_step(
-    state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, finish: Finish = None
+    state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, finish: FinishFn = None
 ) -> jax.Array:
     """Class probabilities [B, K] averaged over views; batch['image'] [B, H, W, 3] or
     [B, V, H, W, 3]."""
@@ -159,7 +159,7 @@ def metrics_from_probs(
 
 
 def eval_step(
-    state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, finish: Finish = None
+    state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, finish: FinishFn = None
 ) -> dict[str, jax.Array]:
     """Masked metric sums for {'image', 'label' [B], 'mask' bool [B]}; divide by `count` for means."""
     probs = predict_step(state, batch, model=model, finish=finish)
