@@ -144,6 +144,22 @@ def input_pipeline(c: ml_collections.ConfigDict) -> str | None:
     )
 
 
+def build_finish(c: ml_collections.ConfigDict):
+    """The `resnet_jax.data.finish.Finish` of the config's input path: what turns its uint8
+    batches into model inputs inside the train, eval and predict steps."""
+    if c.dataset == synthetic.NAME:
+        return synthetic.FINISH
+    if input_pipeline(c) == "device":  # statistics stored beside the arrays: no TensorFlow
+        from resnet_jax.data import device_input
+
+        return device_input.finish_for(
+            c.dataset, data_dir=c.data_dir, normalization=c.normalization
+        )
+    from resnet_jax.data import pipeline  # TensorFlow only on the host data path
+
+    return pipeline.finish_for(c.dataset, data_dir=c.data_dir, normalization=c.normalization)
+
+
 def build_model(c: ml_collections.ConfigDict):
     from resnet_jax import models
 

@@ -500,9 +500,10 @@ def test_sweep_runs_smallest_batch_first_and_stops_at_out_of_memory(monkeypatch)
         benchmark.sweep("resnet50", [128])
 
 
-def test_input_pipeline_mode_reports_the_data_module_measurement(monkeypatch):
+def test_input_pipeline_mode_reports_the_data_module_measurement_and_cores_to_feed(monkeypatch):
     import types
 
+    import resnet_jax.data
     from resnet_jax.bench import cli as benchmark
 
     calls = []
@@ -520,16 +521,42 @@ def test_input_pipeline_mode_reports_the_data_module_measurement(monkeypatch):
         seed=0,
     ):
         calls.append((dataset, data_dir, batch_size, augment, num_batches, image_size, num_threads))
-        return {"images_per_sec": 1234.5, "dataset": dataset, "augment": augment or "paper"}
+        return {
+            "images_per_sec": 1234.5,
+            "images_per_sec_per_core": 617.25,
+            "images_per_cpu_sec": 500.0,
+            "cores": 2,
+            "batch_size": batch_size,
+            "dataset": dataset,
+            "augment": augment or "paper",
+        }
+
+    def fake_compare(dataset, data_dir, batch_size, augment=None, *, rounds, **kwargs):
+        calls.append(("compare", dataset, rounds, kwargs["num_batches"]))
+        return {"pipeline_images_per_cpu_sec": 350.0, "ratio": 0.9, "dataset": dataset}
 
     # Stands in for resnet_jax.data.throughput, whose real run needs a prepared dataset and TF.
     module = types.ModuleType("resnet_jax.data.throughput")
     module.measure_input_pipeline = fake_measure
+    module.compare_with_decoder = fake_compare
+    module.format_comparison = lambda r: "compared"
     monkeypatch.setitem(sys.modules, "resnet_jax.data.throughput", module)
+    monkeypatch.setattr(resnet_jax.data, "throughput", module, raising=False)
     r = benchmark.input_pipeline("imagenet2012", "/data", 256, "inception", 7, 192, 16)
     assert calls == [("imagenet2012", "/data", 256, "inception", 7, 192, 16)]
     assert r["images_per_sec"] == 1234.5 and r["augment"] == "inception"
-    assert "cores" in r["device"] and r["date"].endswith("UTC")
+    assert "cores" in r["device"] and r["date"].endswith("UTC") and "cores_to_feed" not in r
+    r = benchmark.input_pipeline("imagenet2012", "/data", 256, feed_target=7000)
+    assert r["cores_to_feed"] == pytest.approx(14.0)  # 7000 / 500 images per CPU-second
+    text = benchmark.format_input_pipeline(r)
+    assert "617.2 per core" in text and "14.0 cores at that rate" in text and "7,000" in text
+    r = benchmark.input_pipeline(
+        "imagenet2012", None, 8, vs_decoder=True, rounds=3, feed_target=7000
+    )
+    assert calls[-1] == ("compare", "imagenet2012", 3, 40) and r["cores_to_feed"] == 20.0
+    assert benchmark.format_input_pipeline(r).startswith("compared\non host ")
+    with pytest.raises(ValueError, match="feed_target must be a positive rate"):
+        benchmark.input_pipeline("imagenet2012", None, 8, feed_target=0)
 
 
 # --- the suite runner behind docs/benchmarks.md --------------------------------------------------

@@ -6,7 +6,7 @@ import fake_archives
 import numpy as np
 import pytest
 
-from resnet_jax.data import datasets, pipeline, stats
+from resnet_jax.data import augment, datasets, finish, pipeline, stats
 
 N_TRAIN, N_TEST = 50, 20
 
@@ -29,6 +29,12 @@ def _stats(fake):
     return stats.normalization_stats(datasets.get_builder("cifar10", fake.data_dir))
 
 
+def _finished(fake, batch, normalization=None):
+    """The model inputs of a host batch, as the train step makes them."""
+    fin = pipeline.finish_for("cifar10", data_dir=fake.data_dir, normalization=normalization)
+    return np.asarray(fin(batch))
+
+
 def _key(image_uint8):
     return hashlib.sha1(np.ascontiguousarray(image_uint8).tobytes()).hexdigest()
 
@@ -37,11 +43,10 @@ def test_real_builder_reads_the_binary_format(cifar10):
     info = datasets.get_info("cifar10", cifar10.data_dir)
     assert (info.num_train, info.num_eval, info.num_classes) == (N_TRAIN, N_TEST, 10)
     assert (info.image_size, info.family, info.eval_split) == (32, "cifar", "test")
-    # Un-normalise one epoch without augmentation: exactly the archive's images and labels.
-    st = _stats(cifar10)
+    # One epoch without augmentation: exactly the archive's images (uint8) and labels.
     batch = next(_train(cifar10, augment="none", local_batch_size=N_TRAIN))
-    raw = np.rint(batch["image"] * st["pixel_std"] + st["mean_image"]).astype(np.uint8)
-    got = sorted(zip(map(_key, raw), batch["label"].tolist(), strict=True))
+    assert batch["image"].dtype == np.uint8 and set(batch) == {"image", "label"}
+    got = sorted(zip(map(_key, batch["image"]), batch["label"].tolist(), strict=True))
     want = sorted(zip(map(_key, cifar10.train_images), cifar10.train_labels.tolist(), strict=True))
     assert got == want
 
@@ -51,12 +56,11 @@ def test_per_pixel_mean_and_per_channel_normalisation(cifar10):
     images = cifar10.train_images.astype(np.float64)
     np.testing.assert_allclose(st["mean_image"], images.mean(0), rtol=1e-5)
     np.testing.assert_allclose(st["channel_std"], images.std((0, 1, 2)), rtol=1e-4)
-    x = next(_train(cifar10, augment="none", local_batch_size=N_TRAIN))["image"]
+    batch = next(_train(cifar10, augment="none", local_batch_size=N_TRAIN))
+    x = _finished(cifar10, batch)
     np.testing.assert_allclose(x.mean(0), 0.0, atol=1e-4)  # every pixel centred
     np.testing.assert_allclose(x.std(), 1.0, rtol=1e-3)
-    y = next(
-        _train(cifar10, augment="none", local_batch_size=N_TRAIN, normalization="per_channel")
-    )["image"]
+    y = _finished(cifar10, batch, normalization="per_channel")
     np.testing.assert_allclose(y.mean((0, 1, 2)), 0.0, atol=1e-4)
     np.testing.assert_allclose(y.std((0, 1, 2)), 1.0, rtol=1e-3)
 
@@ -65,24 +69,48 @@ def test_pad_crop_flip_is_a_shifted_or_mirrored_view_of_the_image(cifar10):
     plain = next(_train(cifar10, augment="none"))
     augmented = next(_train(cifar10, augment="cifar"))
     np.testing.assert_array_equal(plain["label"], augmented["label"])  # same order
+    np.testing.assert_array_equal(plain["image"], augmented["image"])  # crops are made on device
     shifts = []
-    for x, a in zip(plain["image"], augmented["image"], strict=True):
+    pairs = zip(_finished(cifar10, plain), _finished(cifar10, augmented), strict=True)
+    for x, a in pairs:
         padded = np.pad(x, [(4, 4), (4, 4), (0, 0)])
         found = [
             (dy, dx, f)
             for dy in range(9)
             for dx in range(9)
             for f in (False, True)
-            if np.array_equal(
+            if np.allclose(
                 padded[dy : dy + 32, dx : dx + 32][:, ::-1]
                 if f
                 else padded[dy : dy + 32, dx : dx + 32],
                 a,
+                rtol=0,
+                atol=1e-5,
             )
         ]
         assert found, "augmented image is no pad-4 crop (or mirror) of the original"
         shifts.append(found[0])
     assert len(set(shifts)) > 3  # the crops really vary
+
+
+def test_device_finished_crops_equal_the_tf_pad_crop_flip_of_the_same_seeds(cifar10):
+    """The draws sent with a host batch reproduce TF's stateless crop and flip bit for bit."""
+    tf = augment.tf
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 32, 32, 3), np.uint8)
+    mean, std = stats.mean_and_std(_stats(cifar10), "per_pixel_mean")
+    seeds = [tf.constant([7, k], tf.int64) for k in range(len(images))]
+    crops, flips = zip(*[augment.cifar_draws(s) for s in seeds], strict=True)
+    batch = {"image": images, "crop": np.stack(crops), "flip": np.stack(flips)}
+    got = np.asarray(finish.Finish(mean, std)(batch))
+    for image, seed, out in zip(images, seeds, got, strict=True):
+        # He2015's augmentation as TF ops on the normalised image (what the host used to run).
+        s_crop, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        x = tf.pad((image.astype(np.float32) - mean) / std, [[4, 4], [4, 4], [0, 0]])
+        x = tf.image.stateless_random_crop(x, [32, 32, 3], s_crop)
+        want = tf.image.stateless_random_flip_left_right(x, s_flip).numpy()
+        np.testing.assert_allclose(out, want, rtol=0, atol=1e-5)
+    assert 3 < np.stack(flips).sum() < 21 and len({tuple(c) for c in np.stack(crops)}) > 10
 
 
 def test_resume_across_epoch_boundaries(cifar10):
@@ -96,13 +124,11 @@ def test_resume_across_epoch_boundaries(cifar10):
 
 def test_paper_45k_5k_protocol_splits_the_training_set(cifar10):
     def keys(split):
-        st = _stats(cifar10)
         out = []
         for b in pipeline.eval_iterator(
             "cifar10", data_dir=cifar10.data_dir, local_batch_size=7, split=split
         ):
-            raw = np.rint(b["image"] * st["pixel_std"] + st["mean_image"]).astype(np.uint8)
-            out += [_key(r) for r, m in zip(raw, b["mask"], strict=True) if m]
+            out += [_key(r) for r, m in zip(b["image"], b["mask"], strict=True) if m]
         return out
 
     train, val = keys("train45k"), keys("val5k")

@@ -9,7 +9,7 @@ import fake_archives
 import numpy as np
 import pytest
 
-from resnet_jax.data import augment, datasets, pipeline, prepare
+from resnet_jax.data import augment, datasets, finish, pipeline, prepare
 
 NUM_CLASSES, PER_CLASS, NUM_VAL = 3, 3, 5
 
@@ -44,21 +44,84 @@ def test_real_builder_prepares_fake_archives_with_their_sizes_and_labels(fake):
     assert sorted(labels.tolist()) == sorted(list(range(NUM_CLASSES)) * PER_CLASS)
 
 
+_DRAWS = {"paper": {"flip", "light"}, "inception": {"flip"}, "none": set()}
+
+
 @pytest.mark.parametrize("augment_name", ["paper", "inception", "none"])
-def test_train_batches_are_shaped_normalised_and_deterministic(fake, augment_name):
+def test_train_batches_are_uint8_with_their_draws_deterministic_and_finish_normalised(
+    fake, augment_name
+):
     a = next(_train(fake, augment=augment_name))
     b = next(_train(fake, augment=augment_name))
-    assert a["image"].shape == (4, 224, 224, 3) and a["image"].dtype == np.float32
+    assert set(a) == {"image", "label"} | _DRAWS[augment_name]
+    assert a["image"].shape == (4, 224, 224, 3) and a["image"].dtype == np.uint8
     assert a["label"].shape == (4,) and a["label"].dtype == np.int32
-    np.testing.assert_array_equal(a["image"], b["image"])
+    if "light" in a:
+        assert a["light"].shape == (4, 3) and a["light"].dtype == np.float32
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     # Normalised with ImageNet mean/std: raw 0..255 maps into [-2.12, 2.64]. PCA lighting shifts
     # an image by ~0.1 std per channel (under 0.5 with overwhelming probability).
+    x = np.asarray(finish.IMAGENET(a))
     margin = 0.5 if augment_name == "paper" else 1e-4
-    lo = (0 - np.array(augment.IMAGENET_MEAN)) / augment.IMAGENET_STD
-    hi = (255 - np.array(augment.IMAGENET_MEAN)) / augment.IMAGENET_STD
-    assert np.all(a["image"].min((0, 1, 2)) >= lo - margin)
-    assert np.all(a["image"].max((0, 1, 2)) <= hi + margin)
-    assert 0.5 < a["image"].std() < 1.5
+    lo = (0 - np.array(finish.IMAGENET_MEAN)) / finish.IMAGENET_STD
+    hi = (255 - np.array(finish.IMAGENET_MEAN)) / finish.IMAGENET_STD
+    assert x.dtype == np.float32 and x.shape == a["image"].shape
+    assert np.all(x.min((0, 1, 2)) >= lo - margin)
+    assert np.all(x.max((0, 1, 2)) <= hi + margin)
+    assert 0.5 < x.std() < 1.5
+
+
+def _float_reference(image_bytes, seed, augment_name, image_size):
+    """Model inputs as the host made them when batches crossed as normalised float32: the uint8
+    crop mirrored, resized bilinearly to float, PCA lighting added, normalised per channel."""
+    tf = augment.tf
+    s_crop, s_light = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    if augment_name == "paper":
+        window, flip = augment.paper_window(image_bytes, s_crop, image_size)
+        light = augment.pca_lighting_offset(s_light).numpy()
+    else:
+        window, flip = augment.inception_window(image_bytes, s_crop)
+        light = np.zeros(3, np.float32)
+    crop = augment.decode_crop(image_bytes, window)
+    crop = tf.reverse(crop, axis=[1]) if flip else crop
+    x = tf.image.resize(crop, [image_size, image_size], method="bilinear", antialias=False)
+    mean, std = np.array(finish.IMAGENET_MEAN), np.array(finish.IMAGENET_STD)
+    return (x.numpy() + light - mean) / std
+
+
+@pytest.mark.parametrize("augment_name", ["paper", "inception"])
+def test_uint8_crops_finished_on_device_match_the_float_pipeline_and_its_statistics(
+    augment_name,
+):
+    """Same crops, flips and lighting as the float host pipeline; pixels within rounding."""
+    tf = augment.tf
+    rng = np.random.default_rng(5)
+    jpegs = [fake_archives.natural_jpeg(rng, *hw) for hw in ((375, 500), (500, 375), (333, 500))]
+    size, draws = 96, 24
+    new, old, flips = [], [], []
+    for k in range(draws):
+        image_bytes, seed = tf.constant(jpegs[k % 3]), tf.constant([11, k], tf.int64)
+        s_crop, s_light = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        if augment_name == "paper":
+            window, flip = augment.paper_window(image_bytes, s_crop, size)
+        else:
+            window, flip = augment.inception_window(image_bytes, s_crop)
+        batch = {"image": augment.crop_resize(image_bytes, window, size)[None], "flip": flip[None]}
+        if augment_name == "paper":
+            batch["light"] = augment.pca_lighting_offset(s_light)[None]
+        new.append(np.asarray(finish.IMAGENET({k: np.asarray(v) for k, v in batch.items()}))[0])
+        old.append(_float_reference(image_bytes, seed, augment_name, size))
+        flips.append(bool(flip))
+    new, old = np.stack(new), np.stack(old)
+    # Rounding the resized pixels to uint8 moves each by at most half a grey level.
+    tolerance = 0.5 / np.array(finish.IMAGENET_STD) + 1e-4
+    assert (np.abs(new - old) <= tolerance).all(), np.abs(new - old).max((0, 1, 2))
+    assert 0 < sum(flips) < draws  # both mirrored and plain crops were compared
+    # Output statistics before and after: per-channel means and spreads agree to rounding.
+    np.testing.assert_allclose(new.mean((0, 1, 2)), old.mean((0, 1, 2)), atol=2e-3)
+    np.testing.assert_allclose(new.std((0, 1, 2)), old.std((0, 1, 2)), rtol=2e-3)
+    np.testing.assert_allclose(new.mean(0), old.mean(0), atol=tolerance.max())
 
 
 def test_other_seed_gives_other_augmentation(fake):
@@ -133,7 +196,7 @@ def test_eval_visits_every_example_once_with_mask(fake):
     np.testing.assert_array_equal(mask, [True] * NUM_VAL + [False])
     images = np.concatenate([b["image"] for b in batches])
     assert len({_digest(x) for x in images[:NUM_VAL]}) == NUM_VAL
-    np.testing.assert_allclose(images[NUM_VAL:], 0.0, atol=1e-5)  # padding normalises to zero
+    assert images.dtype == np.uint8 and not images[NUM_VAL:].any()  # padding rows are zeros
     assert np.concatenate([b["label"] for b in batches])[-1] == 0
 
 
@@ -144,12 +207,13 @@ def test_ten_crop_yields_ten_views_whose_last_five_mirror_the_first(fake):
         )
     )
     assert batch["image"].shape == (2, 10, 224, 224, 3)
-    views = batch["image"][0]
-    np.testing.assert_allclose(views[5:], views[:5, :, ::-1], atol=1e-5)
+    assert batch["image"].dtype == np.uint8
+    views = batch["image"][0].astype(np.float32)
+    np.testing.assert_array_equal(views[5:], views[:5, :, ::-1])
     assert len({_digest(v) for v in views[:5]}) == 5
     center = next(
         pipeline.eval_iterator("imagenet2012", data_dir=fake.data_dir, local_batch_size=2)
-    )["image"][0]
+    )["image"][0].astype(np.float32)
     # The centre view is the centre crop up to resampling (resize-then-crop vs crop-then-resize,
     # which differ by sub-pixel shifts): far closer to it than the corner views are.
     assert np.abs(views[4] - center).mean() < 0.5 * min(
@@ -297,3 +361,27 @@ def test_throughput_reports_images_per_second(fake):
         result["images_per_sec"] / result["cores"], rel=1e-9
     )
     assert result["images_per_cpu_sec"] > 0
+
+
+def test_decoder_comparison_times_pipeline_and_decoder_on_the_same_rounds(fake):
+    from resnet_jax.data import throughput  # pylint: disable=g-import-not-at-top
+
+    decoder = next(
+        pipeline.decoder_iterator(
+            "imagenet2012", data_dir=fake.data_dir, local_batch_size=4, seed=0, augment="inception"
+        )
+    )
+    train = next(_train(fake, augment="inception"))
+    assert set(decoder) == {"pixel", "label"} and decoder["pixel"].shape == (4, 3)
+    np.testing.assert_array_equal(decoder["label"], train["label"])  # the same examples
+    r = throughput.compare_with_decoder(
+        "imagenet2012", fake.data_dir, 4, "inception", rounds=2, num_batches=1, warmup_batches=0
+    )
+    assert len(r["rounds"]) == 2 and set(r["rounds"][0]) == {"pipeline", "decoder"}
+    ratios = [x["pipeline"]["images_per_sec"] / x["decoder"]["images_per_sec"] for x in r["rounds"]]
+    assert r["ratio"] == pytest.approx(np.median(ratios), rel=1e-9)
+    assert r["pipeline_images_per_sec_per_core"] == pytest.approx(
+        np.median([x["pipeline"]["images_per_sec"] for x in r["rounds"]]) / r["cores"], rel=1e-9
+    )
+    with pytest.raises(ValueError, match="not cropped out of JPEGs"):
+        pipeline.decoder_iterator("cifar10", data_dir=fake.data_dir, local_batch_size=4, seed=0)

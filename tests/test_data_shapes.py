@@ -87,9 +87,10 @@ def test_first_use_prepares_it_through_tfds_and_the_pipeline_reads_it(small_shap
     assert (info.image_size, info.family, info.eval_split) == (32, "cifar", "test")
     it = pipeline.train_iterator("shapes10", data_dir=small_shapes, local_batch_size=32, seed=0)
     batch = next(it)
-    assert batch["image"].shape == (32, 32, 32, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (32, 32, 32, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].min() >= 0 and batch["label"].max() <= 9
-    assert abs(float(batch["image"].mean())) < 0.2 and 0.7 < float(batch["image"].std()) < 1.3
+    x = np.asarray(pipeline.finish_for("shapes10", data_dir=small_shapes)(batch))
+    assert abs(float(x.mean())) < 0.2 and 0.7 < float(x.std()) < 1.3
     # The stored test split is exactly render(NUM_TEST, SEED + 1) (PNG is lossless).
     images, labels = shapes.render(SMALL_TEST, shapes.SEED + 1)
     builder = datasets.get_builder("shapes10", small_shapes)

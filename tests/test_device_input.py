@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax.data import arrays, datasets, device_input, pipeline, prepare, shapes, stats
+from resnet_jax.data import arrays, datasets, device_input, finish, pipeline, prepare, shapes, stats
 from resnet_jax.engine import parallel
 
 N_COORD = 200  # examples of the coordinate-coded fake CIFAR-10 (the id is stored in blue)
@@ -28,8 +28,6 @@ def _batches(held, *, batch_size, seed=0, start_step=0, augment="cifar", steps=1
     mesh = parallel.make_mesh()
     it = device_input.TrainBatches(
         held,
-        np.float32(100.0),
-        np.float32(50.0),
         batch_sharding=parallel.batch_sharded(mesh),
         batch_size=batch_size,
         seed=seed,
@@ -37,6 +35,9 @@ def _batches(held, *, batch_size, seed=0, start_step=0, augment="cifar", steps=1
         augment=augment,
     )
     return [jax.device_get(next(it)) for _ in range(steps)]
+
+
+_FINISH = finish.Finish(np.float32(100.0), np.float32(50.0))
 
 
 def test_epoch_order_is_a_permutation_that_depends_on_seed_and_epoch_only():
@@ -58,8 +59,9 @@ def test_each_epoch_visits_distinct_examples_and_a_resumed_iterator_continues_bi
     for start in (1, 3, 5):  # mid-epoch, on an epoch boundary, in a later epoch
         resumed = _batches(held, batch_size=16, start_step=start, steps=7 - start)
         for want, got in zip(run[start:], resumed, strict=True):
-            np.testing.assert_array_equal(want["image"], got["image"])
-            np.testing.assert_array_equal(want["label"], got["label"])
+            assert set(got) == {"image", "label", "crop", "flip"}
+            for key in got:
+                np.testing.assert_array_equal(want[key], got[key], err_msg=key)
     other_seed = _batches(held, batch_size=16, seed=1)[0]
     assert not np.array_equal(other_seed["label"], run[0]["label"])
 
@@ -81,7 +83,7 @@ def test_pad_crop_flip_equals_the_numpy_reference_for_every_offset_and_a_mean_im
     offsets = np.array([[dy, dx] for dy in range(9) for dx in range(9)], np.int32)  # all 81
     index = np.arange(81, dtype=np.int32) % 9
     flips = np.arange(81) % 2 == 1
-    out = np.asarray(device_input.pad_crop_flip(images, index, offsets, flips, mean, std))
+    out = np.asarray(finish.pad_crop_flip(images[index], offsets, flips, mean, std))
     for k in range(81):
         want = _reference(images[index[k]], *offsets[k], flips[k], mean, std)
         np.testing.assert_allclose(out[k], want, rtol=0, atol=1e-5, err_msg=str(offsets[k]))
@@ -90,7 +92,8 @@ def test_pad_crop_flip_equals_the_numpy_reference_for_every_offset_and_a_mean_im
 def test_without_augmentation_batches_are_the_normalised_images():
     held, images = _held(40)
     b = _batches(held, batch_size=8, augment="none")[0]
-    np.testing.assert_allclose(b["image"], (images[b["label"]] - 100.0) / 50.0, atol=1e-6)
+    assert set(b) == {"image", "label"} and b["image"].dtype == np.uint8
+    np.testing.assert_allclose(_FINISH(b), (images[b["label"]] - 100.0) / 50.0, atol=1e-6)
 
 
 def test_evaluation_visits_every_example_once_and_pads_with_masked_rows():
@@ -98,8 +101,6 @@ def test_evaluation_visits_every_example_once_and_pads_with_masked_rows():
     mesh = parallel.make_mesh()
     batches = device_input.EvalBatches(
         held,
-        np.float32(0),
-        np.float32(1),
         batch_sharding=parallel.batch_sharded(mesh),
         batch_size=16,
     )
@@ -174,7 +175,8 @@ def test_host_and_device_paths_draw_the_same_augmented_distribution(coord_cifar)
     host_it = pipeline.train_iterator(
         "cifar10", data_dir=coord_cifar.data_dir, local_batch_size=batch, seed=0
     )
-    host = np.concatenate([next(host_it)["image"] for _ in range(draws // batch)])
+    host_finish = pipeline.finish_for("cifar10", data_dir=coord_cifar.data_dir)
+    host = np.concatenate([host_finish(next(host_it)) for _ in range(draws // batch)])
     mesh = parallel.make_mesh()
     device_it = device_input.train_batches(
         "cifar10",
@@ -183,7 +185,8 @@ def test_host_and_device_paths_draw_the_same_augmented_distribution(coord_cifar)
         global_batch_size=batch,
         seed=0,
     )
-    device = np.concatenate([np.asarray(next(device_it)["image"]) for _ in range(draws // batch)])
+    device_finish = device_input.finish_for("cifar10", data_dir=coord_cifar.data_dir)
+    device = np.concatenate([device_finish(next(device_it)) for _ in range(draws // batch)])
 
     decoded = {
         name: _decode(out, mean, std, images) for name, out in (("host", host), ("device", device))

@@ -50,8 +50,9 @@ def test_predictions_equal_the_evaluation_path_on_the_same_test_images(run):
         "shapes10", data_dir=None, batch_sharding=parallel.batch_sharded(mesh),
         global_batch_size=16, split="test[:16]",
     )))  # fmt: skip
+    finish = device_input.finish_for("shapes10", data_dir=None)
     logits = model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
+        {"params": state.params, "batch_stats": state.batch_stats}, finish(batch), train=False
     )
     want = np.asarray(jax.nn.softmax(logits))[:4]
     names = shapes.CLASS_NAMES

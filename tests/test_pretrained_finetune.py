@@ -251,7 +251,7 @@ def test_import_writes_a_run_that_eval_reads_and_export_gives_the_weights_back(
     pool = synthetic.make_batches(
         parallel.batch_sharded(parallel.make_mesh()), 2, 8, 32, 10, seed=c.seed
     )
-    images = np.concatenate([np.asarray(b["image"]) for b in pool])
+    images = np.concatenate([np.asarray(synthetic.FINISH(b)) for b in pool])
     labels = np.concatenate([np.asarray(b["label"]) for b in pool])
     logp = jax.nn.log_softmax(jax.jit(model.apply)(variables, images))
     want = -float(np.mean(np.take_along_axis(np.asarray(logp), labels[:, None], 1)))

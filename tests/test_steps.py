@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from resnet_jax import optim
+from resnet_jax.data import finish
 from resnet_jax.engine import steps
 
 
@@ -152,8 +153,45 @@ def test_eval_step_averages_softmax_over_views():
     images = jnp.asarray(_batch(4)["image"])
     two_views = jnp.stack([images, images[:, ::-1]], axis=1)  # [B, V=2, H, W, 3]
     predict = jax.jit(functools.partial(steps.predict_step, model=model))
-    p0, p1 = predict(state, images), predict(state, images[:, ::-1])
-    np.testing.assert_allclose(predict(state, two_views), (p0 + p1) / 2, rtol=1e-5, atol=1e-7)
+    p0, p1 = predict(state, {"image": images}), predict(state, {"image": images[:, ::-1]})
+    np.testing.assert_allclose(
+        predict(state, {"image": two_views}), (p0 + p1) / 2, rtol=1e-5, atol=1e-7
+    )
     batch = {"image": two_views, "label": jnp.zeros(4, jnp.int32), "mask": jnp.ones(4, bool)}
     s = jax.jit(functools.partial(steps.eval_step, model=model))(state, batch)
     np.testing.assert_allclose(s["loss"], -jnp.log((p0 + p1)[:, 0] / 2).sum(), rtol=1e-5)
+
+
+def test_uint8_batches_are_finished_inside_the_step_and_refused_without_a_finish():
+    model, tx, state, step = _setup()
+    rng = np.random.default_rng(4)
+    raw = {
+        "image": rng.integers(0, 256, (6, 8, 8, 3), np.uint8),
+        "label": rng.integers(0, 10, 6).astype(np.int32),
+        "flip": np.array([True, False] * 3),
+        "light": rng.normal(0, 5, (6, 3)).astype(np.float32),
+    }
+    with pytest.raises(ValueError, match="uint8 pixels but the step has no `finish`"):
+        step(state, raw)
+    # With the finish, the step trains on exactly the inputs the finish makes on the host.
+    mean, std = np.array([100.0, 110.0, 120.0]), np.array([50.0, 60.0, 70.0])
+    fin = finish.Finish(mean, std)
+    want = (raw["image"] + raw["light"][:, None, None] - mean) / std
+    want = np.where(raw["flip"][:, None, None, None], want[:, :, ::-1], want)
+    np.testing.assert_allclose(fin(raw), want, rtol=1e-6, atol=1e-5)
+    finished = jax.jit(
+        functools.partial(
+            steps.train_step,
+            model=model,
+            tx=tx,
+            learning_rate_fn=optax.constant_schedule(0.1),
+            finish=fin,
+        )
+    )
+    s_raw, m_raw = finished(state, raw)
+    s_float, m_float = step(state, {"image": want.astype(np.float32), "label": raw["label"]})
+    np.testing.assert_allclose(m_raw["loss"], m_float["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s_raw.params), jax.tree.leaves(s_float.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\[B, H, W, 3\]"):
+        fin({"image": raw["image"][0]})

@@ -41,7 +41,7 @@ def test_evaluation_means_cover_exactly_the_real_examples(setup):
     model, mesh, state = setup
     data, batches = _eval_batches(13)
     result = evaluate.evaluate_batches(parallel.jit_eval_step(model, mesh), state, batches, mesh)
-    probs = jax.jit(functools.partial(steps.predict_step, model=model))(state, data["image"])
+    probs = jax.jit(functools.partial(steps.predict_step, model=model))(state, data)
     expected_top1 = float(np.mean(np.argmax(probs, -1) == data["label"]))
     expected_loss = float(-np.mean(np.log(probs[np.arange(13), data["label"]])))
     assert result["count"] == 13
@@ -60,8 +60,7 @@ def test_multiscale_averages_probabilities_over_scales(setup):
     result = evaluate.evaluate_multiscale(predict, score, state, [scale_a, scale_b], mesh)
 
     probs = [
-        np.concatenate([np.asarray(predict(state, b["image"])) for b in s])[:11]
-        for s in (scale_a, scale_b)
+        np.concatenate([np.asarray(predict(state, b)) for b in s])[:11] for s in (scale_a, scale_b)
     ]
     mean = (probs[0] + probs[1]) / 2
     labels = np.concatenate([b["label"] for b in scale_a])[:11]

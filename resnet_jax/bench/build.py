@@ -148,20 +148,23 @@ def build_step(
             model = reference.MinimalResNet(spec, dtype=DTYPES[dtype])
         tx = reference.minimal_optimizer()
         jitted = jax.jit(
-            functools.partial(reference.minimal_train_step, model=model, tx=tx),
+            functools.partial(
+                reference.minimal_train_step, model=model, tx=tx, finish=synthetic.FINISH
+            ),
             in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
             out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
             donate_argnums=(0,),
         )
     elif mode == "train":
-        jitted = parallel.jit_train_step(model, tx, lr, mesh)
+        jitted = parallel.jit_train_step(model, tx, lr, mesh, finish=synthetic.FINISH)
     else:
-        jitted = parallel.jit_eval_step(model, mesh)
+        jitted = parallel.jit_eval_step(model, mesh, synthetic.FINISH)
     # A raw uint32 key, as the trainer passes (TrainState.rng is uint32 [2]).
     state = parallel.create_sharded_train_state(
         model, tx, jax.random.PRNGKey(0), (image_size, image_size, 3), mesh
     )
-    # Exactly the trainer's inputs: train batches have no mask, eval batches do.
+    # Exactly the trainer's inputs: uint8 images finished inside the step (normalisation, and for
+    # training the mirror and lighting draws of ImageNet's 'paper' batches); eval batches add a mask.
     batch = synthetic.random_batch(
         parallel.batch_sharded(mesh), batch_size, image_size, num_classes, with_mask=mode == "eval"
     )

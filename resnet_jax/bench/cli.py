@@ -2,7 +2,8 @@ r"""Throughput of the real train / eval step on device-resident random data, wit
 
     python -m resnet_jax.benchmark --model resnet50 --batch_size 256 --dtype bfloat16 [--json]
     python -m resnet_jax.benchmark --model resnet50 --dtype bfloat16 --sweep 64,128,256
-    python -m resnet_jax.benchmark --input_pipeline --dataset imagenet2012 --data_dir DIR
+    python -m resnet_jax.benchmark --input_pipeline --dataset imagenet2012 --data_dir DIR \
+        [--vs_decoder] [--feed_target 7000]
 
 What is timed is exactly what the trainer runs: `parallel.jit_train_step` (the jitted, donated,
 sharded `steps.train_step` with the `optim` optimiser) over a mesh of every device, so a multi-GPU
@@ -63,7 +64,8 @@ def host_batches(
 
     The trainer's feeding path minus tf.data: every step pays a real host-to-device copy of this
     process's shard (from a small pool of arrays, so no host work is timed), overlapped with the
-    running step exactly as in training.
+    running step exactly as in training. The batches are those of the synthetic device pool
+    (`synthetic.make_batches`): uint8 images, and for training the 'flip' and 'light' draws.
     """
     from resnet_jax.engine import parallel
 
@@ -73,12 +75,15 @@ def host_batches(
     for _ in range(pool):
         arrays.append(
             {
-                "image": rng.standard_normal((local, image_size, image_size, 3), np.float32),
+                "image": rng.integers(0, 256, (local, image_size, image_size, 3), np.uint8),
                 "label": rng.integers(0, num_classes, (local,), dtype=np.int32),
             }
         )
         if with_mask:
             arrays[-1]["mask"] = np.ones((local,), np.bool_)
+        else:
+            arrays[-1]["flip"] = np.zeros((local,), np.bool_)
+            arrays[-1]["light"] = np.zeros((local, 3), np.float32)
     return parallel.prefetch_to_mesh(itertools.cycle(arrays), mesh, prefetch)
 
 
@@ -285,16 +290,36 @@ def input_pipeline(
     num_batches: int = 40,
     image_size: int | None = None,
     num_threads: int | None = None,
+    *,
+    vs_decoder: bool = False,
+    rounds: int = 5,
+    feed_target: float | None = None,
 ) -> dict[str, Any]:
     """Host-side tf.data throughput of the project's training pipeline (imports TensorFlow).
 
-    `resnet_jax.data.throughput.measure_input_pipeline` does the measuring; this adds the host
-    description, load and date so the row can go into docs/benchmarks.md as it is.
+    `resnet_jax.data.throughput` does the measuring (`compare_with_decoder` with `vs_decoder`:
+    interleaved rounds against the JPEG decoder alone on the same crops); this adds the host
+    description, load and date so the row can go into docs/benchmarks.md as it is, and with
+    `feed_target` (images/s, e.g. one GPU's training rate) `cores_to_feed`: the cores that many
+    images/s need at the measured images per CPU-second of the pipeline (a simulated GPU host whose
+    cores feed one accelerator).
     """
-    from resnet_jax.data.throughput import measure_input_pipeline
+    from resnet_jax.data import throughput
 
-    result = dict(
-        measure_input_pipeline(
+    if vs_decoder:
+        result = throughput.compare_with_decoder(
+            dataset,
+            data_dir,
+            batch_size,
+            augment,
+            rounds=rounds,
+            num_batches=num_batches,
+            image_size=image_size,
+            num_threads=num_threads,
+        )
+        per_cpu_sec = result["pipeline_images_per_cpu_sec"]
+    else:
+        result = throughput.measure_input_pipeline(
             dataset,
             data_dir,
             batch_size,
@@ -303,13 +328,39 @@ def input_pipeline(
             image_size=image_size,
             num_threads=num_threads,
         )
-    )
+        per_cpu_sec = result["images_per_cpu_sec"]
+    result = dict(result)
+    if feed_target is not None:
+        if feed_target <= 0:
+            raise ValueError(f"feed_target must be a positive rate in images/s, got {feed_target}")
+        result.update(feed_target=feed_target, cores_to_feed=feed_target / per_cpu_sec)
     result.update(
         device=f"host {bench_core.cpu_model_name()}, {os.cpu_count()} cores",
         host_load=bench_core.host_load(),
         date=_now(),
     )
     return result
+
+
+def format_input_pipeline(r: dict[str, Any]) -> str:
+    """The human-readable line(s) of `input_pipeline`'s result."""
+    if "ratio" in r:
+        from resnet_jax.data import throughput
+
+        text = throughput.format_comparison(r)
+    else:
+        text = (
+            f"{r['dataset']} input pipeline batch={r['batch_size']} augment={r['augment']}: "
+            f"{r['images_per_sec']:,.1f} img/s, {r['images_per_sec_per_core']:,.1f} per core "
+            f"(wall / {r['cores']} cores), {r['images_per_cpu_sec']:,.1f} per CPU-second"
+        )
+    text += f"\non {r['device']} (load {r['host_load']}), {r['date']}"
+    if "cores_to_feed" in r:
+        text += (
+            f"\n{r['cores_to_feed']:.1f} cores at that rate per CPU-second feed "
+            f"{r['feed_target']:,.0f} images/s"
+        )
+    return text
 
 
 def format_result(r: dict[str, Any]) -> str:
@@ -375,7 +426,6 @@ def _define_flags() -> None:
         "step. Two or more: timed in turn, window by window, in one process, with each one's "
         "speed relative to the last (e.g. default,bare,minimal).",
     )
-    f.DEFINE_integer("rounds", 10, "With several --step kinds: windows timed per kind.")
     f.DEFINE_enum(
         "feed",
         "device",
@@ -403,8 +453,23 @@ def _define_flags() -> None:
         "--input_pipeline augmentation (default: the dataset "
         "family's standard one; 'none' to time decoding alone).",
     )
-    f.DEFINE_integer("num_batches", 40, "Batches timed by --input_pipeline.")
+    f.DEFINE_integer(
+        "num_batches", 40, "Batches timed by --input_pipeline (per round with --vs_decoder)."
+    )
     f.DEFINE_integer("num_threads", None, "--input_pipeline tf.data threads (default: all cores).")
+    f.DEFINE_bool(
+        "vs_decoder",
+        False,
+        "--input_pipeline: interleave rounds of the JPEG decoder alone on the same crops and "
+        "report pipeline / decoder (ImageNet).",
+    )
+    f.DEFINE_integer("rounds", 10, "With several --step kinds or --vs_decoder: rounds timed.")
+    f.DEFINE_float(
+        "feed_target",
+        None,
+        "--input_pipeline: images/s to feed (e.g. 7000, one H200's ResNet-50 rate); prints the "
+        "cores that rate needs at the measured images per CPU-second.",
+    )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -418,12 +483,11 @@ def main(argv: Sequence[str]) -> None:
             FLAGS.num_batches,
             FLAGS.image_size,
             FLAGS.num_threads,
+            vs_decoder=FLAGS.vs_decoder,
+            rounds=FLAGS.rounds,
+            feed_target=FLAGS.feed_target,
         )
-        text = (
-            f"{FLAGS.dataset} input pipeline batch={FLAGS.batch_size} "
-            f"augment={result.get('augment')}: {result['images_per_sec']:,.1f} img/s on "
-            f"{result['device']} (load {result['host_load']})"
-        )
+        text = format_input_pipeline(result)
     else:
         if not FLAGS.model:
             raise app.UsageError("--model is required (or --input_pipeline)")

@@ -16,7 +16,7 @@ kind, stem), so both nets do the same convolutions apart from the shortcuts.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_jax.data.finish import images_for_model
 from resnet_jax.engine.steps import TrainState
 from resnet_jax.models import ResNetSpec
 
@@ -82,14 +83,23 @@ class MinimalResNet(nn.Module):
 
 
 def minimal_train_step(
-    state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, tx: Any
+    state: TrainState,
+    batch: Mapping[str, jax.Array],
+    *,
+    model: nn.Module,
+    tx: Any,
+    finish: Callable[[Mapping[str, jax.Array]], jax.Array] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD step on {'image': [B, H, W, 3], 'label': int [B]}; metrics: the mean loss only."""
+    """One SGD step on {'image': [B, H, W, 3], 'label': int [B]}; metrics: the mean loss only.
+
+    `finish` turns the batch into model inputs as in `steps.train_step`, so every step kind times
+    the same input work."""
+    images = images_for_model(batch, finish)
 
     def loss_fn(params):
         logits, updates = model.apply(
             {"params": params, "batch_stats": state.batch_stats},
-            batch["image"],
+            images,
             train=True,
             mutable=["batch_stats"],
         )

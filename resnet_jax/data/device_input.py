@@ -12,10 +12,12 @@ key(seed, k). Everything is a pure function of (seed, step) and of the global ba
 number of processes or devices, so a resumed run sees exactly the batches of an uninterrupted one
 and re-reads nothing.
 
-Augmentation ('cifar', He2015 Sec. 4.2, the host path's `augment.cifar_train`): the normalised image
-padded by 4 zero pixels per side, a 32x32 crop at an offset drawn uniformly from {0, ..., 8} in each
-axis, and a horizontal flip with probability 1/2. Padding, crop and flip are one gather with a
-mask, so no padded copy is ever made. 'none' takes the images as they are.
+Batches are the input contract of every path (`resnet_jax.data.finish`): uint8 images gathered
+from the split, plus the augmentation draws, which `finish.Finish` applies inside the jitted step.
+Augmentation ('cifar', He2015 Sec. 4.2, as the host path's `augment.cifar_draws`): the normalised
+image padded by 4 zero pixels per side, a 32x32 crop at an offset drawn uniformly from {0, ..., 8}
+in each axis, and a horizontal flip with probability 1/2 ('crop' and 'flip'). 'none' takes the
+images as they are.
 
 Evaluation visits every example of the split once, in order, in batches padded at the end with
 rows marked mask=False.
@@ -35,11 +37,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax.data import arrays, datasets
+from resnet_jax.data import finish as finish_lib
 from resnet_jax.data import stats as stats_lib
-from resnet_jax.data.normalize import normalize
+from resnet_jax.data.finish import PAD
 
 AUGMENTS = ("cifar", "none")
-PAD = 4  # pixels of zero padding per side before the random crop
 _ORDER, _AUGMENT = 0, 1  # key streams: the epoch permutations and the augmentation draws
 
 
@@ -77,27 +79,6 @@ def augment_draws(seed, step, batch_size: int) -> tuple[jax.Array, jax.Array]:
     return offsets, jax.random.bernoulli(k_flip, 0.5, (batch_size,))
 
 
-def pad_crop_flip(images, index, offsets, flips, mean, std) -> jax.Array:
-    """float32 [B, S, S, 3]: images[index] normalised, padded by PAD zeros, cropped, mirrored.
-
-    images: uint8 [N, S, S, 3]; index: int [B]; offsets: int [B, 2], the crop's top-left corner in
-    the padded image; flips: bool [B]; mean / std: see `normalize.normalize`. Output pixel (y, x)
-    is source pixel (y + dy - PAD, x' + dx - PAD) with x' = S - 1 - x when flipped, or 0 (the
-    mean, after normalisation) when that lies outside the image.
-    """
-    size = images.shape[1]
-    r = jnp.arange(size)
-    ys = r[None, :] + offsets[:, :1] - PAD  # [B, S] source rows
-    xs = jnp.where(flips[:, None], size - 1 - r, r) + offsets[:, 1:] - PAD  # [B, S] source columns
-    inside = ((ys >= 0) & (ys < size))[:, :, None] & ((xs >= 0) & (xs < size))[:, None, :]
-    ys, xs = jnp.clip(ys, 0, size - 1)[:, :, None], jnp.clip(xs, 0, size - 1)[:, None, :]
-    mean = jnp.broadcast_to(jnp.asarray(mean, jnp.float32), images.shape[1:])[
-        ys, xs
-    ]  # per source pixel
-    pixels = normalize(images[index[:, None, None], ys, xs], mean, std)
-    return jnp.where(inside[..., None], pixels, 0.0)
-
-
 @functools.cache
 def _jit_cached(fn, out_sharding, static):
     return jax.jit(functools.partial(fn, **dict(static)), out_shardings=out_sharding)
@@ -118,7 +99,8 @@ def _check_batch(batch_size, mesh):
 
 
 class TrainBatches:
-    """Endless iterator of global batches {'image' float32 [B, S, S, 3], 'label' int32 [B]}.
+    """Endless iterator of global batches {'image' uint8 [B, S, S, 3], 'label' int32 [B]}, with
+    'crop' int32 [B, 2] and 'flip' bool [B] under augment 'cifar' (see `finish`).
 
     `step` is the index of the next batch. See the module docstring for the order.
     """
@@ -126,8 +108,6 @@ class TrainBatches:
     def __init__(
         self,
         split: DeviceSplit,
-        mean,
-        std,
         *,
         batch_sharding: NamedSharding,
         batch_size: int,
@@ -147,7 +127,6 @@ class TrainBatches:
         self.split, self.step, self.steps_per_epoch = split, int(start_step), n // batch_size
         self._seed = np.int32(seed)
         replicated = NamedSharding(batch_sharding.mesh, P())
-        self._mean, self._std = (jax.device_put(np.asarray(v), replicated) for v in (mean, std))
         self._order_fn = _jit(epoch_order, replicated, n=n)
         self._fetch = _jit(_train_batch, batch_sharding, batch_size=batch_size, augment=augment)
         self._epoch, self._order = None, None
@@ -159,41 +138,27 @@ class TrainBatches:
         epoch, j = divmod(self.step, self.steps_per_epoch)
         if epoch != self._epoch:  # one permutation per epoch, kept on the devices
             self._epoch, self._order = epoch, self._order_fn(self._seed, np.int32(epoch))
-        batch = self._fetch(
-            self.split,
-            self._order,
-            self._mean,
-            self._std,
-            self._seed,
-            np.int32(j),
-            np.int32(self.step),
-        )
+        batch = self._fetch(self.split, self._order, self._seed, np.int32(j), np.int32(self.step))
         self.step += 1
         return batch
 
 
-def _train_batch(split, order, mean, std, seed, j, step, *, batch_size, augment):
+def _train_batch(split, order, seed, j, step, *, batch_size, augment):
     index = jax.lax.dynamic_slice_in_dim(order, j * batch_size, batch_size)
+    batch = {"image": split.images[index], "label": split.labels[index]}
     if augment == "cifar":
-        offsets, flips = augment_draws(seed, step, batch_size)
-        image = pad_crop_flip(split.images, index, offsets, flips, mean, std)
-    else:
-        image = normalize(split.images[index], mean, std)
-    return {"image": image, "label": split.labels[index]}
+        batch["crop"], batch["flip"] = augment_draws(seed, step, batch_size)
+    return batch
 
 
 class EvalBatches:
     """Re-iterable: every example of the split once, in order, in global batches
-    {'image' float32 [B, S, S, 3], 'label' int32 [B], 'mask' bool [B]}; the last batch is padded
+    {'image' uint8 [B, S, S, 3], 'label' int32 [B], 'mask' bool [B]}; the last batch is padded
     with rows of mask=False. `len()` is the number of batches."""
 
-    def __init__(
-        self, split: DeviceSplit, mean, std, *, batch_sharding: NamedSharding, batch_size: int
-    ):
+    def __init__(self, split: DeviceSplit, *, batch_sharding: NamedSharding, batch_size: int):
         _check_batch(batch_size, batch_sharding.mesh)
         self.split, self.batch_size = split, batch_size
-        replicated = NamedSharding(batch_sharding.mesh, P())
-        self._mean, self._std = (jax.device_put(np.asarray(v), replicated) for v in (mean, std))
         self._fetch = _jit(_eval_batch, batch_sharding, batch_size=batch_size)
 
     def __len__(self) -> int:
@@ -201,27 +166,26 @@ class EvalBatches:
 
     def __iter__(self) -> Iterator[dict]:
         for i in range(len(self)):
-            yield self._fetch(self.split, self._mean, self._std, np.int32(i * self.batch_size))
+            yield self._fetch(self.split, np.int32(i * self.batch_size))
 
 
-def _eval_batch(split, mean, std, start, *, batch_size):
+def _eval_batch(split, start, *, batch_size):
     n = split.labels.shape[0]
     position = start + jnp.arange(batch_size)
     index = jnp.minimum(position, n - 1)
     return {
-        "image": normalize(split.images[index], mean, std),
+        "image": split.images[index],
         "label": split.labels[index],
         "mask": position < n,
     }
 
 
-def _held(dataset, data_dir, split, normalization, batch_sharding):
-    """(DeviceSplit on the sharding's mesh, mean, std) of a split and the chosen normalisation
-    (None: the dataset's default)."""
-    held = put(arrays.load(dataset, split, data_dir), batch_sharding.mesh)
+def finish_for(dataset: str, *, data_dir: str | None, normalization: str | None = None):
+    """The `finish.Finish` of this path's batches: `normalization` (None: the dataset's default,
+    'per_pixel_mean') with the statistics stored beside the arrays (`arrays.load_stats`)."""
     normalization = datasets.normalization_of(dataset, normalization)
     mean, std = stats_lib.mean_and_std(arrays.load_stats(dataset, data_dir), normalization)
-    return held, mean, std
+    return finish_lib.Finish(mean, std)
 
 
 def train_batches(
@@ -234,15 +198,11 @@ def train_batches(
     start_step: int = 0,
     split: str | None = None,
     augment: str | None = None,
-    normalization: str | None = None,
 ) -> TrainBatches:
     """The training batches of `dataset` from `start_step` on (defaults: train split, 'cifar'
-    augmentation, 'per_pixel_mean' normalisation), held on `batch_sharding`'s mesh."""
-    held, mean, std = _held(dataset, data_dir, split, normalization, batch_sharding)
+    augmentation), held on `batch_sharding`'s mesh."""
     return TrainBatches(
-        held,
-        mean,
-        std,
+        put(arrays.load(dataset, split, data_dir), batch_sharding.mesh),
         batch_sharding=batch_sharding,
         batch_size=global_batch_size,
         seed=seed,
@@ -258,14 +218,10 @@ def eval_batches(
     batch_sharding: NamedSharding,
     global_batch_size: int,
     split: str | None = None,
-    normalization: str | None = None,
 ) -> EvalBatches:
     """The evaluation batches of `dataset` (default: its test split), held on the mesh."""
-    held, mean, std = _held(
-        dataset,
-        data_dir,
-        split or datasets.facts(dataset)["eval_split"],
-        normalization,
-        batch_sharding,
+    held = put(
+        arrays.load(dataset, split or datasets.facts(dataset)["eval_split"], data_dir),
+        batch_sharding.mesh,
     )
-    return EvalBatches(held, mean, std, batch_sharding=batch_sharding, batch_size=global_batch_size)
+    return EvalBatches(held, batch_sharding=batch_sharding, batch_size=global_batch_size)

@@ -8,6 +8,10 @@ positions [k*b, (k+1)*b). Resuming at `start_step=k` starts at epoch k*b // n an
 k*b % n records before it *before* decoding, then continues exactly as an uninterrupted run.
 Augmentation seeds are (seed, p, stream position), so resumed augmentations match too.
 
+Batches hold uint8 pixels and the per-example draws that the device applies (mirror, PCA
+lighting, the 32x32 pad-and-crop): `resnet_jax.data.finish` turns them into model inputs inside
+the jitted step, so the host decodes, crops and resizes, and nothing else.
+
 Evaluation reads each process's shard once in file order, pads it to a number of batches that is
 the same on every process, and marks real rows with mask=True.
 
@@ -23,6 +27,7 @@ import numpy as np
 
 from resnet_jax.data import augment as aug
 from resnet_jax.data import datasets
+from resnet_jax.data import finish as finish_lib
 from resnet_jax.data import stats as stats_lib
 from resnet_jax.data._tf import import_tf, import_tfds
 
@@ -170,18 +175,25 @@ def _options(num_threads):
     return options
 
 
-def _finish(ds, batch_fn, num_threads):
-    """Optional per-batch map, prefetch, options."""
-    if batch_fn is not None:
-        ds = ds.map(_plain(batch_fn), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+def prefetched(ds, num_threads):
+    """`ds` prefetched, with the pipeline's options (`num_threads`: None for every core)."""
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(num_threads))
 
 
-def _normalizer(shard, normalization):
-    """Function float32 [32, 32, 3] (0-255) -> normalised, for the 32x32 datasets."""
-    st = stats_lib.normalization_stats(shard.builder, datasets.facts(shard.dataset)["train_split"])
-    mean, std = stats_lib.mean_and_std(st, normalization)
-    return lambda x: (x - mean) / std
+def finish_for(dataset, *, data_dir, normalization=None):
+    """The `finish.Finish` that turns this pipeline's batches of `dataset` into model inputs.
+
+    ImageNet: its channel mean and std. 32x32 datasets: `normalization` ('per_pixel_mean', the
+    default, or 'per_channel') with statistics of the full training split (`stats`).
+    """
+    family = datasets.facts(dataset)["family"]
+    normalization = datasets.normalization_of(dataset, normalization)
+    _check_choice("normalization", normalization, NORMALIZATIONS[family], dataset)
+    if family == "imagenet":
+        return finish_lib.IMAGENET
+    builder = datasets.get_builder(dataset, data_dir)
+    st = stats_lib.normalization_stats(builder, datasets.facts(dataset)["train_split"])
+    return finish_lib.Finish(*stats_lib.mean_and_std(st, normalization))
 
 
 def _check_choice(what, value, allowed, dataset):
@@ -207,6 +219,110 @@ def _check_image_size(dataset, family, image_size, augment, scale_range):
     return int(image_size)
 
 
+def _window_fn(augment, image_size, scale_range):
+    """(image_bytes, seed) -> (crop window [y, x, h, w], flip) of an ImageNet training augment."""
+    return {
+        "paper": lambda b, s: aug.paper_window(b, s, image_size, scale_range),
+        "inception": lambda b, s: aug.inception_window(b, s),
+        "none": lambda b, s: (aug.center_window(b, image_size), tf.constant(False)),
+    }[augment]
+
+
+class _TrainStream:
+    """The checked options of a training iterator and its record stream (nothing decoded)."""
+
+    def __init__(
+        self,
+        dataset,
+        data_dir,
+        local_batch_size,
+        seed,
+        process_index,
+        process_count,
+        augment,
+        image_size,
+        split,
+        scale_range,
+        shuffle_buffer,
+    ):
+        family = datasets.facts(dataset)["family"]
+        augment = augment or TRAIN_AUGMENTS[family][0]
+        _check_choice("augment", augment, TRAIN_AUGMENTS[family], dataset)
+        self.image_size = _check_image_size(dataset, family, image_size, augment, scale_range)
+        if local_batch_size < 1:
+            raise ValueError(f"need local_batch_size >= 1, got {local_batch_size}")
+        split = split or datasets.facts(dataset)["train_split"]
+        # Equal shards (drop the few-example remainder) so every process has the same epoch length.
+        shard = _Shard(dataset, data_dir, split, process_index, process_count, drop_remainder=True)
+        if shard.num_examples < local_batch_size:
+            raise ValueError(
+                f"{dataset} split {shard.split!r} gives process {process_index} of "
+                f"{process_count} only {shard.num_examples} examples, fewer than one batch of "
+                f"{local_batch_size}; use a smaller batch or a larger split."
+            )
+        self.shard, self.family, self.augment = shard, family, augment
+        self.scale_range = scale_range
+        self.buffer = shuffle_buffer or _SHUFFLE_BUFFER.get(dataset, _DEFAULT_SHUFFLE_BUFFER)
+        self.order_base = tf.constant(_mix(seed, process_index, 1), tf.int64)
+        self.aug_base = tf.constant(_mix(seed, process_index, 2), tf.int64)
+
+    def records(self, start):
+        """(position, serialized record) from stream position `start` on, nothing decoded."""
+        n = self.shard.num_examples
+        epoch0, offset = divmod(start, n)
+
+        def epoch_records(epoch):
+            epoch_seed = tf.stack([self.order_base, epoch])
+            shuffle_seed = tf.random.stateless_uniform([], epoch_seed, 0, 2**62, tf.int64)
+            return self.shard.records(order_seed=epoch_seed).shuffle(self.buffer, seed=shuffle_seed)
+
+        records = tf.data.Dataset.range(epoch0, _NO_END).flat_map(_plain(epoch_records))
+        return tf.data.Dataset.zip(tf.data.Dataset.counter(epoch0 * n), records).skip(offset)
+
+    def example_seed(self, position):
+        return tf.stack([self.aug_base, position])
+
+    def preprocess(self, image_bytes, seed):
+        """One example's dict: uint8 'image' and the draws `finish` applies on the device."""
+        if self.family != "imagenet":
+            out = {"image": aug.decode(image_bytes)}
+            if self.augment == "cifar":
+                out["crop"], out["flip"] = aug.cifar_draws(seed, finish_lib.PAD)
+            return out
+        s_crop, s_light = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        window, flip = _window_fn(self.augment, self.image_size, self.scale_range)(
+            image_bytes, s_crop
+        )
+        out = {"image": aug.crop_resize(image_bytes, window, self.image_size)}
+        if self.augment != "none":
+            out["flip"] = flip
+        if self.augment == "paper":
+            out["light"] = aug.pca_lighting_offset(s_light)
+        return out
+
+    def batches(self, start_step, local_batch_size, example, num_threads):
+        """BatchIterator of `example(image_bytes, seed) -> dict` mapped over the stream from batch
+        `start_step` on (labels added), batched."""
+        if start_step < 0:
+            raise ValueError(f"need start_step >= 0, got {start_step}")
+
+        def mapped(position, serialized):
+            image_bytes, label, _ = self.shard.parse(serialized)
+            return dict(example(image_bytes, self.example_seed(position)), label=label)
+
+        ds = (
+            self.records(start_step * local_batch_size)
+            .map(_plain(mapped), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(local_batch_size, drop_remainder=True)
+        )
+
+        def locate(step, error):
+            records = self.records(step * local_batch_size).take(local_batch_size)
+            return self.shard.first_corrupt(records.map(_plain(lambda p, r: r)), error)
+
+        return BatchIterator(prefetched(ds, num_threads), start_step, locate)
+
+
 def train_iterator(
     dataset,
     *,
@@ -219,93 +335,86 @@ def train_iterator(
     augment=None,
     image_size=None,
     split=None,
-    normalization=None,
     scale_range=(256, 480),
     shuffle_buffer=None,
     num_threads=None,
 ):
-    """Endless iterator of {'image': float32 [b, H, W, 3] (normalised), 'label': int32 [b]}.
+    """Endless iterator of {'image': uint8 [b, H, W, 3], 'label': int32 [b], ...draws}.
 
-    b = local_batch_size. augment: ImageNet 'paper' (default; He2015 scale augmentation + PCA
-    lighting), 'inception' or 'none'; 32x32 datasets 'cifar' (default; pad-4 crop + flip) or 'none'.
-    normalization (32x32 datasets): 'per_pixel_mean' (default, He2015) or 'per_channel'.
-    split: any tfds split string, or 'train45k' for CIFAR's 45k/5k protocol; default the train split.
+    b = local_batch_size. The draws that `finish.Finish` applies on the device: ImageNet 'paper'
+    adds 'flip' bool [b] and 'light' float32 [b, 3], 'inception' adds 'flip'; 32x32 'cifar' adds
+    'crop' int32 [b, 2] and 'flip'. augment: ImageNet 'paper' (default; He2015 scale augmentation
+    + PCA lighting), 'inception' or 'none'; 32x32 datasets 'cifar' (default; pad-4 crop + flip)
+    or 'none'. split: any tfds split string, or 'train45k' for CIFAR's 45k/5k protocol; default
+    the train split.
     """
-    family = datasets.facts(dataset)["family"]
-    augment = augment or TRAIN_AUGMENTS[family][0]
-    _check_choice("augment", augment, TRAIN_AUGMENTS[family], dataset)
-    normalization = datasets.normalization_of(dataset, normalization)
-    _check_choice("normalization", normalization, NORMALIZATIONS[family], dataset)
-    image_size = _check_image_size(dataset, family, image_size, augment, scale_range)
-    if local_batch_size < 1 or start_step < 0:
-        raise ValueError(
-            f"need local_batch_size >= 1 and start_step >= 0, got {local_batch_size}, {start_step}"
-        )
-    split = split or datasets.facts(dataset)["train_split"]
-    # Equal shards (drop the few-example remainder) so every process has the same epoch length.
-    shard = _Shard(dataset, data_dir, split, process_index, process_count, drop_remainder=True)
-    n = shard.num_examples
-    if n < local_batch_size:
-        raise ValueError(
-            f"{dataset} split {shard.split!r} gives process {process_index} of "
-            f"{process_count} only {n} examples, fewer than one batch of "
-            f"{local_batch_size}; use a smaller batch or a larger split."
-        )
-    buffer = shuffle_buffer or _SHUFFLE_BUFFER.get(dataset, _DEFAULT_SHUFFLE_BUFFER)
-    order_base = tf.constant(_mix(seed, process_index, 1), tf.int64)
-    aug_base = tf.constant(_mix(seed, process_index, 2), tf.int64)
-
-    if family == "imagenet":
-        crop = {
-            "paper": lambda b, s: aug.paper_train(b, s, image_size, scale_range),
-            "inception": lambda b, s: aug.inception_train(b, s, image_size),
-            "none": lambda b, s: aug.center_eval(b, image_size),
-        }[augment]
-
-        def preprocess(image_bytes, seed):
-            s_crop, s_light = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-            light = aug.pca_lighting_offset(s_light) if augment == "paper" else tf.zeros([3])
-            return {"image": crop(image_bytes, s_crop), "light": light}
-
-        def finish(batch):  # normalising whole batches is far cheaper than per example
-            light = batch.pop("light")[:, None, None, :]
-            return dict(batch, image=aug.normalize_imagenet(batch["image"], light))
-    else:
-        norm = _normalizer(shard, normalization)
-        crop = aug.cifar_train if augment == "cifar" else (lambda x, s: x)
-        preprocess = lambda b, s: {"image": crop(norm(tf.cast(aug.decode(b), tf.float32)), s)}
-        finish = None
-
-    def stream(start):
-        """(position, serialized record) from stream position `start` on, nothing decoded."""
-        epoch0, offset = divmod(start, n)
-
-        def epoch_records(epoch):
-            epoch_seed = tf.stack([order_base, epoch])
-            shuffle_seed = tf.random.stateless_uniform([], epoch_seed, 0, 2**62, tf.int64)
-            return shard.records(order_seed=epoch_seed).shuffle(buffer, seed=shuffle_seed)
-
-        records = tf.data.Dataset.range(epoch0, _NO_END).flat_map(_plain(epoch_records))
-        return tf.data.Dataset.zip(tf.data.Dataset.counter(epoch0 * n), records).skip(offset)
-
-    def example(position, serialized):
-        image_bytes, label, _ = shard.parse(serialized)
-        out = preprocess(image_bytes, tf.stack([aug_base, position]))
-        out["image"] = tf.ensure_shape(out["image"], [image_size, image_size, 3])
-        return dict(out, label=label)
-
-    ds = (
-        stream(start_step * local_batch_size)
-        .map(_plain(example), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .batch(local_batch_size, drop_remainder=True)
+    ts = _TrainStream(
+        dataset,
+        data_dir,
+        local_batch_size,
+        seed,
+        process_index,
+        process_count,
+        augment,
+        image_size,
+        split,
+        scale_range,
+        shuffle_buffer,
     )
-    ds = _finish(ds, finish, num_threads)
 
-    def locate(step, error):
-        records = stream(step * local_batch_size).take(local_batch_size).map(_plain(lambda p, r: r))
-        return shard.first_corrupt(records, error)
+    def example(image_bytes, seed):
+        out = ts.preprocess(image_bytes, seed)
+        out["image"] = tf.ensure_shape(out["image"], [ts.image_size, ts.image_size, 3])
+        return out
 
-    return BatchIterator(ds, start_step, locate)
+    return ts.batches(start_step, local_batch_size, example, num_threads)
+
+
+def decoder_iterator(
+    dataset,
+    *,
+    data_dir,
+    local_batch_size,
+    seed,
+    start_step=0,
+    augment=None,
+    image_size=None,
+    scale_range=(256, 480),
+    num_threads=None,
+):
+    """The JPEG decoder alone, on the work of `train_iterator` with the same arguments: the same
+    records read in the same order, each example's training crop window decoded with
+    `decode_and_crop_jpeg`, and nothing else (ImageNet only).
+
+    Yields {'pixel': uint8 [b, 3] (one pixel of each decoded crop: TensorFlow would skip a
+    decode whose pixels go unused), 'label': int32 [b]}, to time the decoder's own speed against
+    the pipeline's (`throughput.compare_with_decoder`).
+    """
+    if datasets.facts(dataset)["family"] != "imagenet":
+        raise ValueError(
+            f"{dataset} images are not cropped out of JPEGs; decoder_iterator is for ImageNet"
+        )
+    ts = _TrainStream(
+        dataset,
+        data_dir,
+        local_batch_size,
+        seed,
+        0,
+        1,
+        augment,
+        image_size,
+        None,
+        scale_range,
+        None,
+    )
+    window_fn = _window_fn(ts.augment, ts.image_size, ts.scale_range)
+
+    def example(image_bytes, seed):
+        s_crop, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        window, _ = window_fn(image_bytes, s_crop)
+        return {"pixel": aug.decode_crop(image_bytes, window)[0, 0]}
+
+    return ts.batches(start_step, local_batch_size, example, num_threads)
 
 
 def eval_iterator(
@@ -319,20 +428,17 @@ def eval_iterator(
     views="center",
     scale=None,
     image_size=None,
-    normalization=None,
     num_threads=None,
 ):
     """Finite iterator over every example of the split exactly once (per process: its shard).
 
-    Yields {'image': float32 [b, H, W, 3], or [b, V, H, W, 3] for views '10crop' (V=10, shorter
+    Yields {'image': uint8 [b, H, W, 3], or [b, V, H, W, 3] for views '10crop' (V=10, shorter
     side `scale`, default 256) and 'multiscale' (V=2: centred square at shorter side `scale`, and
     its mirror), 'label': int32 [b], 'mask': bool [b]}. Rows past the end of the shard are zeros with
     mask=False; every process yields the same number of batches, `len(iterator)`.
     """
     family = datasets.facts(dataset)["family"]
     _check_choice("views", views, EVAL_VIEWS[family], dataset)
-    normalization = datasets.normalization_of(dataset, normalization)
-    _check_choice("normalization", normalization, NORMALIZATIONS[family], dataset)
     image_size = _check_image_size(dataset, family, image_size, None, None)
     if local_batch_size < 1:
         raise ValueError(f"local_batch_size must be >= 1, got {local_batch_size}")
@@ -346,10 +452,7 @@ def eval_iterator(
     split = split or datasets.facts(dataset)["eval_split"]
     shard = _Shard(dataset, data_dir, split, process_index, process_count, drop_remainder=False)
 
-    finish, pad_value = None, 0.0
     if family == "imagenet":
-        finish = lambda batch: dict(batch, image=aug.normalize_imagenet(batch["image"]))
-        pad_value = aug.IMAGENET_MEAN  # normalises to 0
         preprocess, shape = {
             "center": (lambda b: aug.center_eval(b, image_size), [image_size, image_size, 3]),
             "10crop": (
@@ -359,8 +462,7 @@ def eval_iterator(
             "multiscale": (lambda b: aug.multiscale_eval(b, scale), [2, scale, scale, 3]),
         }[views]
     else:
-        norm = _normalizer(shard, normalization)
-        preprocess, shape = (lambda b: norm(tf.cast(aug.decode(b), tf.float32))), [32, 32, 3]
+        preprocess, shape = aug.decode, [image_size, image_size, 3]
 
     def example(serialized):
         image_bytes, label, _ = shard.parse(serialized)
@@ -373,7 +475,7 @@ def eval_iterator(
     num_batches = math.ceil(max(shard.sizes) / local_batch_size)
     padding = tf.data.Dataset.from_tensors(
         {
-            "image": tf.zeros(shape, tf.float32) + pad_value,
+            "image": tf.zeros(shape, tf.uint8),
             "label": tf.constant(0, tf.int32),
             "mask": tf.constant(False),
         }
@@ -384,10 +486,9 @@ def eval_iterator(
         .concatenate(padding)
         .batch(local_batch_size, drop_remainder=True)
     )
-    ds = _finish(ds, finish, num_threads)
 
     def locate(step, error):
         records = shard.records().skip(step * local_batch_size).take(local_batch_size)
         return shard.first_corrupt(records, error)
 
-    return BatchIterator(ds, 0, locate, num_batches=num_batches)
+    return BatchIterator(prefetched(ds, num_threads), 0, locate, num_batches=num_batches)

@@ -5,8 +5,11 @@ dataset nor TensorFlow: a GPU box on which to time real training, or a check of 
 plumbing. Unless the config sets `num_classes` / `image_size` it is ImageNet-shaped: 1000 classes,
 224x224 images, and epochs of 1,281,167 examples, so an epoch-based schedule keeps ImageNet's length.
 
-A pool of `num_batches` global batches is generated once from `seed`: images drawn from N(0, 1)
-(the real pipeline hands the model normalised float32 images), labels uniform. Each batch is born
+A pool of `num_batches` global batches is generated once from `seed`: uint8 images uniform over
+0-255 and uniform labels, in the input contract of the real paths (`finish`): training batches
+carry ImageNet 'paper' augmentation's 'flip' and 'light' draws (all False and zero, so the
+step runs the same finishing work without changing the images), and `FINISH` (ImageNet's mean
+and std) turns them into model inputs inside the step. Each batch is born
 sharded over the mesh like a real one, and every process materialises only its own shard. Step k
 trains on batch k mod num_batches, so the order is a pure function of (seed, step) and a resumed run
 continues exactly. Evaluation scores the same examples: random labels can only be memorised, so an
@@ -21,10 +24,11 @@ from collections.abc import Iterator, Sequence
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.data import datasets
+from resnet_jax.data import datasets, finish
 
 NAME = datasets.SYNTHETIC
 NUM_CLASSES, IMAGE_SIZE, EPOCH_EXAMPLES = 1000, 224, 1_281_167  # ImageNet's
+FINISH = finish.IMAGENET
 
 
 def info(
@@ -53,11 +57,12 @@ def make_batches(
     seed: int = 0,
     with_mask: bool = False,
 ) -> list[dict[str, jax.Array]]:
-    """`num_batches` global batches {'image' f32 [B, S, S, 3], 'label' int32 [B]}.
+    """`num_batches` global batches {'image' uint8 [B, S, S, 3], 'label' int32 [B], ...}.
 
     `sharding`: where each batch is born, the mesh's batch sharding (`parallel.batch_sharded`).
 
-    `with_mask` adds 'mask' bool [B] (all True), as eval batches carry; the images and labels do
+    Training batches add 'flip' bool [B] (False) and 'light' float32 [B, 3] (zero). `with_mask`
+    makes evaluation batches instead, with 'mask' bool [B] (all True); the images and labels do
     not depend on it, so an eval pool holds exactly the training examples.
     """
 
@@ -66,13 +71,14 @@ def make_batches(
         for i in range(num_batches):
             k_img, k_lbl = jax.random.split(jax.random.fold_in(key, i))
             batch = {
-                "image": jax.random.normal(
-                    k_img, (batch_size, image_size, image_size, 3), jnp.float32
-                ),
+                "image": jax.random.bits(k_img, (batch_size, image_size, image_size, 3), jnp.uint8),
                 "label": jax.random.randint(k_lbl, (batch_size,), 0, num_classes, jnp.int32),
             }
             if with_mask:
                 batch["mask"] = jnp.ones((batch_size,), jnp.bool_)
+            else:
+                batch["flip"] = jnp.zeros((batch_size,), jnp.bool_)
+                batch["light"] = jnp.zeros((batch_size, 3), jnp.float32)
             out.append(batch)
         return out
 

@@ -1,19 +1,28 @@
-"""Throughput of the host input pipeline alone (read, decode, augment, batch; no model).
+"""Throughput of the host input pipeline alone (read, decode, augment, batch; no model), and of the
+JPEG decoder alone on the same crops, the ceiling the pipeline is held to.
 
-`resnet_jax.bench.cli --input_pipeline` reports this function's result; until then:
+`python -m resnet_jax.benchmark --input_pipeline` reports these; so does
 
   python -m resnet_jax.data.throughput --dataset imagenet2012 --data_dir D --batch_size 128 \
-      --augment inception [--num_batches 40] [--json]
+      --augment inception [--num_batches 40] [--vs_decoder] [--json]
 
-Two rates are given: wall-clock images/s (and that divided by the cores the process may use), and
-images per CPU-second of the process, which is the honest per-core figure on a machine shared with
-other work.
+Rates are given as wall-clock images/s (and that divided by the cores the process may use), and
+as images per CPU-second of the process, which is the honest per-core figure on a machine shared
+with other work.
+
+`--vs_decoder` times, in interleaved rounds, the pipeline and the JPEG decoder alone on the same
+work (`pipeline.decoder_iterator`: the same records, `decode_and_crop_jpeg` of the same crop
+windows, nothing else), each round on the same images, and reports the median over rounds of each
+rate and of their ratio, so load from other processes shifts both alike and cancels out of the
+ratio.
 """
 
 import argparse
+import gc
 import json
 import os
 import resource
+import statistics
 import time
 
 from resnet_jax.data import pipeline
@@ -22,6 +31,26 @@ from resnet_jax.data import pipeline
 def _cpu_seconds():
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def _cores(num_threads):
+    return num_threads or len(os.sched_getaffinity(0))
+
+
+def _time(it, num_batches, batch_size):
+    """(wall seconds, process CPU seconds, last batch) of `num_batches` batches of `it`."""
+    cpu0, t0 = _cpu_seconds(), time.perf_counter()
+    for _ in range(num_batches):
+        batch = next(it)
+    return time.perf_counter() - t0, _cpu_seconds() - cpu0, batch
+
+
+def _rates(images, seconds, cpu, cores):
+    return {
+        "images_per_sec": images / seconds,
+        "images_per_sec_per_core": images / seconds / cores,
+        "images_per_cpu_sec": images / cpu if cpu > 0 else None,
+    }
 
 
 def measure_input_pipeline(
@@ -40,7 +69,7 @@ def measure_input_pipeline(
 
     Returns a dict: images_per_sec, images_per_sec_per_core (wall rate / cores), cores,
     images_per_cpu_sec (images per second of process CPU time), batch_size, num_batches, seconds,
-    dataset, augment, image_shape.
+    dataset, augment, image_shape, image_dtype.
     """
     it = pipeline.train_iterator(
         dataset,
@@ -52,13 +81,8 @@ def measure_input_pipeline(
         num_threads=num_threads,
     )
     for _ in range(warmup_batches):
-        batch = next(it)
-    cpu0, t0 = _cpu_seconds(), time.perf_counter()
-    for _ in range(num_batches):
-        batch = next(it)
-    seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
-    images = num_batches * batch_size
-    cores = num_threads or len(os.sched_getaffinity(0))
+        next(it)
+    seconds, cpu, batch = _time(it, num_batches, batch_size)
     return {
         "dataset": dataset,
         "augment": augment
@@ -66,13 +90,80 @@ def measure_input_pipeline(
         "batch_size": batch_size,
         "num_batches": num_batches,
         "image_shape": list(batch["image"].shape[1:]),
+        "image_dtype": str(batch["image"].dtype),
         # Unrounded: the rates must agree with `seconds` exactly; printing rounds.
         "seconds": seconds,
-        "images_per_sec": images / seconds,
-        "cores": cores,
-        "images_per_sec_per_core": images / seconds / cores,
-        "images_per_cpu_sec": images / cpu if cpu > 0 else None,
+        "cores": _cores(num_threads),
+        **_rates(num_batches * batch_size, seconds, cpu, _cores(num_threads)),
     }
+
+
+def compare_with_decoder(
+    dataset,
+    data_dir,
+    batch_size,
+    augment=None,
+    *,
+    rounds=5,
+    num_batches=6,
+    warmup_batches=2,
+    image_size=None,
+    num_threads=None,
+    seed=0,
+):
+    """The training pipeline against the JPEG decoder alone on the same work, in `rounds`
+    interleaved rounds.
+
+    Round r starts both at batch r * (warmup_batches + num_batches) of the same stream: a fresh
+    `pipeline.train_iterator`, and a fresh `pipeline.decoder_iterator` (the same records, each
+    example's crop window decoded, nothing else). Each times `num_batches` batches after
+    `warmup_batches`; only one of them exists at a time, and which goes first alternates.
+    Returns medians over rounds: pipeline_* and decoder_* rates (see `measure_input_pipeline`),
+    `ratio` (pipeline / decoder wall-clock rate, the median of the per-round ratios) and
+    `cpu_ratio` (the same for images per CPU-second), with every round's figures under 'rounds'.
+    """
+    if rounds < 1 or num_batches < 1 or warmup_batches < 0:
+        raise ValueError(
+            f"need rounds >= 1, num_batches >= 1, warmup_batches >= 0; got {rounds}, "
+            f"{num_batches}, {warmup_batches}"
+        )
+    cores = _cores(num_threads)
+    kwargs = dict(
+        data_dir=data_dir,
+        local_batch_size=batch_size,
+        seed=seed,
+        augment=augment,
+        image_size=image_size,
+        num_threads=num_threads,
+    )
+    make = {"pipeline": pipeline.train_iterator, "decoder": pipeline.decoder_iterator}
+    rows = []
+    for r in range(rounds):
+        row = {}
+        for name in list(make) if r % 2 == 0 else list(make)[::-1]:
+            it = make[name](dataset, start_step=r * (warmup_batches + num_batches), **kwargs)
+            for _ in range(warmup_batches):
+                next(it)
+            seconds, cpu, _ = _time(it, num_batches, batch_size)
+            row[name] = _rates(num_batches * batch_size, seconds, cpu, cores)
+            del it
+            gc.collect()  # the finished iterator's threads and buffers go before the next one
+        rows.append(row)
+    out = {
+        "dataset": dataset,
+        "augment": augment
+        or pipeline.TRAIN_AUGMENTS[pipeline.datasets.facts(dataset)["family"]][0],
+        "batch_size": batch_size,
+        "num_batches": num_batches,
+        "cores": cores,
+        "rounds": rows,
+    }
+    for name in make:
+        for key in ("images_per_sec", "images_per_sec_per_core", "images_per_cpu_sec"):
+            out[f"{name}_{key}"] = statistics.median(row[name][key] for row in rows)
+    for key, rate in (("ratio", "images_per_sec"), ("cpu_ratio", "images_per_cpu_sec")):
+        out[key] = statistics.median(row["pipeline"][rate] / row["decoder"][rate] for row in rows)
+    return out
 
 
 def main(argv=None):
@@ -83,29 +174,57 @@ def main(argv=None):
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--augment", default=None)
+    parser.add_argument("--image_size", type=int, default=None)
     parser.add_argument("--num_batches", type=int, default=40)
     parser.add_argument("--warmup_batches", type=int, default=5)
     parser.add_argument("--num_threads", type=int, default=None)
+    parser.add_argument("--vs_decoder", action="store_true", help="interleaved decoder rounds")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = measure_input_pipeline(
-        args.dataset,
-        args.data_dir,
-        args.batch_size,
-        args.augment,
-        args.num_batches,
-        warmup_batches=args.warmup_batches,
-        num_threads=args.num_threads,
-    )
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(
-            f"{result['dataset']} train pipeline, augment={result['augment']}, "
-            f"{result['image_shape']}: {result['images_per_sec']:.0f} images/s on {result['cores']} "
-            f"cores ({result['images_per_sec_per_core']:.0f}/core wall-clock; "
-            f"{result['images_per_cpu_sec']:.0f} per CPU-second)"
+    if args.vs_decoder:
+        result = compare_with_decoder(
+            args.dataset,
+            args.data_dir,
+            args.batch_size,
+            args.augment,
+            rounds=args.rounds,
+            num_batches=args.num_batches,
+            warmup_batches=args.warmup_batches,
+            image_size=args.image_size,
+            num_threads=args.num_threads,
         )
+        text = format_comparison(result)
+    else:
+        result = measure_input_pipeline(
+            args.dataset,
+            args.data_dir,
+            args.batch_size,
+            args.augment,
+            args.num_batches,
+            warmup_batches=args.warmup_batches,
+            image_size=args.image_size,
+            num_threads=args.num_threads,
+        )
+        text = (
+            f"{result['dataset']} train pipeline, augment={result['augment']}, "
+            f"{result['image_shape']} {result['image_dtype']}: {result['images_per_sec']:.0f} "
+            f"images/s on {result['cores']} cores ({result['images_per_sec_per_core']:.0f}/core "
+            f"wall-clock; {result['images_per_cpu_sec']:.0f} per CPU-second)"
+        )
+    print(json.dumps(result) if args.json else text)
+
+
+def format_comparison(r):
+    """One line per rate of `compare_with_decoder`'s result."""
+    return (
+        f"{r['dataset']} augment={r['augment']}, {len(r['rounds'])} rounds, {r['cores']} cores: "
+        f"pipeline {r['pipeline_images_per_sec_per_core']:.0f} images/s per core "
+        f"({r['pipeline_images_per_cpu_sec']:.0f} per CPU-second), decoder alone "
+        f"{r['decoder_images_per_sec_per_core']:.0f} per core "
+        f"({r['decoder_images_per_cpu_sec']:.0f} per CPU-second): pipeline / decoder "
+        f"{r['ratio']:.3f} wall-clock, {r['cpu_ratio']:.3f} per CPU-second (medians)"
+    )
 
 
 if __name__ == "__main__":

@@ -22,9 +22,12 @@ from resnet_jax.engine import faults, metrics, parallel, steps
 
 
 def eval_data_args(c) -> dict:
-    """The eval-data keyword arguments of `make_evaluator` taken from a resolved config."""
+    """The eval-data keyword arguments of `make_evaluator` taken from a resolved config, with the
+    input path's `finish` (`config.build_finish`)."""
+    finish = config_lib.build_finish(c)
     if c.dataset == synthetic.NAME:  # scores the training pool, so its batch size and seed
         return dict(
+            finish=finish,
             dataset=c.dataset,
             data_dir=None,
             global_batch_size=c.batch_size,
@@ -32,13 +35,13 @@ def eval_data_args(c) -> dict:
             synthetic_pool=(c.synthetic_batches, c.num_classes, c.seed),
         )
     return dict(
+        finish=finish,
         dataset=c.dataset,
         data_dir=c.data_dir,
         global_batch_size=c.eval_batch_size,
         image_size=c.image_size,
         scales=tuple(c.eval_scales),
         split=c.eval_split,
-        normalization=c.normalization,
         input_pipeline=config_lib.input_pipeline(c),
     )
 
@@ -86,7 +89,7 @@ def evaluate_multiscale(
     probs, labels, masks = [], [], []
     for s, batches in enumerate(per_scale_batches):
         for i, batch in enumerate(parallel.prefetch_to_mesh(batches, mesh)):
-            p = predict(state, batch["image"])
+            p = predict(state, batch)
             if s == 0:
                 probs.append(p)
                 labels.append(batch["label"])
@@ -111,9 +114,9 @@ def make_evaluator(
     scales: Sequence[int] = (),
     image_size: int | None = None,
     split: str | None = None,
-    normalization: str | None = None,
     synthetic_pool: tuple[int, int, int] | None = None,
     input_pipeline: str | None = "host",
+    finish: steps.FinishFn = None,
 ) -> Callable[[steps.TrainState], dict]:
     """Returns `evaluate(state) -> {'loss', 'top1', 'top5', 'count'}` over the eval split.
 
@@ -121,6 +124,8 @@ def make_evaluator(
     `multiscale` (fully convolutional at each of `scales` with flips, scores averaged).
     synthetic_pool: (num_batches, num_classes, seed) of the training pool that `synthetic` scores.
     input_pipeline: 'device' holds the split on the devices (loaded once, here; centre view only).
+    finish: what turns the eval batches into model inputs inside the step (`config.build_finish`;
+    None: the input path's own, with the dataset's default normalisation).
     """
     if views not in config_lib.EVAL_VIEWS:
         raise ValueError(f"eval views must be one of {config_lib.EVAL_VIEWS}, got {views!r}")
@@ -132,7 +137,7 @@ def make_evaluator(
                 "synthetic data has only eval_views='center'"
             )
         num_batches, num_classes, seed = synthetic_pool
-        eval_step = parallel.jit_eval_step(model, mesh)
+        eval_step = parallel.jit_eval_step(model, mesh, finish or synthetic.FINISH)
         # Made again at each evaluation (a pure function of the seed) rather than kept in memory.
         return lambda state: evaluate_batches(
             eval_step,
@@ -159,9 +164,9 @@ def make_evaluator(
             batch_sharding=parallel.batch_sharded(mesh),
             global_batch_size=global_batch_size,
             split=split,
-            normalization=normalization,
         )
-        eval_step = parallel.jit_eval_step(model, mesh)
+        finish = finish or device_input.finish_for(dataset, data_dir=data_dir)
+        eval_step = parallel.jit_eval_step(model, mesh, finish)
         return lambda state: evaluate_batches(eval_step, state, batches, mesh)
     data = functools.partial(
         _eval_batches,
@@ -169,16 +174,19 @@ def make_evaluator(
         data_dir=data_dir,
         local_batch=local_batch,
         split=split,
-        normalization=normalization,
     )
+    if finish is None:
+        from resnet_jax.data import pipeline  # TensorFlow only on the data path
+
+        finish = pipeline.finish_for(dataset, data_dir=data_dir)
     if views != "multiscale":
-        eval_step = parallel.jit_eval_step(model, mesh)
+        eval_step = parallel.jit_eval_step(model, mesh, finish)
         return lambda state: evaluate_batches(
             eval_step, state, data(views=views, image_size=image_size), mesh
         )
     if not scales:
         raise ValueError("multiscale evaluation needs eval_scales")
-    predict = parallel.jit_predict_step(model, mesh)
+    predict = parallel.jit_predict_step(model, mesh, finish)
     score = jax.jit(steps.metrics_from_probs, out_shardings=parallel.replicated(mesh))
     return lambda state: evaluate_multiscale(
         predict, score, state, [data(views="multiscale", scale=s) for s in scales], mesh

@@ -204,11 +204,12 @@ def jit_train_step(
     label_smoothing: float = 0.0,
     donate: bool = True,
     skip_nonfinite: bool = False,
+    finish: steps.FinishFn = None,
 ) -> Callable[[steps.TrainState, Any], tuple[steps.TrainState, dict]]:
     """Compiled `train_step(state, batch) -> (state, metrics)`: batch sharded, state replicated.
 
     With `donate`, the input state's buffers are reused for the output, so never touch a state
-    after passing it in. `skip_nonfinite`: see `steps.train_step`.
+    after passing it in. `skip_nonfinite`, `finish`: see `steps.train_step`.
     """
     fn = functools.partial(
         steps.train_step,
@@ -217,6 +218,7 @@ def jit_train_step(
         learning_rate_fn=learning_rate_fn,
         label_smoothing=label_smoothing,
         skip_nonfinite=skip_nonfinite,
+        finish=finish,
     )
     return jax.jit(
         fn,
@@ -226,21 +228,23 @@ def jit_train_step(
     )
 
 
-def jit_eval_step(model: nn.Module, mesh: Mesh) -> Callable[[steps.TrainState, Any], dict]:
+def jit_eval_step(
+    model: nn.Module, mesh: Mesh, finish: steps.FinishFn = None
+) -> Callable[[steps.TrainState, Any], dict]:
     """Compiled `eval_step(state, batch) -> metric sums` over the whole (global) batch."""
     return jax.jit(
-        functools.partial(steps.eval_step, model=model),
+        functools.partial(steps.eval_step, model=model, finish=finish),
         in_shardings=(replicated(mesh), batch_sharded(mesh)),
         out_shardings=replicated(mesh),
     )
 
 
 def jit_predict_step(
-    model: nn.Module, mesh: Mesh
-) -> Callable[[steps.TrainState, jax.Array], jax.Array]:
-    """Compiled `predict_step(state, images) -> probs [B, K]`, probs sharded like the batch."""
+    model: nn.Module, mesh: Mesh, finish: steps.FinishFn = None
+) -> Callable[[steps.TrainState, Any], jax.Array]:
+    """Compiled `predict_step(state, batch) -> probs [B, K]`, probs sharded like the batch."""
     return jax.jit(
-        functools.partial(steps.predict_step, model=model),
+        functools.partial(steps.predict_step, model=model, finish=finish),
         in_shardings=(replicated(mesh), batch_sharded(mesh)),
         out_shardings=batch_sharded(mesh),
     )

@@ -15,8 +15,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_jax.data.finish import images_for_model
 from resnet_jax.engine import numerics
 from resnet_jax.optim import cross_entropy
+
+# `finish`: the input path's batch -> model inputs (resnet_jax.data.finish.Finish: cast, lighting,
+# normalisation, crop and flip), run inside the step so batches cross to the device as uint8.
+# None: batch['image'] is already the model input.
+FinishFn = Callable[[Mapping[str, jax.Array]], jax.Array] | None
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -72,8 +78,9 @@ def train_step(
     learning_rate_fn: Callable[[jax.Array], jax.Array],
     label_smoothing: float = 0.0,
     skip_nonfinite: bool = False,
+    finish: FinishFn = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD step on batch {'image': [B, H, W, 3], 'label': int [B]}.
+    """One SGD step on batch {'image': [B, H, W, 3], 'label': int [B], ...} (see `FinishFn`).
 
     Returns the new state and scalar metrics: loss (cross-entropy, without weight decay), top1, top5
     (fractions of the batch), learning_rate (the one used for this update), grad_norm (global L2).
@@ -81,11 +88,12 @@ def train_step(
     comes back unchanged) and the metric `skipped` is 1.0 for it, else 0.0.
     """
     dropout_rng = jax.random.fold_in(state.rng, state.step)
+    images = images_for_model(batch, finish)
 
     def loss_fn(params):
         logits, updates = model.apply(
             {"params": params, "batch_stats": state.batch_stats},
-            batch["image"],
+            images,
             train=True,
             mutable=["batch_stats"],
             rngs={"dropout": dropout_rng},
@@ -114,8 +122,12 @@ def train_step(
     return new_state, metrics
 
 
-def predict_step(state: TrainState, images: jax.Array, *, model: nn.Module) -> jax.Array:
-    """Class probabilities [B, K] averaged over views; images [B, H, W, 3] or [B, V, H, W, 3]."""
+def predict_step(
+    state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, finish: FinishFn = None
+) -> jax.Array:
+    """Class probabilities [B, K] averaged over views; batch['image'] [B, H, W, 3] or
+    [B, V, H, W, 3]."""
+    images = images_for_model(batch, finish)
     multi_view = images.ndim == 5
     if multi_view:
         b, v = images.shape[:2]
@@ -147,8 +159,8 @@ def metrics_from_probs(
 
 
 def eval_step(
-    state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module
+    state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, finish: FinishFn = None
 ) -> dict[str, jax.Array]:
     """Masked metric sums for {'image', 'label' [B], 'mask' bool [B]}; divide by `count` for means."""
-    probs = predict_step(state, batch["image"], model=model)
+    probs = predict_step(state, batch, model=model, finish=finish)
     return metrics_from_probs(probs, batch["label"], batch["mask"])

@@ -49,7 +49,6 @@ def _train_batches(c, start_step: int, local_batch: int, mesh) -> Iterator[dict]
             start_step=start_step,
             split=c.train_split,
             augment=c.augment,
-            normalization=c.normalization,
         )
     from resnet_jax.data import pipeline  # TensorFlow only on the data path
 
@@ -64,7 +63,6 @@ def _train_batches(c, start_step: int, local_batch: int, mesh) -> Iterator[dict]
         augment=c.augment,
         image_size=c.image_size,
         split=c.train_split,
-        normalization=c.normalization,
     )
 
 
@@ -283,6 +281,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         c.nonfinite_policy, dtype=c.dtype, skipped=position.get("skipped_steps", 0)
     )
     monitor.last_good_checkpoint = start or None
+    eval_args = evaluate.eval_data_args(c)
+    finish = eval_args["finish"]  # one normalisation for training and evaluation
     train_step = parallel.jit_train_step(
         model,
         tx,
@@ -290,8 +290,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         mesh,
         label_smoothing=c.label_smoothing,
         skip_nonfinite=c.nonfinite_policy == "skip",
+        finish=finish,
     )
-    eval_fn = evaluate.make_evaluator(model, mesh, **evaluate.eval_data_args(c), views="center")
+    eval_fn = evaluate.make_evaluator(model, mesh, **eval_args, views="center")
     logger = metrics.MetricsLogger(workdir, total_steps=total, global_batch_size=c.batch_size)
     batches = parallel.prefetch_to_mesh(
         _train_batches(c, start, local_batch, mesh), mesh, c.prefetch_batches

@@ -124,13 +124,15 @@ def random_batch(batch_size: int, image_size: int, num_classes: int, seed: int =
 
 
 def dataset_batch(dataset: str, batch_size: int, data_dir: str | None = None):
-    """The first `batch_size` images and labels of the dataset's evaluation split."""
+    """The first `batch_size` examples of the dataset's evaluation split: (model inputs, labels),
+    normalised as evaluation does with the dataset's default normalisation."""
     from resnet_jax.data import pipeline
 
     it = pipeline.eval_iterator(dataset, data_dir=data_dir, local_batch_size=batch_size)
     batch = next(iter(it))
     keep = np.asarray(batch["mask"])
-    return jnp.asarray(batch["image"][keep]), jnp.asarray(batch["label"][keep])
+    finish = pipeline.finish_for(dataset, data_dir=data_dir)
+    return finish({"image": jnp.asarray(batch["image"][keep])}), jnp.asarray(batch["label"][keep])
 
 
 def load_workdir(workdir: str, step: int | None = None) -> tuple[Any, dict, dict]:

@@ -5,7 +5,8 @@
 The images get the run's evaluation preprocessing: ImageNet-sized runs resize the shorter side to
 256 (for 224) and take the centre crop, normalised with the ImageNet mean and std; 32x32 runs
 resize the shorter side to 32 and take the centre square, normalised with the dataset's training
-statistics, exactly as its test images are. Class names come from the dataset (a number where the
+statistics, exactly as its test images are (the same uint8 crops and the same jitted finishing
+and predict step as evaluation). Class names come from the dataset (a number where the
 dataset is not on this machine).
 """
 
@@ -27,8 +28,8 @@ def define_flags() -> None:
     flags.mark_flag_as_required("workdir")
 
 
-def model_inputs(paths: Sequence[str], c) -> np.ndarray:
-    """float32 [N, S, S, 3]: the images as the run's evaluation feeds them to the model."""
+def load_images(paths: Sequence[str], c) -> np.ndarray:
+    """uint8 [N, S, S, 3]: the images cropped and resized as the run's evaluation batches are."""
     from resnet_jax.data import augment, datasets
 
     tf = augment.tf  # TensorFlow decodes every JPEG/PNG/GIF/BMP the pipeline can read
@@ -44,33 +45,24 @@ def model_inputs(paths: Sequence[str], c) -> np.ndarray:
             # TensorFlow wraps the decoder's words in op names: keep only the words.
             reason = str(e).split("}}")[-1].split("[Op:")[0].strip()
             raise datasets.CorruptImageError(f"{path}: not a readable image ({reason})") from None
-        images.append(np.asarray(image, np.float32))
-    batch = np.stack(images)
-    if family != "cifar":
-        return np.asarray(augment.normalize_imagenet(batch), np.float32)
-    from resnet_jax.data import arrays, normalize, stats
-
-    normalization = datasets.normalization_of(c.dataset, c.normalization)
-    mean, std = stats.mean_and_std(arrays.load_stats(c.dataset, c.data_dir), normalization)
-    return np.asarray(normalize.normalize(batch, mean, std))
+        images.append(np.asarray(image))
+    return np.stack(images)
 
 
 def predict(workdir: str, paths: Sequence[str]) -> list[list[tuple[str, float]]]:
     """For each image, its top-5 (class name, probability) under the newest checkpoint."""
     import jax
 
+    from resnet_jax import config as config_lib
     from resnet_jax.data import datasets
     from resnet_jax.engine import evaluate, parallel, warm_start
 
     c = warm_start.run_config(workdir)
     mesh = parallel.make_mesh(jax.devices()[:1])
     model, state, _ = evaluate.restore_checkpoint(c, workdir, mesh)
-    logits = model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats},
-        model_inputs(paths, c),
-        train=False,
-    )
-    probs = np.asarray(jax.nn.softmax(logits.astype(np.float32)))
+    # The evaluation's own step and finishing (normalisation on the device), on the same crops.
+    predict_step = parallel.jit_predict_step(model, mesh, config_lib.build_finish(c))
+    probs = np.asarray(predict_step(state, {"image": load_images(paths, c)}))
     names = datasets.class_names(c.dataset, c.data_dir)
     out = []
     for p in probs:
