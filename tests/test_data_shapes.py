@@ -47,6 +47,23 @@ def test_render_is_a_pure_function_of_the_seed_with_balanced_classes():
     assert len({_digest(x) for x in a}) == 300
 
 
+def test_the_labelled_shape_is_brighter_or_darker_in_every_channel_either_way_equally_often():
+    rng = np.random.default_rng(3)
+    background = rng.uniform(0, 255, (20_000, 3)).astype(np.float32)
+    colour = shapes._contrasting_colour(rng, background)
+    diff = colour - background
+    same_sign = np.all(diff > 0, axis=1) | np.all(diff < 0, axis=1)
+    assert same_sign.all()  # one direction in all three channels: a brightness edge
+    # 60-120 grey levels per channel where that fits in [0, 255]; clipped (smaller) where not,
+    # yet still 25+ grey levels on average over the channels even for uniformly random backgrounds.
+    unclipped = np.all((colour > 0) & (colour < 255), axis=1)
+    assert unclipped.mean() > 0.45
+    assert np.abs(diff[unclipped]).min() >= 60 and np.abs(diff).max() <= 120
+    assert np.abs(diff).mean(axis=1).min() > 25
+    # Brighter about as often as darker, so the direction says nothing about the class.
+    assert abs(np.all(diff > 0, axis=1).mean() - 0.5) < 0.02
+
+
 def test_a_linear_classifier_on_pixels_does_poorly():
     """Softmax regression fitted to convergence memorises the train set yet stays near chance."""
     x_train, y_train = shapes.render(1200, 11)
