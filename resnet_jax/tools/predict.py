@@ -58,11 +58,12 @@ def predict(workdir: str, paths: Sequence[str]) -> list[list[tuple[str, float]]]
     from resnet_jax.engine import evaluate, parallel, warm_start
 
     c = warm_start.run_config(workdir)
+    images = load_images(paths, c)  # an unreadable image is reported before the slow restore
     mesh = parallel.make_mesh(jax.devices()[:1])
     model, state, _ = evaluate.restore_checkpoint(c, workdir, mesh)
     # The evaluation's own step and finishing (normalisation on the device), on the same crops.
     predict_step = parallel.jit_predict_step(model, mesh, config_lib.build_finish(c))
-    probs = np.asarray(predict_step(state, {"image": load_images(paths, c)}))
+    probs = np.asarray(predict_step(state, {"image": images}))
     names = datasets.class_names(c.dataset, c.data_dir)
     out = []
     for p in probs:
