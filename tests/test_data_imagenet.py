@@ -363,7 +363,7 @@ def test_throughput_reports_images_per_second(fake):
     assert result["images_per_cpu_sec"] > 0
 
 
-def test_decoder_comparison_times_pipeline_and_decoder_on_the_same_rounds(fake):
+def test_decoder_comparison_times_pipeline_and_both_yardsticks_on_the_same_rounds(fake):
     from resnet_jax.data import throughput  # pylint: disable=g-import-not-at-top
 
     decoder = next(
@@ -377,11 +377,46 @@ def test_decoder_comparison_times_pipeline_and_decoder_on_the_same_rounds(fake):
     r = throughput.compare_with_decoder(
         "imagenet2012", fake.data_dir, 4, "inception", rounds=2, num_batches=1, warmup_batches=0
     )
-    assert len(r["rounds"]) == 2 and set(r["rounds"][0]) == {"pipeline", "decoder"}
-    ratios = [x["pipeline"]["images_per_sec"] / x["decoder"]["images_per_sec"] for x in r["rounds"]]
-    assert r["ratio"] == pytest.approx(np.median(ratios), rel=1e-9)
+    names = {"pipeline", "decode_only", "read_decode"}
+    assert len(r["rounds"]) == 2 and set(r["rounds"][0]) == names
+    for yardstick, key in (("decode_only", "ratio"), ("read_decode", "read_decode_ratio")):
+        ratios = [
+            x["pipeline"]["images_per_sec"] / x[yardstick]["images_per_sec"] for x in r["rounds"]
+        ]
+        assert r[key] == pytest.approx(np.median(ratios), rel=1e-9)
     assert r["pipeline_images_per_sec_per_core"] == pytest.approx(
         np.median([x["pipeline"]["images_per_sec"] for x in r["rounds"]]) / r["cores"], rel=1e-9
     )
+    text = throughput.format_comparison(r)
+    assert f"pipeline / decode only   {r['ratio']:.3f} wall-clock" in text
+    assert f"pipeline / read + decode {r['read_decode_ratio']:.3f} wall-clock" in text
     with pytest.raises(ValueError, match="not cropped out of JPEGs"):
         pipeline.decoder_iterator("cifar10", data_dir=fake.data_dir, local_batch_size=4, seed=0)
+
+
+def test_decode_only_decodes_the_pipelines_crop_windows_from_memory_and_nothing_else(fake):
+    tf = augment.tf
+    kw = dict(data_dir=fake.data_dir, local_batch_size=4, seed=0, augment="paper", start_step=1)
+    it = pipeline.decode_only_iterator("imagenet2012", num_batches=2, **kw)
+    pixels = [b["pixel"] for b in it]  # ends after num_batches
+    assert len(pixels) == 2 and pixels[0].shape == (4, 3) and pixels[0].dtype == np.uint8
+    # The same examples and windows as the pipeline's batches 1 and 2: each decoded crop, resized
+    # as the pipeline resizes it, is the pipeline's image.
+    stream = pipeline._TrainStream(
+        "imagenet2012", fake.data_dir, 4, 0, 0, 1, "paper", None, None, (256, 480), None
+    )
+    train = _train(fake, augment="paper", start_step=1)
+    for step in (1, 2):
+        images = next(train)["image"]
+        for k, (position, serialized) in enumerate(stream.records(step * 4).take(4)):
+            image_bytes, _, _ = stream.shard.parse(serialized)
+            seed = stream.example_seed(position)
+            s_crop, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+            window, _ = augment.paper_window(image_bytes, s_crop)
+            crop = tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
+            np.testing.assert_array_equal(crop[0, 0], pixels[step - 1][k])
+            np.testing.assert_array_equal(augment.crop_resize(image_bytes, window, 224), images[k])
+    with pytest.raises(ValueError, match="not cropped out of JPEGs"):
+        pipeline.decode_only_iterator(
+            "cifar10", data_dir=fake.data_dir, local_batch_size=4, seed=0, num_batches=1
+        )

@@ -298,7 +298,8 @@ def input_pipeline(
     """Host-side tf.data throughput of the project's training pipeline (imports TensorFlow).
 
     `resnet_jax.data.throughput` does the measuring (`compare_with_decoder` with `vs_decoder`:
-    interleaved rounds against the JPEG decoder alone on the same crops); this adds the host
+    interleaved rounds against the JPEG decoder alone on the same crops, with and without reading
+    the records); this adds the host
     description, load and date so the row can go into docs/benchmarks.md as it is, and with
     `feed_target` (images/s, e.g. one GPU's training rate) `cores_to_feed`: the cores that many
     images/s need at the measured images per CPU-second of the pipeline (a simulated GPU host whose
@@ -460,8 +461,9 @@ def _define_flags() -> None:
     f.DEFINE_bool(
         "vs_decoder",
         False,
-        "--input_pipeline: interleave rounds of the JPEG decoder alone on the same crops and "
-        "report pipeline / decoder (ImageNet).",
+        "--input_pipeline: interleave rounds of the JPEG decoder alone on the same crops (decode "
+        "only, images in memory; and read + decode) and report the pipeline's ratio to each "
+        "(ImageNet).",
     )
     f.DEFINE_integer("rounds", 10, "With several --step kinds or --vs_decoder: rounds timed.")
     f.DEFINE_float(

@@ -417,6 +417,70 @@ def decoder_iterator(
     return ts.batches(start_step, local_batch_size, example, num_threads)
 
 
+def decode_only_iterator(
+    dataset,
+    *,
+    data_dir,
+    local_batch_size,
+    seed,
+    num_batches,
+    start_step=0,
+    augment=None,
+    image_size=None,
+    scale_range=(256, 480),
+    num_threads=None,
+):
+    """`decode_and_crop_jpeg` and nothing else, on `num_batches` batches of `train_iterator`'s
+    work with the same arguments from batch `start_step` on (ImageNet only).
+
+    The encoded images and their training crop windows are read and gathered into memory first
+    (untimed), then a dataset of them is mapped with `tf.io.decode_and_crop_jpeg` alone, with the
+    pipeline's parallelism, batching and options: no reading, parsing, window draws or resizing.
+    Yields {'pixel': uint8 [b, 3] (one pixel of each decoded crop: TensorFlow would skip a decode
+    whose pixels go unused)} `num_batches` times, the yardstick of `throughput.compare_with_decoder`.
+    """
+    if num_batches < 1:
+        raise ValueError(f"need num_batches >= 1, got {num_batches}")
+    if datasets.facts(dataset)["family"] != "imagenet":
+        raise ValueError(
+            f"{dataset} images are not cropped out of JPEGs; decode_only_iterator is for ImageNet"
+        )
+    ts = _TrainStream(
+        dataset,
+        data_dir,
+        local_batch_size,
+        seed,
+        0,
+        1,
+        augment,
+        image_size,
+        None,
+        scale_range,
+        None,
+    )
+    window_fn = _window_fn(ts.augment, ts.image_size, ts.scale_range)
+
+    def example(image_bytes, seed):
+        s_crop, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        return {"bytes": image_bytes, "window": window_fn(image_bytes, s_crop)[0]}
+
+    work = ts.batches(start_step, local_batch_size, example, num_threads)
+    gathered = [next(work) for _ in range(num_batches)]
+    del work
+    images = np.concatenate([b["bytes"] for b in gathered])
+    windows = np.concatenate([b["window"] for b in gathered])
+    ds = (
+        tf.data.Dataset.from_tensor_slices((images, windows))
+        .map(
+            _plain(lambda b, w: {"pixel": tf.io.decode_and_crop_jpeg(b, w, channels=3)[0, 0]}),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .batch(local_batch_size, drop_remainder=True)
+    )
+    return prefetched(ds, num_threads).as_numpy_iterator()
+
+
 def eval_iterator(
     dataset,
     *,

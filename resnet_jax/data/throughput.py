@@ -10,14 +10,20 @@ Rates are given as wall-clock images/s (and that divided by the cores the proces
 as images per CPU-second of the process, which is the honest per-core figure on a machine shared
 with other work.
 
-`--vs_decoder` times, in interleaved rounds, the pipeline and the JPEG decoder alone on the same
-work (`pipeline.decoder_iterator`: the same records, `decode_and_crop_jpeg` of the same crop
-windows, nothing else), each round on the same images, and reports the median over rounds of each
-rate and of their ratio, so load from other processes shifts both alike and cancels out of the
-ratio.
+`--vs_decoder` times, in interleaved rounds, the pipeline against two yardsticks on the same work,
+each round on the same images:
+
+* decode only (`pipeline.decode_only_iterator`): the same encoded images and crop windows held in
+  memory, mapped with `decode_and_crop_jpeg` and nothing else (the ceiling the pipeline is held to);
+* read + decode (`pipeline.decoder_iterator`): the same records read and parsed in the same order,
+  then `decode_and_crop_jpeg` of the same windows.
+
+It reports the median over rounds of each rate and of the pipeline's ratio to each, so load from
+other processes shifts all three alike and cancels out of the ratios.
 """
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -114,13 +120,17 @@ def compare_with_decoder(
     """The training pipeline against the JPEG decoder alone on the same work, in `rounds`
     interleaved rounds.
 
-    Round r starts both at batch r * (warmup_batches + num_batches) of the same stream: a fresh
-    `pipeline.train_iterator`, and a fresh `pipeline.decoder_iterator` (the same records, each
-    example's crop window decoded, nothing else). Each times `num_batches` batches after
-    `warmup_batches`; only one of them exists at a time, and which goes first alternates.
-    Returns medians over rounds: pipeline_* and decoder_* rates (see `measure_input_pipeline`),
-    `ratio` (pipeline / decoder wall-clock rate, the median of the per-round ratios) and
-    `cpu_ratio` (the same for images per CPU-second), with every round's figures under 'rounds'.
+    Round r starts all three at batch r * (warmup_batches + num_batches) of the same stream: a
+    fresh `pipeline.train_iterator` ('pipeline'), a fresh `pipeline.decode_only_iterator`
+    ('decode_only': the same images and crop windows gathered into memory beforehand, decoded with
+    `decode_and_crop_jpeg`, nothing else) and a fresh `pipeline.decoder_iterator` ('read_decode':
+    the same records read and parsed, each crop window decoded). Each times `num_batches` batches
+    after `warmup_batches`; only one of them exists at a time, and the order rotates each round.
+
+    Returns medians over rounds: pipeline_*, decode_only_* and read_decode_* rates (see
+    `measure_input_pipeline`); `ratio` and `cpu_ratio` (pipeline / decode only, wall-clock and per
+    CPU-second, medians of the per-round ratios); `read_decode_ratio` and `read_decode_cpu_ratio`
+    (pipeline / read + decode); every round's figures under 'rounds'.
     """
     if rounds < 1 or num_batches < 1 or warmup_batches < 0:
         raise ValueError(
@@ -136,11 +146,18 @@ def compare_with_decoder(
         image_size=image_size,
         num_threads=num_threads,
     )
-    make = {"pipeline": pipeline.train_iterator, "decoder": pipeline.decoder_iterator}
+    make = {
+        "pipeline": pipeline.train_iterator,
+        "decode_only": functools.partial(
+            pipeline.decode_only_iterator, num_batches=warmup_batches + num_batches
+        ),
+        "read_decode": pipeline.decoder_iterator,
+    }
+    names = list(make)
     rows = []
     for r in range(rounds):
         row = {}
-        for name in list(make) if r % 2 == 0 else list(make)[::-1]:
+        for name in names[r % 3 :] + names[: r % 3]:
             it = make[name](dataset, start_step=r * (warmup_batches + num_batches), **kwargs)
             for _ in range(warmup_batches):
                 next(it)
@@ -161,8 +178,11 @@ def compare_with_decoder(
     for name in make:
         for key in ("images_per_sec", "images_per_sec_per_core", "images_per_cpu_sec"):
             out[f"{name}_{key}"] = statistics.median(row[name][key] for row in rows)
-    for key, rate in (("ratio", "images_per_sec"), ("cpu_ratio", "images_per_cpu_sec")):
-        out[key] = statistics.median(row["pipeline"][rate] / row["decoder"][rate] for row in rows)
+    for yardstick, prefix in (("decode_only", ""), ("read_decode", "read_decode_")):
+        for key, rate in (("ratio", "images_per_sec"), ("cpu_ratio", "images_per_cpu_sec")):
+            out[prefix + key] = statistics.median(
+                row["pipeline"][rate] / row[yardstick][rate] for row in rows
+            )
     return out
 
 
@@ -178,7 +198,9 @@ def main(argv=None):
     parser.add_argument("--num_batches", type=int, default=40)
     parser.add_argument("--warmup_batches", type=int, default=5)
     parser.add_argument("--num_threads", type=int, default=None)
-    parser.add_argument("--vs_decoder", action="store_true", help="interleaved decoder rounds")
+    parser.add_argument(
+        "--vs_decoder", action="store_true", help="interleaved rounds against the decoder alone"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -216,14 +238,24 @@ def main(argv=None):
 
 
 def format_comparison(r):
-    """One line per rate of `compare_with_decoder`'s result."""
+    """The rates and ratios of `compare_with_decoder`'s result, one line each."""
+
+    def rate(name):
+        return (
+            f"{r[name + '_images_per_sec_per_core']:.0f} images/s per core "
+            f"({r[name + '_images_per_cpu_sec']:.0f} per CPU-second)"
+        )
+
     return (
-        f"{r['dataset']} augment={r['augment']}, {len(r['rounds'])} rounds, {r['cores']} cores: "
-        f"pipeline {r['pipeline_images_per_sec_per_core']:.0f} images/s per core "
-        f"({r['pipeline_images_per_cpu_sec']:.0f} per CPU-second), decoder alone "
-        f"{r['decoder_images_per_sec_per_core']:.0f} per core "
-        f"({r['decoder_images_per_cpu_sec']:.0f} per CPU-second): pipeline / decoder "
-        f"{r['ratio']:.3f} wall-clock, {r['cpu_ratio']:.3f} per CPU-second (medians)"
+        f"{r['dataset']} augment={r['augment']}, {len(r['rounds'])} rounds, {r['cores']} cores "
+        f"(medians):\n"
+        f"  pipeline      {rate('pipeline')}\n"
+        f"  decode only   {rate('decode_only')}\n"
+        f"  read + decode {rate('read_decode')}\n"
+        f"  pipeline / decode only   {r['ratio']:.3f} wall-clock, {r['cpu_ratio']:.3f} per "
+        f"CPU-second\n"
+        f"  pipeline / read + decode {r['read_decode_ratio']:.3f} wall-clock, "
+        f"{r['read_decode_cpu_ratio']:.3f} per CPU-second"
     )
 
 
