@@ -13,11 +13,11 @@ from experiments.spec import Check, Entry, Experiment, register
 # The CPU recipe of configs/default.py, written out in full so that later edits of that file cannot
 # silently change this experiment: SGD with momentum 0.9, weight decay 1e-4, lr 0.05 for batch 32
 # (the paper's 0.1 at 128, scaled down), 50 linear warm-up steps, cosine decay to 0, no
-# augmentation (under one epoch, nothing to overfit). With it the nets sit at chance (loss ln 10)
-# for the first ~400 steps whatever the batch, so the number of *steps* decides whether anything
-# is learnt: 300 steps of 64 (a first try) left plain-20 at 13% test accuracy. 1000 steps of 32
-# (32k images, 0.8 epoch) took 23.1 minutes for the four nets on the 2-core VM, quiet
-# (2026-11-22; docs/results/fig6_cpu.md).
+# augmentation (under one epoch, nothing to overfit). 1000 steps of 32 (32k images, 0.8 epoch)
+# took 23.1 minutes for the four nets on the 2-core VM, quiet (2026-11-22). On shapes10 2.0.0
+# (2026-12-01; docs/results/fig6_cpu.md) the 20-layer nets leave chance by step 120-240, while both
+# 56-layer nets are still at chance after 1000 steps: this budget shows the plain nets' degradation,
+# not yet the deep ResNet's recovery.
 # The test set (10k images) is evaluated at the middle and the end only: one pass costs as much as
 # ~150 training steps of ResNet-56. Checkpoints every 250 steps let a killed run resume.
 FIG6_CPU_SCHEDULE = {

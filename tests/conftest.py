@@ -17,3 +17,6 @@ os.environ.setdefault(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax"
     ),
 )
+# XLA's CPU backend optimisations roughly double the compile time of the small nets the tests
+# train for a few steps, and those steps run for milliseconds: the suite compiles without them.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
