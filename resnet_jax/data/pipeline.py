@@ -370,6 +370,28 @@ def train_iterator(
     return ts.batches(start_step, local_batch_size, example, num_threads)
 
 
+def _crop_windows_stream(
+    caller, dataset, data_dir, local_batch_size, seed, augment, image_size, scale_range
+):
+    """(the one-process training stream, its crop-window function) for the decoder yardsticks."""
+    if datasets.facts(dataset)["family"] != "imagenet":
+        raise ValueError(f"{dataset} images are not cropped out of JPEGs; {caller} is for ImageNet")
+    ts = _TrainStream(
+        dataset,
+        data_dir,
+        local_batch_size,
+        seed,
+        0,
+        1,
+        augment,
+        image_size,
+        None,
+        scale_range,
+        None,
+    )
+    return ts, _window_fn(ts.augment, ts.image_size, ts.scale_range)
+
+
 def decoder_iterator(
     dataset,
     *,
@@ -390,24 +412,16 @@ def decoder_iterator(
     decode whose pixels go unused), 'label': int32 [b]}, to time the decoder's own speed against
     the pipeline's (`throughput.compare_with_decoder`).
     """
-    if datasets.facts(dataset)["family"] != "imagenet":
-        raise ValueError(
-            f"{dataset} images are not cropped out of JPEGs; decoder_iterator is for ImageNet"
-        )
-    ts = _TrainStream(
+    ts, window_fn = _crop_windows_stream(
+        "decoder_iterator",
         dataset,
         data_dir,
         local_batch_size,
         seed,
-        0,
-        1,
         augment,
         image_size,
-        None,
         scale_range,
-        None,
     )
-    window_fn = _window_fn(ts.augment, ts.image_size, ts.scale_range)
 
     def example(image_bytes, seed):
         s_crop, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -441,24 +455,16 @@ def decode_only_iterator(
     """
     if num_batches < 1:
         raise ValueError(f"need num_batches >= 1, got {num_batches}")
-    if datasets.facts(dataset)["family"] != "imagenet":
-        raise ValueError(
-            f"{dataset} images are not cropped out of JPEGs; decode_only_iterator is for ImageNet"
-        )
-    ts = _TrainStream(
+    ts, window_fn = _crop_windows_stream(
+        "decode_only_iterator",
         dataset,
         data_dir,
         local_batch_size,
         seed,
-        0,
-        1,
         augment,
         image_size,
-        None,
         scale_range,
-        None,
     )
-    window_fn = _window_fn(ts.augment, ts.image_size, ts.scale_range)
 
     def example(image_bytes, seed):
         s_crop, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))

@@ -223,7 +223,7 @@ def builder_class():
 
         VERSION = tfds.core.Version("2.0.0")
         RELEASE_NOTES = {
-            "1.0.0": "First release.",
+            "1.0.0": "First version.",
             "2.0.0": "The labelled shape is brighter or darker than its background in every "
             "channel (by 60-120 grey levels), not only far from it in colour.",
         }
