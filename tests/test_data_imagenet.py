@@ -403,7 +403,13 @@ def test_decode_only_decodes_the_pipelines_crop_windows_from_memory_and_nothing_
     # The same examples and windows as the pipeline's batches 1 and 2: each decoded crop, resized
     # as the pipeline resizes it, is the pipeline's image.
     stream = pipeline._TrainStream(
-        "imagenet2012", fake.data_dir, 4, 0, 0, 1, "paper", None, None, (256, 480), None
+        "imagenet2012",
+        fake.data_dir,
+        4,
+        0,
+        augment="paper",
+        image_size=None,
+        scale_range=(256, 480),
     )
     train = _train(fake, augment="paper", start_step=1)
     for step in (1, 2):

@@ -237,13 +237,14 @@ class _TrainStream:
         data_dir,
         local_batch_size,
         seed,
-        process_index,
-        process_count,
+        *,
         augment,
         image_size,
-        split,
         scale_range,
-        shuffle_buffer,
+        process_index=0,
+        process_count=1,
+        split=None,
+        shuffle_buffer=None,
     ):
         family = datasets.facts(dataset)["family"]
         augment = augment or TRAIN_AUGMENTS[family][0]
@@ -353,13 +354,13 @@ def train_iterator(
         data_dir,
         local_batch_size,
         seed,
-        process_index,
-        process_count,
-        augment,
-        image_size,
-        split,
-        scale_range,
-        shuffle_buffer,
+        augment=augment,
+        image_size=image_size,
+        scale_range=scale_range,
+        process_index=process_index,
+        process_count=process_count,
+        split=split,
+        shuffle_buffer=shuffle_buffer,
     )
 
     def example(image_bytes, seed):
@@ -381,13 +382,9 @@ def _crop_windows_stream(
         data_dir,
         local_batch_size,
         seed,
-        0,
-        1,
-        augment,
-        image_size,
-        None,
-        scale_range,
-        None,
+        augment=augment,
+        image_size=image_size,
+        scale_range=scale_range,
     )
     return ts, _window_fn(ts.augment, ts.image_size, ts.scale_range)
 
