@@ -30,6 +30,7 @@ class FakeDataset:
     train_keys: list  # example keys (file names / ids) in the train split
     eval_keys: list  # example keys in the eval split
     corrupt_keys: list = dataclasses.field(default_factory=list)
+    not_jpeg_keys: list = dataclasses.field(default_factory=list)  # PNGs under .JPEG names
     train_images: np.ndarray = None  # CIFAR fakes: uint8 [N, 32, 32, 3] in archive order
     train_labels: np.ndarray = None  # CIFAR fakes: int64 [N]
 
@@ -100,6 +101,7 @@ def make_fake_imagenet(
     sizes=None,
     seed=0,
     corrupt=0,
+    not_jpeg=0,
     prepare=True,
 ):
     """Writes fake ILSVRC2012 train/val tars into `root`/manual and prepares root/data.
@@ -110,6 +112,8 @@ def make_fake_imagenet(
       num_val: validation JPEGs; tfds labels them from its validation_labels.txt in name order.
       sizes: list of (height, width) cycled over the images; default realistic ImageNet shapes.
       corrupt: the last `corrupt` train JPEGs of the first synset are truncated and garbled.
+      not_jpeg: the `not_jpeg` train images before those are PNGs under .JPEG names (tfds
+        re-encodes only the real archive's one known PNG, by its name).
       prepare: run the real tfds builder (via `resnet_jax.data.prepare`).
     Returns:
       FakeDataset; `corrupt_keys` holds the corrupted file names.
@@ -118,7 +122,7 @@ def make_fake_imagenet(
     sizes = sizes or [(375, 500), (500, 375), (333, 500), (480, 640), (400, 400)]
     manual = os.path.join(root, "manual")
     os.makedirs(manual, exist_ok=True)
-    train_keys, corrupt_keys, k = [], [], 0
+    train_keys, corrupt_keys, not_jpeg_keys, k = [], [], [], 0
     with tarfile.open(os.path.join(manual, "ILSVRC2012_img_train.tar"), "w") as outer:
         for ci, synset in enumerate(imagenet_synsets(num_classes)):
             inner_buf = io.BytesIO()
@@ -130,6 +134,11 @@ def make_fake_imagenet(
                     if ci == 0 and i >= train_per_class - corrupt:
                         data = truncated_jpeg(data)
                         corrupt_keys.append(name)
+                    elif ci == 0 and i >= train_per_class - corrupt - not_jpeg:
+                        png = io.BytesIO()
+                        Image.open(io.BytesIO(data)).save(png, format="PNG")
+                        data = png.getvalue()
+                        not_jpeg_keys.append(name)
                     _add(inner, name, data)
                     train_keys.append(name)
             _add(outer, f"{synset}.tar", inner_buf.getvalue())
@@ -138,7 +147,13 @@ def make_fake_imagenet(
         for i, name in enumerate(val_keys):
             _add(tar, name, natural_jpeg(rng, *sizes[(k + i) % len(sizes)]))
     fake = FakeDataset(
-        "imagenet2012", os.path.join(root, "data"), manual, train_keys, val_keys, corrupt_keys
+        "imagenet2012",
+        os.path.join(root, "data"),
+        manual,
+        train_keys,
+        val_keys,
+        corrupt_keys,
+        not_jpeg_keys,
     )
     if prepare:
         from resnet_jax.data import prepare as prep  # pylint: disable=g-import-not-at-top

@@ -78,10 +78,10 @@ def _float_reference(image_bytes, seed, augment_name, image_size):
     tf = augment.tf
     s_crop, s_light = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     if augment_name == "paper":
-        window, flip = augment.paper_window(image_bytes, s_crop, image_size)
+        window, flip = augment.paper_window(augment.jpeg_shape(image_bytes), s_crop, image_size)
         light = augment.pca_lighting_offset(s_light).numpy()
     else:
-        window, flip = augment.inception_window(image_bytes, s_crop)
+        window, flip = augment.inception_window(augment.jpeg_shape(image_bytes), s_crop)
         light = np.zeros(3, np.float32)
     crop = augment.decode_crop(image_bytes, window)
     crop = tf.reverse(crop, axis=[1]) if flip else crop
@@ -104,10 +104,11 @@ def test_uint8_crops_finished_on_device_match_the_float_pipeline_and_its_statist
         image_bytes, seed = tf.constant(jpegs[k % 3]), tf.constant([11, k], tf.int64)
         s_crop, s_light = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         if augment_name == "paper":
-            window, flip = augment.paper_window(image_bytes, s_crop, size)
+            window, flip = augment.paper_window(augment.jpeg_shape(image_bytes), s_crop, size)
         else:
-            window, flip = augment.inception_window(image_bytes, s_crop)
-        batch = {"image": augment.crop_resize(image_bytes, window, size)[None], "flip": flip[None]}
+            window, flip = augment.inception_window(augment.jpeg_shape(image_bytes), s_crop)
+        crop = augment.decode_jpeg_crop(image_bytes, window)
+        batch = {"image": augment.resize_to_uint8(crop, size)[None], "flip": flip[None]}
         if augment_name == "paper":
             batch["light"] = augment.pca_lighting_offset(s_light)[None]
         new.append(np.asarray(finish.IMAGENET({k: np.asarray(v) for k, v in batch.items()}))[0])
@@ -313,35 +314,59 @@ def corrupt_fake(tmp_path_factory):
         tmp_path_factory,
         "imagenet_corrupt",
         num_classes=1,
-        train_per_class=3,
+        train_per_class=4,
         num_val=1,
         corrupt=1,
+        not_jpeg=1,
         seed=3,
     )
 
 
 @pytest.mark.parametrize("augment_name", ["paper", "inception"])
-def test_corrupt_jpeg_stops_training_naming_its_key(corrupt_fake, augment_name):
-    (bad,) = corrupt_fake.corrupt_keys
-    it = _train(corrupt_fake, augment=augment_name, local_batch_size=1)
+def test_corrupt_or_non_jpeg_image_stops_training_naming_its_key(corrupt_fake, augment_name):
+    """A truncated JPEG and a PNG (the crops decode JPEGs only) among two good images."""
+    (bad,), (png,) = corrupt_fake.corrupt_keys, corrupt_fake.not_jpeg_keys
+    it = _train(corrupt_fake, augment=augment_name, local_batch_size=4)  # one batch, one epoch
     with pytest.raises(datasets.CorruptImageError) as e:
-        for _ in range(3):  # one epoch: the corrupt example is among the three
-            next(it)
-    assert e.value.keys == (bad,)
+        next(it)
+    assert sorted(e.value.keys) == sorted([bad, png])
     message = str(e.value)
-    assert repr(bad) in message and "imagenet2012 split 'train' (process 0)" in message
+    assert repr(bad) in message and repr(png) in message
+    assert "imagenet2012 split 'train' (process 0)" in message
     assert f"prepare imagenet2012 --data_dir {corrupt_fake.data_dir}" in message
     assert "function_node" not in message and "Traceback" not in message
     assert e.value.__cause__ is None and e.value.__suppress_context__
 
 
-def test_corrupt_jpeg_stops_evaluation_naming_its_key(corrupt_fake):
+def test_corrupt_or_non_jpeg_image_stops_evaluation_naming_its_key(corrupt_fake):
     it = pipeline.eval_iterator(
         "imagenet2012", data_dir=corrupt_fake.data_dir, local_batch_size=2, split="train"
     )
     with pytest.raises(datasets.CorruptImageError) as e:
         list(it)
-    assert e.value.keys == tuple(corrupt_fake.corrupt_keys)
+    # Evaluation reads the records in file order, two per batch, and stops at the first bad batch.
+    shard = pipeline._Shard("imagenet2012", corrupt_fake.data_dir, "train", 0, 1, False)
+    order = [shard.parse(r)[2].numpy().decode() for r in shard.records()]
+    bad = {*corrupt_fake.corrupt_keys, *corrupt_fake.not_jpeg_keys}
+    first_bad_batch = next(b for b in (order[:2], order[2:]) if bad & set(b))
+    assert list(e.value.keys) == [k for k in first_bad_batch if k in bad]
+
+
+def test_predict_reads_any_format_the_crops_of_a_jpeg_and_a_png_are_equal():
+    """center_eval outside the pipeline (predict) takes any format; JPEG-only gives the same."""
+    tf = augment.tf
+    rng = np.random.default_rng(2)
+    jpeg = tf.constant(fake_archives.natural_jpeg(rng, 375, 500))
+    png = tf.io.encode_png(tf.io.decode_jpeg(jpeg, channels=3))  # the same pixels, losslessly
+    a = augment.center_eval(jpeg, 224, jpeg_only=True).numpy()
+    np.testing.assert_array_equal(a, augment.center_eval(jpeg, 224))
+    # The same crop, except its last column: decoding only the window, libjpeg upsamples the
+    # chroma of the window's right edge without the column beyond it.
+    c = augment.center_eval(png, 224).numpy()
+    np.testing.assert_array_equal(a[:, :-1], c[:, :-1])
+    assert np.abs(a[:, -1].astype(int) - c[:, -1]).mean() < 8  # a few grey levels
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        augment.center_eval(png, 224, jpeg_only=True)
 
 
 def test_throughput_reports_images_per_second(fake):
@@ -377,19 +402,23 @@ def test_decoder_comparison_times_pipeline_and_both_yardsticks_on_the_same_round
     r = throughput.compare_with_decoder(
         "imagenet2012", fake.data_dir, 4, "inception", rounds=2, num_batches=1, warmup_batches=0
     )
-    names = {"pipeline", "decode_only", "read_decode"}
+    names = {"pipeline", "decode_only", "decode_resize", "read_decode"}
     assert len(r["rounds"]) == 2 and set(r["rounds"][0]) == names
-    for yardstick, key in (("decode_only", "ratio"), ("read_decode", "read_decode_ratio")):
-        ratios = [
-            x["pipeline"]["images_per_sec"] / x[yardstick]["images_per_sec"] for x in r["rounds"]
-        ]
+    for num, den, key in (
+        ("pipeline", "decode_only", "ratio"),
+        ("pipeline", "decode_resize", "decode_resize_ratio"),
+        ("pipeline", "read_decode", "read_decode_ratio"),
+        ("decode_resize", "decode_only", "resize_ceiling"),
+    ):
+        ratios = [x[num]["images_per_sec"] / x[den]["images_per_sec"] for x in r["rounds"]]
         assert r[key] == pytest.approx(np.median(ratios), rel=1e-9)
     assert r["pipeline_images_per_sec_per_core"] == pytest.approx(
         np.median([x["pipeline"]["images_per_sec"] for x in r["rounds"]]) / r["cores"], rel=1e-9
     )
     text = throughput.format_comparison(r)
-    assert f"pipeline / decode only   {r['ratio']:.3f} wall-clock" in text
-    assert f"pipeline / read + decode {r['read_decode_ratio']:.3f} wall-clock" in text
+    assert f"pipeline / decode only     {r['ratio']:.3f} wall-clock" in text
+    assert f"pipeline / read + decode   {r['read_decode_ratio']:.3f} wall-clock" in text
+    assert f"(the most a pipeline that resizes can reach) {r['resize_ceiling']:.3f}" in text
     with pytest.raises(ValueError, match="not cropped out of JPEGs"):
         pipeline.decoder_iterator("cifar10", data_dir=fake.data_dir, local_batch_size=4, seed=0)
 
@@ -418,10 +447,16 @@ def test_decode_only_decodes_the_pipelines_crop_windows_from_memory_and_nothing_
             image_bytes, _, _ = stream.shard.parse(serialized)
             seed = stream.example_seed(position)
             s_crop, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-            window, _ = augment.paper_window(image_bytes, s_crop)
+            window, _ = augment.paper_window(augment.jpeg_shape(image_bytes), s_crop)
             crop = tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
             np.testing.assert_array_equal(crop[0, 0], pixels[step - 1][k])
-            np.testing.assert_array_equal(augment.crop_resize(image_bytes, window, 224), images[k])
+            np.testing.assert_array_equal(augment.resize_to_uint8(crop, 224), images[k])
+    # With resize: the pipeline's images exactly, nothing else in the batch.
+    resized = list(pipeline.decode_only_iterator("imagenet2012", num_batches=2, resize=True, **kw))
+    train = _train(fake, augment="paper", start_step=1)
+    for batch in resized:
+        assert set(batch) == {"image"}
+        np.testing.assert_array_equal(batch["image"], next(train)["image"])
     with pytest.raises(ValueError, match="not cropped out of JPEGs"):
         pipeline.decode_only_iterator(
             "cifar10", data_dir=fake.data_dir, local_batch_size=4, seed=0, num_batches=1

@@ -4,12 +4,18 @@ All randomness is stateless: each function takes a `seed` int64 [2] tensor, whic
 derives from (seed, process, stream position), so a resumed iterator reproduces every crop, flip
 and lighting draw exactly and the result does not depend on thread scheduling.
 
-ImageNet functions take the encoded JPEG bytes and decode only what they need: the training crops
-and the centre crop are cut out of the compressed image with `decode_and_crop_jpeg`, which skips
-decoding most of the pixels that would be thrown away. They return uint8 pixels, the bilinear
+ImageNet crops decode only what they need: the crop windows are drawn from the image's size (read
+from the JPEG header) and cut out of the compressed image with `decode_and_crop_jpeg`, which skips
+decoding most of the pixels that would be thrown away. The results are uint8 pixels, the bilinear
 resize rounded to the nearest grey level; what is cheaper on the accelerator (mirroring, PCA
 lighting, normalisation, the 32x32 pad-and-crop) is returned as per-example draws that
 `resnet_jax.data.finish` applies inside the jitted step.
+
+Formats. The training and evaluation pipelines use the JPEG-only ops: ImageNet as prepared by
+tensorflow-datasets holds only JPEGs (it converts the archive's one PNG and its CMYK JPEGs), and a
+`tf.cond` on the format inside a tf.data function cost ~13% of the pipeline's CPU time (measured on
+2-core AMD EPYC on 2026-12-01). `image_shape`, `decode_crop` and `center_eval` take any format that
+`decode` reads, for images from elsewhere (`resnet_jax.predict`).
 """
 
 from resnet_jax.data._tf import import_tf
@@ -29,11 +35,16 @@ def _split(seed, n):
     return tf.unstack(tf.random.experimental.stateless_split(seed, n))
 
 
+def jpeg_shape(image_bytes):
+    """[height, width] int32 of a JPEG, read from its header without decoding."""
+    return tf.io.extract_jpeg_shape(image_bytes)[:2]
+
+
 def image_shape(image_bytes):
-    """[height, width] int32 of an encoded image, read from the JPEG header without decoding."""
+    """[height, width] int32 of an encoded image of any format (JPEGs: from the header)."""
     return tf.cond(
         tf.io.is_jpeg(image_bytes),
-        lambda: tf.io.extract_jpeg_shape(image_bytes)[:2],
+        lambda: jpeg_shape(image_bytes),
         lambda: tf.shape(decode(image_bytes))[:2],
     )
 
@@ -43,14 +54,19 @@ def decode(image_bytes):
     return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
 
 
-def decode_crop(image_bytes, window):
-    """uint8 [h, w, 3] region `window` = [y, x, h, w] of an encoded image.
+def decode_jpeg_crop(image_bytes, window):
+    """uint8 [h, w, 3] region `window` = [y, x, h, w] of a JPEG; only the window is decoded."""
+    return tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
 
-    JPEGs decode only the window; other formats (rare in ImageNet) decode fully, then crop.
+
+def decode_crop(image_bytes, window):
+    """uint8 [h, w, 3] region `window` of an encoded image of any format.
+
+    JPEGs decode only the window; other formats decode fully, then crop.
     """
     return tf.cond(
         tf.io.is_jpeg(image_bytes),
-        lambda: tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3),
+        lambda: decode_jpeg_crop(image_bytes, window),
         lambda: tf.image.crop_to_bounding_box(decode(image_bytes), *tf.unstack(window)),
     )
 
@@ -96,20 +112,20 @@ def flip_draw(seed):
     return tf.random.stateless_uniform([], seed) < 0.5
 
 
-def crop_resize(image_bytes, window, image_size):
-    """uint8 [image_size, image_size, 3]: region `window` = [y, x, h, w] decoded and resized."""
-    return to_uint8(_resize(decode_crop(image_bytes, window), [image_size, image_size]))
+def resize_to_uint8(crop, image_size):
+    """uint8 [image_size, image_size, 3]: a decoded crop resized bilinearly and rounded."""
+    return to_uint8(_resize(crop, [image_size, image_size]))
 
 
-def paper_window(image_bytes, seed, image_size=224, scale_range=(256, 480)):
-    """(window [y, x, side, side] int32, flip bool) of He2015 Sec. 3.4 scale augmentation.
+def paper_window(hw, seed, image_size=224, scale_range=(256, 480)):
+    """(window [y, x, side, side] int32, flip bool) of He2015 Sec. 3.4 scale augmentation, for an
+    image of size `hw` = [height, width] int32.
 
     Shorter side to S ~ U{scale_range}, random image_size crop, mirror: resizing the whole image
     and then cropping equals cropping a window of side image_size * shorter / S in the original
     and resizing only that window, which lets JPEG decoding skip most of the image.
     """
     s_scale, s_y, s_x, s_flip = _split(seed, 4)
-    hw = image_shape(image_bytes)
     shorter = tf.cast(tf.reduce_min(hw), tf.float32)
     scale = tf.random.stateless_uniform([], s_scale, scale_range[0], scale_range[1] + 1, tf.int32)
     side = tf.cast(tf.round(image_size * shorter / tf.cast(scale, tf.float32)), tf.int32)
@@ -119,11 +135,10 @@ def paper_window(image_bytes, seed, image_size=224, scale_range=(256, 480)):
     return tf.stack([y, x, side, side]), flip_draw(s_flip)
 
 
-def inception_window(image_bytes, seed, area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3)):
+def inception_window(hw, seed, area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3)):
     """(window [y, x, h, w] int32, flip bool): Inception-style random-resized crop (area and
-    aspect ranges of Szegedy et al.) and mirror."""
+    aspect ranges of Szegedy et al.) and mirror of an image of size `hw` = [height, width]."""
     s_box, s_flip = _split(seed, 2)
-    hw = image_shape(image_bytes)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.concat([hw, [3]], 0),
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
@@ -137,11 +152,11 @@ def inception_window(image_bytes, seed, area_range=(0.08, 1.0), aspect_range=(3 
     return tf.stack([begin[0], begin[1], size[0], size[1]]), flip_draw(s_flip)
 
 
-def center_window(image_bytes, image_size=224, resize_size=None):
-    """[y, x, side, side] int32: the centre square that becomes the centre crop after resizing
-    the shorter side to resize_size (default image_size / 0.875, i.e. 256 for 224)."""
+def center_window(hw, image_size=224, resize_size=None):
+    """[y, x, side, side] int32: the centre square of an image of size `hw` = [height, width]
+    that becomes the centre crop after resizing the shorter side to resize_size (default
+    image_size / 0.875, i.e. 256 for 224)."""
     resize_size = resize_size or int(round(image_size / 0.875))
-    hw = image_shape(image_bytes)
     side = tf.cast(
         tf.round(tf.cast(tf.reduce_min(hw), tf.float32) * image_size / resize_size), tf.int32
     )
@@ -149,13 +164,15 @@ def center_window(image_bytes, image_size=224, resize_size=None):
     return tf.stack([(hw[0] - side + 1) // 2, (hw[1] - side + 1) // 2, side, side])
 
 
-def center_eval(image_bytes, image_size=224, resize_size=None):
+def center_eval(image_bytes, image_size=224, resize_size=None, *, jpeg_only=False):
     """Shorter side to resize_size (default image_size / 0.875, i.e. 256 for 224), centre crop.
 
     Only the central window is decoded and resized. Returns uint8 [image_size, image_size, 3].
+    Any format that `decode` reads, or with `jpeg_only` JPEGs alone, without the format `tf.cond`.
     """
-    window = center_window(image_bytes, image_size, resize_size)
-    return crop_resize(image_bytes, window, image_size)
+    shape, crop = (jpeg_shape, decode_jpeg_crop) if jpeg_only else (image_shape, decode_crop)
+    window = center_window(shape(image_bytes), image_size, resize_size)
+    return resize_to_uint8(crop(image_bytes, window), image_size)
 
 
 def _flip_views(views):

@@ -107,11 +107,10 @@ class _Shard:
         bad, reason = [], _first_line(error)
         for serialized in records:
             image_bytes, _, key = self.parse(serialized)
-            try:
-                aug.decode(image_bytes)
-            except tf.errors.InvalidArgumentError as e:
+            why = self._undecodable(image_bytes)
+            if why:
                 bad.append(key.numpy().decode())
-                reason = _first_line(e)
+                reason = why
         where = f"{self.dataset} split {self.split!r} (process {self.process_index})"
         if (
             not bad
@@ -128,6 +127,16 @@ class _Shard:
             f"{datasets.prepare_command(self.dataset, self.data_dir)}",
             keys=bad,
         )
+
+    def _undecodable(self, image_bytes):
+        """Why the pipeline cannot decode this image (eager), or None."""
+        if self.family == "imagenet" and not tf.io.is_jpeg(image_bytes):
+            return "not a JPEG: ImageNet crops are cut out of JPEGs only"
+        try:
+            aug.decode(image_bytes)
+        except tf.errors.InvalidArgumentError as e:
+            return _first_line(e)
+        return None
 
 
 def _first_line(error):
@@ -220,12 +229,13 @@ def _check_image_size(dataset, family, image_size, augment, scale_range):
 
 
 def _window_fn(augment, image_size, scale_range):
-    """(image_bytes, seed) -> (crop window [y, x, h, w], flip) of an ImageNet training augment."""
-    return {
-        "paper": lambda b, s: aug.paper_window(b, s, image_size, scale_range),
-        "inception": lambda b, s: aug.inception_window(b, s),
-        "none": lambda b, s: (aug.center_window(b, image_size), tf.constant(False)),
+    """(JPEG bytes, seed) -> (crop window [y, x, h, w], flip) of an ImageNet training augment."""
+    draw = {
+        "paper": lambda hw, s: aug.paper_window(hw, s, image_size, scale_range),
+        "inception": aug.inception_window,
+        "none": lambda hw, s: (aug.center_window(hw, image_size), tf.constant(False)),
     }[augment]
+    return lambda image_bytes, seed: draw(aug.jpeg_shape(image_bytes), seed)
 
 
 class _TrainStream:
@@ -294,7 +304,9 @@ class _TrainStream:
         window, flip = _window_fn(self.augment, self.image_size, self.scale_range)(
             image_bytes, s_crop
         )
-        out = {"image": aug.crop_resize(image_bytes, window, self.image_size)}
+        out = {
+            "image": aug.resize_to_uint8(aug.decode_jpeg_crop(image_bytes, window), self.image_size)
+        }
         if self.augment != "none":
             out["flip"] = flip
         if self.augment == "paper":
@@ -423,7 +435,7 @@ def decoder_iterator(
     def example(image_bytes, seed):
         s_crop, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         window, _ = window_fn(image_bytes, s_crop)
-        return {"pixel": aug.decode_crop(image_bytes, window)[0, 0]}
+        return {"pixel": aug.decode_jpeg_crop(image_bytes, window)[0, 0]}
 
     return ts.batches(start_step, local_batch_size, example, num_threads)
 
@@ -440,15 +452,20 @@ def decode_only_iterator(
     image_size=None,
     scale_range=(256, 480),
     num_threads=None,
+    resize=False,
 ):
     """`decode_and_crop_jpeg` and nothing else, on `num_batches` batches of `train_iterator`'s
     work with the same arguments from batch `start_step` on (ImageNet only).
 
     The encoded images and their training crop windows are read and gathered into memory first
-    (untimed), then a dataset of them is mapped with `tf.io.decode_and_crop_jpeg` alone, with the
+    (untimed), then a dataset of them is mapped with `decode_and_crop_jpeg` alone, with the
     pipeline's parallelism, batching and options: no reading, parsing, window draws or resizing.
     Yields {'pixel': uint8 [b, 3] (one pixel of each decoded crop: TensorFlow would skip a decode
     whose pixels go unused)} `num_batches` times, the yardstick of `throughput.compare_with_decoder`.
+
+    With `resize`, each decoded crop is also resized and rounded as the pipeline does it and the
+    batches hold them ({'image': uint8 [b, S, S, 3]}): the pixel work that any pipeline delivering
+    these crops must do, with nothing around it.
     """
     if num_batches < 1:
         raise ValueError(f"need num_batches >= 1, got {num_batches}")
@@ -472,13 +489,14 @@ def decode_only_iterator(
     del work
     images = np.concatenate([b["bytes"] for b in gathered])
     windows = np.concatenate([b["window"] for b in gathered])
+    if resize:
+        size = ts.image_size
+        decode = lambda b, w: {"image": aug.resize_to_uint8(aug.decode_jpeg_crop(b, w), size)}
+    else:
+        decode = lambda b, w: {"pixel": aug.decode_jpeg_crop(b, w)[0, 0]}
     ds = (
         tf.data.Dataset.from_tensor_slices((images, windows))
-        .map(
-            _plain(lambda b, w: {"pixel": tf.io.decode_and_crop_jpeg(b, w, channels=3)[0, 0]}),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
+        .map(_plain(decode), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(local_batch_size, drop_remainder=True)
     )
     return prefetched(ds, num_threads).as_numpy_iterator()
@@ -521,7 +539,10 @@ def eval_iterator(
 
     if family == "imagenet":
         preprocess, shape = {
-            "center": (lambda b: aug.center_eval(b, image_size), [image_size, image_size, 3]),
+            "center": (
+                lambda b: aug.center_eval(b, image_size, jpeg_only=True),
+                [image_size, image_size, 3],
+            ),
             "10crop": (
                 lambda b: aug.ten_crop_eval(b, image_size, scale or 256),
                 [10, image_size, image_size, 3],

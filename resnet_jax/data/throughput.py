@@ -10,16 +10,18 @@ Rates are given as wall-clock images/s (and that divided by the cores the proces
 as images per CPU-second of the process, which is the honest per-core figure on a machine shared
 with other work.
 
-`--vs_decoder` times, in interleaved rounds, the pipeline against two yardsticks on the same work,
-each round on the same images:
+`--vs_decoder` times, in interleaved rounds, the pipeline against three yardsticks on the same
+work, each round on the same images:
 
 * decode only (`pipeline.decode_only_iterator`): the same encoded images and crop windows held in
   memory, mapped with `decode_and_crop_jpeg` and nothing else (the ceiling the pipeline is held to);
+* decode + resize (the same, `resize=True`): each decoded crop also resized to the training size,
+  rounded to uint8 and batched, the pixel work that any pipeline delivering these crops must do;
 * read + decode (`pipeline.decoder_iterator`): the same records read and parsed in the same order,
   then `decode_and_crop_jpeg` of the same windows.
 
 It reports the median over rounds of each rate and of the pipeline's ratio to each, so load from
-other processes shifts all three alike and cancels out of the ratios.
+other processes shifts them all alike and cancels out of the ratios.
 """
 
 import argparse
@@ -123,14 +125,17 @@ def compare_with_decoder(
     Round r starts all three at batch r * (warmup_batches + num_batches) of the same stream: a
     fresh `pipeline.train_iterator` ('pipeline'), a fresh `pipeline.decode_only_iterator`
     ('decode_only': the same images and crop windows gathered into memory beforehand, decoded with
-    `decode_and_crop_jpeg`, nothing else) and a fresh `pipeline.decoder_iterator` ('read_decode':
-    the same records read and parsed, each crop window decoded). Each times `num_batches` batches
-    after `warmup_batches`; only one of them exists at a time, and the order rotates each round.
+    `decode_and_crop_jpeg`, nothing else), the same with `resize=True` ('decode_resize': each crop
+    also resized, rounded and batched) and a fresh `pipeline.decoder_iterator` ('read_decode': the
+    same records read and parsed, each crop window decoded). Each times `num_batches` batches after
+    `warmup_batches`; only one of them exists at a time, and the order rotates each round.
 
-    Returns medians over rounds: pipeline_*, decode_only_* and read_decode_* rates (see
-    `measure_input_pipeline`); `ratio` and `cpu_ratio` (pipeline / decode only, wall-clock and per
-    CPU-second, medians of the per-round ratios); `read_decode_ratio` and `read_decode_cpu_ratio`
-    (pipeline / read + decode); every round's figures under 'rounds'.
+    Returns medians over rounds: pipeline_*, decode_only_*, decode_resize_* and read_decode_* rates
+    (see `measure_input_pipeline`); `ratio` and `cpu_ratio` (pipeline / decode only, wall-clock and
+    per CPU-second, medians of the per-round ratios); `decode_resize_ratio`,
+    `decode_resize_cpu_ratio`, `read_decode_ratio` and `read_decode_cpu_ratio` (pipeline / each of
+    those); `resize_ceiling` and `resize_cpu_ceiling` (decode + resize / decode only: the ratio a
+    pipeline that did nothing else would reach); every round's figures under 'rounds'.
     """
     if rounds < 1 or num_batches < 1 or warmup_batches < 0:
         raise ValueError(
@@ -146,18 +151,20 @@ def compare_with_decoder(
         image_size=image_size,
         num_threads=num_threads,
     )
+    decode_only = functools.partial(
+        pipeline.decode_only_iterator, num_batches=warmup_batches + num_batches
+    )
     make = {
         "pipeline": pipeline.train_iterator,
-        "decode_only": functools.partial(
-            pipeline.decode_only_iterator, num_batches=warmup_batches + num_batches
-        ),
+        "decode_only": decode_only,
+        "decode_resize": functools.partial(decode_only, resize=True),
         "read_decode": pipeline.decoder_iterator,
     }
     names = list(make)
     rows = []
     for r in range(rounds):
         row = {}
-        for name in names[r % 3 :] + names[: r % 3]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             it = make[name](dataset, start_step=r * (warmup_batches + num_batches), **kwargs)
             for _ in range(warmup_batches):
                 next(it)
@@ -178,11 +185,15 @@ def compare_with_decoder(
     for name in make:
         for key in ("images_per_sec", "images_per_sec_per_core", "images_per_cpu_sec"):
             out[f"{name}_{key}"] = statistics.median(row[name][key] for row in rows)
-    for yardstick, prefix in (("decode_only", ""), ("read_decode", "read_decode_")):
-        for key, rate in (("ratio", "images_per_sec"), ("cpu_ratio", "images_per_cpu_sec")):
-            out[prefix + key] = statistics.median(
-                row["pipeline"][rate] / row[yardstick][rate] for row in rows
-            )
+    ratios = {  # (wall-clock key, per-CPU-second key): (numerator, denominator)
+        ("ratio", "cpu_ratio"): ("pipeline", "decode_only"),
+        ("decode_resize_ratio", "decode_resize_cpu_ratio"): ("pipeline", "decode_resize"),
+        ("read_decode_ratio", "read_decode_cpu_ratio"): ("pipeline", "read_decode"),
+        ("resize_ceiling", "resize_cpu_ceiling"): ("decode_resize", "decode_only"),
+    }
+    for keys, (num, den) in ratios.items():
+        for key, rate in zip(keys, ("images_per_sec", "images_per_cpu_sec"), strict=True):
+            out[key] = statistics.median(row[num][rate] / row[den][rate] for row in rows)
     return out
 
 
@@ -249,13 +260,18 @@ def format_comparison(r):
     return (
         f"{r['dataset']} augment={r['augment']}, {len(r['rounds'])} rounds, {r['cores']} cores "
         f"(medians):\n"
-        f"  pipeline      {rate('pipeline')}\n"
-        f"  decode only   {rate('decode_only')}\n"
-        f"  read + decode {rate('read_decode')}\n"
-        f"  pipeline / decode only   {r['ratio']:.3f} wall-clock, {r['cpu_ratio']:.3f} per "
+        f"  pipeline        {rate('pipeline')}\n"
+        f"  decode only     {rate('decode_only')}\n"
+        f"  decode + resize {rate('decode_resize')}\n"
+        f"  read + decode   {rate('read_decode')}\n"
+        f"  pipeline / decode only     {r['ratio']:.3f} wall-clock, {r['cpu_ratio']:.3f} per "
         f"CPU-second\n"
-        f"  pipeline / read + decode {r['read_decode_ratio']:.3f} wall-clock, "
-        f"{r['read_decode_cpu_ratio']:.3f} per CPU-second"
+        f"  pipeline / decode + resize {r['decode_resize_ratio']:.3f} wall-clock, "
+        f"{r['decode_resize_cpu_ratio']:.3f} per CPU-second\n"
+        f"  pipeline / read + decode   {r['read_decode_ratio']:.3f} wall-clock, "
+        f"{r['read_decode_cpu_ratio']:.3f} per CPU-second\n"
+        f"  decode + resize / decode only (the most a pipeline that resizes can reach) "
+        f"{r['resize_ceiling']:.3f} wall-clock, {r['resize_cpu_ceiling']:.3f} per CPU-second"
     )
 
 
