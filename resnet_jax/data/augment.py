@@ -13,9 +13,10 @@ lighting, normalisation, the 32x32 pad-and-crop) is returned as per-example draw
 
 Formats. The training and evaluation pipelines use the JPEG-only ops: ImageNet as prepared by
 tensorflow-datasets holds only JPEGs (it converts the archive's one PNG and its CMYK JPEGs), and a
-`tf.cond` on the format inside a tf.data function cost ~13% of the pipeline's CPU time (measured on
-2-core AMD EPYC on 2026-12-01). `image_shape`, `decode_crop` and `center_eval` take any format that
-`decode` reads, for images from elsewhere (`resnet_jax.predict`).
+`tf.cond` on the format (two per crop) inside a tf.data function cost 2-10% of the per-example
+CPU time in three A/B runs (2-core AMD EPYC, 2026-12-01). `image_shape`, `decode_crop` and
+`center_eval` take any format that `decode` reads, for images from elsewhere
+(`resnet_jax.predict`).
 """
 
 from resnet_jax.data._tf import import_tf
