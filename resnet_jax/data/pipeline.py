@@ -228,6 +228,11 @@ def _check_image_size(dataset, family, image_size, augment, scale_range):
     return int(image_size)
 
 
+def _example_seeds(seed):
+    """(crop seed, lighting seed) of an ImageNet example's seed."""
+    return tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+
+
 def _window_fn(augment, image_size, scale_range):
     """(JPEG bytes, seed) -> (crop window [y, x, h, w], flip) of an ImageNet training augment."""
     draw = {
@@ -272,7 +277,8 @@ class _TrainStream:
                 f"{local_batch_size}; use a smaller batch or a larger split."
             )
         self.shard, self.family, self.augment = shard, family, augment
-        self.scale_range = scale_range
+        if family == "imagenet":
+            self._draw_window = _window_fn(augment, self.image_size, scale_range)
         self.buffer = shuffle_buffer or _SHUFFLE_BUFFER.get(dataset, _DEFAULT_SHUFFLE_BUFFER)
         self.order_base = tf.constant(_mix(seed, process_index, 1), tf.int64)
         self.aug_base = tf.constant(_mix(seed, process_index, 2), tf.int64)
@@ -293,6 +299,10 @@ class _TrainStream:
     def example_seed(self, position):
         return tf.stack([self.aug_base, position])
 
+    def crop_window(self, image_bytes, seed):
+        """(window [y, x, h, w], flip) of an ImageNet example: its crop drawn from its seed."""
+        return self._draw_window(image_bytes, _example_seeds(seed)[0])
+
     def preprocess(self, image_bytes, seed):
         """One example's dict: uint8 'image' and the draws `finish` applies on the device."""
         if self.family != "imagenet":
@@ -300,10 +310,8 @@ class _TrainStream:
             if self.augment == "cifar":
                 out["crop"], out["flip"] = aug.cifar_draws(seed, finish_lib.PAD)
             return out
-        s_crop, s_light = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        window, flip = _window_fn(self.augment, self.image_size, self.scale_range)(
-            image_bytes, s_crop
-        )
+        s_crop, s_light = _example_seeds(seed)
+        window, flip = self._draw_window(image_bytes, s_crop)
         out = {
             "image": aug.resize_to_uint8(aug.decode_jpeg_crop(image_bytes, window), self.image_size)
         }
@@ -386,10 +394,10 @@ def train_iterator(
 def _crop_windows_stream(
     caller, dataset, data_dir, local_batch_size, seed, augment, image_size, scale_range
 ):
-    """(the one-process training stream, its crop-window function) for the decoder yardsticks."""
+    """The one-process training stream of the decoder yardsticks (ImageNet only)."""
     if datasets.facts(dataset)["family"] != "imagenet":
         raise ValueError(f"{dataset} images are not cropped out of JPEGs; {caller} is for ImageNet")
-    ts = _TrainStream(
+    return _TrainStream(
         dataset,
         data_dir,
         local_batch_size,
@@ -398,7 +406,6 @@ def _crop_windows_stream(
         image_size=image_size,
         scale_range=scale_range,
     )
-    return ts, _window_fn(ts.augment, ts.image_size, ts.scale_range)
 
 
 def decoder_iterator(
@@ -421,7 +428,7 @@ def decoder_iterator(
     decode whose pixels go unused), 'label': int32 [b]}, to time the decoder's own speed against
     the pipeline's (`throughput.compare_with_decoder`).
     """
-    ts, window_fn = _crop_windows_stream(
+    ts = _crop_windows_stream(
         "decoder_iterator",
         dataset,
         data_dir,
@@ -433,8 +440,7 @@ def decoder_iterator(
     )
 
     def example(image_bytes, seed):
-        s_crop, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        window, _ = window_fn(image_bytes, s_crop)
+        window, _ = ts.crop_window(image_bytes, seed)
         return {"pixel": aug.decode_jpeg_crop(image_bytes, window)[0, 0]}
 
     return ts.batches(start_step, local_batch_size, example, num_threads)
@@ -469,7 +475,7 @@ def decode_only_iterator(
     """
     if num_batches < 1:
         raise ValueError(f"need num_batches >= 1, got {num_batches}")
-    ts, window_fn = _crop_windows_stream(
+    ts = _crop_windows_stream(
         "decode_only_iterator",
         dataset,
         data_dir,
@@ -481,8 +487,7 @@ def decode_only_iterator(
     )
 
     def example(image_bytes, seed):
-        s_crop, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        return {"bytes": image_bytes, "window": window_fn(image_bytes, s_crop)[0]}
+        return {"bytes": image_bytes, "window": ts.crop_window(image_bytes, seed)[0]}
 
     work = ts.batches(start_step, local_batch_size, example, num_threads)
     gathered = [next(work) for _ in range(num_batches)]
