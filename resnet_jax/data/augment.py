@@ -118,6 +118,11 @@ def resize_to_uint8(crop, image_size):
     return to_uint8(_resize(crop, [image_size, image_size]))
 
 
+def jpeg_crop_resize(image_bytes, window, image_size):
+    """uint8 [image_size, image_size, 3]: region `window` of a JPEG decoded, resized, rounded."""
+    return resize_to_uint8(decode_jpeg_crop(image_bytes, window), image_size)
+
+
 def paper_window(hw, seed, image_size=224, scale_range=(256, 480)):
     """(window [y, x, side, side] int32, flip bool) of He2015 Sec. 3.4 scale augmentation, for an
     image of size `hw` = [height, width] int32.

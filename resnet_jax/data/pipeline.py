@@ -312,9 +312,7 @@ class _TrainStream:
             return out
         s_crop, s_light = _example_seeds(seed)
         window, flip = self._draw_window(image_bytes, s_crop)
-        out = {
-            "image": aug.resize_to_uint8(aug.decode_jpeg_crop(image_bytes, window), self.image_size)
-        }
+        out = {"image": aug.jpeg_crop_resize(image_bytes, window, self.image_size)}
         if self.augment != "none":
             out["flip"] = flip
         if self.augment == "paper":
@@ -496,7 +494,7 @@ def decode_only_iterator(
     windows = np.concatenate([b["window"] for b in gathered])
     if resize:
         size = ts.image_size
-        decode = lambda b, w: {"image": aug.resize_to_uint8(aug.decode_jpeg_crop(b, w), size)}
+        decode = lambda b, w: {"image": aug.jpeg_crop_resize(b, w, size)}
     else:
         decode = lambda b, w: {"pixel": aug.decode_jpeg_crop(b, w)[0, 0]}
     ds = (

@@ -106,6 +106,31 @@ def measure_input_pipeline(
     }
 
 
+# The ratios `compare_with_decoder` reports: (printed label, (wall-clock key, per-CPU-second key),
+# numerator, denominator).
+_RATIOS = (
+    ("pipeline / decode only", ("ratio", "cpu_ratio"), "pipeline", "decode_only"),
+    (
+        "pipeline / decode + resize",
+        ("decode_resize_ratio", "decode_resize_cpu_ratio"),
+        "pipeline",
+        "decode_resize",
+    ),
+    (
+        "pipeline / read + decode",
+        ("read_decode_ratio", "read_decode_cpu_ratio"),
+        "pipeline",
+        "read_decode",
+    ),
+    (
+        "decode + resize / decode only (the most a pipeline that resizes can reach)",
+        ("resize_ceiling", "resize_cpu_ceiling"),
+        "decode_resize",
+        "decode_only",
+    ),
+)
+
+
 def compare_with_decoder(
     dataset,
     data_dir,
@@ -122,7 +147,7 @@ def compare_with_decoder(
     """The training pipeline against the JPEG decoder alone on the same work, in `rounds`
     interleaved rounds.
 
-    Round r starts all three at batch r * (warmup_batches + num_batches) of the same stream: a
+    Round r starts all four at batch r * (warmup_batches + num_batches) of the same stream: a
     fresh `pipeline.train_iterator` ('pipeline'), a fresh `pipeline.decode_only_iterator`
     ('decode_only': the same images and crop windows gathered into memory beforehand, decoded with
     `decode_and_crop_jpeg`, nothing else), the same with `resize=True` ('decode_resize': each crop
@@ -185,13 +210,7 @@ def compare_with_decoder(
     for name in make:
         for key in ("images_per_sec", "images_per_sec_per_core", "images_per_cpu_sec"):
             out[f"{name}_{key}"] = statistics.median(row[name][key] for row in rows)
-    ratios = {  # (wall-clock key, per-CPU-second key): (numerator, denominator)
-        ("ratio", "cpu_ratio"): ("pipeline", "decode_only"),
-        ("decode_resize_ratio", "decode_resize_cpu_ratio"): ("pipeline", "decode_resize"),
-        ("read_decode_ratio", "read_decode_cpu_ratio"): ("pipeline", "read_decode"),
-        ("resize_ceiling", "resize_cpu_ceiling"): ("decode_resize", "decode_only"),
-    }
-    for keys, (num, den) in ratios.items():
+    for _, keys, num, den in _RATIOS:
         for key, rate in zip(keys, ("images_per_sec", "images_per_cpu_sec"), strict=True):
             out[key] = statistics.median(row[num][rate] / row[den][rate] for row in rows)
     return out
@@ -263,15 +282,10 @@ def format_comparison(r):
         f"  pipeline        {rate('pipeline')}\n"
         f"  decode only     {rate('decode_only')}\n"
         f"  decode + resize {rate('decode_resize')}\n"
-        f"  read + decode   {rate('read_decode')}\n"
-        f"  pipeline / decode only     {r['ratio']:.3f} wall-clock, {r['cpu_ratio']:.3f} per "
-        f"CPU-second\n"
-        f"  pipeline / decode + resize {r['decode_resize_ratio']:.3f} wall-clock, "
-        f"{r['decode_resize_cpu_ratio']:.3f} per CPU-second\n"
-        f"  pipeline / read + decode   {r['read_decode_ratio']:.3f} wall-clock, "
-        f"{r['read_decode_cpu_ratio']:.3f} per CPU-second\n"
-        f"  decode + resize / decode only (the most a pipeline that resizes can reach) "
-        f"{r['resize_ceiling']:.3f} wall-clock, {r['resize_cpu_ceiling']:.3f} per CPU-second"
+        f"  read + decode   {rate('read_decode')}"
+    ) + "".join(
+        f"\n  {label:26} {r[wall]:.3f} wall-clock, {r[cpu]:.3f} per CPU-second"
+        for label, (wall, cpu), _, _ in _RATIOS
     )
 
 
