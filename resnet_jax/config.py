@@ -55,10 +55,16 @@ def default_config() -> ml_collections.ConfigDict:
     c.lr_decay_steps = ()  # ... or at these steps (wins when set)
     c.lr_decay_factor = 0.1
     c.end_learning_rate = 0.0  # cosine floor
-    c.warmup = "linear"  # linear (ramp from warmup_learning_rate) | constant (hold it)
+    # linear (ramp from warmup_learning_rate) | constant (hold it for the warm-up steps) |
+    # until_error (hold it until the training error falls below warmup_until_error: He2015's
+    # ResNet-110 rule, no step count)
+    c.warmup = "linear"
     c.warmup_epochs = 0.0
     c.warmup_steps = 0  # > 0 wins over warmup_epochs
-    c.warmup_learning_rate = 0.0
+    c.warmup_learning_rate = 0.0  # before linear scaling, like learning_rate
+    c.warmup_until_error = 0.8  # until_error: the training-error threshold (fraction)
+    # until_error: the error is a moving average over about this many training images
+    c.warmup_error_images = 2560
     c.weight_decay = 1e-4
     c.weight_decay_on = "all"  # all | kernels
     c.momentum = 0.9
@@ -93,7 +99,8 @@ def default_config() -> ml_collections.ConfigDict:
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy with every derived value filled in: sizes from the dataset, epochs turned into steps.
 
-    Adds `steps_per_epoch`, `peak_learning_rate` and `num_train_examples`; sets `num_classes`,
+    Adds `steps_per_epoch`, `peak_learning_rate`, `peak_warmup_learning_rate` and
+    `num_train_examples`; sets `num_classes`,
     `image_size`, `num_train_steps`, `warmup_steps` and `lr_decay_steps` to what the run uses.
     """
     from resnet_jax.data import datasets  # plain Python: TensorFlow only once a builder is needed
@@ -121,13 +128,15 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     if not c.lr_decay_steps:
         c.lr_decay_steps = tuple(epochs_to_steps(e) for e in c.lr_decay_epochs)
     c.lr_decay_steps = tuple(int(s) for s in c.lr_decay_steps)
-    c.peak_learning_rate = (
-        optim.scaled_learning_rate(c.learning_rate, c.batch_size)
-        if c.lr_scaling == "linear"
-        else c.learning_rate
-    )
     if c.lr_scaling not in ("none", "linear"):
         raise ValueError(f"lr_scaling must be 'none' or 'linear', got {c.lr_scaling!r}")
+    scale = (
+        (lambda lr: optim.scaled_learning_rate(lr, c.batch_size))
+        if c.lr_scaling == "linear"
+        else (lambda lr: lr)
+    )
+    c.peak_learning_rate = scale(c.learning_rate)
+    c.peak_warmup_learning_rate = scale(c.warmup_learning_rate)
     if c.eval_batch_size is None:
         c.eval_batch_size = c.batch_size
     return c
@@ -174,15 +183,22 @@ def build_model(c: ml_collections.ConfigDict):
 
 def build_optimizer(c: ml_collections.ConfigDict):
     """(learning-rate schedule, optax transformation) of a resolved config."""
+    gate = None
+    if c.warmup == "until_error":
+        gate = optim.error_gated_warmup(
+            c.peak_warmup_learning_rate / c.peak_learning_rate,
+            c.warmup_until_error,
+            window_steps=c.warmup_error_images / c.batch_size,
+        )
     schedule = optim.make_schedule(
         c.peak_learning_rate,
         c.num_train_steps,
         schedule=c.lr_schedule,
         boundaries=c.lr_decay_steps,
         decay_factor=c.lr_decay_factor,
-        warmup_steps=c.warmup_steps,
+        warmup_steps=0 if gate else c.warmup_steps,
         warmup=c.warmup,
-        warmup_lr=c.warmup_learning_rate,
+        warmup_lr=c.peak_warmup_learning_rate,
         end_lr=c.end_learning_rate,
     )
     tx = optim.make_optimizer(
@@ -193,5 +209,6 @@ def build_optimizer(c: ml_collections.ConfigDict):
         weight_decay=c.weight_decay,
         weight_decay_on=c.weight_decay_on,
         lars_trust_coefficient=c.lars_trust_coefficient,
+        gate=gate,
     )
     return schedule, tx

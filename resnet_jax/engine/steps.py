@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_jax import optim
 from resnet_jax.data.finish import images_for_model
 from resnet_jax.engine import numerics
 from resnet_jax.optim import cross_entropy
@@ -69,6 +70,14 @@ def topk_correct(logits: jax.Array, labels: jax.Array, ks: Sequence[int]) -> lis
     return [jnp.any(hit[:, : min(k, kmax)], axis=-1).astype(jnp.float32) for k in ks]
 
 
+def _extra_args(tx: optax.GradientTransformation, train_error: jax.Array) -> dict:
+    return (
+        {"train_error": train_error}
+        if isinstance(tx, optax.GradientTransformationExtraArgs)
+        else {}
+    )
+
+
 def train_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
@@ -83,7 +92,8 @@ def train_step(
     """One SGD step on batch {'image': [B, H, W, 3], 'label': int [B], ...} (see `FinishFn`).
 
     Returns the new state and scalar metrics: loss (cross-entropy, without weight decay), top1, top5
-    (fractions of the batch), learning_rate (the one used for this update), grad_norm (global L2).
+    (fractions of the batch), learning_rate (the one used for this update, warm-up gate included),
+    grad_norm (global L2).
     With `skip_nonfinite`, an update whose loss or gradient norm is NaN/Inf is dropped (the state
     comes back unchanged) and the metric `skipped` is 1.0 for it, else 0.0.
     """
@@ -102,14 +112,19 @@ def train_step(
         return loss, (logits, updates.get("batch_stats", {}))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     top1, top5 = topk_correct(logits, batch["label"], (1, 5))
+    # The error-gated warm-up (optim.error_gated_warmup) reads the batch's error; a plain chain
+    # ignores it.
+    updates, opt_state = tx.update(
+        grads, state.opt_state, state.params, **_extra_args(tx, 1.0 - top1.mean())
+    )
+    params = optax.apply_updates(state.params, updates)
     metrics = {
         "loss": loss,
         "top1": top1.mean(),
         "top5": top5.mean(),
-        "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
+        "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32)
+        * optim.lr_multiplier(state.opt_state),
         "grad_norm": optax.tree.norm(grads),
     }
     new_state = state.replace(
