@@ -221,7 +221,8 @@ def _print_header(c, workdir: str) -> None:
         return
     print(
         f"{c.model} on {c.dataset}: {c.num_train_steps} steps of {c.batch_size} images "
-        f"({c.steps_per_epoch} steps/epoch) on {parallel.describe_devices()}, "
+        f"({c.image_size}x{c.image_size}, {c.num_classes} classes; {c.steps_per_epoch} "
+        f"steps/epoch) on {parallel.describe_devices()}, "
         f"{jax.process_count()} process(es); workdir {workdir}",
         flush=True,
     )
@@ -230,7 +231,9 @@ def _print_header(c, workdir: str) -> None:
         print(f"WARNING: {unused_gpu}", flush=True)
     if c.dataset == synthetic.NAME:
         print(
-            f"synthetic data: {c.synthetic_batches} random batches made on the devices "
+            f"synthetic data: {c.synthetic_batches} random batches of {c.image_size}x"
+            f"{c.image_size} images in {c.num_classes} classes (the config's image_size and "
+            f"num_classes, else the size of the data {c.model} was made for) made on the devices "
             f"(no input pipeline; data options ignored); evaluation scores those "
             f"{c.synthetic_batches * c.batch_size} examples, so it measures memorisation of "
             f"random labels, not accuracy",
