@@ -381,8 +381,10 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
         train_time = loop_time - save_time
         save(total, state, force=True)
 
+        t = time.perf_counter()
         last_eval = eval_fn(state)
         logger.log_eval(total, last_eval)
+        eval_time += time.perf_counter() - t  # after loop_time: the final evaluation counts here
         ckpt.close()
         logger.close()
     summary = {
