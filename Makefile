@@ -11,7 +11,16 @@ STAMP := $(VENV)/.installed-$(ACCEL)
 WORKDIR ?= runs/default
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: train test test-slow test-all lint format clean
+.PHONY: help train test test-slow test-all lint format clean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make train      train configs/default.py (ResNet-20 on shapes10) into WORKDIR=$(WORKDIR)"
+	@echo "make test       the test suite without the slow tests (under 5 minutes on 2 cores)"
+	@echo "make test-slow  only the slow tests;  make test-all: every test"
+	@echo "make lint       ruff format --check and ruff check;  make format: apply them"
+	@echo "make clean      remove .venv and runs/"
+	@echo "Add ACCEL=cuda on an NVIDIA GPU machine. Each target installs .venv first when needed."
 
 $(STAMP): $(REQUIREMENTS)
 	@echo "Installing the pinned requirements into $(VENV) (once; 1-2 minutes, quiet)..."

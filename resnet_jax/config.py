@@ -45,7 +45,7 @@ def default_config() -> ml_collections.ConfigDict:
         str
     )  # None: the dataset's eval split (test / validation)
     c.batch_size = 128  # global, over all devices and hosts
-    c.num_epochs = 1.0
+    c.num_epochs = 1.0  # training length in epochs (when num_train_steps is -1)
     c.num_train_steps = -1  # > 0 wins over num_epochs
     c.optimizer = "sgd"  # sgd | lars
     c.learning_rate = 0.1  # base rate, before linear scaling
@@ -53,41 +53,41 @@ def default_config() -> ml_collections.ConfigDict:
     c.lr_schedule = "step"  # step | cosine | constant
     c.lr_decay_epochs = ()  # step schedule: multiply by lr_decay_factor at these epochs ...
     c.lr_decay_steps = ()  # ... or at these steps (wins when set)
-    c.lr_decay_factor = 0.1
+    c.lr_decay_factor = 0.1  # step schedule: the factor at each decay
     c.end_learning_rate = 0.0  # cosine floor
     # linear (ramp from warmup_learning_rate) | constant (hold it for the warm-up steps) |
     # until_error (hold it until the training error falls below warmup_until_error: He2015's
     # ResNet-110 rule, no step count)
     c.warmup = "linear"
-    c.warmup_epochs = 0.0
+    c.warmup_epochs = 0.0  # warm-up length in epochs
     c.warmup_steps = 0  # > 0 wins over warmup_epochs
-    c.warmup_learning_rate = 0.0  # before linear scaling, like learning_rate
+    c.warmup_learning_rate = 0.0  # rate at the start of warm-up, before linear scaling
     c.warmup_until_error = 0.8  # until_error: the training-error threshold (fraction)
     # until_error: the error is a moving average over about this many training images
     c.warmup_error_images = 2560
-    c.weight_decay = 1e-4
+    c.weight_decay = 1e-4  # L2 coefficient, added to the gradient
     c.weight_decay_on = "all"  # all | kernels
-    c.momentum = 0.9
-    c.nesterov = False
-    c.lars_trust_coefficient = 0.001
-    c.label_smoothing = 0.0
-    c.seed = 0
+    c.momentum = 0.9  # SGD / LARS momentum
+    c.nesterov = False  # Nesterov momentum instead of heavy-ball
+    c.lars_trust_coefficient = 0.001  # optimizer=lars: its eta
+    c.label_smoothing = 0.0  # mass spread uniformly over all classes
+    c.seed = 0  # initialisation and data order
     # Pretrained start: a run directory (its newest checkpoint) or a PyTorch-named weights file
     # (.safetensors, .npz, .pth); params and BN statistics only, the head fresh if the class count
     # differs. Read only when the workdir has no checkpoint (docs/pretrained.md).
     c.init_from = config_dict.placeholder(str)
-    c.log_every_steps = 100
+    c.log_every_steps = 100  # train metrics to console, metrics.jsonl, TensorBoard
     c.eval_every_steps = 0  # 0: evaluate only at the end
     c.eval_batch_size = config_dict.placeholder(int)  # None: batch_size
     c.eval_views = "center"  # --mode=eval: center | 10crop | multiscale
     c.eval_scales = (224, 256, 384, 480, 640)  # multiscale shorter sides (He2015 Table 4)
-    c.checkpoint_every_steps = 1000
-    c.keep_checkpoints = 3
-    c.prefetch_batches = 2
+    c.checkpoint_every_steps = 1000  # 0: only at the end (and on preemption)
+    c.keep_checkpoints = 3  # newest checkpoints kept on disk (None: all)
+    c.prefetch_batches = 2  # batches put on the devices ahead of the step
     c.synthetic_batches = 8  # dataset=synthetic: distinct device-resident batches, trained in turn
     c.profile = False  # trace profile_steps steps with jax.profiler into WORKDIR/profile
-    c.profile_start_step = 10
-    c.profile_steps = 5
+    c.profile_start_step = 10  # profile: first traced step
+    c.profile_steps = 5  # profile: steps traced
     # Faults (docs/reliability.md). NaN/Inf loss or gradient: 'stop' (exit 65) or 'skip' the update.
     c.nonfinite_policy = "stop"
     c.debug_nan_step = 0  # test hook: K > 0 feeds the K-th batch with NaN images
@@ -107,7 +107,9 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
     c = ml_collections.ConfigDict(config.to_dict())
     if c.dataset == synthetic.NAME:
-        info = synthetic.info(c.num_classes, c.image_size, c.batch_size, c.synthetic_batches)
+        info = synthetic.info(
+            c.num_classes, c.image_size, c.batch_size, c.synthetic_batches, model=c.model
+        )
     elif input_pipeline(c) == "device":
         from resnet_jax.data import arrays  # numpy only: no TensorFlow once the arrays exist
 

@@ -3,9 +3,12 @@
     python -m resnet_jax.main --config=configs/X.py[:ARG] --workdir=DIR [--mode=eval]
         [--config.KEY=VALUE ...]
 
+    python -m resnet_jax.main --config=configs/X.py[:ARG] --show_config [--config.KEY=VALUE ...]
+
 Any key of the config can be overridden on the command line, e.g. `--config.batch_size=256
---config.model_overrides.shortcut=B`; every key, its default and its meaning are listed in
-resnet_jax/config.py (`default_config`). The run resumes from DIR when it holds a checkpoint.
+'--config.model_overrides={"shortcut": "B"}'`; `--show_config` lists every key with its value and
+meaning, resolved as the run would use it, and changes nothing. The run resumes from DIR when it
+holds a checkpoint.
 Foreseen failures end with one line on stderr and an exit code (docs/reliability.md); 75 means
 "preempted after a checkpoint: rerun the same command".
 
@@ -17,18 +20,27 @@ from ml_collections import config_flags
 
 from resnet_jax import entry
 from resnet_jax.engine import faults, parallel
+from resnet_jax.tools import config_help
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config",
     None,
     "Config file with an optional argument, e.g. configs/cifar10.py:resnet56 (required). "
-    "Override any key with --config.KEY=VALUE; keys are listed in resnet_jax/config.py.",
+    "Override any key with --config.KEY=VALUE; --show_config lists the keys.",
     lock_config=True,
 )
 # A required flag has no default worth printing; absl would show "(default: 'None')".
 FLAGS["config"].default_as_str = None
-flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, summary (required).")
+flags.DEFINE_string(
+    "workdir", None, "Run directory: checkpoints, metrics, summary (required unless --show_config)."
+)
+flags.DEFINE_bool(
+    "show_config",
+    False,
+    "Print every config key with its value (resolved as the run would use it) and meaning, then "
+    "exit; trains and writes nothing.",
+)
 flags.DEFINE_enum(
     "mode", "train", ["train", "eval"], "train (resumes) or eval the newest checkpoint."
 )
@@ -45,7 +57,7 @@ flags.DEFINE_integer(
     "Multi-process: a process silent this long is "
     "taken for dead and the others stop (None: JAX's default, 100 s).",
 )
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flag_as_required("config")
 
 
 def _config():
@@ -62,6 +74,11 @@ def main(argv):
     del argv
     with faults.exit_on_error():
         config = _config()
+        if FLAGS.show_config:
+            print(config_help.show(config))
+            return
+        if FLAGS.workdir is None:
+            raise faults.ConfigError("--workdir is required: the run directory (see --help)")
     parallel.initialize_distributed(
         FLAGS.coordinator_address,
         FLAGS.num_processes,
@@ -80,4 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    entry.run(main, flag_error_code=faults.EXIT_CONFIG)
+    entry.run(main, flag_error_code=faults.EXIT_CONFIG, explain=config_help.explain)

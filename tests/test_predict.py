@@ -63,9 +63,12 @@ def test_predictions_equal_the_evaluation_path_on_the_same_test_images(run):
         np.testing.assert_allclose([q for _, q in top], p[order], rtol=1e-5, atol=1e-6)
 
 
-def test_cli_prints_top5_and_refuses_a_broken_image_in_one_line(run, tmp_path):
+def test_cli_prints_top5_of_good_files_one_line_per_bad_one_and_exit_66_if_any_failed(
+    run, tmp_path
+):
     workdir, paths, _ = run
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # TensorFlow must be quiet without being told
     cmd = [sys.executable, "-m", "resnet_jax.predict", f"--workdir={workdir}"]
     ok = subprocess.run([*cmd, paths[0]], env=env, capture_output=True, text=True, timeout=180)
     assert ok.returncode == 0, ok.stderr
@@ -73,12 +76,16 @@ def test_cli_prints_top5_and_refuses_a_broken_image_in_one_line(run, tmp_path):
     assert lines[0] == paths[0] and len(lines) == 6
     percents = [float(line.rsplit(None, 1)[1].rstrip("%")) for line in lines[1:]]
     assert percents == sorted(percents, reverse=True) and 0 < sum(percents) <= 100.01
-    broken = tmp_path / "broken.png"
+    assert ok.stderr == ""
+    broken, missing = tmp_path / "broken.png", tmp_path / "missing.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    bad = subprocess.run([*cmd, str(broken)], env=env, capture_output=True, text=True, timeout=180)
+    mixed = [str(broken), paths[0], str(missing), paths[1]]
+    bad = subprocess.run([*cmd, *mixed], env=env, capture_output=True, text=True, timeout=180)
     assert bad.returncode == 66, bad.stderr
-    ours = [line for line in bad.stderr.splitlines() if line.startswith("resnet_jax:")]
-    assert ours == [
-        f"resnet_jax: {broken}: not a readable image (Invalid PNG. Failed to initialize decoder.)"
+    assert bad.stderr.splitlines() == [
+        f"resnet_jax: {broken}: not a readable image (Invalid PNG. Failed to initialize decoder.)",
+        f"resnet_jax: {missing}: No such file or directory",
     ]
-    assert bad.stderr.strip().endswith(ours[0]) and "Traceback" not in bad.stderr
+    out = bad.stdout.splitlines()
+    assert len(out) == 12 and out[0] == paths[0] and out[6] == paths[1]
+    assert out[:6] == lines  # the good file's answer does not depend on its neighbours

@@ -3,6 +3,7 @@ commands' run directories (read by `--mode=eval`, written back in PyTorch naming
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -331,3 +332,61 @@ def test_import_refuses_a_config_of_another_model(tmp_path):
         faults.ConfigError, match="--model=resnet34 but the config builds a resnet18"
     ):
         cli.import_weights("resnet34", weights, str(tmp_path / "run"), tiny_config(1))
+
+
+def test_import_reads_no_dataset_and_prints_the_exact_evaluation_command(tmp_path):
+    weights, workdir, data_dir = tmp_path / "w.npz", tmp_path / "run", tmp_path / "no_imagenet"
+    pretrained.save_state_dict(tiny_state_dict(10), str(weights))
+    overrides = "--config.model_overrides={'stage_sizes': (1, 1, 1, 1), 'widths': (8, 16, 16, 32)}"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resnet_jax.pretrained",
+            "import",
+            "--model=resnet18",
+            f"--weights={weights}",
+            f"--workdir={workdir}",
+            "--config=configs/imagenet.py:resnet18",  # ImageNet is not prepared in data_dir
+            f"--config.data_dir={data_dir}",
+            overrides,
+        ],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1:] == [
+        f"imported resnet18 (10 classes) into {workdir}/checkpoints/0; evaluate with: "
+        f"python -m resnet_jax.main --config=configs/imagenet.py:resnet18 "
+        f"--config.data_dir={data_dir} {shlex.quote(overrides)} --workdir={workdir} --mode=eval (add "
+        "--config.eval_views=10crop or multiscale for the paper's protocols); fine-tune from "
+        f"it with --config.init_from={workdir}"
+    ]
+    assert not data_dir.exists()  # nothing was looked for, let alone prepared
+    with open(workdir / "config.json") as f:
+        written = json.load(f)
+    assert (written["dataset"], written["num_classes"], written["image_size"]) == (
+        "imagenet2012",
+        10,
+        224,
+    )
+
+
+def test_export_of_a_net_pytorch_lacks_says_what_export_maps_before_reading_a_checkpoint(tmp_path):
+    workdir = tmp_path / "cifar_run"
+    workdir.mkdir()
+    c = config_lib.default_config()  # resnet20, the `make train` net
+    with open(workdir / "config.json", "w") as f:
+        json.dump(c.to_dict(), f)
+    with pytest.raises(pretrained.WeightsError) as e:
+        cli.export_weights(str(workdir), str(tmp_path / "out.safetensors"))
+    assert str(e.value) == (
+        f"{workdir} holds a resnet20, which PyTorch has no counterpart of: export writes the "
+        "ImageNet ResNets torchvision has (resnet18, resnet34, resnet50, resnet101, resnet152, "
+        "wide_resnet50_2, wide_resnet101_2, resnext50_32x4d, resnext101_32x8d) in torchvision "
+        "naming, and those timm adds (resnet50d, resnet101d) in timm naming (--source=timm writes "
+        f"any of them in timm naming). Its checkpoints stay usable here (--config.init_from={workdir})"
+    )

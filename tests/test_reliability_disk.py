@@ -41,6 +41,19 @@ def test_an_existing_workdir_that_became_read_only_is_refused(tmp_path):
             validation.check_workdir(str(workdir), checkpoint_size=1, checkpoints_on_disk=1)
 
 
+@pytest.mark.parametrize("below", ["", "run"])
+def test_a_workdir_that_is_a_file_is_named_as_such_with_exit_78(tmp_path, below):
+    (tmp_path / "afile").write_text("")
+    workdir = os.path.join(tmp_path / "afile", below) if below else str(tmp_path / "afile")
+    with pytest.raises(faults.ConfigError) as e:
+        validation.check_workdir(workdir, checkpoint_size=1, checkpoints_on_disk=1)
+    assert faults.classify(e.value) == (
+        78,
+        f"workdir {workdir} is not a directory ({tmp_path / 'afile'} is a file); nothing was "
+        "trained. Choose another --workdir",
+    )
+
+
 def test_a_disk_too_small_for_the_kept_checkpoints_is_refused_before_training(tmp_path, no_compile):
     with tmpfs(tmp_path / "fs", "16m") as fs:
         with pytest.raises(faults.DiskError) as e:

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -105,6 +106,70 @@ def test_sigterm_finishes_the_step_checkpoints_exits_75_and_the_rerun_continues_
     ]
     assert "6" in checkpoint_dirs(workdir) and "Traceback" not in r.output
     _resume_and_compare(workdir, reference, cache, resumed_from=6)
+
+
+def _wait_for_line(r, text, timeout=240):
+    """Waits until the run's console has a line containing `text`."""
+    end = time.monotonic() + timeout
+    while not any(text in line for line in r.output.splitlines()):
+        assert r.proc.poll() is None, f"run ended before {text!r}:\n{r.output}"
+        assert time.monotonic() < end, f"no {text!r} within {timeout} s:\n{r.output}"
+        time.sleep(0.02)
+
+
+def _stop(r):
+    """(exit code, seconds from SIGTERM to the process's end)."""
+    t = time.monotonic()
+    r.kill(signal.SIGTERM)
+    code = r.wait()
+    return code, time.monotonic() - t
+
+
+SLOW_STEP_S = 1.5
+
+
+def test_sigterm_with_slow_steps_queued_waits_only_for_the_steps_in_flight_and_resumes_bitwise(
+    tmp_path, cache, reference
+):
+    workdir, gate = tmp_path / "run", tmp_path / "gate"
+    fault = f"slow_step@{SLOW_STEP_S * 1000:.0f},pause@2"
+    # No log line or checkpoint before the end: nothing but the bound stops the loop running ahead.
+    quiet = (f"--config.log_every_steps={TOTAL}", f"--config.checkpoint_every_steps={TOTAL}")
+    r = Run(
+        workdir,
+        *quiet,
+        cache_dir=cache,
+        env={"RESNET_JAX_FAULT": fault, "RESNET_JAX_FAULT_GATE": gate},
+    )
+    wait_for_file(f"{gate}.paused", r)
+    open(f"{gate}.go", "w").close()
+    time.sleep(0.5)  # the loop dispatches what it may
+    code, took = _stop(r)
+    assert code == faults.EXIT_PREEMPTED, r.output
+    step = int(re.search(r"preempted by SIGTERM after step (\d+):", r.output)[1])
+    in_flight = faults.MAX_STEPS_AHEAD + 1
+    assert 3 <= step <= 2 + in_flight, r.output
+    # The queued steps and the checkpoint, not the 10 steps left (15 s) an unbounded queue held.
+    assert took < in_flight * SLOW_STEP_S + 3, (took, r.output)
+    assert str(step) in checkpoint_dirs(workdir)
+    _resume_and_compare(workdir, reference, cache, resumed_from=step)
+
+
+def test_sigterm_before_the_first_step_exits_at_once_saying_there_is_nothing_to_save(
+    tmp_path, cache
+):
+    workdir = tmp_path / "run"
+    r = Run(workdir, cache_dir=cache)
+    _wait_for_line(r, f"{TOTAL} steps of 8 images")  # the banner: compiling comes next
+    code, took = _stop(r)
+    assert code == faults.EXIT_PREEMPTED == 75, r.output
+    ours = [line for line in r.output.splitlines() if line.startswith("resnet_jax:")]
+    assert ours == [
+        "resnet_jax: SIGTERM received before the first step was done: nothing to save, exiting "
+        "now; rerun the same command to start again"
+    ], r.output
+    assert took < 2.0, took
+    assert not [d for d in checkpoint_dirs(workdir) if d.isdigit()]
 
 
 def test_damaged_newest_checkpoints_are_named_and_the_run_resumes_from_the_good_one_bitwise(

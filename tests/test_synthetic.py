@@ -54,12 +54,15 @@ def test_pool_is_sharded_like_a_batch_seeded_and_cycled_by_step():
     assert parallel.host_to_global(pool[0], mesh)["image"] is pool[0]["image"]
 
 
-def test_config_resolves_imagenet_shaped_unless_told_and_rejects_multi_crop_eval():
+def test_config_resolves_to_the_models_own_data_shape_unless_told_and_rejects_multi_crop_eval():
     c = config_lib.default_config()
     c.dataset, c.model, c.batch_size = "synthetic", "resnet18", 8
     rc = config_lib.resolve_config(c)
     assert (rc.num_classes, rc.image_size, rc.num_train_examples) == (1000, 224, 1_281_167)
     assert rc.steps_per_epoch == 1_281_167 // 8
+    c.model = "resnet20"  # a CIFAR net keeps CIFAR's sizes: a small config stays small
+    small = config_lib.resolve_config(c)
+    assert (small.num_classes, small.image_size, small.num_train_examples) == (10, 32, 50_000)
     c.num_classes, c.image_size = 10, 64
     assert (config_lib.resolve_config(c).num_classes, config_lib.resolve_config(c).image_size) == (
         10,

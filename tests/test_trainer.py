@@ -143,7 +143,7 @@ def check_workdir(workdir, state):
     assert summary["images_per_sec"] > 0 and summary["wall_time_s"] > 0
     # Three rates, each saying what it covers: steps alone; steps and the saves at steps 2 and 4
     # (the loop waits for them); every step of the run over the whole wall time (compilation too).
-    assert summary["checkpoint_time_s"] > 0 and summary["eval_time_s"] == 0  # eval only at the end
+    assert summary["checkpoint_time_s"] > 0 and summary["eval_time_s"] > 0  # the final one
     assert (
         summary["images_per_sec"]
         > summary["images_per_sec_with_checkpoints"]

@@ -3,19 +3,43 @@
 TensorFlow is only the host input pipeline here: JAX owns every GPU/TPU. Hiding the GPUs from TF
 must happen before TF initialises its devices, so every module of `resnet_jax.data` that needs TF
 gets it through `import_tf()` instead of `import tensorflow`.
+
+TensorFlow stays silent unless asked: its native libraries print start-up notes (oneDNN, absl's
+"before InitializeLog") straight to file descriptor 2 whatever TF_CPP_MIN_LOG_LEVEL says, so the
+import runs with that descriptor on /dev/null; TF_CPP_MIN_LOG_LEVEL=0 or 1 lets them through.
 """
 
+import contextlib
 import functools
 import logging
 import os
+import sys
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced(silence: bool):
+    if not silence:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @functools.cache
 def import_tf():
     """Returns the `tensorflow` module with all GPUs hidden from it (idempotent)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with _native_stderr_silenced(os.environ["TF_CPP_MIN_LOG_LEVEL"] >= "2"):
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+        tf.constant(0)  # initialises the runtime, which prints its own notes
     try:
         tf.config.set_visible_devices([], "GPU")
     except RuntimeError:

@@ -177,7 +177,9 @@ def _load(name, data_dir, split, keys):
             f"DATA_DIR/{FOLDER}/{name}/ from one where it is prepared)"
         )
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    with open(f"{target}.lock", "w") as lock:
+    # A hidden file beside the arrays: removing it after use would race with a process waiting on it.
+    lock_path = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.lock")
+    with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # other processes wait, then find it built
         try:
             arrays, _ = _problem(name, data_dir, split, keys)

@@ -2,8 +2,10 @@
 
 `--config.dataset=synthetic` trains any config end to end on a machine that has neither a prepared
 dataset nor TensorFlow: a GPU box on which to time real training, or a check of the multi-host
-plumbing. Unless the config sets `num_classes` / `image_size` it is ImageNet-shaped: 1000 classes,
-224x224 images, and epochs of 1,281,167 examples, so an epoch-based schedule keeps ImageNet's length.
+plumbing. Unless the config sets `num_classes` / `image_size` it is shaped like the data the model
+was made for: an ImageNet net gets 1000 classes, 224x224 images and epochs of 1,281,167 examples (so
+an epoch-based schedule keeps ImageNet's length), a CIFAR net 10 classes, 32x32 images and epochs of
+50,000, so a small config stays small.
 
 A pool of `num_batches` global batches is generated once from `seed`: uint8 images uniform over
 0-255 and uniform labels, in the input contract of the real paths (`finish`): training batches
@@ -28,20 +30,31 @@ from resnet_jax.data import datasets, finish
 
 NAME = datasets.SYNTHETIC
 NUM_CLASSES, IMAGE_SIZE, EPOCH_EXAMPLES = 1000, 224, 1_281_167  # ImageNet's
+EPOCH_EXAMPLES_OF = {"imagenet": EPOCH_EXAMPLES, "cifar": 50_000}  # by the model's family
 FINISH = finish.IMAGENET
 
 
 def info(
-    num_classes: int | None, image_size: int | None, batch_size: int, num_batches: int
+    num_classes: int | None,
+    image_size: int | None,
+    batch_size: int,
+    num_batches: int,
+    model: str | None = None,
 ) -> datasets.DatasetInfo:
-    """The DatasetInfo the trainer resolves a config with (eval = the pool's examples)."""
+    """The DatasetInfo the trainer resolves a config with (eval = the pool's examples).
+
+    Sizes the config leaves None are those of `model`'s own data (module docstring).
+    """
+    from resnet_jax import models
+
+    spec = models.get_spec(model) if model in models.available_models() else None
     return datasets.DatasetInfo(
         name=NAME,
-        num_classes=num_classes or NUM_CLASSES,
-        image_size=image_size or IMAGE_SIZE,
+        num_classes=num_classes or (spec.num_classes if spec else NUM_CLASSES),
+        image_size=image_size or (spec.input_size if spec else IMAGE_SIZE),
         train_split="train",
         eval_split="train",
-        num_train=EPOCH_EXAMPLES,
+        num_train=EPOCH_EXAMPLES_OF.get(spec.family if spec else "imagenet", EPOCH_EXAMPLES),
         num_eval=num_batches * batch_size,
         family="imagenet",
     )

@@ -5,10 +5,13 @@ lets a scheduler tell "rerun me" (75) from "fix something first"; `exit_on_error
 line.
 See docs/reliability.md for the table of faults, behaviours and the tests that prove them.
 
-Preemption. SIGTERM (the notice schedulers send before eviction) and SIGINT (Ctrl-C) let the current
-step finish; the trainer then writes a checkpoint and exits with EXIT_PREEMPTED. With several
-processes JAX's coordination service catches SIGTERM on any one of them and agrees on a step that
-every process reaches (`multihost_utils.reached_preemption_sync_point`), so all save the same step.
+Preemption. SIGTERM (the notice schedulers send before eviction) and SIGINT (Ctrl-C) let the steps
+already dispatched finish (the trainer keeps at most `MAX_STEPS_AHEAD` of them queued behind the one
+running, so a stop waits a bounded time); the trainer then writes a checkpoint and exits with
+EXIT_PREEMPTED. Before the first step is done there is nothing new to save: a single process exits
+at once, even from inside a compilation. With several processes JAX's coordination service catches
+SIGTERM on any one of them and agrees on a step that every process reaches
+(`multihost_utils.reached_preemption_sync_point`), so all save the same step.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ EXIT_IO = 74  # EX_IOERR: workdir not writable, disk too small or full, checkpoi
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGTERM/SIGINT after a checkpoint; rerun to resume
 EXIT_CONFIG = 78  # EX_CONFIG: invalid config, or a workdir holding a run of another config
 EXIT_BUG = 1  # an unforeseen error (Python's own code for an uncaught exception): the traceback
+
+# Train steps the loop may dispatch ahead of the one the device is running. JAX dispatches
+# asynchronously, and a stop must wait for every queued step before it can save: unbounded, the
+# loop ran the whole data prefetch ahead and a SIGTERM waited minutes. Two keep the device fed.
+MAX_STEPS_AHEAD = 2
 
 
 class RunError(Exception):
@@ -143,15 +151,21 @@ def exit_on_error(process_count_fn=lambda: 1) -> Iterator[None]:
 class PreemptionWatcher:
     """Turns SIGTERM/SIGINT into "stop after this step"; agrees on the step across processes.
 
-    Use as a context manager around the training loop and call `should_stop(step)` after every step
-    with the number of steps done. A second signal restores the default handler and re-delivers the
-    signal, so impatient users can still stop at once (without a checkpoint).
+    Use as a context manager around everything from start-up to the end of the training loop, and
+    call `should_stop(step)` after every step with the number of steps done. Until the first call a
+    single process has nothing new to save, and a signal ends it at once (exit 75), also while the
+    main thread is inside a compilation: a thread woken by `signal.set_wakeup_fd` does it, since a
+    Python signal handler only runs when the main thread returns to Python. A second signal restores
+    the default handler and re-delivers the signal, so impatient users can still stop at once
+    (without a checkpoint).
     """
 
     def __init__(self, process_count: int = 1):
         self.multi = process_count > 1
         self.received: str | None = None
+        self.stepping = False  # a step is done: from now on a stop saves first
         self._previous: dict[int, object] = {}
+        self._wakeup: tuple[int, int] | None = None
 
     def __enter__(self) -> PreemptionWatcher:
         if threading.current_thread() is not threading.main_thread():
@@ -161,12 +175,40 @@ class PreemptionWatcher:
         signals = (signal.SIGINT,) if self.multi else (signal.SIGTERM, signal.SIGINT)
         for sig in signals:
             self._previous[sig] = signal.signal(sig, self._handle)
+        if not self.multi:
+            read, write = os.pipe()
+            os.set_blocking(write, False)
+            self._wakeup = (read, signal.set_wakeup_fd(write, warn_on_full_buffer=False))
+            threading.Thread(
+                target=self._exit_before_first_step, args=(read, write), daemon=True
+            ).start()
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if self._wakeup is not None:
+            os.close(signal.set_wakeup_fd(self._wakeup[1]))  # the thread's read returns b""
+            self._wakeup = None
+
+    def _exit_before_first_step(self, read: int, write: int) -> None:
+        del write  # closed by __exit__
+        try:
+            while data := os.read(read, 16):
+                signums = {s for s in data if s in self._previous}
+                if signums and not self.stepping:
+                    name = signal.Signals(min(signums)).name
+                    print(
+                        f"resnet_jax: {name} received before the first step was done: nothing to "
+                        "save, exiting now; rerun the same command to start again",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    sys.stdout.flush()
+                    os._exit(EXIT_PREEMPTED)
+        finally:
+            os.close(read)
 
     def _handle(self, signum, frame) -> None:
         del frame
@@ -176,10 +218,13 @@ class PreemptionWatcher:
             os.kill(os.getpid(), signum)
             return
         self.received = name
+        if not self.stepping and not self.multi:
+            return  # the wake-up thread exits
         try:  # the handler may interrupt a write to stderr; the message is a courtesy
             print(
-                f"resnet_jax: {name} received; finishing the current step, then writing a "
-                "checkpoint (send it again to stop at once without one)",
+                f"resnet_jax: {name} received; finishing the steps in flight (at most "
+                f"{MAX_STEPS_AHEAD + 1}), then writing a checkpoint (send it again to stop at once "
+                "without one)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -190,6 +235,7 @@ class PreemptionWatcher:
 
     def should_stop(self, step: int) -> bool:
         """True at the step where this process (and, with several, every process) should save."""
+        self.stepping = True
         if self.multi:
             from jax.experimental import multihost_utils
 
@@ -209,6 +255,8 @@ class FaultHook:
       wait until $RESNET_JAX_FAULT_GATE.go exists, so a test can fill the disk, send a signal or
       kill a peer at that exact point.
     `bug@K`: raise an unforeseen error (RuntimeError) after step K, as a bug in the loop would.
+    `slow_step@MS`: every train step's outputs wait MS milliseconds more on the device, as a step of
+      a big model on a slow machine would (tests/test_reliability_stop.py times a stop with it).
     Several actions may be given, separated by commas.
     """
 
@@ -218,11 +266,31 @@ class FaultHook:
         self.actions: dict[tuple[str, int], bool] = {}
         for item in filter(None, (s.strip() for s in spec.split(","))):
             action, _, step = item.partition("@")
-            if action not in ("sigkill_in_save", "pause", "bug") or not step.isdigit():
+            if action not in ("sigkill_in_save", "pause", "bug", "slow_step") or not step.isdigit():
                 raise ValueError(f"bad RESNET_JAX_FAULT item {item!r}")
             self.actions[(action, int(step))] = True
         if any(a == "pause" for a, _ in self.actions) and not self.gate:
             raise ValueError("RESNET_JAX_FAULT=pause@K needs RESNET_JAX_FAULT_GATE")
+
+    def wrap_step(self, train_step):
+        """`train_step`, slowed by `slow_step@MS`; unchanged otherwise. Values stay bit for bit."""
+        ms = next((k for action, k in self.actions if action == "slow_step"), None)
+        if ms is None:
+            return train_step
+        import jax
+        from jax.experimental import io_callback
+
+        def sleep(x):
+            time.sleep(ms / 1000)
+            return x
+
+        @jax.jit
+        def delay(outputs):
+            first = jax.tree.leaves(outputs)[0].ravel()[0]  # runs after the step's outputs exist
+            done = io_callback(sleep, jax.ShapeDtypeStruct((), first.dtype), first)
+            return jax.lax.optimization_barrier((done, outputs))[1]  # ... and they wait for it
+
+        return lambda state, batch: delay(train_step(state, batch))
 
     def after_save_started(self, step: int) -> None:
         if self.actions.pop(("sigkill_in_save", step), False):

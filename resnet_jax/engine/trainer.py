@@ -9,6 +9,7 @@ disks and bad configs is in docs/reliability.md.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -221,7 +222,8 @@ def _print_header(c, workdir: str) -> None:
         return
     print(
         f"{c.model} on {c.dataset}: {c.num_train_steps} steps of {c.batch_size} images "
-        f"({c.steps_per_epoch} steps/epoch) on {parallel.describe_devices()}, "
+        f"({c.image_size}x{c.image_size}, {c.num_classes} classes; {c.steps_per_epoch} "
+        f"steps/epoch) on {parallel.describe_devices()}, "
         f"{jax.process_count()} process(es); workdir {workdir}",
         flush=True,
     )
@@ -230,7 +232,9 @@ def _print_header(c, workdir: str) -> None:
         print(f"WARNING: {unused_gpu}", flush=True)
     if c.dataset == synthetic.NAME:
         print(
-            f"synthetic data: {c.synthetic_batches} random batches made on the devices "
+            f"synthetic data: {c.synthetic_batches} random batches of {c.image_size}x"
+            f"{c.image_size} images in {c.num_classes} classes (the config's image_size and "
+            f"num_classes, else the size of the data {c.model} was made for) made on the devices "
             f"(no input pipeline; data options ignored); evaluation scores those "
             f"{c.synthetic_batches * c.batch_size} examples, so it measures memorisation of "
             f"random labels, not accuracy",
@@ -255,6 +259,12 @@ def _already_finished(summary_path: str, t0: float) -> dict:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from `workdir` if it holds a checkpoint), evaluates; returns summary.json."""
+    # From the start: a stop during start-up or compilation ends the run at once (nothing to save).
+    with faults.PreemptionWatcher(jax.process_count()) as preemption:
+        return _train_and_evaluate(config, workdir, preemption)
+
+
+def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatcher) -> dict:
     t0 = time.perf_counter()
     validation.check_config(config)  # everything up to the first compile takes seconds
     c = config_lib.resolve_config(config)
@@ -301,6 +311,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pending, checked, last_train = [], [], {}
     eval_time, save_time, timed_from, timed_steps = 0.0, 0.0, None, 0
     hook = faults.FaultHook()
+    train_step = hook.wrap_step(train_step)
+    in_flight = collections.deque()  # metrics of dispatched steps, oldest first
 
     def check_metrics(done):  # fetches the pending step metrics; a NaN under 'stop' raises here
         checked.extend(monitor.check(done - len(pending) + 1, pending))
@@ -321,10 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             hook.after_save_started(done)
         save_time += time.perf_counter() - t
 
-    with (
-        faults.PreemptionWatcher(jax.process_count()) as preemption,
-        _finish_writes_on_error(ckpt, logger),
-    ):
+    with _finish_writes_on_error(ckpt, logger):
         for step in range(start, total):
             profiler.before(step)
             batch = next(batches)
@@ -332,6 +341,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 batch = numerics.poison_batch(batch)
             state, m = train_step(state, batch)
             pending.append(m)
+            in_flight.append(m)
+            if len(in_flight) > faults.MAX_STEPS_AHEAD:  # so that a stop waits a bounded time
+                jax.block_until_ready(in_flight.popleft())
             profiler.after(step, state, last=step + 1 == total)
             done = step + 1
             if timed_from is None:  # compilation is not throughput: time from step 1's end
@@ -369,8 +381,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_time = loop_time - save_time
         save(total, state, force=True)
 
+        t = time.perf_counter()
         last_eval = eval_fn(state)
         logger.log_eval(total, last_eval)
+        eval_time += time.perf_counter() - t  # after loop_time: the final evaluation counts here
         ckpt.close()
         logger.close()
     summary = {

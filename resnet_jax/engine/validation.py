@@ -330,6 +330,18 @@ def check_workdir(workdir: str, *, checkpoint_size: int, checkpoints_on_disk: in
     Orbax writes a new checkpoint before deleting the oldest, so a run keeping k needs k + 1.
     """
     try:
+        os.makedirs(workdir, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file where a folder must be
+        in_the_way = os.path.abspath(workdir)
+        while not os.path.exists(in_the_way):
+            in_the_way = os.path.dirname(in_the_way)
+        raise ConfigError(
+            f"workdir {workdir} is not a directory ({in_the_way} is a file); nothing was "
+            "trained. Choose another --workdir"
+        ) from None
+    except OSError:
+        pass  # reported below with the write probe's reason
+    try:
         os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
         for d in (workdir, os.path.join(workdir, "checkpoints")):
             with tempfile.NamedTemporaryFile(dir=d, prefix=".write_probe_") as f:

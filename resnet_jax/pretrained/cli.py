@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import sys
 
 from absl import flags
 from ml_collections import config_flags
@@ -17,6 +19,13 @@ from resnet_jax import entry, pretrained
 
 FLAGS = flags.FLAGS
 COMMANDS = ("import", "export", "compare")
+# What export can write, said before it tries (the CIFAR nets have no PyTorch counterpart).
+_TIMM_ONLY = [m for m in pretrained.MAPPED["timm"] if m not in pretrained.MAPPED["torchvision"]]
+_MAPS = (
+    f"the ImageNet ResNets torchvision has ({', '.join(pretrained.MAPPED['torchvision'])}) in "
+    f"torchvision naming, and those timm adds ({', '.join(_TIMM_ONLY)}) in timm naming "
+    "(--source=timm writes any of them in timm naming)"
+)
 flags.DEFINE_enum(
     "source",
     None,
@@ -29,7 +38,10 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("workdir", None, "The run directory import writes and export reads.")
 flags.DEFINE_string(
-    "out", None, "export: the file to write, .safetensors or .npz; compare: a JSON of the results."
+    "out",
+    None,
+    f"export: the file to write, .safetensors or .npz; export maps {_MAPS}. compare: a JSON of "
+    "the results.",
 )
 flags.DEFINE_integer("step", None, "export: the checkpoint step (default: the newest).")
 flags.DEFINE_list("models", None, "compare: models to check (default: every mapped one).")
@@ -39,14 +51,29 @@ flags.DEFINE_string("device", "cuda", "compare: torch device (cuda, cpu).")
 config_flags.DEFINE_config_file(
     "config",
     None,
-    "import: the config to evaluate or fine-tune with, e.g. configs/imagenet.py:resnet50.",
+    "import: the config to evaluate or fine-tune with, e.g. configs/imagenet.py:resnet50 (its "
+    "dataset need not be prepared: import reads only the weights).",
 )
+
+
+def _resolved_without_data(config, num_classes: int):
+    """`config_lib.resolve_config` without reading the dataset: a train state's shapes depend only
+    on the model, the class count, the image size and the optimizer, so the config is resolved as
+    synthetic data shaped like the model's own (the same epoch length as ImageNet or CIFAR)."""
+    from resnet_jax.data import synthetic
+
+    probe = config.copy_and_resolve_references()
+    with probe.unlocked():
+        probe.dataset, probe.num_classes = synthetic.NAME, num_classes
+    c = config_lib.resolve_config(probe)
+    c.dataset = config.dataset
+    return c
 
 
 def import_weights(model_name: str, weights: str, workdir: str, config, source: str | None = None):
     """Writes `workdir/checkpoints/0` and `workdir/config.json` from a weights file.
 
-    Returns the resolved config written (model and num_classes set from the weights).
+    Reads no dataset. Returns the resolved config written (num_classes set from the weights).
     """
     import jax
 
@@ -68,8 +95,7 @@ def import_weights(model_name: str, weights: str, workdir: str, config, source: 
         source=source,
         overrides=config.model_overrides.to_dict(),
     )
-    c = config_lib.resolve_config(config)
-    c.num_classes = int(variables["params"]["head"]["bias"].shape[0])
+    c = _resolved_without_data(config, int(variables["params"]["head"]["bias"].shape[0]))
     model = config_lib.build_model(c)
     _, tx = config_lib.build_optimizer(c)
     mesh = parallel.make_mesh()
@@ -90,6 +116,11 @@ def export_weights(workdir: str, out: str, source: str | None = None, step: int 
     from resnet_jax.engine import warm_start
 
     c = warm_start.run_config(workdir)
+    if not any(c.model in pretrained.MAPPED[s] for s in pretrained.SOURCES):
+        raise pretrained.WeightsError(
+            f"{workdir} holds a {c.model}, which PyTorch has no counterpart of: export writes "
+            f"{_MAPS}. Its checkpoints stay usable here (--config.init_from={workdir})"
+        )
     source = source or pretrained.default_source(c.model)
     pretrained.check_mapped(c.model, source)
     variables, step, _ = warm_start.restore_variables(workdir, step)
@@ -113,13 +144,19 @@ def _as_config_error(config_error):
         raise config_error(str(e)) from None
 
 
+def _config_flags() -> str:
+    """The --config and --config.KEY=VALUE flags of this command, as a shell would take them."""
+    given = [a for a in sys.argv[1:] if a.startswith(("--config=", "--config."))]
+    return " ".join(shlex.quote(a) for a in given)
+
+
 def _import() -> None:
     c = import_weights(FLAGS.model, FLAGS.weights, FLAGS.workdir, FLAGS.config, FLAGS.source)
     print(
         f"imported {c.model} ({c.num_classes} classes) into {FLAGS.workdir}/checkpoints/0; "
-        f"evaluate with: python -m resnet_jax.main --config=CONFIG --workdir={FLAGS.workdir} "
-        f"--mode=eval [--config.eval_views=10crop|multiscale], fine-tune with "
-        f"--config.init_from={FLAGS.workdir}",
+        f"evaluate with: python -m resnet_jax.main {_config_flags()} --workdir={FLAGS.workdir} "
+        f"--mode=eval (add --config.eval_views=10crop or multiscale for the paper's protocols); "
+        f"fine-tune from it with --config.init_from={FLAGS.workdir}",
         flush=True,
     )
 

@@ -2,6 +2,10 @@
 
     python -m resnet_jax.predict --workdir DIR IMAGE [IMAGE ...]
 
+IMAGE: JPEG, PNG, GIF or BMP files. Each readable one gets its top-5 on stdout; each file that cannot
+be read gets one line on stderr with the reason, the others are still classified, and the exit code
+is 66 when any failed (0 when none did).
+
 The images get the run's evaluation preprocessing: ImageNet-sized runs resize the shorter side to
 256 (for 224) and take the centre crop, normalised with the ImageNet mean and std; 32x32 runs
 resize the shorter side to 32 and take the centre square, normalised with the dataset's training
@@ -12,6 +16,7 @@ dataset is not on this machine).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,33 +29,44 @@ TOP_K = 5
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("workdir", None, "A run directory (config.json and checkpoints/).")
+    flags.DEFINE_string(
+        "workdir", None, "A run directory (config.json and checkpoints/); its newest checkpoint."
+    )
     flags.mark_flag_as_required("workdir")
 
 
-def load_images(paths: Sequence[str], c) -> np.ndarray:
-    """uint8 [N, S, S, 3]: the images cropped and resized as the run's evaluation batches are."""
+def _read(path: str, c, tf) -> np.ndarray:
+    """uint8 [S, S, 3]: one image cropped and resized as the run's evaluation batches are."""
     from resnet_jax.data import augment, datasets
 
-    tf = augment.tf  # TensorFlow decodes every JPEG/PNG/GIF/BMP the pipeline can read
     family = datasets.facts(c.dataset)["family"]
     resize = c.image_size if family == "cifar" else None  # 32x32 sets: no crop margin
-    images = []
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return np.asarray(augment.center_eval(tf.constant(data), c.image_size, resize))
+    except Exception as e:  # TensorFlow's decode errors come as several types
+        # TensorFlow wraps the decoder's words in op names: keep only the words.
+        reason = str(e).split("}}")[-1].split("[Op:")[0].strip()
+        raise datasets.CorruptImageError(f"not a readable image ({reason})") from None
+
+
+def load_images(paths: Sequence[str], c) -> tuple[np.ndarray | None, dict[str, str]]:
+    """(uint8 [N, S, S, 3] of the readable images in order, {unreadable path: the reason})."""
+    from resnet_jax.data import augment
+
+    images, problems = [], {}
     for path in paths:
-        with open(path, "rb") as f:
-            data = f.read()
         try:
-            image = augment.center_eval(tf.constant(data), c.image_size, resize)
-        except Exception as e:  # TensorFlow's decode errors come as several types
-            # TensorFlow wraps the decoder's words in op names: keep only the words.
-            reason = str(e).split("}}")[-1].split("[Op:")[0].strip()
-            raise datasets.CorruptImageError(f"{path}: not a readable image ({reason})") from None
-        images.append(np.asarray(image))
-    return np.stack(images)
+            images.append(_read(path, c, augment.tf))  # TF decodes JPEG/PNG/GIF/BMP as the pipeline
+        except Exception as e:  # a missing file, a directory, a broken image: that file only
+            problems[path] = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    return (np.stack(images) if images else None), problems
 
 
-def predict(workdir: str, paths: Sequence[str]) -> list[list[tuple[str, float]]]:
-    """For each image, its top-5 (class name, probability) under the newest checkpoint."""
+def predict(workdir: str, paths: Sequence[str]) -> list[list[tuple[str, float]] | str]:
+    """For each image, its top-5 (class name, probability) under the newest checkpoint, or the
+    reason it could not be read."""
     import jax
 
     from resnet_jax import config as config_lib
@@ -58,15 +74,21 @@ def predict(workdir: str, paths: Sequence[str]) -> list[list[tuple[str, float]]]
     from resnet_jax.engine import evaluate, parallel, warm_start
 
     c = warm_start.run_config(workdir)
-    images = load_images(paths, c)  # an unreadable image is reported before the slow restore
+    images, problems = load_images(paths, c)  # before the slow restore
+    if images is None:
+        return [problems[p] for p in paths]
     mesh = parallel.make_mesh(jax.devices()[:1])
     model, state, _ = evaluate.restore_checkpoint(c, workdir, mesh)
     # The evaluation's own step and finishing (normalisation on the device), on the same crops.
     predict_step = parallel.jit_predict_step(model, mesh, config_lib.build_finish(c))
-    probs = np.asarray(predict_step(state, {"image": images}))
+    probs = iter(np.asarray(predict_step(state, {"image": images})))
     names = datasets.class_names(c.dataset, c.data_dir)
     out = []
-    for p in probs:
+    for path in paths:
+        if path in problems:
+            out.append(problems[path])
+            continue
+        p = next(probs)
         top = np.argsort(-p, kind="stable")[:TOP_K]
         out.append([(names[k] if names else f"class {k}", float(p[k])) for k in top])
     return out
@@ -79,10 +101,16 @@ def main(argv: Sequence[str]) -> None:
     from resnet_jax.engine import faults
 
     with faults.exit_on_error():
-        for path, top in zip(paths, predict(FLAGS.workdir, paths), strict=True):
-            print(path)
-            for rank, (name, p) in enumerate(top, 1):
-                print(f"  {rank}. {name:<24} {100 * p:6.2f}%")
+        results = predict(FLAGS.workdir, paths)
+    for path, top in zip(paths, results, strict=True):
+        if isinstance(top, str):
+            print(f"resnet_jax: {path}: {top}", file=sys.stderr, flush=True)
+            continue
+        print(path)
+        for rank, (name, p) in enumerate(top, 1):
+            print(f"  {rank}. {name:<24} {100 * p:6.2f}%", flush=True)
+    if any(isinstance(top, str) for top in results):
+        raise SystemExit(faults.EXIT_NO_INPUT)
 
 
 def run() -> None:
