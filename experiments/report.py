@@ -136,7 +136,14 @@ def checks_section(exp: Experiment, res: Sequence[EntryResult]) -> list[str]:
             verdict, nums = "NOT YET MEASURABLE", "runs missing"
         else:
             verdict = "HOLDS" if v["holds"] else "DOES NOT HOLD"
-            nums = f"{v['a']:.2f} vs {v['b']:.2f}"
+            pm = lambda m, sd: f"{m:.2f}" if sd is None else f"{m:.2f} ± {sd:.2f}"
+            nums = f"{pm(v['a'], v['a_std'])} vs {pm(v['b'], v['b_std'])}"
+            if v["beyond_noise"] is not None:
+                nums += (
+                    "; the gap is beyond twice its standard error over seeds"
+                    if v["beyond_noise"]
+                    else "; the gap is within twice its standard error over seeds"
+                )
         lines.append(
             f"- **{verdict}** — {c.claim}: `{c.a}` {c.op} `{c.b}` on "
             f"{_METRIC_NAMES[c.metric]} ({nums})"

@@ -171,9 +171,17 @@ _OPS = {
 
 
 def evaluate_check(check: Check, results: Sequence[EntryResult]) -> dict[str, Any]:
-    """{'holds': True/False/None (not measurable yet), 'a': mean, 'b': mean}."""
+    """{'holds': True/False/None (not measurable yet), 'a', 'b': means, 'a_std', 'b_std',
+    'beyond_noise': whether |a - b| exceeds twice its standard error over seeds (None with fewer
+    than two seeds on a side)}."""
     by_name = {r.entry.name: r for r in results}
-    a, _ = by_name[check.a].stat(check.metric)
-    b, _ = by_name[check.b].stat(check.metric)
+    ra, rb = by_name[check.a], by_name[check.b]
+    a, a_std = ra.stat(check.metric)
+    b, b_std = rb.stat(check.metric)
     holds = None if a is None or b is None else _OPS[check.op](a, b)
-    return {"holds": holds, "a": a, "b": b}
+    beyond = None
+    if holds is not None and a_std is not None and b_std is not None:
+        n_a = sum(check.metric in r.final for r in ra.done)
+        n_b = sum(check.metric in r.final for r in rb.done)
+        beyond = abs(a - b) > 2 * math.sqrt(a_std**2 / n_a + b_std**2 / n_b)
+    return {"holds": holds, "a": a, "b": b, "a_std": a_std, "b_std": b_std, "beyond_noise": beyond}

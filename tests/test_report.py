@@ -136,8 +136,43 @@ def test_checks_hold_fail_or_wait_for_runs(root):
         "holds": True,
         "a": pytest.approx(15.0),
         "b": pytest.approx(8.0),
+        "a_std": None,  # one seed: no spread, so no verdict on the noise
+        "b_std": pytest.approx(2.0),
+        "beyond_noise": None,
     }
     assert results.evaluate_check(SYNTH.checks[1], res)["holds"] is None
+
+
+def _seeded(name, errors):
+    entry = Entry(name=name, label=name, config="c.py", model="resnet20")
+    runs = [
+        results.RunResult(
+            seed=i,
+            workdir=None,
+            done=True,
+            step=1,
+            total_steps=1,
+            final={"top1_err": e},
+            train_curve=[],
+            eval_curve=[],
+            images_per_sec=None,
+            params=None,
+            wall_time_s=None,
+            record={},
+        )
+        for i, e in enumerate(errors)
+    ]
+    return results.EntryResult(entry, runs)
+
+
+def test_a_check_says_whether_the_gap_is_beyond_the_seed_noise():
+    check = Check("a", "<", "b", "top1_err", "a beats b")
+    # Means 10 vs 12, stds 1 and 1 over 3 seeds: standard error of the gap 0.82, 2 x = 1.63 < 2.
+    far = results.evaluate_check(check, [_seeded("a", [9, 10, 11]), _seeded("b", [11, 12, 13])])
+    assert far["holds"] is True and far["beyond_noise"] is True
+    # Means 10 vs 11: the gap of 1 is within 1.63.
+    near = results.evaluate_check(check, [_seeded("a", [9, 10, 11]), _seeded("b", [10, 11, 12])])
+    assert near["holds"] is True and near["beyond_noise"] is False
 
 
 def test_markdown_report_and_plots_on_partial_results(root, tmp_path):
@@ -198,7 +233,7 @@ def test_report_cli_on_an_empty_workdir_says_nothing_is_measured(tmp_path, capsy
     out = tmp_path / "fig6_cpu.md"
     assert report.main(["fig6_cpu", "--workdir", str(tmp_path / "none"), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "Runs finished: 0 of 4" in text and "NOT YET MEASURABLE" in text
+    assert "Runs finished: 0 of 12" in text and "NOT YET MEASURABLE" in text
     assert "![" not in text  # no curves to draw yet
     assert "python -m experiments.run fig6_cpu --workdir" in text
     assert report.main(["fig66", "--workdir", "x"]) == 2
