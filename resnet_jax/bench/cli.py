@@ -300,7 +300,7 @@ def input_pipeline(
     `resnet_jax.data.throughput` does the measuring (`compare_with_decoder` with `vs_decoder`:
     interleaved rounds against the JPEG decoder alone on the same crops, with and without reading
     the records); this adds the host
-    description, load and date so the row can go into docs/benchmarks.md as it is, and with
+    description, load and date so the row can go into docs/measurements/input_pipeline.md as it is, and with
     `feed_target` (images/s, e.g. one GPU's training rate) `cores_to_feed`: the cores that many
     images/s need at the measured images per CPU-second of the pipeline (a simulated GPU host whose
     cores feed one accelerator).

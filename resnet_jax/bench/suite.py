@@ -1,4 +1,4 @@
-r"""The tables of docs/benchmarks.md as data, run one entry per process, resumable.
+r"""The tables of docs/measurements/ as data, run one entry per process, resumable.
 
     python -m resnet_jax.bench_suite --suite cpu --out runs/bench_cpu
     python3 -m resnet_jax.bench_suite --suite gpu --out runs/bench_gpu --max_minutes 8
@@ -77,7 +77,7 @@ CPU_SUITE = (
 )
 
 _BF16 = dict(dtype="bfloat16", steps=50, warmup=5)
-# XLA GPU flags worth trying on a convnet (docs/benchmarks.md says why); each is one A/B row
+# XLA GPU flags worth trying on a convnet (docs/measurements/gpu.md says why); each is one A/B row
 # against r50-train-256 and is kept only if it measurably helps.
 GPU_FLAG_TRIALS = (
     ("nhwc", "--xla_gpu_force_conv_nhwc=true"),

@@ -285,7 +285,7 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
         ckpt.close()
         return _already_finished(summary_path, t0)
     # The pre-save check compiled now, or the first save compiles it inside the loop (about 20 s
-    # for a ResNet-50 state on a 2-core CPU; docs/benchmarks.md).
+    # for a ResNet-50 state on a 2-core CPU; docs/measurements/cpu.md).
     numerics.warm_up(state)
     monitor = numerics.NonFiniteMonitor(
         c.nonfinite_policy, dtype=c.dtype, skipped=position.get("skipped_steps", 0)
