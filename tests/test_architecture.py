@@ -18,6 +18,7 @@ FLOORS = (
         "resnet_jax.models",
         "resnet_jax.data",
         "resnet_jax.optim",
+        "resnet_jax.recipes",  # published recipes and their scaling rules (no config)
         "resnet_jax.entry",
         "resnet_jax.pretrained",  # state dicts <-> variables, weights files
     ),  # no config, no loop
