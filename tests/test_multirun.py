@@ -212,3 +212,17 @@ def test_four_devices_split_the_run_axis_when_it_divides(tmp_path):
         b = [r["k2"][s]["train"][str(i)] for i in range(1, 5)]
         np.testing.assert_allclose(a, b, rtol=2e-3)
         assert r["k4"][s]["summary"]["step"] == 4
+
+
+def test_the_experiment_runner_trains_k_seeds_of_an_entry_per_program(tmp_path):
+    from experiments import get_experiment
+    from experiments import run as runner
+
+    exp = get_experiment("fig6_shapes10")
+    runs = runner.plan(exp, tmp_path, only=["resnet20_shapes10"], seeds=3)
+    (first, second) = runner.vmap_runs(runs, 2)
+    assert [g.seed for g in (first, second)] == [0, 2]
+    assert f"--workdir={tmp_path / 'resnet20_shapes10'}" in first.train
+    assert "--config.seeds=(0,1)" in first.train and "--config.seeds=(2,)" in second.train
+    assert not any(a.startswith("--config.seed=") for a in first.train)
+    assert first.train[:2] == runs[0].train[:2] and first.evaluate is None
