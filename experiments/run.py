@@ -131,6 +131,29 @@ def eval_args(entry: Entry, seed: int, workdir: os.PathLike) -> tuple[str, ...]:
     )
 
 
+def vmap_runs(runs: Sequence[Run], k: int) -> list[Run]:
+    """The runs still to train, `k` seeds of an entry at a time as one program
+    (`--config.seeds`, docs/training.md): one Run per group, named by its first seed, whose command
+    trains every seed of the group into its own ROOT/<entry>/seed<k>. Evaluation protocols other
+    than the centre crop stay with the single runs (plan again once these are trained)."""
+    if k < 1:
+        raise ValueError(f"--vmap must be >= 1 runs per program, got {k}")
+    todo = [r for r in runs if r.train is not None]
+    groups = []
+    for name in dict.fromkeys(r.entry.name for r in todo):
+        mine = [r for r in todo if r.entry.name == name]
+        entry = mine[0].entry
+        for i in range(0, len(mine), k):
+            group = mine[i : i + k]
+            seeds = tuple(r.seed for r in group)
+            args = [
+                f"--config.seeds={format_value(seeds)}" if a.startswith("--config.seed=") else a
+                for a in train_args(entry, seeds[0], group[0].workdir.parent)
+            ]
+            groups.append(dataclasses.replace(group[0], train=tuple(args), evaluate=None))
+    return groups
+
+
 def select(exp: Experiment, only: Sequence[str] | None) -> list[Entry]:
     if not only:
         return list(exp.entries)
@@ -366,6 +389,13 @@ def parse_args(argv):
         help="runs at a time on this host, sharing its accelerator (each takes 1/N of its "
         "memory); default 1, or on a CPU-only host one run per core, each pinned to its core",
     )
+    p.add_argument(
+        "--vmap",
+        type=int,
+        default=None,
+        help="train K seeds of an entry as one program (--config.seeds; device input path "
+        "only): for small nets on an accelerator, not for big nets or a CPU",
+    )
     p.add_argument("--dry_run", action="store_true", help="list the runs and their status")
     p.add_argument(
         "--print_commands",
@@ -413,6 +443,10 @@ def main(argv=None) -> int:
     if parallel < 1:
         print(f"error: --parallel must be >= 1, got {parallel}", file=sys.stderr)
         return 2
+    if a.vmap:  # train K seeds per program, then whatever is left (other eval protocols)
+        # A group that fails is retried below, seed by seed, from its runs' checkpoints.
+        execute(exp, vmap_runs(runs, a.vmap), python=python, parallel=parallel, cpu=False)
+        runs = plan(exp, a.workdir, only=only, seeds=a.seeds)
     failed = execute(exp, runs, python=python, parallel=parallel, cpu=cpu_only())
     print(
         f"{exp.name}: {len(runs) - len(failed)}/{len(runs)} runs finished; "

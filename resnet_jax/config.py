@@ -72,6 +72,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.lars_trust_coefficient = 0.001  # optimizer=lars: its eta
     c.label_smoothing = 0.0  # mass spread uniformly over all classes
     c.seed = 0  # initialisation and data order
+    # Several seeds as one program, e.g. (0, 1, 2): one run per seed in WORKDIR/seed<k>, their
+    # steps vmapped together (device input path only; docs/training.md). Empty: one run of `seed`.
+    c.seeds = ()
     # Pretrained start: a run directory (its newest checkpoint) or a PyTorch-named weights file
     # (.safetensors, .npz, .pth); params and BN statistics only, the head fresh if the class count
     # differs. Read only when the workdir has no checkpoint (docs/pretrained.md).

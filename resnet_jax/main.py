@@ -87,13 +87,19 @@ def main(argv):
     )
     import jax
 
-    from resnet_jax.engine import evaluate, trainer  # after initialisation, before device use
+    # After initialisation, before device use.
+    from resnet_jax.engine import evaluate, multirun, trainer
 
     with faults.exit_on_error(jax.process_count):
-        if FLAGS.mode == "eval":
-            evaluate.evaluate_checkpoint(config, FLAGS.workdir)
+        if config.seeds:  # one workdir per seed, their steps as one program
+            run = (
+                multirun.evaluate_runs if FLAGS.mode == "eval" else multirun.train_and_evaluate_runs
+            )
         else:
-            trainer.train_and_evaluate(config, FLAGS.workdir)
+            run = (
+                evaluate.evaluate_checkpoint if FLAGS.mode == "eval" else trainer.train_and_evaluate
+            )
+        run(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

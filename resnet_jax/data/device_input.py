@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import jax
@@ -102,6 +102,10 @@ class TrainBatches:
     """Endless iterator of global batches {'image' uint8 [B, S, S, 3], 'label' int32 [B]}, with
     'crop' int32 [B, 2] and 'flip' bool [B] under augment 'cifar' (see `finish`).
 
+    `seed` may also be a sequence of K seeds: each batch then stacks K runs' batches on a leading
+    axis ([K, B, ...]), the k-th equal to the batch of `seed[k]` alone, all gathered from the one
+    copy of the split in one program.
+
     `step` is the index of the next batch. See the module docstring for the order.
     """
 
@@ -111,7 +115,7 @@ class TrainBatches:
         *,
         batch_sharding: NamedSharding,
         batch_size: int,
-        seed: int,
+        seed: int | Sequence[int],
         start_step: int = 0,
         augment: str = "cifar",
     ):
@@ -125,10 +129,16 @@ class TrainBatches:
                 f"{n} examples and start_step {start_step}"
             )
         self.split, self.step, self.steps_per_epoch = split, int(start_step), n // batch_size
-        self._seed = np.int32(seed)
+        self._seed = np.asarray(seed, np.int32)
+        stacked = self._seed.ndim == 1
         replicated = NamedSharding(batch_sharding.mesh, P())
-        self._order_fn = _jit(epoch_order, replicated, n=n)
-        self._fetch = _jit(_train_batch, batch_sharding, batch_size=batch_size, augment=augment)
+        self._order_fn = _jit(_run_orders if stacked else epoch_order, replicated, n=n)
+        self._fetch = _jit(
+            _run_batches if stacked else _train_batch,
+            batch_sharding,
+            batch_size=batch_size,
+            augment=augment,
+        )
         self._epoch, self._order = None, None
 
     def __iter__(self) -> Iterator[dict]:
@@ -149,6 +159,16 @@ def _train_batch(split, order, seed, j, step, *, batch_size, augment):
     if augment == "cifar":
         batch["crop"], batch["flip"] = augment_draws(seed, step, batch_size)
     return batch
+
+
+def _run_orders(seeds, epoch, *, n):
+    return jax.vmap(lambda seed: epoch_order(seed, epoch, n))(seeds)
+
+
+def _run_batches(split, orders, seeds, j, step, **static):
+    return jax.vmap(lambda order, seed: _train_batch(split, order, seed, j, step, **static))(
+        orders, seeds
+    )
 
 
 class EvalBatches:
@@ -194,7 +214,7 @@ def train_batches(
     data_dir: str | None,
     batch_sharding: NamedSharding,
     global_batch_size: int,
-    seed: int,
+    seed: int | Sequence[int],
     start_step: int = 0,
     split: str | None = None,
     augment: str | None = None,

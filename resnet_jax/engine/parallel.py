@@ -195,6 +195,27 @@ def abstract_train_state(
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
+def train_step_fn(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    learning_rate_fn: Callable[[jax.Array], jax.Array],
+    *,
+    label_smoothing: float = 0.0,
+    skip_nonfinite: bool = False,
+    finish: steps.FinishFn = None,
+) -> Callable[[steps.TrainState, Any], tuple[steps.TrainState, dict]]:
+    """`steps.train_step` with everything but (state, batch) bound, not yet compiled."""
+    return functools.partial(
+        steps.train_step,
+        model=model,
+        tx=tx,
+        learning_rate_fn=learning_rate_fn,
+        label_smoothing=label_smoothing,
+        skip_nonfinite=skip_nonfinite,
+        finish=finish,
+    )
+
+
 def jit_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -211,11 +232,10 @@ def jit_train_step(
     With `donate`, the input state's buffers are reused for the output, so never touch a state
     after passing it in. `skip_nonfinite`, `finish`: see `steps.train_step`.
     """
-    fn = functools.partial(
-        steps.train_step,
-        model=model,
-        tx=tx,
-        learning_rate_fn=learning_rate_fn,
+    fn = train_step_fn(
+        model,
+        tx,
+        learning_rate_fn,
         label_smoothing=label_smoothing,
         skip_nonfinite=skip_nonfinite,
         finish=finish,

@@ -115,7 +115,7 @@ def _agree_on_start(step: int, directory: str) -> None:
         )
 
 
-def _position(c, step: int, monitor: numerics.NonFiniteMonitor | None = None) -> dict:
+def run_position(c, step: int, monitor: numerics.NonFiniteMonitor | None = None) -> dict:
     position = checkpoint.data_position(step, c.seed, c.batch_size, jax.process_count())
     if monitor is not None and monitor.policy == "skip":
         position["skipped_steps"] = monitor.skipped  # so the count survives a resume
@@ -133,7 +133,7 @@ def _checkpoints_on_disk(c) -> int:
     )
 
 
-def _prepare_workdir(c, workdir: str, abstract) -> checkpoint.Checkpointer:
+def prepare_workdir(c, workdir: str, abstract) -> checkpoint.Checkpointer:
     """Checks disk and config against the workdir (before compiling), writes config.json."""
     validation.check_workdir(
         workdir,
@@ -178,7 +178,7 @@ def _count_params(params) -> int:
 
 
 @contextlib.contextmanager
-def _finish_writes_on_error(ckpt: checkpoint.Checkpointer, logger) -> Iterator[None]:
+def finish_writes_on_error(ckpt: checkpoint.Checkpointer, logger) -> Iterator[None]:
     """On an error, lets earlier (good) checkpoints finish writing and flushes the logs first."""
     try:
         yield
@@ -217,7 +217,7 @@ class _Profiler:
             print(f"profile of steps {self.start}-{step} in {self.logdir}", flush=True)
 
 
-def _print_header(c, workdir: str) -> None:
+def print_header(c, workdir: str) -> None:
     if jax.process_index() != 0:
         return
     print(
@@ -242,7 +242,7 @@ def _print_header(c, workdir: str) -> None:
         )
 
 
-def _already_finished(summary_path: str, t0: float) -> dict:
+def already_finished(summary_path: str, t0: float) -> dict:
     """A rerun of a finished run: reports it and touches nothing (no metrics, no events file)."""
     with open(summary_path, encoding="utf-8") as f:
         summary = json.load(f)
@@ -276,14 +276,14 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
     abstract = validation.abstract_state(
         lambda: parallel.abstract_train_state(model, tx, (c.image_size, c.image_size, 3), mesh), c
     )
-    _print_header(c, workdir)
-    ckpt = _prepare_workdir(c, workdir, abstract)
+    print_header(c, workdir)
+    ckpt = prepare_workdir(c, workdir, abstract)
     state, start, position = restore_or_init(c, model, tx, mesh, ckpt, abstract)
     total = c.num_train_steps
     summary_path = os.path.join(workdir, "summary.json")
     if start == total and os.path.exists(summary_path):
         ckpt.close()
-        return _already_finished(summary_path, t0)
+        return already_finished(summary_path, t0)
     # The pre-save check compiled now, or the first save compiles it inside the loop (about 20 s
     # for a ResNet-50 state on a 2-core CPU; docs/measurements/cpu.md).
     numerics.warm_up(state)
@@ -327,13 +327,13 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
         t = time.perf_counter()
         check_metrics(done)
         fingerprint = monitor.check_state(done, state)
-        position = _position(c, done, monitor)
+        position = run_position(c, done, monitor)
         if ckpt.save(done, state, position, force=force, fingerprint=fingerprint):
             monitor.last_good_checkpoint = done
             hook.after_save_started(done)
         save_time += time.perf_counter() - t
 
-    with _finish_writes_on_error(ckpt, logger):
+    with finish_writes_on_error(ckpt, logger):
         for step in range(start, total):
             profiler.before(step)
             batch = next(batches)
@@ -387,30 +387,63 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
         eval_time += time.perf_counter() - t  # after loop_time: the final evaluation counts here
         ckpt.close()
         logger.close()
-    summary = {
-        "step": total,
+    summary = final_summary(
+        c,
+        state.params,
+        last_eval,
+        last_train,
+        t0=t0,
+        timed_steps=timed_steps,
+        train_time=train_time,
+        loop_time=loop_time,
+        steps_run=total - start,
+        eval_time=eval_time,
+        save_time=save_time,
+        skipped=monitor.skipped,
+    )
+    write_summary(c, summary_path, summary)
+    return summary
+
+
+def final_summary(
+    c,
+    params,
+    last_eval: dict,
+    last_train: dict,
+    *,
+    t0: float,
+    timed_steps: int,
+    train_time: float,
+    loop_time: float,
+    steps_run: int,
+    eval_time: float,
+    save_time: float,
+    skipped: int,
+) -> dict:
+    """summary.json of a run that trained from `t0` (perf_counter) to now (docs/training.md)."""
+    wall = time.perf_counter() - t0
+    return {
+        "step": c.num_train_steps,
         "model": c.model,
         "dataset": c.dataset,
-        "params": _count_params(state.params),
+        "params": _count_params(params),
         "eval": last_eval,
         "train": last_train,
-        "wall_time_s": time.perf_counter() - t0,
-        **_throughput(
-            c.batch_size,
-            timed_steps,
-            train_time,
-            loop_time,
-            total - start,
-            time.perf_counter() - t0,
-        ),
+        "wall_time_s": wall,
+        **_throughput(c.batch_size, timed_steps, train_time, loop_time, steps_run, wall),
         "eval_time_s": eval_time,
         "checkpoint_time_s": save_time,
         "devices": jax.device_count(),
         "processes": jax.process_count(),
-        "skipped_steps": monitor.skipped,
+        "skipped_steps": skipped,
     }
+
+
+def write_summary(c, summary_path: str, summary: dict) -> None:
+    """Writes summary.json and prints the final accuracy line."""
     metrics.write_json(summary_path, summary)
     if jax.process_index() == 0:
+        last_eval = summary["eval"]
         what = (
             "accuracy on the synthetic pool (memorisation)"
             if c.dataset == synthetic.NAME
@@ -422,4 +455,3 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
             f"(wall time {summary['wall_time_s']:.0f} s)",
             flush=True,
         )
-    return summary
