@@ -6,8 +6,8 @@
 Runs go into ROOT/<entry>/seed<k>. On an accelerator they go one after another; `--parallel N`
 runs N at a time, sharing it (each process may take 1/N of its memory): CIFAR nets are bound by
 kernel launches, not arithmetic, so N small runs on one GPU take little longer than one. On a
-CPU-only host the default is one run per core, each pinned to its core with one XLA thread
-(measured faster than one run on all cores for the small nets; docs/benchmarks.md). A run whose workdir has a
+CPU-only host the default is one run per core, each with one XLA thread (measured faster than
+one run on all cores for the small nets; docs/benchmarks.md). A run whose workdir has a
 `summary.json` (and, for a 10-crop / multi-scale entry, its `eval_<views>.json`) is finished and
 skipped; any other run is (re)started, and the trainer resumes it from the checkpoint in its workdir. `--print_commands` prints one shell command per unfinished run, for a
 cluster scheduler (see docs/experiments.md for a SLURM array).
@@ -22,7 +22,6 @@ import json
 import os
 import pathlib
 import platform
-import queue
 import shlex
 import subprocess
 import sys
@@ -209,9 +208,12 @@ def _claim_workdir(run: Run, exp: Experiment) -> None:
 # Memory XLA may take on an accelerator, shared by `--parallel` runs (the rest is headroom for
 # the CUDA context of each process).
 _SHARED_MEMORY_FRACTION = 0.9
-# One XLA CPU thread per process. On a 2-core CPU (2026-12-03, docs/benchmarks.md) two ResNet-20
-# runs with one core each trained 2.1x the images/s of one run on both cores (ResNet-56: 1.1x):
-# at batch 32 XLA's intra-op threads mostly wait on each other.
+# One XLA CPU thread per process when there are as many runs as cores. On a 2-core CPU
+# (2026-12-03, docs/benchmarks.md) two ResNet-20 runs at batch 32 with one thread each trained
+# 2.1x the images/s of one run on both cores (ResNet-56: 1.1x): at batch 32 XLA's intra-op threads
+# mostly wait on each other. The processes are not pinned to cores: a pinned process's Python
+# thread and its XLA thread then share one core, and under load from other jobs it ran at half
+# speed.
 _ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
@@ -224,53 +226,37 @@ def cpu_only() -> bool:
     return not any(glob.glob(pattern) for pattern in devices)
 
 
-def host_cores() -> list[int]:
+def host_cores() -> int:
     """The CPU cores this process may run on."""
-    return sorted(os.sched_getaffinity(0))
+    return len(os.sched_getaffinity(0))
 
 
 def default_parallel() -> int:
     """Runs at a time when --parallel is not given: one per core on a CPU, else one."""
-    return len(host_cores()) if cpu_only() else 1
+    return host_cores() if cpu_only() else 1
 
 
-def run_env(parallel: int = 1, *, cpu: bool = False, cores_per_run: int = 0) -> dict:
+def run_env(parallel: int = 1, *, cpu: bool = False) -> dict:
     """The environment of a run's processes. On an accelerator, with `parallel` > 1, each gets
     1/parallel of its memory (`XLA_PYTHON_CLIENT_MEM_FRACTION`) unless the caller set a fraction.
-    On a CPU with one core per run, XLA runs one thread."""
+    On a CPU with at least as many runs as cores, XLA runs one thread per process."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     if cpu:
-        if cores_per_run == 1:
+        if parallel >= host_cores():
             env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {_ONE_THREAD}".strip()
     elif parallel > 1 and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env:
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{_SHARED_MEMORY_FRACTION / parallel:.3f}"
     return env
 
 
-def core_slots(parallel: int, cores: Sequence[int]) -> list[tuple[int, ...]]:
-    """`parallel` disjoint sets of cores (the first len(cores) // parallel each), or, with more
-    runs than cores, no pinning at all (empty sets)."""
-    per_run = len(cores) // parallel
-    if per_run == 0:
-        return [()] * parallel
-    return [tuple(cores[i * per_run : (i + 1) * per_run]) for i in range(parallel)]
-
-
-def _phases(r: Run, python: str, env: dict, cores: tuple[int, ...] = ()) -> int:
-    """Runs a run's phases (train, then evaluate) into its log; the first non-zero exit code.
-    `cores`: the CPU cores the processes are pinned to (none: anywhere)."""
-    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+def _phases(r: Run, python: str, env: dict) -> int:
+    """Runs a run's phases (train, then evaluate) into its log; the first non-zero exit code."""
     with open(r.workdir / LOG, "a") as log:
         for args in r.phases:
             log.write(f"\n$ {shlex.join([python, *args])}\n")
             log.flush()
             rc = subprocess.run(
-                [python, *args],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=pin,
+                [python, *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
             ).returncode
             if rc:
                 return rc
@@ -288,7 +274,7 @@ def execute(
 ) -> list[Run]:
     """Trains (then evaluates) the unfinished runs, `parallel` at a time; returns the failed ones.
 
-    `cpu`: the runs train on this host's CPU; each is pinned to its own share of the cores.
+    `cpu`: the runs train on this host's CPU (with as many runs as cores, one XLA thread each).
     """
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1 runs at a time, got {parallel}")
@@ -298,15 +284,11 @@ def execute(
     for r in runs:
         if r.status == "done":
             print(f"skip   {r.entry.name} seed {r.seed}: finished ({r.workdir})", file=out)
-    slots = queue.SimpleQueue()  # CPU: the core sets free for the next run
-    for cores in core_slots(parallel, host_cores()) if cpu else [()] * parallel:
-        slots.put(cores)
-    env = run_env(parallel, cpu=cpu, cores_per_run=len(host_cores()) // parallel)
+    env = run_env(parallel, cpu=cpu)
     if cpu and todo:
-        per_run = len(host_cores()) // parallel
+        threads = "one XLA thread each" if parallel >= host_cores() else "sharing the threads"
         print(
-            f"on the CPU: {parallel} run(s) at a time, "
-            + (f"{per_run} core(s) each" if per_run else "sharing the cores"),
+            f"on the CPU ({host_cores()} cores): {parallel} run(s) at a time, {threads}",
             file=out,
             flush=True,
         )
@@ -321,11 +303,7 @@ def execute(
                 flush=True,
             )
         t0 = time.time()
-        cores = slots.get()
-        try:
-            rc = _phases(r, python, env, cores)
-        finally:
-            slots.put(cores)
+        rc = _phases(r, python, env)
         took = time.time() - t0
         with lock:
             if rc == 0 and run_status(r.workdir, r.entry.eval_views) == "done":
@@ -387,7 +365,7 @@ def parse_args(argv):
         type=int,
         default=None,
         help="runs at a time on this host, sharing its accelerator (each takes 1/N of its "
-        "memory); default 1, or on a CPU-only host one run per core, each pinned to its core",
+        "memory); default 1, or on a CPU-only host one run per core, each with one XLA thread",
     )
     p.add_argument(
         "--vmap",

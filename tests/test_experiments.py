@@ -323,3 +323,18 @@ def test_tiny_real_training_run_through_run_and_report(tmp_path, monkeypatch, ca
     assert row.rstrip().endswith("| 1 / 0 |")
     assert (tmp_path / "tiny_e2e_curves.png").exists()
     assert (tmp_path / "tiny_e2e_responses.png").exists()  # read back from the run's checkpoint
+
+
+def test_on_a_cpu_one_run_per_core_each_with_one_xla_thread(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setattr(run, "host_cores", lambda: 2)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert run.cpu_only() and run.default_parallel() == 2
+    flags = run.run_env(2, cpu=True)["XLA_FLAGS"].split()
+    assert "--xla_cpu_multi_thread_eigen=false" in flags
+    assert "intra_op_parallelism_threads=1" in flags
+    assert "XLA_FLAGS" not in run.run_env(1, cpu=True)  # one run keeps every thread
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in run.run_env(2, cpu=True)
+    # On an accelerator the runs share its memory instead.
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    assert run.run_env(4)["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.225"
