@@ -39,7 +39,6 @@ from jax.sharding import PartitionSpec as P
 from resnet_jax.data import arrays, datasets
 from resnet_jax.data import finish as finish_lib
 from resnet_jax.data import stats as stats_lib
-from resnet_jax.data.finish import PAD
 
 AUGMENTS = ("cifar", "none")
 _ORDER, _AUGMENT = 0, 1  # key streams: the epoch permutations and the augmentation draws
@@ -72,10 +71,12 @@ def epoch_order(seed, epoch, n: int) -> jax.Array:
     return jax.random.permutation(_key(seed, _ORDER, epoch), n).astype(jnp.int32)
 
 
-def augment_draws(seed, step, batch_size: int) -> tuple[jax.Array, jax.Array]:
-    """(offsets int32 [B, 2] (dy, dx) in [0, 2 * PAD], flips bool [B]) of step `step`."""
+def augment_draws(
+    seed, step, batch_size: int, pad: int = finish_lib.PAD
+) -> tuple[jax.Array, jax.Array]:
+    """(offsets int32 [B, 2] (dy, dx) in [0, 2 * pad], flips bool [B]) of step `step`."""
     k_offset, k_flip = jax.random.split(_key(seed, _AUGMENT, step))
-    offsets = jax.random.randint(k_offset, (batch_size, 2), 0, 2 * PAD + 1, jnp.int32)
+    offsets = jax.random.randint(k_offset, (batch_size, 2), 0, 2 * pad + 1, jnp.int32)
     return offsets, jax.random.bernoulli(k_flip, 0.5, (batch_size,))
 
 
@@ -147,7 +148,8 @@ def _train_batch(split, order, seed, j, step, *, batch_size, augment):
     index = jax.lax.dynamic_slice_in_dim(order, j * batch_size, batch_size)
     batch = {"image": split.images[index], "label": split.labels[index]}
     if augment == "cifar":
-        batch["crop"], batch["flip"] = augment_draws(seed, step, batch_size)
+        pad = finish_lib.pad_for(split.images.shape[1])
+        batch["crop"], batch["flip"] = augment_draws(seed, step, batch_size, pad)
     return batch
 
 
@@ -180,11 +182,21 @@ def _eval_batch(split, start, *, batch_size):
     }
 
 
-def finish_for(dataset: str, *, data_dir: str | None, normalization: str | None = None):
+def finish_for(
+    dataset: str,
+    *,
+    data_dir: str | None,
+    normalization: str | None = None,
+    image_size: int | None = None,
+):
     """The `finish.Finish` of this path's batches: `normalization` (None: the dataset's default,
-    'per_pixel_mean') with the statistics stored beside the arrays (`arrays.load_stats`)."""
+    'per_pixel_mean') with the statistics stored beside the arrays (`arrays.load_stats`), or
+    'mean_std', ImageNet's channel statistics (what pretrained weights expect)."""
     normalization = datasets.normalization_of(dataset, normalization)
-    mean, std = stats_lib.mean_and_std(arrays.load_stats(dataset, data_dir), normalization)
+    if normalization == "mean_std":
+        return finish_lib.IMAGENET
+    stats = arrays.load_stats(dataset, data_dir, image_size)
+    mean, std = stats_lib.mean_and_std(stats, normalization)
     return finish_lib.Finish(mean, std)
 
 
@@ -198,11 +210,12 @@ def train_batches(
     start_step: int = 0,
     split: str | None = None,
     augment: str | None = None,
+    image_size: int | None = None,
 ) -> TrainBatches:
     """The training batches of `dataset` from `start_step` on (defaults: train split, 'cifar'
-    augmentation), held on `batch_sharding`'s mesh."""
+    augmentation), held on `batch_sharding`'s mesh; `image_size`: a folder's training size."""
     return TrainBatches(
-        put(arrays.load(dataset, split, data_dir), batch_sharding.mesh),
+        put(arrays.load(dataset, split, data_dir, image_size), batch_sharding.mesh),
         batch_sharding=batch_sharding,
         batch_size=global_batch_size,
         seed=seed,
@@ -218,10 +231,9 @@ def eval_batches(
     batch_sharding: NamedSharding,
     global_batch_size: int,
     split: str | None = None,
+    image_size: int | None = None,
 ) -> EvalBatches:
     """The evaluation batches of `dataset` (default: its test split), held on the mesh."""
-    held = put(
-        arrays.load(dataset, split or datasets.facts(dataset)["eval_split"], data_dir),
-        batch_sharding.mesh,
-    )
+    split = split or datasets.facts(dataset)["eval_split"]
+    held = put(arrays.load(dataset, split, data_dir, image_size), batch_sharding.mesh)
     return EvalBatches(held, batch_sharding=batch_sharding, batch_size=global_batch_size)

@@ -164,8 +164,11 @@ def make_evaluator(
             batch_sharding=parallel.batch_sharded(mesh),
             global_batch_size=global_batch_size,
             split=split,
+            image_size=image_size,
         )
-        finish = finish or device_input.finish_for(dataset, data_dir=data_dir)
+        finish = finish or device_input.finish_for(
+            dataset, data_dir=data_dir, image_size=image_size
+        )
         eval_step = parallel.jit_eval_step(model, mesh, finish)
         return lambda state: evaluate_batches(eval_step, state, batches, mesh)
     data = functools.partial(
