@@ -48,6 +48,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.batch_size = 128  # global, over all devices and hosts
     c.num_epochs = 1.0  # training length in epochs (when num_train_steps is -1)
     c.num_train_steps = -1  # > 0 wins over num_epochs
+    # True: the schedule's length, warm-up and decays follow BiT-HyperRule from the training set's
+    # size (`bit_schedule`), over num_epochs and the warm-up and decay keys
+    c.bit_hyperrule = False
     c.optimizer = "sgd"  # sgd | lars
     c.learning_rate = 0.1  # base rate, before linear scaling
     c.lr_scaling = "none"  # none | linear (lr = learning_rate * batch_size / 256)
@@ -125,6 +128,9 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
         c.image_size = info.image_size
     c.num_train_examples = info.num_train
     c.steps_per_epoch = max(info.num_train // c.batch_size, 1)
+    if c.get("bit_hyperrule"):
+        total, warmup, decays = bit_schedule(info.num_train, c.num_train_steps)
+        c.num_train_steps, c.warmup_steps, c.lr_decay_steps = total, warmup, decays
     epochs_to_steps = lambda e: int(round(e * c.steps_per_epoch))
     if c.num_train_steps <= 0:
         c.num_train_steps = max(epochs_to_steps(c.num_epochs), 1)
@@ -145,6 +151,24 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     if c.eval_batch_size is None:
         c.eval_batch_size = c.batch_size
     return c
+
+
+def bit_schedule(num_examples: int, num_steps: int = -1) -> tuple[int, int, tuple[int, ...]]:
+    """(steps, warm-up steps, decay steps) of BiT-HyperRule for a training set of `num_examples`.
+
+    Kolesnikov et al. (2020), as big_transfer's `bit_hyperrule.get_schedule`: 500 steps under 20k
+    examples (warm-up 100), 10k under 500k and 20k above (warm-up 500); the rate divided by 10 at
+    30%, 60% and 90%. `num_steps` > 0 keeps those fractions over another length.
+    """
+    if num_examples < 20_000:
+        total, warmup = 500, 100
+    elif num_examples < 500_000:
+        total, warmup = 10_000, 500
+    else:
+        total, warmup = 20_000, 500
+    if num_steps > 0:
+        total, warmup = num_steps, int(round(num_steps * warmup / total))
+    return total, warmup, tuple(int(round(total * f)) for f in (0.3, 0.6, 0.9))
 
 
 def _resolve_folder(c: ml_collections.ConfigDict):

@@ -224,3 +224,29 @@ def test_training_on_a_bad_folder_ends_with_one_line_and_exit_66(tmp_path):
         assert p.returncode == faults.EXIT_NO_INPUT, p.stderr
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("resnet_jax: ") and words in lines[0]
+
+
+def test_a_32px_dataset_at_a_larger_image_size_is_upsampled_inside_the_finish(
+    tmp_path, monkeypatch
+):
+    import jax
+
+    from resnet_jax.data import finish
+    from resnet_jax.engine import validation
+
+    monkeypatch.setattr(shapes, "NUM_TRAIN", 40)
+    monkeypatch.setattr(shapes, "NUM_TEST", 10)
+    c = config_lib.default_config()
+    c.dataset, c.data_dir, c.image_size, c.batch_size = "shapes10", str(tmp_path), 64, 8
+    r = config_lib.resolve_config(c)
+    validation.check_resolved(r, device_count=1, process_count=1)
+    upsampling = config_lib.build_finish(r)
+    batch = {"image": arrays.load("shapes10", "test", str(tmp_path)).images[:2]}
+    native = finish.Finish(upsampling.mean, upsampling.std)(batch)
+    assert upsampling.size == 64 and native.shape == (2, 32, 32, 3)
+    np.testing.assert_allclose(
+        upsampling(batch), jax.image.resize(native, (2, 64, 64, 3), "bilinear"), atol=1e-6
+    )
+    c.image_size = 16  # smaller than the images: refused
+    with pytest.raises(faults.ConfigError, match="image_size=16 is not supported"):
+        validation.check_resolved(config_lib.resolve_config(c), device_count=1, process_count=1)

@@ -191,13 +191,16 @@ def finish_for(
 ):
     """The `finish.Finish` of this path's batches: `normalization` (None: the dataset's default,
     'per_pixel_mean') with the statistics stored beside the arrays (`arrays.load_stats`), or
-    'mean_std', ImageNet's channel statistics (what pretrained weights expect)."""
+    'mean_std', ImageNet's channel statistics (what pretrained weights expect). An `image_size`
+    other than a built-in dataset's own makes the finish upsample its batches to that size."""
     normalization = datasets.normalization_of(dataset, normalization)
+    held = image_size if datasets.is_folder(dataset) else datasets.facts(dataset)["image_size"]
+    size = None if image_size in (None, held) else image_size  # upsampled in the step
     if normalization == "mean_std":
-        return finish_lib.IMAGENET
-    stats = arrays.load_stats(dataset, data_dir, image_size)
+        return finish_lib.Finish(finish_lib.IMAGENET.mean, finish_lib.IMAGENET.std, size)
+    stats = arrays.load_stats(dataset, data_dir, held)
     mean, std = stats_lib.mean_and_std(stats, normalization)
-    return finish_lib.Finish(mean, std)
+    return finish_lib.Finish(mean, std, size)
 
 
 def train_batches(

@@ -58,6 +58,8 @@ def expand(path: str) -> str:
 
 def root_of(name: str) -> str:
     """The absolute root folder of a `folder:PATH` dataset name."""
+    if not name[len(PREFIX) :].strip():
+        raise FolderError("dataset 'folder:' names no folder: give --config.dataset=folder:PATH")
     return expand(name[len(PREFIX) :])
 
 

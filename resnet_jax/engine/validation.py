@@ -224,10 +224,13 @@ def _data_problems(c, process_count: int) -> list[str]:
     facts = datasets.facts(c.dataset)
     if datasets.is_folder(c.dataset):
         problems += _folder_problems(c, facts)
-    elif facts["family"] == "cifar" and c.image_size != facts["image_size"]:
+    elif facts["family"] == "cifar" and (
+        c.image_size < facts["image_size"] or config_lib.input_pipeline(c) != "device"
+    ):
         problems.append(
             f"{c.dataset} images are {facts['image_size']}x{facts['image_size']}; "
-            f"image_size={c.image_size} is not supported"
+            f"image_size={c.image_size} is not supported (the device input path upsamples them "
+            "to a larger image_size)"
         )
     for key, allowed in (
         ("augment", datasets.TRAIN_AUGMENTS),

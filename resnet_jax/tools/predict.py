@@ -47,12 +47,14 @@ def _read(path: str, c, tf) -> np.ndarray:
             return folder.resized(folder.pixels(path), c.image_size)
         except ValueError as e:
             raise datasets.CorruptImageError(f"not a readable image ({e})") from None
-    family = datasets.facts(c.dataset)["family"]
-    resize = c.image_size if family == "cifar" else None  # 32x32 sets: no crop margin
+    facts = datasets.facts(c.dataset)
+    # 32x32 sets: no crop margin, and their own size (the finish upsamples them as their tests)
+    size = facts["image_size"] if facts["family"] == "cifar" else c.image_size
+    resize = size if facts["family"] == "cifar" else None
     with open(path, "rb") as f:
         data = f.read()
     try:
-        return np.asarray(augment.center_eval(tf.constant(data), c.image_size, resize))
+        return np.asarray(augment.center_eval(tf.constant(data), size, resize))
     except Exception as e:  # TensorFlow's decode errors come as several types
         # TensorFlow wraps the decoder's words in op names: keep only the words.
         reason = str(e).split("}}")[-1].split("[Op:")[0].strip()
