@@ -12,8 +12,8 @@ from PIL import Image
 
 from resnet_jax import config as config_lib
 from resnet_jax import pretrained
-from resnet_jax.data import finish, shapes
-from resnet_jax.engine import faults, trainer, warm_start
+from resnet_jax.data import device_input, finish, shapes
+from resnet_jax.engine import evaluate, faults, trainer, warm_start
 from resnet_jax.pretrained import cli
 from resnet_jax.tools import predict
 from tests.fake_folders import write_shapes_folder
@@ -98,6 +98,30 @@ def test_export_writes_a_head_of_the_folders_class_count_and_imports_back_exactl
         np.testing.assert_array_equal(flat_back[key], value, err_msg=str(key))
 
 
+@pytest.mark.parametrize("views, count", [("10crop", 20), ("multiscale", 20)])
+def test_a_folder_run_is_evaluated_with_every_view_protocol(runs, views, count):
+    root, one_go, _ = runs
+    c = folder_config(root, 8, eval_views=views, eval_scales=(224, 448))
+    result = evaluate.evaluate_checkpoint(c, f"{root}/one_go")
+    assert result["count"] == count and result["views"] == views and 0 <= result["top1"] <= 1
+    with open(f"{root}/one_go/eval_{views}.json") as f:
+        assert json.load(f)["step"] == 8
+
+
+def test_views_of_held_images_are_he2015s_crops_and_mirrors():
+    images = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 3), np.uint8)
+    ten = np.asarray(device_input._views(images, "10crop", None))
+    big = np.asarray(device_input._resized_uint8(images, 32))  # 28 * 256 / 224
+    assert ten.shape == (2, 10, 28, 28, 3)
+    np.testing.assert_array_equal(ten[:, 0], big[:, :28, :28])
+    np.testing.assert_array_equal(ten[:, 3], big[:, 4:, 4:])
+    np.testing.assert_array_equal(ten[:, 4], big[:, 2:30, 2:30])
+    np.testing.assert_array_equal(ten[:, 5:], ten[:, :5, :, ::-1])
+    two = np.asarray(device_input._views(images, "multiscale", 56))
+    assert two.shape == (2, 2, 56, 56, 3)
+    np.testing.assert_array_equal(two[:, 1], two[:, 0, :, ::-1])
+
+
 def test_resuming_on_a_changed_folder_is_refused_even_with_allow_config_change(runs):
     root, _, _ = runs
     extra = f"{root}/images/train/disc/extra.png"
@@ -118,7 +142,7 @@ def test_init_from_weights_normalises_with_imagenets_mean_and_std(runs, tmp_path
     tuned = config_lib.resolve_config(folder_config(root, 2, init_from=weights))
     assert config_lib.build_finish(tuned).mean.tolist() == finish.IMAGENET.mean.tolist()
     assert config_lib.build_finish(tuned).std.tolist() == finish.IMAGENET.std.tolist()
-    assert config_lib.build_finish(scratch).mean.shape == (32, 32, 3)  # the folder's own
+    assert config_lib.build_finish(scratch).mean.shape == (3,)  # the folder's own channels
     assert config_lib.data_notes(tuned)[-1] == (
         "normalization mean_std (ImageNet's channel mean and std)"
     )

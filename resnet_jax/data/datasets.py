@@ -140,8 +140,11 @@ def facts(name):
 
 
 def normalization_of(name, normalization=None):
-    """`normalization`, or when None the default of `name`'s family (the first in NORMALIZATIONS)."""
-    return normalization or NORMALIZATIONS[facts(name)["family"]][0]
+    """`normalization`, or when None the default of `name`'s family (the first in NORMALIZATIONS);
+    a folder's is per_channel: its own channel statistics, which hold at every test scale."""
+    if normalization:
+        return normalization
+    return "per_channel" if is_folder(name) else NORMALIZATIONS[facts(name)["family"]][0]
 
 
 def resolve_data_dir(data_dir):
