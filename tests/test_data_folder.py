@@ -250,3 +250,18 @@ def test_a_32px_dataset_at_a_larger_image_size_is_upsampled_inside_the_finish(
     c.image_size = 16  # smaller than the images: refused
     with pytest.raises(faults.ConfigError, match="image_size=16 is not supported"):
         validation.check_resolved(config_lib.resolve_config(c), device_count=1, process_count=1)
+
+
+def test_the_prepare_command_decodes_a_folder_once_and_names_a_bad_one(tmp_path, capsys):
+    from resnet_jax.data import prepare
+
+    _two_classes(tmp_path / "f")
+    name, data_dir = f"folder:{tmp_path / 'f'}", str(tmp_path / "data")
+    assert prepare.main([name, "--data_dir", data_dir, "--image_size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert f"{name} prepared at 16x16 in " in out and "2 classes (a, b)" in out
+    assert arrays.load(name, "test", data_dir, 16).images.shape == (2, 16, 16, 3)
+    assert prepare.main([f"folder:{tmp_path / 'g'}", "--data_dir", data_dir]) == 66
+    assert capsys.readouterr().err == (
+        f"resnet_jax: folder dataset {tmp_path / 'g'} does not exist (or is not a directory)\n"
+    )
