@@ -81,6 +81,28 @@ def test_predict_names_the_folders_classes(runs):
     assert sum(p for _, p in top) <= 1.0 + 1e-6 and top[0][1] >= top[-1][1]
 
 
+def test_predict_needs_only_the_run_and_the_prepared_arrays_not_the_folder(runs, tmp_path):
+    root, _, _ = runs
+    image = tmp_path / "star.png"
+    star = sorted(os.listdir(f"{root}/images/test/star"))[0]
+    image.write_bytes(open(f"{root}/images/test/star/{star}", "rb").read())
+    here = predict.predict(f"{root}/one_go", [str(image)])[0]
+    os.rename(f"{root}/images", f"{root}/moved")
+    try:
+        assert predict.predict(f"{root}/one_go", [str(image)])[0] == here
+    finally:
+        os.rename(f"{root}/moved", f"{root}/images")
+
+
+def test_plot_draws_a_folder_runs_curves(runs):
+    from resnet_jax.tools import plot
+
+    root, _, _ = runs
+    out = plot.plot_runs([f"{root}/one_go"], f"{root}/curves.png")
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size[0] > 600
+
+
 def test_export_writes_a_head_of_the_folders_class_count_and_imports_back_exactly(runs):
     root, _, _ = runs
     out = f"{root}/exported.safetensors"
@@ -134,7 +156,9 @@ def test_resuming_on_a_changed_folder_is_refused_even_with_allow_config_change(r
         os.remove(extra)
 
 
-def test_init_from_weights_normalises_with_imagenets_mean_and_std(runs, tmp_path, capsys):
+def test_init_from_weights_normalises_with_imagenets_mean_and_std(
+    runs, tmp_path, capsys, monkeypatch
+):
     root, _, _ = runs
     weights = str(tmp_path / "w.safetensors")
     pretrained.save_state_dict(tiny_state_dict(1000), weights)
@@ -146,8 +170,30 @@ def test_init_from_weights_normalises_with_imagenets_mean_and_std(runs, tmp_path
     assert config_lib.data_notes(tuned)[-1] == (
         "normalization mean_std (ImageNet's channel mean and std)"
     )
+    monkeypatch.setenv("RESNET_JAX_TEST_WEIGHTS", str(tmp_path))  # init_from expands variables
     summary = trainer.train_and_evaluate(
-        folder_config(root, 2, init_from=weights), str(tmp_path / "ft")
+        folder_config(root, 2, init_from="$RESNET_JAX_TEST_WEIGHTS/w.safetensors"),
+        str(tmp_path / "ft"),
     )
     out = capsys.readouterr().out
     assert "params/head/bias (1000,) -> (10,)" in out and summary["step"] == 2
+
+
+@pytest.mark.slow
+def test_a_folder_of_shapes10_images_learns_as_shapes10_does(tmp_path, monkeypatch):
+    """The same 600 images as shapes10 and as a folder of PNGs (so in another order): the same
+    net and recipe must learn both, to within a few points."""
+    monkeypatch.setattr(shapes, "NUM_TRAIN", 600)
+    monkeypatch.setattr(shapes, "NUM_TEST", 300)
+    root = str(tmp_path)
+    write_shapes_folder(f"{root}/images", 600, 300)
+    results = {}
+    for name, dataset in (("shapes10", "shapes10"), ("folder", f"folder:{root}/images")):
+        c = folder_config(root, 300, dataset=dataset, model="resnet20", batch_size=32)
+        c.update(dict(lr_schedule="cosine", warmup_steps=20, augment="none", eval_batch_size=100))
+        c.update(dict(normalization="per_pixel_mean", log_every_steps=50))
+        c.model_overrides = {"stage_sizes": (1, 1, 1)}
+        results[name] = trainer.train_and_evaluate(c, f"{root}/{name}")
+    for r in results.values():
+        assert r["train"]["top1"] > 0.5 and r["eval"]["top1"] > 0.4, results
+    assert abs(results["folder"]["eval"]["top1"] - results["shapes10"]["eval"]["top1"]) < 0.1

@@ -49,13 +49,15 @@ class Split(NamedTuple):
 
 
 def check_family(name):
-    """Raises ValueError unless `name` is one of the 32x32 datasets the device path can hold."""
-    if datasets.facts(name)["family"] != "cifar":
-        small = [d for d in datasets.DATASETS if datasets.facts(d)["family"] == "cifar"]
-        raise ValueError(
-            f"{name} cannot be held in device memory (it is not a 32x32 dataset); the device "
-            f"input path takes {', '.join(small)}, and {name} takes input_pipeline='host'"
-        )
+    """Raises ValueError unless `name` is a 32x32 dataset or a folder: what the device path holds
+    (a folder is not scanned here: its arrays are read where the folder is not)."""
+    if datasets.is_folder(name) or datasets.facts(name)["family"] == "cifar":
+        return
+    small = [d for d in datasets.DATASETS if datasets.facts(d)["family"] == "cifar"]
+    raise ValueError(
+        f"{name} cannot be held in device memory (it is not a 32x32 dataset); the device "
+        f"input path takes {', '.join(small)} and folders, and {name} takes input_pipeline='host'"
+    )
 
 
 def path(name, data_dir, split, image_size=None):
@@ -94,6 +96,8 @@ def source_fingerprint(name, data_dir, split, image_size=None):
     resized to; a folder that is gone raises `folder.FolderError`.
     """
     if datasets.is_folder(name):
+        if not os.path.isdir(folder.root_of(name)):
+            return None  # the arrays were carried here without their folder (predict, eval)
         layout = folder.layout_of(name)
         size = _size(name, image_size)
         return f"{folder.fingerprint(layout, split)} at {size}x{size}"
@@ -195,6 +199,11 @@ def _load(name, data_dir, split, keys, image_size=None):
             flush=True,
         )
     if name != "shapes10" and source_fingerprint(name, data_dir, split, image_size) is None:
+        if datasets.is_folder(name):
+            raise folder.FolderError(
+                f"{target} is {problem}, and the folder {folder.root_of(name)} it is built from "
+                "is not here (or is not a directory)"
+            )
         raise ArraysError(
             f"{target} is {problem} and {name} is not prepared in "
             f"{datasets.resolve_data_dir(data_dir)} to rebuild it from. Prepare it with\n  "
@@ -209,6 +218,8 @@ def _load(name, data_dir, split, keys, image_size=None):
         try:
             arrays, _ = _problem(name, data_dir, split, keys, image_size)
             if arrays is None:
+                if datasets.is_folder(name):  # the one slow step of a folder's first run
+                    print(f"decoding {name} {split}/ once into {target}", flush=True)
                 built = build(name, data_dir, split, image_size)
                 arrays = {k: built[k] for k in keys}
         finally:
@@ -265,7 +276,8 @@ def load(name, split=None, data_dir=None, image_size=None):
 def load_stats(name, data_dir=None, image_size=None):
     """Normalisation statistics of the full train split (see `stats.from_batches`), 0-255 scale."""
     check_family(name)
-    return _load(name, data_dir, datasets.facts(name)["train_split"], _STATS_KEYS, image_size)
+    train = folder.TRAIN_SPLIT if datasets.is_folder(name) else datasets.facts(name)["train_split"]
+    return _load(name, data_dir, train, _STATS_KEYS, image_size)
 
 
 def num_examples(name, split=None, data_dir=None, image_size=None):
