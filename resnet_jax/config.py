@@ -25,19 +25,20 @@ def default_config() -> ml_collections.ConfigDict:
     c.model_overrides = ml_collections.ConfigDict()  # ResNetSpec fields, e.g. {'shortcut': 'B'}
     c.dtype = "float32"  # compute dtype ('bfloat16' for mixed precision); params stay float32
     c.bn_group_size = config_dict.placeholder(int)  # None or 0: BN over the global batch
-    c.dataset = (
-        "shapes10"  # imagenet2012, cifar10, cifar100, shapes10, synthetic (random, on device)
-    )
+    # imagenet2012, cifar10, cifar100, shapes10, synthetic (random, on device), or folder:PATH
+    # (PATH/train/<class>/<image>, evaluated on PATH/test, validation or val; docs/data.md)
+    c.dataset = "shapes10"
     c.data_dir = config_dict.placeholder(str)  # tfds data dir (None: the tfds default)
     # device: the whole split in accelerator memory, augmented there (32x32 sets, no TensorFlow);
     # host: tf.data on the CPU. None: device for the 32x32 sets, host for ImageNet.
     c.input_pipeline = config_dict.placeholder(str)
-    c.image_size = config_dict.placeholder(int)  # None: the dataset's native training size
+    # None: the dataset's native training size; a folder's by BiT-HyperRule (128 or 384)
+    c.image_size = config_dict.placeholder(int)
     c.num_classes = config_dict.placeholder(int)  # None: the dataset's
     c.augment = config_dict.placeholder(str)  # None: the family's standard (paper / cifar)
-    c.normalization = config_dict.placeholder(
-        str
-    )  # 32x32 sets: per_pixel_mean (He2015) | per_channel
+    # 32x32 sets and folders: per_pixel_mean (He2015) | per_channel | mean_std (ImageNet's, the
+    # default with init_from: what the weights expect)
+    c.normalization = config_dict.placeholder(str)
     c.train_split = config_dict.placeholder(
         str
     )  # tfds split string; None: the dataset's train split
@@ -47,6 +48,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.batch_size = 128  # global, over all devices and hosts
     c.num_epochs = 1.0  # training length in epochs (when num_train_steps is -1)
     c.num_train_steps = -1  # > 0 wins over num_epochs
+    # True: the schedule's length, warm-up and decays follow BiT-HyperRule from the training set's
+    # size (`bit_schedule`), over num_epochs and the warm-up and decay keys
+    c.bit_hyperrule = False
     c.optimizer = "sgd"  # sgd | lars
     c.learning_rate = 0.1  # base rate, before linear scaling
     c.lr_scaling = "none"  # none | linear (lr = learning_rate * batch_size / 256)
@@ -113,6 +117,8 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
         info = synthetic.info(
             c.num_classes, c.image_size, c.batch_size, c.synthetic_batches, model=c.model
         )
+    elif datasets.is_folder(c.dataset):
+        info = _resolve_folder(c)
     elif input_pipeline(c) == "device":
         from resnet_jax.data import arrays  # numpy only: no TensorFlow once the arrays exist
 
@@ -125,6 +131,9 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
         c.image_size = info.image_size
     c.num_train_examples = info.num_train
     c.steps_per_epoch = max(info.num_train // c.batch_size, 1)
+    if c.get("bit_hyperrule"):
+        total, warmup, decays = bit_schedule(info.num_train, c.num_train_steps)
+        c.num_train_steps, c.warmup_steps, c.lr_decay_steps = total, warmup, decays
     epochs_to_steps = lambda e: int(round(e * c.steps_per_epoch))
     if c.num_train_steps <= 0:
         c.num_train_steps = max(epochs_to_steps(c.num_epochs), 1)
@@ -147,10 +156,80 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     return c
 
 
+def bit_schedule(num_examples: int, num_steps: int = -1) -> tuple[int, int, tuple[int, ...]]:
+    """(steps, warm-up steps, decay steps) of BiT-HyperRule for a training set of `num_examples`.
+
+    Kolesnikov et al. (2020), as big_transfer's `bit_hyperrule.get_schedule`: 500 steps under 20k
+    examples (warm-up 100), 10k under 500k and 20k above (warm-up 500); the rate divided by 10 at
+    30%, 60% and 90%. `num_steps` > 0 keeps those fractions over another length.
+    """
+    if num_examples < 20_000:
+        total, warmup = 500, 100
+    elif num_examples < 500_000:
+        total, warmup = 10_000, 500
+    else:
+        total, warmup = 20_000, 500
+    if num_steps > 0:
+        total, warmup = num_steps, int(round(num_steps * warmup / total))
+    return total, warmup, tuple(int(round(total * f)) for f in (0.3, 0.6, 0.9))
+
+
+def _resolve_folder(c: ml_collections.ConfigDict):
+    """A folder's DatasetInfo at the config's image size (BiT-HyperRule's when unset), with its
+    class names and the fingerprint of its files stored in `c`: predict names the classes from
+    the run's config.json, and a resume on a changed folder is refused (`validation`)."""
+    from resnet_jax.data import datasets, folder
+
+    layout = folder.layout_of(c.dataset)
+    if c.image_size is None:
+        c.image_size, c.image_size_rule = folder.default_image_size(layout)
+    else:
+        c.image_size_rule = f"image_size {c.image_size}: set by the config"
+    c.class_names = list(layout.class_names)
+    c.dataset_fingerprint = "; ".join(
+        folder.fingerprint(layout, s) for s in (folder.TRAIN_SPLIT, layout.eval_split)
+    )
+    facts = datasets.facts(c.dataset)
+    return datasets.DatasetInfo(
+        name=c.dataset,
+        num_classes=layout.num_classes,
+        image_size=c.image_size,
+        train_split=facts["train_split"],
+        eval_split=facts["eval_split"],
+        num_train=facts["num_train"],
+        num_eval=facts["num_eval"],
+        family=facts["family"],
+    )
+
+
+def data_notes(c: ml_collections.ConfigDict) -> list[str]:
+    """Lines a run prints about its data: a folder's classes, counts, skipped files and size."""
+    from resnet_jax.data import datasets, folder
+
+    if not datasets.is_folder(c.dataset):
+        return []
+    layout = folder.layout_of(c.dataset)
+    chosen = normalization(c) or datasets.normalization_of(c.dataset)
+    whose = "ImageNet's channel mean and std" if chosen == "mean_std" else "the folder's own"
+    return [folder.description(layout), c.image_size_rule, f"normalization {chosen} ({whose})"]
+
+
+def normalization(c: ml_collections.ConfigDict) -> str | None:
+    """The config's normalisation; unset, 'mean_std' (ImageNet's, which the weights expect) for a
+    run from pretrained weights on the device path, else None (the dataset's default)."""
+    if c.get("normalization") or not c.get("init_from") or input_pipeline(c) != "device":
+        return c.get("normalization")
+    return "mean_std"
+
+
 def input_pipeline(c: ml_collections.ConfigDict) -> str | None:
-    """'device' or 'host': the config's choice, else its dataset family's default (None: synthetic)."""
+    """'device' or 'host': the config's choice, else its dataset family's default (None: synthetic).
+
+    A folder is held in device memory ('device'); `validation` refuses one too large for it."""
     from resnet_jax.data import datasets
 
+    if datasets.is_folder(c.dataset):
+        return c.get("input_pipeline") or "device"
     if c.dataset not in datasets.DATASETS:
         return None
     return (
@@ -167,7 +246,10 @@ def build_finish(c: ml_collections.ConfigDict):
         from resnet_jax.data import device_input
 
         return device_input.finish_for(
-            c.dataset, data_dir=c.data_dir, normalization=c.normalization
+            c.dataset,
+            data_dir=c.data_dir,
+            normalization=normalization(c),
+            image_size=c.image_size,
         )
     from resnet_jax.data import pipeline  # TensorFlow only on the host data path
 

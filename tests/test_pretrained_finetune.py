@@ -302,27 +302,47 @@ def test_import_command_ends_bad_weights_with_one_line(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "examples, steps, warmup, decays",
+    [(5_000, 500, 100, (150, 300, 450)), (50_000, 10_000, 500, (3_000, 6_000, 9_000))]
+    + [(1_281_167, 20_000, 500, (6_000, 12_000, 18_000))],
+)
+def test_bit_schedule_follows_the_training_sets_size(examples, steps, warmup, decays):
+    assert config_lib.bit_schedule(examples) == (steps, warmup, decays)
+
+
 @pytest.mark.parametrize("arg", ["cifar10", "cifar100,resnet50d", "shapes10"])
-def test_finetune_config_follows_the_bit_schedule(arg):
+def test_finetune_config_follows_the_bit_schedule_and_resolution(arg):
     from configs import finetune
     from resnet_jax.engine import validation
 
     c = finetune.get_config(arg)
     validation.check_config(c)
-    assert c.init_from is None  # given on the command line
-    c.dataset = "synthetic"  # resolves without the dataset on disk; the schedule is in steps
-    schedule, _ = config_lib.build_optimizer(config_lib.resolve_config(c))
-    lr = {s: float(schedule(s)) for s in (0, 250, 500, 2999, 3000, 6000, 9000, 9999)}
+    assert c.init_from is None and c.image_size == 128  # 32x32 images upsampled, as BiT
+    c.dataset = "synthetic"  # resolves without the dataset on disk; ImageNet-sized: 20k steps
+    r = config_lib.resolve_config(c)
+    assert (r.num_train_steps, r.warmup_steps, r.lr_decay_steps) == (
+        20_000,
+        500,
+        (6_000, 12_000, 18_000),
+    )
+    schedule, _ = config_lib.build_optimizer(r)
+    lr = {s: float(schedule(s)) for s in (0, 250, 500, 5999, 6000, 12000, 19999)}
     assert lr[0] == 0.0 and lr[250] == pytest.approx(0.0015) and lr[500] == pytest.approx(0.003)
-    assert lr[2999] == pytest.approx(0.003) and lr[3000] == pytest.approx(3e-4)
-    assert lr[6000] == pytest.approx(3e-5) and lr[9999] == pytest.approx(3e-6)
+    assert lr[5999] == pytest.approx(0.003) and lr[6000] == pytest.approx(3e-4)
+    assert lr[12000] == pytest.approx(3e-5) and lr[19999] == pytest.approx(3e-6)
 
 
-def test_finetune_config_refuses_other_datasets():
+def test_finetune_config_refuses_other_datasets_and_a_folder_without_its_path():
     from configs import finetune
+    from resnet_jax.data import folder
 
-    with pytest.raises(ValueError, match=r"must be one of \('cifar10', 'cifar100', 'shapes10'\)"):
+    with pytest.raises(ValueError, match=r"must be one of \('folder', 'cifar10', 'cifar100'"):
         finetune.get_config("imagenet2012")
+    c = finetune.get_config("folder,resnet18")
+    assert (c.dataset, c.model, c.image_size) == ("folder:", "resnet18", None)
+    with pytest.raises(folder.FolderError, match="give --config.dataset=folder:PATH"):
+        config_lib.resolve_config(c)
 
 
 def test_import_refuses_a_config_of_another_model(tmp_path):

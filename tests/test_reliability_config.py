@@ -99,7 +99,7 @@ def test_a_batch_the_devices_cannot_share_and_a_split_smaller_than_a_batch_are_r
         ({"train_split": "train[:4]"}, "fewer than one batch of 8"),
         # Option-A shortcuts cannot shrink 16 stem channels to 4: found by tracing, not compiling.
         ({"model_overrides": {"widths": (4, 8, 16)}}, "option A cannot reduce channels"),
-        ({"normalization": "mean_std"}, "normalization='mean_std' is not available for shapes10"),
+        ({"normalization": "per_image"}, "normalization='per_image' is not available for shapes10"),
     ],
 )
 def test_bad_configs_fail_before_anything_is_compiled(tmp_path, no_compile, overrides, expected):

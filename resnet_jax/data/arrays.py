@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from resnet_jax.data import datasets, shapes
+from resnet_jax.data import datasets, folder, shapes
 from resnet_jax.data import stats as stats_lib
 
 FOLDER = "resnet_jax_arrays"
@@ -49,31 +49,58 @@ class Split(NamedTuple):
 
 
 def check_family(name):
-    """Raises ValueError unless `name` is one of the 32x32 datasets the device path can hold."""
-    if datasets.facts(name)["family"] != "cifar":
-        small = [d for d in datasets.DATASETS if datasets.facts(d)["family"] == "cifar"]
-        raise ValueError(
-            f"{name} cannot be held in device memory (it is not a 32x32 dataset); the device "
-            f"input path takes {', '.join(small)}, and {name} takes input_pipeline='host'"
-        )
+    """Raises ValueError unless `name` is a 32x32 dataset or a folder: what the device path holds
+    (a folder is not scanned here: its arrays are read where the folder is not)."""
+    if datasets.is_folder(name) or datasets.facts(name)["family"] == "cifar":
+        return
+    small = [d for d in datasets.DATASETS if datasets.facts(d)["family"] == "cifar"]
+    raise ValueError(
+        f"{name} cannot be held in device memory (it is not a 32x32 dataset); the device "
+        f"input path takes {', '.join(small)} and folders, and {name} takes input_pipeline='host'"
+    )
 
 
-def path(name, data_dir, split):
-    """Where the arrays of canonical split `split` ('train' / 'test') of `name` live."""
-    return os.path.join(datasets.resolve_data_dir(data_dir), FOLDER, name, f"{split}.npz")
+def path(name, data_dir, split, image_size=None):
+    """Where the arrays of canonical split `split` ('train' / 'test') of `name` live.
+
+    A folder's live under folders/<its name>-<digest of its absolute path>/<image_size>/: one
+    prepared copy per folder and training size."""
+    base = os.path.join(datasets.resolve_data_dir(data_dir), FOLDER)
+    if datasets.is_folder(name):
+        root = folder.root_of(name)
+        tag = f"{os.path.basename(root)}-{hashlib.sha256(root.encode()).hexdigest()[:12]}"
+        return os.path.join(base, "folders", tag, str(_size(name, image_size)), f"{split}.npz")
+    return os.path.join(base, name, f"{split}.npz")
+
+
+def _size(name, image_size):
+    """The side the arrays of `name` hold: the config's for a folder (it has no native size)."""
+    if datasets.is_folder(name):
+        if not image_size:
+            raise ValueError(f"{name}: the prepared arrays of a folder need an image_size")
+        return int(image_size)
+    return datasets.facts(name)["image_size"]
 
 
 def _sha256(array):
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
-def source_fingerprint(name, data_dir, split):
+def source_fingerprint(name, data_dir, split, image_size=None):
     """What the arrays are built from, or None when that source is absent here.
 
     shapes10: its renderer (code, size, seed), always present. CIFAR: the digests of every prepared
     tfds version's dataset_info.json in data_dir; None when none is prepared (the arrays were
-    carried to this machine alone, and nothing here can be newer than they are).
+    carried to this machine alone, and nothing here can be newer than they are). A folder: its
+    files' names, sizes and modification times (`folder.fingerprint`) and the size they are
+    resized to; a folder that is gone raises `folder.FolderError`.
     """
+    if datasets.is_folder(name):
+        if not os.path.isdir(folder.root_of(name)):
+            return None  # the arrays were carried here without their folder (predict, eval)
+        layout = folder.layout_of(name)
+        size = _size(name, image_size)
+        return f"{folder.fingerprint(layout, split)} at {size}x{size}"
     if name == "shapes10":
         with open(shapes.__file__, "rb") as f:
             code = hashlib.sha256(f.read()).hexdigest()
@@ -96,8 +123,10 @@ def source_fingerprint(name, data_dir, split):
     return f"tfds {name} {split} " + " ".join(digests)
 
 
-def _read_source(name, data_dir, split):
-    """(images uint8 [N, 32, 32, 3], labels [N]) of a canonical split, from its source."""
+def _read_source(name, data_dir, split, image_size=None):
+    """(images uint8 [N, S, S, 3], labels [N]) of a canonical split, from its source."""
+    if datasets.is_folder(name):
+        return folder.read_images(folder.layout_of(name), split, _size(name, image_size))
     if name == "shapes10":
         size, seed = {
             "train": (shapes.NUM_TRAIN, shapes.SEED),
@@ -114,9 +143,9 @@ def _read_source(name, data_dir, split):
     return np.concatenate(images), np.concatenate(labels)
 
 
-def build(name, data_dir, split):
+def build(name, data_dir, split, image_size=None):
     """Writes the arrays of canonical split `split` (atomically); returns what it wrote as a dict."""
-    images, labels = _read_source(name, data_dir, split)
+    images, labels = _read_source(name, data_dir, split, image_size)
     arrays = {"images": np.ascontiguousarray(images, np.uint8), "labels": labels.astype(np.int32)}
     if split == datasets.facts(name)["train_split"]:
         arrays.update(
@@ -124,10 +153,10 @@ def build(name, data_dir, split):
         )
     meta = {
         "format": _FORMAT,
-        "source": source_fingerprint(name, data_dir, split),
+        "source": source_fingerprint(name, data_dir, split, image_size),
         "digests": {k: _sha256(v) for k, v in arrays.items()},
     }
-    target = path(name, data_dir, split)
+    target = path(name, data_dir, split, image_size)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = f"{target}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
@@ -136,9 +165,9 @@ def build(name, data_dir, split):
     return arrays
 
 
-def _problem(name, data_dir, split, keys):
+def _problem(name, data_dir, split, keys, image_size=None):
     """(arrays, None) when the file is sound and current, else (None, what is wrong with it)."""
-    target = path(name, data_dir, split)
+    target = path(name, data_dir, split, image_size)
     if not os.path.exists(target):
         return None, "missing"
     try:
@@ -152,24 +181,29 @@ def _problem(name, data_dir, split, keys):
     bad = [k for k, v in arrays.items() if meta["digests"].get(k) != _sha256(v)]
     if bad:
         return None, f"damaged: the sha256 of {', '.join(bad)} does not match the one recorded"
-    current = source_fingerprint(name, data_dir, split)
+    current = source_fingerprint(name, data_dir, split, image_size)
     if current is not None and current != meta["source"]:
         return None, f"stale: built from {meta['source']!r}, the source is now {current!r}"
     return arrays, None
 
 
-def _load(name, data_dir, split, keys):
-    arrays, problem = _problem(name, data_dir, split, keys)
+def _load(name, data_dir, split, keys, image_size=None):
+    arrays, problem = _problem(name, data_dir, split, keys, image_size)
     if arrays is not None:
         return arrays
-    target = path(name, data_dir, split)
+    target = path(name, data_dir, split, image_size)
     if problem != "missing":
         print(
             f"resnet_jax: {target} is {problem}; rebuilding it from the source",
             file=sys.stderr,
             flush=True,
         )
-    if name != "shapes10" and source_fingerprint(name, data_dir, split) is None:
+    if name != "shapes10" and source_fingerprint(name, data_dir, split, image_size) is None:
+        if datasets.is_folder(name):
+            raise folder.FolderError(
+                f"{target} is {problem}, and the folder {folder.root_of(name)} it is built from "
+                "is not here (or is not a directory)"
+            )
         raise ArraysError(
             f"{target} is {problem} and {name} is not prepared in "
             f"{datasets.resolve_data_dir(data_dir)} to rebuild it from. Prepare it with\n  "
@@ -182,9 +216,11 @@ def _load(name, data_dir, split, keys):
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # other processes wait, then find it built
         try:
-            arrays, _ = _problem(name, data_dir, split, keys)
+            arrays, _ = _problem(name, data_dir, split, keys, image_size)
             if arrays is None:
-                built = build(name, data_dir, split)
+                if datasets.is_folder(name):  # the one slow step of a folder's first run
+                    print(f"decoding {name} {split}/ once into {target}", flush=True)
+                built = build(name, data_dir, split, image_size)
                 arrays = {k: built[k] for k in keys}
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
@@ -215,11 +251,11 @@ def resolve(name, split):
     return m["split"], (m["start"], m["stop"])
 
 
-def _window(name, split, data_dir, keys):
+def _window(name, split, data_dir, keys, image_size=None):
     """The arrays `keys` of `split`, sliced as the split string asks."""
     check_family(name)
     canonical, (start, stop) = resolve(name, split)
-    arrays = _load(name, data_dir, canonical, keys)
+    arrays = _load(name, data_dir, canonical, keys, image_size)
     n = len(arrays[keys[0]])
     window = slice(
         None if start is None else _bound(start, n), None if stop is None else _bound(stop, n)
@@ -227,36 +263,39 @@ def _window(name, split, data_dir, keys):
     return [arrays[k][window] for k in keys]
 
 
-def load(name, split=None, data_dir=None):
-    """`Split` (images uint8 [N, 32, 32, 3], labels int32 [N]) of `split` (default: train).
+def load(name, split=None, data_dir=None, image_size=None):
+    """`Split` (images uint8 [N, S, S, 3], labels int32 [N]) of `split` (default: train).
 
     Builds the arrays on first use: shapes10 by rendering (no TensorFlow), CIFAR from its prepared
-    tfds data (raises `datasets.DatasetNotPreparedError` naming the command when it is not there).
+    tfds data (raises `datasets.DatasetNotPreparedError` naming the command when it is not there),
+    a folder by decoding each file once at `image_size` (which only a folder needs).
     """
-    return Split(*_window(name, split, data_dir, ("images", "labels")))
+    return Split(*_window(name, split, data_dir, ("images", "labels"), image_size))
 
 
-def load_stats(name, data_dir=None):
+def load_stats(name, data_dir=None, image_size=None):
     """Normalisation statistics of the full train split (see `stats.from_batches`), 0-255 scale."""
     check_family(name)
-    return _load(name, data_dir, datasets.facts(name)["train_split"], _STATS_KEYS)
+    train = folder.TRAIN_SPLIT if datasets.is_folder(name) else datasets.facts(name)["train_split"]
+    return _load(name, data_dir, train, _STATS_KEYS, image_size)
 
 
-def num_examples(name, split=None, data_dir=None):
+def num_examples(name, split=None, data_dir=None, image_size=None):
     """Examples in `split`, building the arrays when needed (reads only the labels)."""
-    return len(_window(name, split, data_dir, ("labels",))[0])
+    return len(_window(name, split, data_dir, ("labels",), image_size)[0])
 
 
-def get_info(name, data_dir=None):
+def get_info(name, data_dir=None, image_size=None):
     """`datasets.DatasetInfo` read from the arrays (no TensorFlow when they are there)."""
     facts = datasets.facts(name)
+    count = lambda split: num_examples(name, split, data_dir, image_size)
     return datasets.DatasetInfo(
         name=name,
         num_classes=facts["num_classes"],
-        image_size=facts["image_size"],
+        image_size=_size(name, image_size),
         train_split=facts["train_split"],
         eval_split=facts["eval_split"],
-        num_train=num_examples(name, facts["train_split"], data_dir),
-        num_eval=num_examples(name, facts["eval_split"], data_dir),
+        num_train=count(facts["train_split"]),
+        num_eval=count(facts["eval_split"]),
         family=facts["family"],
     )

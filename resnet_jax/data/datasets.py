@@ -7,6 +7,11 @@ Python, and tfds is imported only when a builder is needed.
 import dataclasses
 import os
 
+from resnet_jax.data import folder
+from resnet_jax.data.errors import CorruptImageError, DatasetNotPreparedError
+
+__all__ = ["CorruptImageError", "DatasetNotPreparedError"]  # raised by every input path
+
 # Static facts per dataset. Example counts come from the prepared data when it exists (so tests on
 # fake archives see their own sizes); these are the counts of the real datasets.
 _FACTS = {
@@ -62,7 +67,11 @@ TRAINABLE = DATASETS + (SYNTHETIC,)
 
 # Per family, the options of the input pipelines (the first is the default).
 TRAIN_AUGMENTS = {"imagenet": ("paper", "inception", "none"), "cifar": ("cifar", "none")}
-NORMALIZATIONS = {"imagenet": ("mean_std",), "cifar": ("per_pixel_mean", "per_channel")}
+# mean_std: ImageNet's channel mean and std (torchvision's), which ImageNet weights expect.
+NORMALIZATIONS = {
+    "imagenet": ("mean_std",),
+    "cifar": ("per_pixel_mean", "per_channel", "mean_std"),
+}
 # Where the input is made: 'device' holds the whole split in accelerator memory and augments it
 # there (the 32x32 sets' default), 'host' is the tf.data pipeline (ImageNet's only choice).
 INPUT_PIPELINES = {"imagenet": ("host",), "cifar": ("device", "host")}
@@ -70,18 +79,6 @@ INPUT_PIPELINES = {"imagenet": ("host",), "cifar": ("device", "host")}
 # He2015 Sec. 4.2 tunes on a 45k/5k split of the CIFAR training set. As fractions they are exactly
 # 45,000/5,000 of the real 50,000 and stay meaningful on small fake data.
 SPLIT_ALIASES = {"train45k": "train[:90%]", "val5k": "train[90%:]"}
-
-
-class DatasetNotPreparedError(FileNotFoundError):
-    """The dataset has not been built into `data_dir`; the message names the command that does it."""
-
-
-class CorruptImageError(ValueError):
-    """An encoded image in the prepared data cannot be decoded; `keys` names the examples."""
-
-    def __init__(self, message, keys=()):
-        super().__init__(message)
-        self.keys = tuple(keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,27 +100,58 @@ class DatasetInfo:
     family: str
 
 
+is_folder = folder.is_folder  # `folder:PATH`: a folder of images (resnet_jax.data.folder)
+
+
+def is_trainable(name) -> bool:
+    """A built-in dataset, synthetic data, or a `folder:PATH`."""
+    return name in TRAINABLE or is_folder(name)
+
+
 def check_name(name):
-    if name not in _FACTS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name not in _FACTS and not is_folder(name):
+        raise ValueError(
+            f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or folder:PATH"
+        )
 
 
 def facts(name):
-    """Static facts of `name`: num_classes, image_size, family, splits, manual files, key feature."""
+    """Static facts of `name`: num_classes, image_size, family, splits, manual files, key feature.
+
+    A folder's come from scanning it (`folder.layout_of`); its image_size is None (chosen by the
+    config, `folder.default_image_size`), and its family is "cifar": the device input path's
+    options, since a folder is held in device memory.
+    """
     check_name(name)
+    if is_folder(name):
+        layout = folder.layout_of(name)
+        return dict(
+            num_classes=layout.num_classes,
+            image_size=None,
+            family="cifar",
+            train_split=folder.TRAIN_SPLIT,
+            eval_split=layout.eval_split,
+            num_train=layout.count(folder.TRAIN_SPLIT),
+            num_eval=layout.count(layout.eval_split),
+            manual=(),
+            key="file",
+        )
     return dict(_FACTS[name])
 
 
 def normalization_of(name, normalization=None):
-    """`normalization`, or when None the default of `name`'s family (the first in NORMALIZATIONS)."""
-    return normalization or NORMALIZATIONS[facts(name)["family"]][0]
+    """`normalization`, or when None the default of `name`'s family (the first in NORMALIZATIONS);
+    a folder's is per_channel: its own channel statistics, which hold at every test scale."""
+    if normalization:
+        return normalization
+    return "per_channel" if is_folder(name) else NORMALIZATIONS[facts(name)["family"]][0]
 
 
 def resolve_data_dir(data_dir):
-    """data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (tfds's own default)."""
-    if data_dir:
-        return os.path.expanduser(str(data_dir))
-    return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+    """data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (tfds's own default), with `~`
+    and environment variables expanded."""
+    chosen = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+    return os.path.expandvars(os.path.expanduser(str(chosen)))
 
 
 def prepare_command(name, data_dir=None, manual_dir=None):
@@ -158,6 +186,10 @@ def _tfds_builder(name, data_dir):
 def get_builder(name, data_dir=None):
     """A prepared tfds builder; shapes10 is built on first use, others raise DatasetNotPreparedError."""
     check_name(name)
+    if is_folder(name):
+        raise DatasetNotPreparedError(
+            f"{name} is read by the device input path (input_pipeline='device'), not by tfds"
+        )
     # A dataset never prepared has no folder: say so before tfds is asked for a builder, which
     # would log a confusing warning about a version folder without dataset_info.json.
     folder = os.path.join(resolve_data_dir(data_dir), name)
@@ -249,6 +281,8 @@ def class_names(name, data_dir=None):
         from resnet_jax.data import shapes  # plain numpy: no TensorFlow
 
         return list(shapes.CLASS_NAMES)
+    if is_folder(name):
+        return list(folder.layout_of(name).class_names)
     try:
         return list(get_builder(name, data_dir).info.features["label"].names)
     except DatasetNotPreparedError:

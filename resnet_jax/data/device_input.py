@@ -39,9 +39,9 @@ from jax.sharding import PartitionSpec as P
 from resnet_jax.data import arrays, datasets
 from resnet_jax.data import finish as finish_lib
 from resnet_jax.data import stats as stats_lib
-from resnet_jax.data.finish import PAD
 
 AUGMENTS = ("cifar", "none")
+VIEWS = ("center", "10crop", "multiscale")  # evaluation protocols, as `resnet_jax.config`'s
 _ORDER, _AUGMENT = 0, 1  # key streams: the epoch permutations and the augmentation draws
 
 
@@ -72,10 +72,12 @@ def epoch_order(seed, epoch, n: int) -> jax.Array:
     return jax.random.permutation(_key(seed, _ORDER, epoch), n).astype(jnp.int32)
 
 
-def augment_draws(seed, step, batch_size: int) -> tuple[jax.Array, jax.Array]:
-    """(offsets int32 [B, 2] (dy, dx) in [0, 2 * PAD], flips bool [B]) of step `step`."""
+def augment_draws(
+    seed, step, batch_size: int, pad: int = finish_lib.PAD
+) -> tuple[jax.Array, jax.Array]:
+    """(offsets int32 [B, 2] (dy, dx) in [0, 2 * pad], flips bool [B]) of step `step`."""
     k_offset, k_flip = jax.random.split(_key(seed, _AUGMENT, step))
-    offsets = jax.random.randint(k_offset, (batch_size, 2), 0, 2 * PAD + 1, jnp.int32)
+    offsets = jax.random.randint(k_offset, (batch_size, 2), 0, 2 * pad + 1, jnp.int32)
     return offsets, jax.random.bernoulli(k_flip, 0.5, (batch_size,))
 
 
@@ -157,7 +159,8 @@ def _train_batch(split, order, seed, j, step, *, batch_size, augment):
     index = jax.lax.dynamic_slice_in_dim(order, j * batch_size, batch_size)
     batch = {"image": split.images[index], "label": split.labels[index]}
     if augment == "cifar":
-        batch["crop"], batch["flip"] = augment_draws(seed, step, batch_size)
+        pad = finish_lib.pad_for(split.images.shape[1])
+        batch["crop"], batch["flip"] = augment_draws(seed, step, batch_size, pad)
     return batch
 
 
@@ -173,13 +176,37 @@ def _run_batches(split, orders, seeds, j, step, **static):
 
 class EvalBatches:
     """Re-iterable: every example of the split once, in order, in global batches
-    {'image' uint8 [B, S, S, 3], 'label' int32 [B], 'mask' bool [B]}; the last batch is padded
-    with rows of mask=False. `len()` is the number of batches."""
+    {'image' uint8 [B, S, S, 3] (or [B, V, ., ., 3], see `views`), 'label' int32 [B], 'mask' bool
+    [B]}; the last batch is padded with rows of mask=False. `len()` is the number of batches."""
 
-    def __init__(self, split: DeviceSplit, *, batch_sharding: NamedSharding, batch_size: int):
+    def __init__(
+        self,
+        split: DeviceSplit,
+        *,
+        batch_sharding: NamedSharding,
+        batch_size: int,
+        views: str = "center",
+        scale: int | None = None,
+    ):
         _check_batch(batch_size, batch_sharding.mesh)
-        self.split, self.batch_size = split, batch_size
-        self._fetch = _jit(_eval_batch, batch_sharding, batch_size=batch_size)
+        if views not in VIEWS or (views == "multiscale") != (scale is not None):
+            raise ValueError(f"views={views!r} (one of {VIEWS}) takes a scale only for multiscale")
+        self.split, self.batch_size, self._sharding = split, batch_size, batch_sharding
+        self._fetch = _jit(
+            _eval_batch, batch_sharding, batch_size=batch_size, views=views, scale=scale
+        )
+
+    def with_scale(self, scale: int) -> EvalBatches:
+        """The same held split in views 'multiscale' at He2015's test scale `scale` (pixels for
+        a 224 training size; here relative to the held images' side)."""
+        side = round(scale * self.split.images.shape[1] / 224)
+        return EvalBatches(
+            self.split,
+            batch_sharding=self._sharding,
+            batch_size=self.batch_size,
+            views="multiscale",
+            scale=side,
+        )
 
     def __len__(self) -> int:
         return math.ceil(self.split.labels.shape[0] / self.batch_size)
@@ -189,23 +216,59 @@ class EvalBatches:
             yield self._fetch(self.split, np.int32(i * self.batch_size))
 
 
-def _eval_batch(split, start, *, batch_size):
+def _eval_batch(split, start, *, batch_size, views="center", scale=None):
     n = split.labels.shape[0]
     position = start + jnp.arange(batch_size)
     index = jnp.minimum(position, n - 1)
-    return {
-        "image": split.images[index],
-        "label": split.labels[index],
-        "mask": position < n,
-    }
+    images = split.images[index]
+    if views != "center":
+        images = _views(images, views, scale)
+    return {"image": images, "label": split.labels[index], "mask": position < n}
 
 
-def finish_for(dataset: str, *, data_dir: str | None, normalization: str | None = None):
+def _resized_uint8(images, size):
+    shape = images.shape[:-3] + (size, size, 3)
+    out = jax.image.resize(images.astype(jnp.float32), shape, "bilinear", antialias=False)
+    return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)
+
+
+def _views(images, views, scale):
+    """uint8 [B, V, ., ., 3]: He2015's test views of held square images [B, S, S, 3].
+
+    10crop: the image enlarged by 256/224 (He2015's shorter side 256 for 224 crops), its four
+    corner and its centre S x S crops, then their mirrors. multiscale: the whole image at
+    `scale` x `scale` and its mirror.
+    """
+    if views == "multiscale":
+        big = _resized_uint8(images, scale)
+        return jnp.stack([big, big[:, :, ::-1]], axis=1)
+    size = images.shape[1]
+    big = _resized_uint8(images, int(round(size * 256 / 224)))
+    m = big.shape[1] - size
+    corners = [(0, 0), (0, m), (m, 0), (m, m), (m // 2, m // 2)]
+    crops = jnp.stack([big[:, y : y + size, x : x + size] for y, x in corners], axis=1)
+    return jnp.concatenate([crops, crops[:, :, :, ::-1]], axis=1)
+
+
+def finish_for(
+    dataset: str,
+    *,
+    data_dir: str | None,
+    normalization: str | None = None,
+    image_size: int | None = None,
+):
     """The `finish.Finish` of this path's batches: `normalization` (None: the dataset's default,
-    'per_pixel_mean') with the statistics stored beside the arrays (`arrays.load_stats`)."""
+    'per_pixel_mean') with the statistics stored beside the arrays (`arrays.load_stats`), or
+    'mean_std', ImageNet's channel statistics (what pretrained weights expect). An `image_size`
+    other than a built-in dataset's own makes the finish upsample its batches to that size."""
     normalization = datasets.normalization_of(dataset, normalization)
-    mean, std = stats_lib.mean_and_std(arrays.load_stats(dataset, data_dir), normalization)
-    return finish_lib.Finish(mean, std)
+    held = image_size if datasets.is_folder(dataset) else datasets.facts(dataset)["image_size"]
+    size = None if image_size in (None, held) else image_size  # upsampled in the step
+    if normalization == "mean_std":
+        return finish_lib.Finish(finish_lib.IMAGENET.mean, finish_lib.IMAGENET.std, size)
+    stats = arrays.load_stats(dataset, data_dir, held)
+    mean, std = stats_lib.mean_and_std(stats, normalization)
+    return finish_lib.Finish(mean, std, size)
 
 
 def train_batches(
@@ -218,11 +281,12 @@ def train_batches(
     start_step: int = 0,
     split: str | None = None,
     augment: str | None = None,
+    image_size: int | None = None,
 ) -> TrainBatches:
     """The training batches of `dataset` from `start_step` on (defaults: train split, 'cifar'
-    augmentation), held on `batch_sharding`'s mesh."""
+    augmentation), held on `batch_sharding`'s mesh; `image_size`: a folder's training size."""
     return TrainBatches(
-        put(arrays.load(dataset, split, data_dir), batch_sharding.mesh),
+        put(arrays.load(dataset, split, data_dir, image_size), batch_sharding.mesh),
         batch_sharding=batch_sharding,
         batch_size=global_batch_size,
         seed=seed,
@@ -238,10 +302,13 @@ def eval_batches(
     batch_sharding: NamedSharding,
     global_batch_size: int,
     split: str | None = None,
+    image_size: int | None = None,
+    views: str = "center",
 ) -> EvalBatches:
-    """The evaluation batches of `dataset` (default: its test split), held on the mesh."""
-    held = put(
-        arrays.load(dataset, split or datasets.facts(dataset)["eval_split"], data_dir),
-        batch_sharding.mesh,
+    """The evaluation batches of `dataset` (default: its test split), held on the mesh, in
+    `views` 'center' or '10crop' (`with_scale` gives the multiscale ones of the same split)."""
+    split = split or datasets.facts(dataset)["eval_split"]
+    held = put(arrays.load(dataset, split, data_dir, image_size), batch_sharding.mesh)
+    return EvalBatches(
+        held, batch_sharding=batch_sharding, batch_size=global_batch_size, views=views
     )
-    return EvalBatches(held, batch_sharding=batch_sharding, batch_size=global_batch_size)

@@ -8,7 +8,7 @@ apply on the accelerator than on the host:
   'label'  int32 [B]
   'light'  float32 [B, 3], optional: an RGB offset on the 0-255 scale (AlexNet PCA lighting)
   'flip'   bool [B], optional: mirror the image left-right
-  'crop'   int32 [B, 2], optional: (dy, dx) of a crop of the image zero-padded by PAD pixels per
+  'crop'   int32 [B, 2], optional: (dy, dx) of a crop of the image zero-padded by pad_for(S) per
            side *after* normalisation (He2015's CIFAR augmentation); implies the crop's size is
            the image's and 'flip' is given too
   'mask'   bool [B], evaluation only
@@ -32,6 +32,15 @@ import numpy as np
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 PAD = 4  # pixels of zero padding per side before the 32x32 datasets' random crop
+
+
+def pad_for(size: int) -> int:
+    """Padding per side of the pad-and-crop augmentation at `size`: He2015's 4 at 32, the same
+    eighth of the side at other sizes (16 at 128: shifts of up to 16 pixels, as BiT's random 128
+    crops of a 160 image)."""
+    return max(1, size * PAD // 32)
+
+
 AUGMENT_KEYS = ("light", "flip", "crop")
 
 
@@ -45,17 +54,18 @@ def normalize(images: jax.Array, mean, std) -> jax.Array:
 
 
 def pad_crop_flip(images, offsets, flips, mean, std) -> jax.Array:
-    """float32 [B, S, S, 3]: images normalised, padded by PAD zeros, cropped, mirrored.
+    """float32 [B, S, S, 3]: images normalised, padded by p = pad_for(S) zeros, cropped, mirrored.
 
     images: uint8 [B, S, S, 3]; offsets: int [B, 2], the crop's top-left corner in the padded
     image; flips: bool [B]; mean / std: see `normalize`. Output pixel (y, x) is source pixel
-    (y + dy - PAD, x' + dx - PAD) with x' = S - 1 - x when flipped, or 0 (the mean, after
+    (y + dy - p, x' + dx - p) with x' = S - 1 - x when flipped, or 0 (the mean, after
     normalisation) when that lies outside the image. One gather with a mask: no padded copy.
     """
     size = images.shape[1]
+    pad = pad_for(size)
     r = jnp.arange(size)
-    ys = r[None, :] + offsets[:, :1] - PAD  # [B, S] source rows
-    xs = jnp.where(flips[:, None], size - 1 - r, r) + offsets[:, 1:] - PAD  # [B, S] source columns
+    ys = r[None, :] + offsets[:, :1] - pad  # [B, S] source rows
+    xs = jnp.where(flips[:, None], size - 1 - r, r) + offsets[:, 1:] - pad  # [B, S] source columns
     inside = ((ys >= 0) & (ys < size))[:, :, None] & ((xs >= 0) & (xs < size))[:, None, :]
     ys, xs = jnp.clip(ys, 0, size - 1)[:, :, None], jnp.clip(xs, 0, size - 1)[:, None, :]
     # A per-pixel mean moves with its pixel: gather it with the same indices.
@@ -88,10 +98,14 @@ class Finish:
 
     mean / std: float32 arrays on the 0-255 scale that broadcast against [H, W, 3] (channel values
     [3], or a mean image [H, W, 3] with a scalar std). They become constants of the jitted step.
+    size: when set, the finished images are resized (bilinear) to [size, size]: a 32x32 dataset
+    held in device memory at its own size is fine-tuned upsampled (BiT-HyperRule) without holding
+    16 times the pixels.
     """
 
     mean: np.ndarray
     std: np.ndarray
+    size: int | None = None
 
     def __post_init__(self):
         for name in ("mean", "std"):
@@ -110,7 +124,11 @@ class Finish:
             raise ValueError(
                 f"batch['image'] must be [B, H, W, 3] or [B, V, H, W, 3], got {image.shape}"
             )
-        return model_inputs(batch, self.mean, self.std)
+        x = model_inputs(batch, self.mean, self.std)
+        if self.size is None or x.shape[-3:-1] == (self.size, self.size):
+            return x
+        shape = x.shape[:-3] + (self.size, self.size, x.shape[-1])
+        return jax.image.resize(x, shape, method="bilinear", antialias=False)
 
 
 IMAGENET = Finish(np.array(IMAGENET_MEAN), np.array(IMAGENET_STD))

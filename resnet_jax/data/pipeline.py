@@ -193,12 +193,13 @@ def finish_for(dataset, *, data_dir, normalization=None):
     """The `finish.Finish` that turns this pipeline's batches of `dataset` into model inputs.
 
     ImageNet: its channel mean and std. 32x32 datasets: `normalization` ('per_pixel_mean', the
-    default, or 'per_channel') with statistics of the full training split (`stats`).
+    default, or 'per_channel') with statistics of the full training split (`stats`), or
+    'mean_std', ImageNet's (what ImageNet weights expect).
     """
     family = datasets.facts(dataset)["family"]
     normalization = datasets.normalization_of(dataset, normalization)
     _check_choice("normalization", normalization, NORMALIZATIONS[family], dataset)
-    if family == "imagenet":
+    if normalization == "mean_std":  # ImageNet's, which pretrained weights expect
         return finish_lib.IMAGENET
     builder = datasets.get_builder(dataset, data_dir)
     st = stats_lib.normalization_stats(builder, datasets.facts(dataset)["train_split"])

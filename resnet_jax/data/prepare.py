@@ -170,7 +170,17 @@ def main(argv=None):
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("name", choices=datasets.DATASETS)
+    parser.add_argument(
+        "name",
+        type=_dataset_name,
+        help=f"{', '.join(datasets.DATASETS)}, or folder:PATH (a folder of images)",
+    )
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        default=None,
+        help="folder:PATH: the training size to prepare (default: BiT-HyperRule's, as a run's)",
+    )
     parser.add_argument(
         "--data_dir",
         default=None,
@@ -183,6 +193,8 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if datasets.is_folder(args.name):
+        return _prepare_folder(args.name, args.data_dir, args.image_size)
     try:
         builder = prepare(args.name, args.data_dir, args.manual_dir)
     except PrepareError as e:
@@ -202,6 +214,34 @@ def main(argv=None):
         print(
             f"arrays for input_pipeline='device' in {folder} (copy it to train without TensorFlow)"
         )
+    return 0
+
+
+def _dataset_name(name):
+    if not datasets.is_trainable(name) or name == datasets.SYNTHETIC:
+        raise argparse.ArgumentTypeError(
+            f"{name!r} is not one of {', '.join(datasets.DATASETS)} or folder:PATH"
+        )
+    return name
+
+
+def _prepare_folder(name, data_dir, image_size):
+    """Decodes a folder once into the device path's arrays; 66 with one line when it cannot."""
+    from resnet_jax.data import arrays, folder  # pylint: disable=g-import-not-at-top
+
+    try:
+        layout = folder.layout_of(name)
+        print(folder.description(layout))
+        if image_size is None:
+            image_size, why = folder.default_image_size(layout)
+            print(why)
+        for split in (folder.TRAIN_SPLIT, layout.eval_split):
+            arrays.num_examples(name, split, data_dir, image_size)
+    except (datasets.DatasetNotPreparedError, datasets.CorruptImageError) as e:
+        print(f"resnet_jax: {e}", file=sys.stderr)
+        return 66  # as a run's: no input
+    where = os.path.dirname(arrays.path(name, data_dir, "train", image_size))
+    print(f"{name} prepared at {image_size}x{image_size} in {where}")
     return 0
 
 

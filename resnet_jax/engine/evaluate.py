@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from resnet_jax import config as config_lib
@@ -123,7 +124,8 @@ def make_evaluator(
     views: `center` (one crop), `10crop` (4 corners + centre and their flips, He2015), or
     `multiscale` (fully convolutional at each of `scales` with flips, scores averaged).
     synthetic_pool: (num_batches, num_classes, seed) of the training pool that `synthetic` scores.
-    input_pipeline: 'device' holds the split on the devices (loaded once, here; centre view only).
+    input_pipeline: 'device' holds the split on the devices (loaded once, here; its views are made
+    there from the held images, `device_input`).
     finish: what turns the eval batches into model inputs inside the step (`config.build_finish`;
     None: the input path's own, with the dataset's default normalisation).
     """
@@ -156,41 +158,46 @@ def make_evaluator(
     if input_pipeline == "device":
         from resnet_jax.data import device_input
 
-        if views != "center":
-            raise faults.ConfigError(f"eval_views={views!r}: {dataset} has only 'center'")
-        batches = device_input.eval_batches(
+        held = device_input.eval_batches(
             dataset,
             data_dir=data_dir,
             batch_sharding=parallel.batch_sharded(mesh),
             global_batch_size=global_batch_size,
             split=split,
+            image_size=image_size,
+            views="center" if views == "multiscale" else views,
         )
-        finish = finish or device_input.finish_for(dataset, data_dir=data_dir)
-        eval_step = parallel.jit_eval_step(model, mesh, finish)
-        return lambda state: evaluate_batches(eval_step, state, batches, mesh)
-    data = functools.partial(
-        _eval_batches,
-        dataset,
-        data_dir=data_dir,
-        local_batch=local_batch,
-        split=split,
-    )
-    if finish is None:
-        from resnet_jax.data import pipeline  # TensorFlow only on the data path
+        finish = finish or device_input.finish_for(
+            dataset, data_dir=data_dir, image_size=image_size
+        )
+        if views == "multiscale" and np.ndim(finish.mean) == 3:
+            raise faults.ConfigError(
+                "eval_views='multiscale' rescales the images, and a per-pixel mean image has one "
+                "size: evaluate it with a run normalised per channel (normalization=per_channel "
+                "or mean_std)"
+            )
+        data = lambda scale=None: held if scale is None else held.with_scale(scale)
+    else:
+        host = functools.partial(
+            _eval_batches, dataset, data_dir=data_dir, local_batch=local_batch, split=split
+        )
+        if finish is None:
+            from resnet_jax.data import pipeline  # TensorFlow only on the data path
 
-        finish = pipeline.finish_for(dataset, data_dir=data_dir)
+            finish = pipeline.finish_for(dataset, data_dir=data_dir)
+        data = lambda scale=None: (
+            host(views=views, image_size=image_size)
+            if scale is None
+            else host(views="multiscale", scale=scale)
+        )
     if views != "multiscale":
         eval_step = parallel.jit_eval_step(model, mesh, finish)
-        return lambda state: evaluate_batches(
-            eval_step, state, data(views=views, image_size=image_size), mesh
-        )
+        return lambda state: evaluate_batches(eval_step, state, data(), mesh)
     if not scales:
         raise ValueError("multiscale evaluation needs eval_scales")
     predict = parallel.jit_predict_step(model, mesh, finish)
     score = jax.jit(steps.metrics_from_probs, out_shardings=parallel.replicated(mesh))
-    return lambda state: evaluate_multiscale(
-        predict, score, state, [data(views="multiscale", scale=s) for s in scales], mesh
-    )
+    return lambda state: evaluate_multiscale(predict, score, state, [data(s) for s in scales], mesh)
 
 
 def restore_checkpoint(

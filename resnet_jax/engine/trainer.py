@@ -50,6 +50,7 @@ def _train_batches(c, start_step: int, local_batch: int, mesh) -> Iterator[dict]
             start_step=start_step,
             split=c.train_split,
             augment=c.augment,
+            image_size=c.image_size,
         )
     from resnet_jax.data import pipeline  # TensorFlow only on the data path
 
@@ -227,6 +228,8 @@ def print_header(c, workdir: str) -> None:
         f"{jax.process_count()} process(es); workdir {workdir}",
         flush=True,
     )
+    for note in config_lib.data_notes(c):
+        print(note, flush=True)
     unused_gpu = parallel.unused_gpu_warning()
     if unused_gpu:
         print(f"WARNING: {unused_gpu}", flush=True)

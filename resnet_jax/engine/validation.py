@@ -47,6 +47,7 @@ RESUMABLE_KEYS = frozenset(
         "allow_config_change",
         "restart_from_scratch",
         "nonfinite_policy",
+        "dataset_fingerprint",  # compared on its own, and never allowed to change
         "debug_nan_step",
     }
 )
@@ -86,7 +87,11 @@ def _problems(c) -> list[str]:
         models.available_models(),
         listing=f"all {len(models.available_models())}: python -m resnet_jax.summary --all",
     )
-    choice("dataset", datasets.TRAINABLE)
+    need(
+        datasets.is_trainable(c.dataset),
+        f"dataset={c.dataset!r} is unknown{entry.did_you_mean(c.dataset, datasets.TRAINABLE)}; "
+        f"valid: {', '.join(datasets.TRAINABLE)}, or folder:PATH (a folder of images)",
+    )
     choice("dtype", ("float32", "bfloat16", "float16"))
     choice("optimizer", optim.OPTIMIZERS)
     choice("lr_schedule", optim.SCHEDULES)
@@ -95,6 +100,11 @@ def _problems(c) -> list[str]:
     choice("lr_scaling", ("none", "linear"))
     choice("eval_views", config_lib.EVAL_VIEWS)
     choice("nonfinite_policy", numerics.POLICIES, "stop")
+    if datasets.is_folder(c.dataset) and c.get("input_pipeline") not in (None, "device"):
+        out.append(
+            f"input_pipeline={c.input_pipeline!r} is not available for a folder; a folder is "
+            "held in device memory (input_pipeline='device')"
+        )
     if c.dataset in datasets.DATASETS and c.get("input_pipeline") is not None:
         allowed = datasets.INPUT_PIPELINES[datasets.facts(c.dataset)["family"]]
         need(
@@ -212,10 +222,15 @@ def _data_problems(c, process_count: int) -> list[str]:
 
     problems = []
     facts = datasets.facts(c.dataset)
-    if facts["family"] == "cifar" and c.image_size != facts["image_size"]:
+    if datasets.is_folder(c.dataset):
+        problems += _folder_problems(c, facts)
+    elif facts["family"] == "cifar" and (
+        c.image_size < facts["image_size"] or config_lib.input_pipeline(c) != "device"
+    ):
         problems.append(
             f"{c.dataset} images are {facts['image_size']}x{facts['image_size']}; "
-            f"image_size={c.image_size} is not supported"
+            f"image_size={c.image_size} is not supported (the device input path upsamples them "
+            "to a larger image_size)"
         )
     for key, allowed in (
         ("augment", datasets.TRAIN_AUGMENTS),
@@ -229,7 +244,7 @@ def _data_problems(c, process_count: int) -> list[str]:
     if config_lib.input_pipeline(c) == "device":  # the prepared arrays: no TensorFlow
         from resnet_jax.data import arrays
 
-        count = lambda split: arrays.num_examples(c.dataset, split, c.data_dir)
+        count = lambda split: arrays.num_examples(c.dataset, split, c.data_dir, c.image_size)
     else:
         builder = datasets.get_builder(c.dataset, c.data_dir)
         count = lambda split: datasets.num_examples(builder, c.dataset, split)
@@ -240,6 +255,8 @@ def _data_problems(c, process_count: int) -> list[str]:
         split = c[key] or default
         try:
             n = count(split)
+        except datasets.CorruptImageError:
+            raise  # a damaged file, not a wrong config: its own exit code
         except ValueError as e:
             problems.append(f"{key}: {e}")
             continue
@@ -250,6 +267,20 @@ def _data_problems(c, process_count: int) -> list[str]:
                 f"({process_count} process(es))"
             )
     return problems
+
+
+def _folder_problems(c, facts) -> list[str]:
+    """A folder's training split must fit the device memory limit at its training size."""
+    from resnet_jax.data import folder
+
+    size = facts["num_train"] * c.image_size * c.image_size * 3
+    if size <= folder.DEVICE_LIMIT_BYTES:
+        return []
+    return [
+        f"{c.dataset}: {facts['num_train']} training images at {c.image_size}x{c.image_size} "
+        f"are {size / 2**30:.1f} GiB as uint8, over the {folder.DEVICE_LIMIT_BYTES / 2**30:.0f} "
+        "GiB a folder may take in device memory; choose a smaller --config.image_size"
+    ]
 
 
 def abstract_state(fn: Callable[[], Any], c) -> Any:
@@ -308,6 +339,13 @@ def check_same_run(
         return []
     with open(path, encoding="utf-8") as f:
         old = json.load(f)
+    if old.get("dataset_fingerprint") != c.get("dataset_fingerprint"):
+        # Even with allow_config_change, as a changed seed: the examples behind every step differ.
+        raise ConfigError(
+            f"{workdir} holds a run trained on other images ({old.get('dataset_fingerprint')}); "
+            f"{c.dataset} is now {c.get('dataset_fingerprint')}. A folder's files must not change "
+            "during a run: restore them, or train into another --workdir"
+        )
     changes = config_changes(old, c.to_dict(), defaults)
     if changes and not c.get("allow_config_change", False):
         raise ConfigError(

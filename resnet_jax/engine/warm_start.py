@@ -60,7 +60,9 @@ def load_variables(init_from: str, model_name: str, overrides=None) -> tuple[dic
     """(`{'params', 'batch_stats'}` as numpy, a description) from a run directory or a file.
 
     `overrides`: the config's model_overrides (a weights file is read for that variant).
+    `~` and environment variables in `init_from` are expanded.
     """
+    init_from = os.path.expandvars(os.path.expanduser(init_from))
     if os.path.isdir(init_from):
         variables, step, c = restore_variables(init_from)
         if c.model != model_name:

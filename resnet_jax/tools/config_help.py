@@ -27,6 +27,9 @@ DERIVED = {
     "num_train_examples": "derived: examples in the training split",
     "peak_learning_rate": "derived: learning_rate after lr_scaling",
     "peak_warmup_learning_rate": "derived: warmup_learning_rate after lr_scaling",
+    "class_names": "derived (folder): the class folders' names, sorted; label k is the k-th",
+    "dataset_fingerprint": "derived (folder): its files, sizes and times; a resume must match",
+    "image_size_rule": "derived (folder): why image_size is what it is",
 }
 _BAD_VALUE = re.compile(r"flag --config\.([\w.]+)=(.*?): ")
 
@@ -69,7 +72,7 @@ def _data_ready(c) -> bool:
     """Whether resolving `c` reads only data already on this machine (and builds nothing)."""
     from resnet_jax.data import arrays, datasets, synthetic
 
-    if c.dataset == synthetic.NAME:
+    if c.dataset == synthetic.NAME or datasets.is_folder(c.dataset):  # a folder: only scanned
         return True
     facts = datasets.facts(c.dataset)
     if config_lib.input_pipeline(c) == "device":

@@ -10,8 +10,9 @@ The images get the run's evaluation preprocessing: ImageNet-sized runs resize th
 256 (for 224) and take the centre crop, normalised with the ImageNet mean and std; 32x32 runs
 resize the shorter side to 32 and take the centre square, normalised with the dataset's training
 statistics, exactly as its test images are (the same uint8 crops and the same jitted finishing
-and predict step as evaluation). Class names come from the dataset (a number where the
-dataset is not on this machine).
+and predict step as evaluation). A folder run's images are read with Pillow and stretched to its
+training size, as its prepared copy was. Class names come from the run's config (a folder's class
+folders), else the dataset (a number where the dataset is not on this machine).
 """
 
 from __future__ import annotations
@@ -39,12 +40,21 @@ def _read(path: str, c, tf) -> np.ndarray:
     """uint8 [S, S, 3]: one image cropped and resized as the run's evaluation batches are."""
     from resnet_jax.data import augment, datasets
 
-    family = datasets.facts(c.dataset)["family"]
-    resize = c.image_size if family == "cifar" else None  # 32x32 sets: no crop margin
+    if datasets.is_folder(c.dataset):  # as the folder's prepared arrays: Pillow, squared
+        from resnet_jax.data import folder
+
+        try:
+            return folder.resized(folder.pixels(path), c.image_size)
+        except ValueError as e:
+            raise datasets.CorruptImageError(f"not a readable image ({e})") from None
+    facts = datasets.facts(c.dataset)
+    # 32x32 sets: no crop margin, and their own size (the finish upsamples them as their tests)
+    size = facts["image_size"] if facts["family"] == "cifar" else c.image_size
+    resize = size if facts["family"] == "cifar" else None
     with open(path, "rb") as f:
         data = f.read()
     try:
-        return np.asarray(augment.center_eval(tf.constant(data), c.image_size, resize))
+        return np.asarray(augment.center_eval(tf.constant(data), size, resize))
     except Exception as e:  # TensorFlow's decode errors come as several types
         # TensorFlow wraps the decoder's words in op names: keep only the words.
         reason = str(e).split("}}")[-1].split("[Op:")[0].strip()
@@ -82,7 +92,7 @@ def predict(workdir: str, paths: Sequence[str]) -> list[list[tuple[str, float]] 
     # The evaluation's own step and finishing (normalisation on the device), on the same crops.
     predict_step = parallel.jit_predict_step(model, mesh, config_lib.build_finish(c))
     probs = iter(np.asarray(predict_step(state, {"image": images})))
-    names = datasets.class_names(c.dataset, c.data_dir)
+    names = c.get("class_names") or datasets.class_names(c.dataset, c.data_dir)
     out = []
     for path in paths:
         if path in problems:

@@ -1,0 +1,275 @@
+"""A folder of images as a dataset: `folder:ROOT` reads ROOT/<split>/<class>/<image>.
+
+The layout is torchvision's and tensorflow-datasets' ImageFolder: training images in ROOT/train,
+evaluation images in the first of ROOT/test, ROOT/validation, ROOT/val that exists, one
+sub-folder per class. Class names are the training sub-folders' names, sorted (tfds's
+convention), so label k is the k-th name in alphabetical order.
+
+Images are read with Pillow (JPEG, CMYK JPEG included; PNG in greyscale, palette, RGBA or 16 bits;
+BMP; the first frame of a GIF) and become RGB uint8. Files without an image suffix (README.txt,
+.DS_Store, Thumbs.db) and hidden files are skipped and counted. A file with an image suffix that
+does not decode stops the run, named (`CorruptImageError`): skipping it would change what
+is trained and evaluated without anyone deciding so.
+
+This module only reads folders (numpy and Pillow, no TensorFlow); `arrays` decodes each file once
+into the prepared arrays the device input path holds, and uses `fingerprint` to notice a folder
+that changed since.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import io
+import os
+
+import numpy as np
+
+from resnet_jax.data.errors import CorruptImageError, DatasetNotPreparedError
+
+PREFIX = "folder:"
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+TRAIN_SPLIT = "train"
+EVAL_SPLITS = ("test", "validation", "val")  # the first that exists is evaluated on
+# BiT-HyperRule's resolution (Kolesnikov et al. 2020): images of at most 96x96 pixels are resized
+# to 160 and trained on random 128 crops, larger ones resized to 448 for crops of 384.
+SMALL_AREA = 96 * 96
+BIT_SIZES = {"small": (160, 128), "large": (448, 384)}
+# A folder's training split is held whole in the memory of every accelerator (replicated) when
+# its uint8 pixels at the training size take at most this: 4 GiB leaves a 16 GB GPU three
+# quarters of its memory for the model (an H200 has 139 GiB).
+DEVICE_LIMIT_BYTES = 4 << 30
+_SIZE_SAMPLE = 1000  # the training images whose headers the default size is read from
+
+
+def is_folder(name) -> bool:
+    return isinstance(name, str) and name.startswith(PREFIX)
+
+
+class FolderError(DatasetNotPreparedError):
+    """A folder that is not a dataset of images as laid out above; the message says why."""
+
+
+def expand(path: str) -> str:
+    """`path` with `~` and environment variables expanded, made absolute."""
+    return os.path.abspath(os.path.expandvars(os.path.expanduser(str(path))))
+
+
+def root_of(name: str) -> str:
+    """The absolute root folder of a `folder:PATH` dataset name."""
+    if not name[len(PREFIX) :].strip():
+        raise FolderError("dataset 'folder:' names no folder: give --config.dataset=folder:PATH")
+    return expand(name[len(PREFIX) :])
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What a folder holds: its classes and, per split, its image files (root-relative) and labels."""
+
+    root: str
+    eval_split: str
+    class_names: tuple[str, ...]
+    files: dict  # split -> tuple of (relative path, label), in class then file-name order
+    skipped: dict  # split -> files that are not images
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def count(self, split: str) -> int:
+        return len(self.files[split])
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in EXTENSIONS
+
+
+def _subfolders(path: str) -> list[str]:
+    return sorted(
+        d
+        for d in os.listdir(path)
+        if not d.startswith(".") and os.path.isdir(os.path.join(path, d))
+    )
+
+
+def _read_split(root: str, split: str) -> tuple[dict, int]:
+    """({class: [relative paths of its images]}, files skipped) of one split folder."""
+    folder = os.path.join(root, split)
+    classes = _subfolders(folder)
+    skipped = sum(
+        1 for f in os.listdir(folder) if not os.path.isdir(os.path.join(folder, f))
+    )  # stray files beside the class folders
+    images = {}
+    for cls in classes:
+        names = sorted(os.listdir(os.path.join(folder, cls)))
+        images[cls] = [os.path.join(split, cls, n) for n in names if _is_image(n)]
+        skipped += len(names) - len(images[cls])
+        if not images[cls]:
+            raise FolderError(
+                f"folder dataset {root}: class folder {os.path.join(folder, cls)} holds no "
+                f"images ({', '.join(EXTENSIONS)}); add images or remove it"
+            )
+    return images, skipped
+
+
+def _differ(a, b) -> str:
+    return ", ".join(sorted(set(a) - set(b)))
+
+
+def scan(root: str) -> Layout:
+    """The `Layout` of a folder; raises FolderError naming what does not fit the layout."""
+    if not os.path.isdir(root):
+        raise FolderError(f"folder dataset {root} does not exist (or is not a directory)")
+    if not os.path.isdir(os.path.join(root, TRAIN_SPLIT)):
+        raise FolderError(
+            f"folder dataset {root} has no {TRAIN_SPLIT}/ folder: the layout is "
+            f"ROOT/{TRAIN_SPLIT}/<class>/<image>, with ROOT/test/<class>/<image> to evaluate on"
+        )
+    eval_split = next((s for s in EVAL_SPLITS if os.path.isdir(os.path.join(root, s))), None)
+    if eval_split is None:
+        raise FolderError(
+            f"folder dataset {root} has no evaluation folder: add one of "
+            f"{', '.join(s + '/' for s in EVAL_SPLITS)} with the same class folders as "
+            f"{TRAIN_SPLIT}/"
+        )
+    train, train_skipped = _read_split(root, TRAIN_SPLIT)
+    if len(train) < 2:
+        raise FolderError(
+            f"folder dataset {root}: {TRAIN_SPLIT}/ holds {len(train)} class folder(s)"
+            f"{' (' + ', '.join(train) + ')' if train else ''}; a classifier needs at least two"
+        )
+    evaluation, eval_skipped = _read_split(root, eval_split)
+    if set(evaluation) != set(train):
+        only_eval, only_train = _differ(evaluation, train), _differ(train, evaluation)
+        raise FolderError(
+            f"folder dataset {root}: {eval_split}/ and {TRAIN_SPLIT}/ have different classes"
+            + (f"; only in {eval_split}/: {only_eval}" if only_eval else "")
+            + (f"; only in {TRAIN_SPLIT}/: {only_train}" if only_train else "")
+        )
+    names = tuple(train)  # sorted: label k is the k-th name
+    files = {
+        split: tuple((path, k) for k, cls in enumerate(names) for path in images[cls])
+        for split, images in ((TRAIN_SPLIT, train), (eval_split, evaluation))
+    }
+    skipped = {TRAIN_SPLIT: train_skipped, eval_split: eval_skipped}
+    return Layout(root, eval_split, names, files, skipped)
+
+
+def fingerprint(layout: Layout, split: str) -> str:
+    """A digest of the split's file list with each file's size and modification time: adding,
+    removing, renaming or editing an image changes it."""
+    h = hashlib.sha256()
+    for path, label in layout.files[split]:
+        st = os.stat(os.path.join(layout.root, path))
+        h.update(f"{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return f"folder {layout.root} {split}: {layout.count(split)} images, sha256 {h.hexdigest()}"
+
+
+def decode(path: str) -> np.ndarray:
+    """uint8 [H, W, 3] of one image file; raises CorruptImageError naming it when it cannot."""
+    try:
+        return pixels(path)
+    except ValueError as e:
+        raise CorruptImageError(
+            f"{path} is not a readable image ({e}); fix or remove it", keys=(path,)
+        ) from None
+
+
+def pixels(path: str) -> np.ndarray:
+    """uint8 [H, W, 3] of one image file; ValueError with Pillow's reason when it cannot be read,
+    OSError when the file cannot be opened."""
+    from PIL import Image, UnidentifiedImageError
+
+    with open(path, "rb") as f:  # a missing file or a directory: the OSError as it is
+        data = f.read()
+    if not data:
+        raise ValueError("an empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.seek(0)  # a GIF's first frame
+            if image.mode.startswith("I"):  # 16- or 32-bit greyscale: scale to 8 bits
+                wide = np.asarray(image, np.float64)
+                top = 65535.0 if image.mode.startswith("I;16") or wide.max() > 255 else 255.0
+                grey = np.round(wide * (255.0 / top)).clip(0, 255).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=-1)
+            return np.asarray(image.convert("RGB"), np.uint8)
+    except UnidentifiedImageError:
+        raise ValueError("not in an image format Pillow reads") from None
+    except Exception as e:  # Pillow reports bad files as several types (OSError, SyntaxError, ...)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(reason) from None
+
+
+def resized(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [size, size, 3]: `image` stretched to a square with Pillow's bilinear filter
+    (BiT-HyperRule resizes to a square too); an image already that size is returned as it is."""
+    if image.shape[:2] == (size, size):
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), np.uint8)
+
+
+def read_images(layout: Layout, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 [N, size, size, 3], int32 [N]) of a split, each file decoded once."""
+    entries = layout.files[split]
+    images = np.empty((len(entries), size, size, 3), np.uint8)
+    for i, (path, _) in enumerate(entries):
+        images[i] = resized(decode(os.path.join(layout.root, path)), size)
+    return images, np.array([label for _, label in entries], np.int32)
+
+
+def default_image_size(layout: Layout) -> tuple[int, str]:
+    """(training size, why) by BiT-HyperRule from the median area of the training images (read
+    from the headers of up to 1,000 of them, evenly spread)."""
+    from PIL import Image
+
+    entries = layout.files[TRAIN_SPLIT]
+    step = max(len(entries) // _SIZE_SAMPLE, 1)
+    areas = []
+    for path, _ in entries[::step]:
+        full = os.path.join(layout.root, path)
+        try:
+            with Image.open(full) as image:
+                areas.append(image.size[0] * image.size[1])
+        except Exception:  # reported with its name when it is decoded
+            decode(full)
+    area = float(np.median(areas))
+    kind = "small" if area <= SMALL_AREA else "large"
+    resize, crop = BIT_SIZES[kind]
+    side = int(round(area**0.5))
+    return crop, (
+        f"image_size {crop}: BiT-HyperRule's size for {kind} images (median {side}x{side} px "
+        f"{'<=' if kind == 'small' else '>'} 96x96; BiT resizes to {resize} and crops {crop}); "
+        f"set --config.image_size to choose"
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _scan_cached(root: str, stamp: tuple) -> Layout:
+    return scan(root)
+
+
+def layout_of(name: str) -> Layout:
+    """`scan` of a `folder:PATH` dataset, cached while the split folders are unchanged."""
+    root = root_of(name)
+    stamp = tuple(
+        os.stat(os.path.join(root, d, c)).st_mtime_ns
+        for d in (TRAIN_SPLIT,) + EVAL_SPLITS
+        if os.path.isdir(os.path.join(root, d))
+        for c in [""] + _subfolders(os.path.join(root, d))
+    )
+    return _scan_cached(root, stamp)
+
+
+def description(layout: Layout) -> str:
+    """The run's line about the folder: classes, images per split, files skipped."""
+    skipped = sum(layout.skipped.values())
+    return (
+        f"folder {layout.root}: {layout.num_classes} classes "
+        f"({', '.join(layout.class_names[:10])}{', ...' if layout.num_classes > 10 else ''}); "
+        f"train {layout.count(TRAIN_SPLIT)} images, evaluating on {layout.eval_split}/ "
+        f"({layout.count(layout.eval_split)} images); {skipped} file(s) that are not images "
+        f"skipped"
+    )

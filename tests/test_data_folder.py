@@ -1,0 +1,267 @@
+"""`folder:PATH`: a folder of images is a dataset, read the same way whatever its files' formats,
+equal to shapes10 when written from it, and every bad folder or file named in one line."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_jax import config as config_lib
+from resnet_jax.data import arrays, datasets, folder, shapes
+from resnet_jax.engine import faults
+from tests.fake_folders import folder_order, write_images, write_shapes_folder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _rgb(h, w, seed):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """One class of every mode and format (with the RGB pixels each must give), one plain class,
+    and three stray files that are not images."""
+    rgb = _rgb(30, 40, 0)
+    grey = _rgb(20, 20, 1)[..., 0]
+    palette = Image.fromarray(_rgb(12, 18, 2)).quantize(16)
+    rgba = np.concatenate([_rgb(16, 16, 3), _rgb(16, 16, 4)[..., :1]], axis=-1)
+    deep = (np.arange(24 * 10, dtype=np.uint16).reshape(24, 10) * 270).astype(np.uint16)
+    frames = [Image.fromarray(_rgb(10, 10, s)).quantize(8) for s in (5, 6)]
+    smooth = np.broadcast_to(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (48, 64, 3))
+    files = {
+        "rgb.png": (Image.fromarray(rgb), rgb),
+        "grey.png": (Image.fromarray(grey), np.repeat(grey[..., None], 3, -1)),
+        "palette.png": (palette, np.asarray(palette.convert("RGB"))),
+        "rgba.png": (Image.fromarray(rgba), rgba[..., :3]),
+        "deep.png": (Image.fromarray(deep), None),
+        "rgb.bmp": (Image.fromarray(rgb), rgb),
+        "smooth.jpg": (Image.fromarray(np.ascontiguousarray(smooth)), smooth),
+        "cmyk.jpeg": (Image.fromarray(np.ascontiguousarray(smooth)).convert("CMYK"), smooth),
+    }
+    for split in ("train", "test"):
+        write_images(str(tmp_path / split / "mixed"), {k: v[0] for k, v in files.items()})
+        frames[0].save(
+            str(tmp_path / split / "mixed" / "anim.gif"), save_all=True, append_images=frames[1:]
+        )
+        write_images(str(tmp_path / split / "plain"), {"a.png": Image.fromarray(_rgb(8, 8, 7))})
+    for stray in ("README.txt", ".DS_Store", "Thumbs.db"):
+        (tmp_path / "train" / "mixed" / stray).write_bytes(b"not an image")
+    expected = {k: v[1] for k, v in files.items()}
+    expected["deep.png"] = np.repeat(np.round(deep / 257.0).astype(np.uint8)[..., None], 3, -1)
+    expected["anim.gif"] = np.asarray(frames[0].convert("RGB"))
+    return tmp_path, expected
+
+
+def test_every_mode_and_format_becomes_rgb_uint8_and_stray_files_are_skipped_and_counted(mixed):
+    root, expected = mixed
+    layout = folder.scan(str(root))
+    assert layout.class_names == ("mixed", "plain")
+    assert layout.skipped == {"train": 3, "test": 0}
+    assert layout.count("train") == 10 and layout.eval_split == "test"
+    for path, label in layout.files["train"]:
+        image = folder.decode(os.path.join(str(root), path))
+        want = expected.get(os.path.basename(path))
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3, path
+        if want is None:
+            assert label == 1
+        elif path.endswith(("jpg", "jpeg")):  # lossy: close, not equal
+            assert image.shape == want.shape and np.abs(image - want.astype(float)).mean() < 6
+        else:
+            np.testing.assert_array_equal(image, want, err_msg=path)
+    images, labels = folder.read_images(layout, "train", 16)
+    assert images.shape == (10, 16, 16, 3) and labels.tolist() == [0] * 9 + [1]
+    assert "10 images" in folder.fingerprint(layout, "train")
+    assert "3 file(s) that are not images skipped" in folder.description(layout)
+
+
+def test_a_folder_of_shapes10_images_gives_shapes10s_pixels_labels_and_class_names(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(shapes, "NUM_TRAIN", 60)
+    monkeypatch.setattr(shapes, "NUM_TEST", 30)
+    rendered = write_shapes_folder(str(tmp_path / "shapes"), 60, 30)
+    name, data_dir = f"folder:{tmp_path / 'shapes'}", str(tmp_path / "data")
+    for split in ("train", "test"):
+        got = arrays.load(name, split, data_dir, image_size=32)
+        want = arrays.load("shapes10", split, data_dir)
+        np.testing.assert_array_equal(want.images, rendered[split][0])
+        order = folder_order(want.labels)
+        np.testing.assert_array_equal(got.images, want.images[order])  # nothing resized: equal
+        names = datasets.class_names(name)
+        assert [names[k] for k in got.labels] == [shapes.CLASS_NAMES[k] for k in want.labels[order]]
+    assert sorted(datasets.class_names(name)) == sorted(shapes.CLASS_NAMES)
+    info = arrays.get_info(name, data_dir, image_size=32)
+    assert (info.num_train, info.num_eval, info.num_classes, info.image_size) == (60, 30, 10, 32)
+    path = arrays.path(name, data_dir, "train", image_size=32)
+    assert path.startswith(os.path.join(data_dir, "resnet_jax_arrays", "folders", "shapes-"))
+
+
+def test_the_default_size_follows_bit_and_paths_expand_home_and_variables(tmp_path, monkeypatch):
+    write_shapes_folder(str(tmp_path / "small"), 20, 10)
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            write_images(
+                str(tmp_path / "large" / split / cls), {"x.jpg": Image.fromarray(_rgb(120, 90, 0))}
+            )
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("IMAGES", str(tmp_path / "large"))
+    for dataset, size, split in (("folder:~/small", 128, "test"), ("folder:$IMAGES", 384, "val")):
+        c = config_lib.default_config()
+        c.dataset, c.data_dir = dataset, "~/data"
+        r = config_lib.resolve_config(c)
+        assert (r.image_size, datasets.facts(dataset)["eval_split"]) == (size, split)
+        assert f"image_size {size}: BiT-HyperRule's size" in r.image_size_rule
+    assert datasets.resolve_data_dir("~/data") == str(tmp_path / "data")
+
+
+def _two_classes(root, splits=("train", "test"), classes=("a", "b")):
+    for split in splits:
+        for cls in classes:
+            write_images(str(root / split / cls), {"0.png": Image.fromarray(_rgb(8, 8, 0))})
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda r: None, "does not exist"),
+        (lambda r: _two_classes(r, splits=("test",)), "has no train/ folder"),
+        (lambda r: _two_classes(r, splits=("train",)), "has no evaluation folder"),
+        (lambda r: _two_classes(r, classes=("a",)), "holds 1 class folder(s) (a); a classifier"),
+        (
+            lambda r: (_two_classes(r), os.makedirs(r / "train" / "c")),
+            f"class folder {{root}}{os.sep}train{os.sep}c holds no images",
+        ),
+        (
+            lambda r: (_two_classes(r), _two_classes(r, ("test",), ("c", "d"))),
+            "test/ and train/ have different classes; only in test/: c, d",
+        ),
+        (
+            lambda r: (_two_classes(r), _two_classes(r, ("train",), ("z",))),
+            "only in train/: z",
+        ),
+    ],
+    ids=["missing", "no-train", "no-eval", "one-class", "empty-class", "eval-extra", "train-extra"],
+)
+def test_a_folder_that_is_not_the_layout_is_refused_naming_what(tmp_path, make, message):
+    root = tmp_path / "images"
+    make(root)
+    with pytest.raises(folder.FolderError) as e:
+        folder.scan(str(root))
+    assert message.format(root=root) in str(e.value)
+    assert faults.classify(e.value)[0] == faults.EXIT_NO_INPUT
+
+
+def test_corrupt_truncated_and_empty_images_stop_the_read_naming_the_file(tmp_path):
+    _two_classes(tmp_path)
+    good = (tmp_path / "train" / "a" / "0.png").read_bytes()
+    bad = {
+        "empty.png": (b"", "an empty file"),
+        "cut.png": (good[: len(good) // 2], "truncated"),
+        "text.jpg": (b"hello, not a JPEG", "not in an image format Pillow reads"),
+    }
+    for name, (data, reason) in bad.items():
+        path = tmp_path / "train" / "b" / name
+        path.write_bytes(data)
+        layout = folder.scan(str(tmp_path))
+        with pytest.raises(datasets.CorruptImageError) as e:
+            folder.read_images(layout, "train", 8)
+        assert str(e.value).startswith(f"{path} is not a readable image (")
+        assert reason in str(e.value) and e.value.keys == (str(path),)
+        path.unlink()
+
+
+def test_a_changed_folder_is_noticed_and_its_prepared_copy_rebuilt(tmp_path, capfd):
+    _two_classes(tmp_path / "f")
+    name, data_dir = f"folder:{tmp_path / 'f'}", str(tmp_path / "data")
+    assert len(arrays.load(name, "train", data_dir, 8).labels) == 2
+    added = tmp_path / "f" / "train" / "a" / "1.png"
+    Image.fromarray(_rgb(8, 8, 1)).save(added)
+    assert arrays.load(name, "train", data_dir, 8).labels.tolist() == [0, 0, 1]
+    err = capfd.readouterr().err
+    assert "is stale: built from 'folder " in err and "train: 2 images" in err
+    assert "train: 3 images" in err and "rebuilding it" in err
+    Image.fromarray(_rgb(8, 8, 2)).save(added)  # edited in place: same name, new pixels
+    os.utime(added, ns=(os.stat(added).st_atime_ns, os.stat(added).st_mtime_ns + 10**9))
+    np.testing.assert_array_equal(arrays.load(name, "train", data_dir, 8).images[1], _rgb(8, 8, 2))
+    assert "is stale" in capfd.readouterr().err
+    added.unlink()
+    assert len(arrays.load(name, "train", data_dir, 8).labels) == 2
+    assert "is stale" in capfd.readouterr().err
+    arrays.load(name, "train", data_dir, 8)
+    assert capfd.readouterr().err == ""  # unchanged: the prepared copy is used as it is
+
+
+def _main(*flags):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "resnet_jax.main", "--config=configs/default.py", *flags],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_training_on_a_bad_folder_ends_with_one_line_and_exit_66(tmp_path):
+    _two_classes(tmp_path / "f")
+    (tmp_path / "f" / "test" / "b" / "0.png").write_bytes(b"")
+    for dataset, words in (
+        (f"folder:{tmp_path / 'nowhere'}", f"folder dataset {tmp_path / 'nowhere'} does not exist"),
+        (f"folder:{tmp_path / 'f'}", f"{tmp_path / 'f' / 'test' / 'b' / '0.png'} is not a"),
+    ):
+        p = _main(
+            f"--workdir={tmp_path / 'run'}",
+            f"--config.dataset={dataset}",
+            f"--config.data_dir={tmp_path / 'data'}",
+            "--config.image_size=8",
+            "--config.batch_size=2",
+        )
+        assert p.returncode == faults.EXIT_NO_INPUT, p.stderr
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("resnet_jax: ") and words in lines[0]
+
+
+def test_a_32px_dataset_at_a_larger_image_size_is_upsampled_inside_the_finish(
+    tmp_path, monkeypatch
+):
+    import jax
+
+    from resnet_jax.data import finish
+    from resnet_jax.engine import validation
+
+    monkeypatch.setattr(shapes, "NUM_TRAIN", 40)
+    monkeypatch.setattr(shapes, "NUM_TEST", 10)
+    c = config_lib.default_config()
+    c.dataset, c.data_dir, c.image_size, c.batch_size = "shapes10", str(tmp_path), 64, 8
+    r = config_lib.resolve_config(c)
+    validation.check_resolved(r, device_count=1, process_count=1)
+    upsampling = config_lib.build_finish(r)
+    batch = {"image": arrays.load("shapes10", "test", str(tmp_path)).images[:2]}
+    native = finish.Finish(upsampling.mean, upsampling.std)(batch)
+    assert upsampling.size == 64 and native.shape == (2, 32, 32, 3)
+    np.testing.assert_allclose(
+        upsampling(batch), jax.image.resize(native, (2, 64, 64, 3), "bilinear"), atol=1e-6
+    )
+    c.image_size = 16  # smaller than the images: refused
+    with pytest.raises(faults.ConfigError, match="image_size=16 is not supported"):
+        validation.check_resolved(config_lib.resolve_config(c), device_count=1, process_count=1)
+
+
+def test_the_prepare_command_decodes_a_folder_once_and_names_a_bad_one(tmp_path, capsys):
+    from resnet_jax.data import prepare
+
+    _two_classes(tmp_path / "f")
+    name, data_dir = f"folder:{tmp_path / 'f'}", str(tmp_path / "data")
+    assert prepare.main([name, "--data_dir", data_dir, "--image_size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert f"{name} prepared at 16x16 in " in out and "2 classes (a, b)" in out
+    assert arrays.load(name, "test", data_dir, 16).images.shape == (2, 16, 16, 3)
+    assert prepare.main([f"folder:{tmp_path / 'g'}", "--data_dir", data_dir]) == 66
+    assert capsys.readouterr().err == (
+        f"resnet_jax: folder dataset {tmp_path / 'g'} does not exist (or is not a directory)\n"
+    )
