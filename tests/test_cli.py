@@ -97,7 +97,12 @@ def test_show_config_lists_every_key_resolved_with_its_meaning_and_writes_nothin
     assert p.returncode == 0, p.stderr
     lines = p.stdout.strip().splitlines()
     keys = [line.split(" = ")[0] for line in lines]
-    derived = ["num_train_examples", "peak_learning_rate", "steps_per_epoch"]
+    derived = [
+        "num_train_examples",
+        "peak_learning_rate",
+        "peak_warmup_learning_rate",
+        "steps_per_epoch",
+    ]
     assert keys == sorted([*config_lib.default_config().keys(), *derived])
     by_key = dict(zip(keys, lines, strict=True))
     assert by_key["batch_size"].split("#")[0].strip() == "batch_size = 32"

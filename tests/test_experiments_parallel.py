@@ -34,6 +34,7 @@ def _launch(tmp_path, monkeypatch, parallel):
     log = tmp_path / f"calls{parallel}.log"
     monkeypatch.setenv("FAKE_LOG", str(log))
     monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    monkeypatch.setattr(run, "cpu_only", lambda: False)  # as on a GPU host: runs share its memory
     root = tmp_path / f"runs{parallel}"
     argv = ["fig6", "--workdir", str(root), "--only", "plain20,resnet20", "--seeds", "2"]
     assert run.main([*argv, "--python", str(fake), "--parallel", str(parallel)]) == 0

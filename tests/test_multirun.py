@@ -196,6 +196,7 @@ def test_a_nan_in_one_run_stops_it_alone_and_leaves_the_others_untouched(seeds_r
     assert r["nan_state"]["max_rel"] < 0.1
 
 
+@pytest.mark.slow  # 4 forced devices in a subprocess: ~30 s
 def test_four_devices_split_the_run_axis_when_it_divides(tmp_path):
     r, _, _ = _run(tmp_path, "mesh", devices=4)
     assert r["devices"] == 4
