@@ -19,8 +19,9 @@ from resnet_jax import recipes
 
 BATCH_SIZE = 32  # small batches learn most per second on 2 CPU cores
 # The run length, one for every net: what 2 cores afford for 3 seeds of all seven nets of the four
-# experiments in about 80 minutes (ResNet-56 trains ~40 images/s on one core of the 2-core Xeon of
-# 2026-12-03, so one 1000-step run of it takes ~13 minutes). 1000 steps of 32 are 0.8 epoch of
+# experiments, estimated at about 80 minutes from one-core rates (ResNet-56 trains ~40 images/s on
+# one core of the 2-core Xeon of 2026-12-03, so one 1000-step run of it takes ~13 minutes); with
+# other jobs sharing the machine the runs took about 2.5 hours that day. 1000 steps of 32 are 0.8 epoch of
 # shapes10. How far this is from where every claim could show is measured and said in each report.
 NUM_STEPS = 1000
 SEEDS = 3

@@ -39,8 +39,9 @@ def _arrays(data_dir: str | None, split: str, name: str = "shapes10"):
     root = (
         data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
     )
-    d = np.load(os.path.join(root, "resnet_jax_arrays", name, f"{split}.npz"))
-    train = np.load(os.path.join(root, "resnet_jax_arrays", name, "train.npz"))
+    path = lambda s: os.path.join(root, "resnet_jax_arrays", name, f"{s}.npz")
+    train = np.load(path("train"))
+    d = train if split == "train" else np.load(path(split))
     # He2015: "the per-pixel mean subtracted"; then one scalar std (our 'per_pixel_mean').
     return d["images"], d["labels"].astype(np.int64), train["mean_image"], float(train["pixel_std"])
 
