@@ -307,3 +307,37 @@ def test_a_disk_filling_up_mid_run_stops_with_exit_74_and_the_rerun_resumes_bitw
         if filler:
             os.remove(filler)
         _resume_and_compare(workdir, reference, cache, resumed_from=4)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_every_run_of_a_seeds_program_and_the_rerun_continues_bitwise(
+    tmp_path, cache
+):
+    seeds = "--config.seeds=0,1"
+    rc, out = run(tmp_path / "ref", seeds, cache_dir=cache)
+    assert rc == 0, out
+    workdir, gate = tmp_path / "run", tmp_path / "gate"
+    r = Run(
+        workdir,
+        seeds,
+        cache_dir=cache,
+        env={"RESNET_JAX_FAULT": "pause@6", "RESNET_JAX_FAULT_GATE": gate},
+    )
+    wait_for_file(f"{gate}.paused", r)
+    r.kill(signal.SIGTERM)
+    open(f"{gate}.go", "w").close()
+    assert r.wait() == faults.EXIT_PREEMPTED, r.output
+    lines = [line for line in r.output.splitlines() if line.startswith("resnet_jax: preempted")]
+    assert lines == [
+        "resnet_jax: preempted by SIGTERM after step 6: every run has checkpoint 6 in its "
+        "workdir; rerun the same command to resume"
+    ]
+    for seed in (0, 1):
+        assert "6" in checkpoint_dirs(workdir / f"seed{seed}")
+    rc, out = run(workdir, seeds, cache_dir=cache)
+    assert rc == 0, out
+    for seed in (0, 1):
+        assert_bitwise_equal(
+            saved_state(workdir / f"seed{seed}", TOTAL),
+            saved_state(tmp_path / "ref" / f"seed{seed}", TOTAL),
+        )

@@ -245,6 +245,18 @@ class PreemptionWatcher:
             return False
         return self.received is not None
 
+    def stop(self, step: int, save_checkpoint, closers, where: str):
+        """Saves the checkpoint of `step`, closes the writers, and raises Preempted, whose message
+        says `where` the checkpoint is."""
+        save_checkpoint()
+        for close in closers:
+            close()
+        raise Preempted(
+            f"preempted by {self.received} after step {step}: {where}; rerun the same command "
+            "to resume",
+            step,
+        )
+
 
 class FaultHook:
     """Test-only fault injection at exact moments, from $RESNET_JAX_FAULT (unset: does nothing).

@@ -284,14 +284,11 @@ def _train_group(runs: list[_Run], model, tx, schedule, mesh, preemption, t0):
             if not live():
                 break
             if done < total and preemption.should_stop(done):
-                save(done, state, force=True)
-                for _, r in live():
-                    r.ckpt.close()
-                    r.logger.close()
-                raise faults.Preempted(
-                    f"preempted by {preemption.received} after step {done}: every run has "
-                    f"checkpoint {done} in its workdir; rerun the same command to resume",
+                preemption.stop(
                     done,
+                    lambda: save(done, state, force=True),
+                    [close for _, r in live() for close in (r.ckpt.close, r.logger.close)],
+                    f"every run has checkpoint {done} in its workdir",
                 )
         jax.block_until_ready(state)
         loop_time = (time.perf_counter() - timed_from - eval_time) if timed_from else 0.0

@@ -371,13 +371,11 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
             save(done, state)
             hook.after_step(done, ckpt.wait)
             if done < total and preemption.should_stop(done):
-                save(done, state, force=True)
-                ckpt.close()
-                logger.close()
-                raise faults.Preempted(
-                    f"preempted by {preemption.received} after step {done}: checkpoint {done} "
-                    f"is in {ckpt.directory}; rerun the same command to resume",
+                preemption.stop(
                     done,
+                    lambda: save(done, state, force=True),
+                    (ckpt.close, logger.close),
+                    f"checkpoint {done} is in {ckpt.directory}",
                 )
         jax.block_until_ready(state)
         loop_time = (time.perf_counter() - timed_from - eval_time) if timed_from else 0.0
