@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -286,7 +287,7 @@ def _train_group(runs: list[_Run], model, tx, schedule, mesh, preemption, t0):
             if done < total and preemption.should_stop(done):
                 preemption.stop(
                     done,
-                    lambda: save(done, state, force=True),
+                    functools.partial(save, done, state, force=True),
                     [close for _, r in live() for close in (r.ckpt.close, r.logger.close)],
                     f"every run has checkpoint {done} in its workdir",
                 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import os
 import time
@@ -373,7 +374,7 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
             if done < total and preemption.should_stop(done):
                 preemption.stop(
                     done,
-                    lambda: save(done, state, force=True),
+                    functools.partial(save, done, state, force=True),
                     (ckpt.close, logger.close),
                     f"checkpoint {done} is in {ckpt.directory}",
                 )
