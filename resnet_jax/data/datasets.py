@@ -65,17 +65,6 @@ DATASETS = tuple(_FACTS)  # the tfds ones
 SYNTHETIC = "synthetic"
 TRAINABLE = DATASETS + (SYNTHETIC,)
 
-# Per family, the options of the input pipelines (the first is the default).
-TRAIN_AUGMENTS = {"imagenet": ("paper", "inception", "none"), "cifar": ("cifar", "none")}
-# mean_std: ImageNet's channel mean and std (torchvision's), which ImageNet weights expect.
-NORMALIZATIONS = {
-    "imagenet": ("mean_std",),
-    "cifar": ("per_pixel_mean", "per_channel", "mean_std"),
-}
-# Where the input is made: 'device' holds the whole split in accelerator memory and augments it
-# there (the 32x32 sets' default), 'host' is the tf.data pipeline (ImageNet's only choice).
-INPUT_PIPELINES = {"imagenet": ("host",), "cifar": ("device", "host")}
-
 # He2015 Sec. 4.2 tunes on a 45k/5k split of the CIFAR training set. As fractions they are exactly
 # 45,000/5,000 of the real 50,000 and stay meaningful on small fake data.
 SPLIT_ALIASES = {"train45k": "train[:90%]", "val5k": "train[90%:]"}
@@ -137,14 +126,6 @@ def facts(name):
             key="file",
         )
     return dict(_FACTS[name])
-
-
-def normalization_of(name, normalization=None):
-    """`normalization`, or when None the default of `name`'s family (the first in NORMALIZATIONS);
-    a folder's is per_channel: its own channel statistics, which hold at every test scale."""
-    if normalization:
-        return normalization
-    return "per_channel" if is_folder(name) else NORMALIZATIONS[facts(name)["family"]][0]
 
 
 def resolve_data_dir(data_dir):
