@@ -30,7 +30,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.dataset = "shapes10"
     c.data_dir = config_dict.placeholder(str)  # tfds data dir (None: the tfds default)
     # device: the whole split in accelerator memory, augmented there (32x32 sets, no TensorFlow);
-    # host: tf.data on the CPU. None: device for the 32x32 sets, host for ImageNet.
+    # host: tf.data on the CPU. None: device for the 32x32 sets, host for ImageNet; a folder:
+    # device when its training split fits folder.DEVICE_LIMIT_BYTES (4 GiB as uint8), else host.
     c.input_pipeline = config_dict.placeholder(str)
     # None: the dataset's native training size; a folder's by BiT-HyperRule (128 or 384)
     c.image_size = config_dict.placeholder(int)

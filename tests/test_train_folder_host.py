@@ -144,3 +144,14 @@ def test_predict_reads_an_image_as_the_host_paths_evaluation_does(runs):
     assert len(top) == 5 and {name for name, _ in top} <= set(
         folder.layout_of(f"folder:{root}/images").class_names
     )
+
+
+@pytest.mark.parametrize("views", ["10crop", "multiscale"])
+def test_a_host_folder_run_is_evaluated_with_imagenets_view_protocols(runs, views, monkeypatch):
+    from resnet_jax.engine import evaluate
+
+    root, _, _ = runs
+    monkeypatch.setattr(folder, "DEVICE_LIMIT_BYTES", 1)
+    c = host_config(root, 12, eval_views=views, eval_scales=(224, 448))  # 32 and 64 at 32 px
+    result = evaluate.evaluate_checkpoint(c, f"{root}/one_go")
+    assert result["count"] == 20 and result["views"] == views and 0 <= result["top1"] <= 1

@@ -108,8 +108,8 @@ def facts(name):
     """Static facts of `name`: num_classes, image_size, family, splits, manual files, key feature.
 
     A folder's come from scanning it (`folder.layout_of`); its image_size is None (chosen by the
-    config, `folder.default_image_size`), and its family is "cifar": the device input path's
-    options, since a folder is held in device memory.
+    config, `folder.default_image_size`), and its family is "cifar", the device input path's
+    (`catalog.describe` gives the family of each path: the host path's is "imagenet").
     """
     check_name(name)
     if is_folder(name):
@@ -169,7 +169,8 @@ def get_builder(name, data_dir=None):
     check_name(name)
     if is_folder(name):
         raise DatasetNotPreparedError(
-            f"{name} is read by the device input path (input_pipeline='device'), not by tfds"
+            f"{name} is a folder: its tfds copy is made at a training size "
+            "(resnet_jax.data.folder_records.builder)"
         )
     # A dataset never prepared has no folder: say so before tfds is asked for a builder, which
     # would log a confusing warning about a version folder without dataset_info.json.

@@ -54,7 +54,14 @@ class _Shard:
     """One process's slice of a prepared split: its record files and how to parse a record."""
 
     def __init__(
-        self, dataset, data_dir, split, process_index, process_count, drop_remainder, image_size
+        self,
+        dataset,
+        data_dir,
+        split,
+        process_index,
+        process_count,
+        drop_remainder,
+        image_size=None,  # a folder's copy is per training size
     ):
         if not 0 <= process_index < process_count:
             raise ValueError(

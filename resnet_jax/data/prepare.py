@@ -209,17 +209,15 @@ def main(argv=None):
         return 1
     splits = ", ".join(f"{k}: {v.num_examples:,}" for k, v in builder.info.splits.items())
     print(f"{args.name} ready in {builder.data_dir} ({splits})")
-    if datasets.facts(args.name)["family"] == "cifar":  # what the device input path reads
-        from resnet_jax.data import arrays  # pylint: disable=g-import-not-at-top
+    from resnet_jax.data import arrays, catalog  # pylint: disable=g-import-not-at-top
 
-        for split in (
-            datasets.facts(args.name)["train_split"],
-            datasets.facts(args.name)["eval_split"],
-        ):
+    held = catalog.describe(args.name, args.data_dir, None, "device")
+    if "device" in held.input_pipelines:  # also write what the device input path reads
+        for split in (held.train_split, held.eval_split):
             arrays.num_examples(args.name, split, args.data_dir)  # builds the file when needed
-        folder = os.path.dirname(arrays.path(args.name, args.data_dir, "train"))
         print(
-            f"arrays for input_pipeline='device' in {folder} (copy it to train without TensorFlow)"
+            f"arrays for input_pipeline='device' in {held.prepared} (copy it to train without "
+            "TensorFlow)"
         )
     return 0
 
