@@ -30,7 +30,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.dataset = "shapes10"
     c.data_dir = config_dict.placeholder(str)  # tfds data dir (None: the tfds default)
     # device: the whole split in accelerator memory, augmented there (32x32 sets, no TensorFlow);
-    # host: tf.data on the CPU. None: device for the 32x32 sets, host for ImageNet.
+    # host: tf.data on the CPU. None: device for the 32x32 sets, host for ImageNet; a folder:
+    # device when its training split fits folder.DEVICE_LIMIT_BYTES (4 GiB as uint8), else host.
     c.input_pipeline = config_dict.placeholder(str)
     # None: the dataset's native training size; a folder's by BiT-HyperRule (128 or 384)
     c.image_size = config_dict.placeholder(int)
@@ -178,7 +179,7 @@ def _resolve_folder(c: ml_collections.ConfigDict):
     """A folder's DatasetInfo at the config's image size (BiT-HyperRule's when unset), with its
     class names and the fingerprint of its files stored in `c`: predict names the classes from
     the run's config.json, and a resume on a changed folder is refused (`validation`)."""
-    from resnet_jax.data import datasets, folder
+    from resnet_jax.data import catalog, datasets, folder
 
     layout = folder.layout_of(c.dataset)
     if c.image_size is None:
@@ -186,38 +187,52 @@ def _resolve_folder(c: ml_collections.ConfigDict):
     else:
         c.image_size_rule = f"image_size {c.image_size}: set by the config"
     c.class_names = list(layout.class_names)
+    described = catalog.describe(c.dataset, c.data_dir, c.image_size, c.get("input_pipeline"))
+    c.input_pipeline, c.input_pipeline_rule = (
+        described.input_pipeline,
+        described.input_pipeline_rule,
+    )
     c.dataset_fingerprint = "; ".join(
         folder.fingerprint(layout, s) for s in (folder.TRAIN_SPLIT, layout.eval_split)
     )
-    facts = datasets.facts(c.dataset)
     return datasets.DatasetInfo(
         name=c.dataset,
-        num_classes=layout.num_classes,
+        num_classes=described.num_classes,
         image_size=c.image_size,
-        train_split=facts["train_split"],
-        eval_split=facts["eval_split"],
-        num_train=facts["num_train"],
-        num_eval=facts["num_eval"],
-        family=facts["family"],
+        train_split=described.train_split,
+        eval_split=described.eval_split,
+        num_train=described.num_train,
+        num_eval=described.num_eval,
+        family=described.family,
     )
 
 
 def data_notes(c: ml_collections.ConfigDict) -> list[str]:
     """Lines a run prints about its data: a folder's classes, counts, skipped files and size."""
-    from resnet_jax.data import datasets, folder
+    from resnet_jax.data import catalog, datasets, folder
 
     if not datasets.is_folder(c.dataset):
         return []
     layout = folder.layout_of(c.dataset)
-    chosen = normalization(c) or datasets.normalization_of(c.dataset)
+    described = catalog.describe(c.dataset, c.data_dir, c.image_size, input_pipeline(c))
+    chosen = normalization(c) or described.normalizations[0]
     whose = "ImageNet's channel mean and std" if chosen == "mean_std" else "the folder's own"
-    return [folder.description(layout), c.image_size_rule, f"normalization {chosen} ({whose})"]
+    return [
+        folder.description(layout),
+        c.image_size_rule,
+        c.input_pipeline_rule,
+        f"normalization {chosen} ({whose})",
+    ]
 
 
 def normalization(c: ml_collections.ConfigDict) -> str | None:
     """The config's normalisation; unset, 'mean_std' (ImageNet's, which the weights expect) for a
-    run from pretrained weights on the device path, else None (the dataset's default)."""
-    if c.get("normalization") or not c.get("init_from") or input_pipeline(c) != "device":
+    run from pretrained weights on the device path or on a folder, else None (the dataset's
+    default)."""
+    from resnet_jax.data import datasets
+
+    own_stats = input_pipeline(c) == "device" or datasets.is_folder(c.dataset)
+    if c.get("normalization") or not c.get("init_from") or not own_stats:
         return c.get("normalization")
     return "mean_std"
 
@@ -225,16 +240,16 @@ def normalization(c: ml_collections.ConfigDict) -> str | None:
 def input_pipeline(c: ml_collections.ConfigDict) -> str | None:
     """'device' or 'host': the config's choice, else its dataset family's default (None: synthetic).
 
-    A folder is held in device memory ('device'); `validation` refuses one too large for it."""
-    from resnet_jax.data import datasets
+    A folder's is chosen by `resolve_config` (`folder.input_pipeline`: device when its training
+    split fits the limit at its image_size, else host) and stored in the resolved config, so a run
+    on a folder that is no longer here (predict, eval) still knows it."""
+    from resnet_jax.data import catalog, datasets
 
     if datasets.is_folder(c.dataset):
         return c.get("input_pipeline") or "device"
     if c.dataset not in datasets.DATASETS:
         return None
-    return (
-        c.get("input_pipeline") or datasets.INPUT_PIPELINES[datasets.facts(c.dataset)["family"]][0]
-    )
+    return c.get("input_pipeline") or catalog.describe(c.dataset).input_pipeline
 
 
 def build_finish(c: ml_collections.ConfigDict):
@@ -253,7 +268,9 @@ def build_finish(c: ml_collections.ConfigDict):
         )
     from resnet_jax.data import pipeline  # TensorFlow only on the host data path
 
-    return pipeline.finish_for(c.dataset, data_dir=c.data_dir, normalization=c.normalization)
+    return pipeline.finish_for(
+        c.dataset, data_dir=c.data_dir, normalization=normalization(c), image_size=c.image_size
+    )
 
 
 def build_model(c: ml_collections.ConfigDict):

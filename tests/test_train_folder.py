@@ -48,15 +48,20 @@ def final_leaves(c, workdir):
     return [np.asarray(x) for x in jax.tree.leaves(final_state(workdir, c)[0])]
 
 
+def one_go_and_resumed(root, make_config, steps):
+    """(summary of `steps` steps in one go, of steps/2 then resumed to `steps`) on the 48 + 20
+    shapes10 images written to root/images."""
+    write_shapes_folder(f"{root}/images", 48, 20)
+    one_go = trainer.train_and_evaluate(make_config(root, steps), f"{root}/one_go")
+    trainer.train_and_evaluate(make_config(root, steps // 2), f"{root}/resumed")
+    return one_go, trainer.train_and_evaluate(make_config(root, steps), f"{root}/resumed")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One 8-step run in one go and one stopped at step 4 and resumed, on 48 shapes10 images."""
     root = str(tmp_path_factory.mktemp("folder_run"))
-    write_shapes_folder(f"{root}/images", 48, 20)
-    one_go = trainer.train_and_evaluate(folder_config(root, 8), f"{root}/one_go")
-    trainer.train_and_evaluate(folder_config(root, 4), f"{root}/resumed")
-    resumed = trainer.train_and_evaluate(folder_config(root, 8), f"{root}/resumed")
-    return root, one_go, resumed
+    return root, *one_go_and_resumed(root, folder_config, 8)
 
 
 def test_a_folder_run_resumes_bitwise_and_stores_its_class_names(runs):

@@ -18,21 +18,19 @@ file whose digest or fingerprint does not match is reported on stderr and rebuil
 when the source is not there, `ArraysError` says what to do.
 """
 
-import fcntl
 import glob
 import hashlib
 import json
 import os
 import re
-import sys
 from typing import NamedTuple
 
 import numpy as np
 
-from resnet_jax.data import datasets, folder, shapes
+from resnet_jax.data import datasets, folder, prepared, shapes
 from resnet_jax.data import stats as stats_lib
 
-FOLDER = "resnet_jax_arrays"
+FOLDER = prepared.FOLDER
 _FORMAT = 1
 _STATS_KEYS = ("mean_image", "channel_mean", "channel_std", "pixel_std", "count")
 
@@ -63,14 +61,10 @@ def check_family(name):
 def path(name, data_dir, split, image_size=None):
     """Where the arrays of canonical split `split` ('train' / 'test') of `name` live.
 
-    A folder's live under folders/<its name>-<digest of its absolute path>/<image_size>/: one
-    prepared copy per folder and training size."""
-    base = os.path.join(datasets.resolve_data_dir(data_dir), FOLDER)
+    A folder's live in `prepared.folder_dir`: one prepared copy per folder and training size."""
     if datasets.is_folder(name):
-        root = folder.root_of(name)
-        tag = f"{os.path.basename(root)}-{hashlib.sha256(root.encode()).hexdigest()[:12]}"
-        return os.path.join(base, "folders", tag, str(_size(name, image_size)), f"{split}.npz")
-    return os.path.join(base, name, f"{split}.npz")
+        return os.path.join(prepared.folder_dir(name, data_dir, image_size), f"{split}.npz")
+    return os.path.join(datasets.resolve_data_dir(data_dir), FOLDER, name, f"{split}.npz")
 
 
 def _size(name, image_size):
@@ -188,17 +182,11 @@ def _problem(name, data_dir, split, keys, image_size=None):
 
 
 def _load(name, data_dir, split, keys, image_size=None):
-    arrays, problem = _problem(name, data_dir, split, keys, image_size)
-    if arrays is not None:
-        return arrays
     target = path(name, data_dir, split, image_size)
-    if problem != "missing":
-        print(
-            f"resnet_jax: {target} is {problem}; rebuilding it from the source",
-            file=sys.stderr,
-            flush=True,
-        )
-    if name != "shapes10" and source_fingerprint(name, data_dir, split, image_size) is None:
+
+    def cannot_build(problem):
+        if name == "shapes10" or source_fingerprint(name, data_dir, split, image_size) is not None:
+            return
         if datasets.is_folder(name):
             raise folder.FolderError(
                 f"{target} is {problem}, and the folder {folder.root_of(name)} it is built from "
@@ -210,21 +198,19 @@ def _load(name, data_dir, split, keys, image_size=None):
             f"{datasets.prepare_command(name, data_dir)}\n(on a machine without TensorFlow, copy "
             f"DATA_DIR/{FOLDER}/{name}/ from one where it is prepared)"
         )
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    # A hidden file beside the arrays: removing it after use would race with a process waiting on it.
-    lock_path = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.lock")
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # other processes wait, then find it built
-        try:
-            arrays, _ = _problem(name, data_dir, split, keys, image_size)
-            if arrays is None:
-                if datasets.is_folder(name):  # the one slow step of a folder's first run
-                    print(f"decoding {name} {split}/ once into {target}", flush=True)
-                built = build(name, data_dir, split, image_size)
-                arrays = {k: built[k] for k in keys}
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return arrays
+
+    def build_arrays():
+        if datasets.is_folder(name):  # the one slow step of a folder's first run
+            print(f"decoding {name} {split}/ once into {target}", flush=True)
+        built = build(name, data_dir, split, image_size)
+        return {k: built[k] for k in keys}
+
+    return prepared.once(
+        target,
+        lambda: _problem(name, data_dir, split, keys, image_size),
+        build_arrays,
+        cannot_build=cannot_build,
+    )
 
 
 _SLICE = re.compile(r"(?P<split>[a-z]+)(\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?")

@@ -65,17 +65,6 @@ DATASETS = tuple(_FACTS)  # the tfds ones
 SYNTHETIC = "synthetic"
 TRAINABLE = DATASETS + (SYNTHETIC,)
 
-# Per family, the options of the input pipelines (the first is the default).
-TRAIN_AUGMENTS = {"imagenet": ("paper", "inception", "none"), "cifar": ("cifar", "none")}
-# mean_std: ImageNet's channel mean and std (torchvision's), which ImageNet weights expect.
-NORMALIZATIONS = {
-    "imagenet": ("mean_std",),
-    "cifar": ("per_pixel_mean", "per_channel", "mean_std"),
-}
-# Where the input is made: 'device' holds the whole split in accelerator memory and augments it
-# there (the 32x32 sets' default), 'host' is the tf.data pipeline (ImageNet's only choice).
-INPUT_PIPELINES = {"imagenet": ("host",), "cifar": ("device", "host")}
-
 # He2015 Sec. 4.2 tunes on a 45k/5k split of the CIFAR training set. As fractions they are exactly
 # 45,000/5,000 of the real 50,000 and stay meaningful on small fake data.
 SPLIT_ALIASES = {"train45k": "train[:90%]", "val5k": "train[90%:]"}
@@ -119,8 +108,8 @@ def facts(name):
     """Static facts of `name`: num_classes, image_size, family, splits, manual files, key feature.
 
     A folder's come from scanning it (`folder.layout_of`); its image_size is None (chosen by the
-    config, `folder.default_image_size`), and its family is "cifar": the device input path's
-    options, since a folder is held in device memory.
+    config, `folder.default_image_size`), and its family is "cifar", the device input path's
+    (`catalog.describe` gives the family of each path: the host path's is "imagenet").
     """
     check_name(name)
     if is_folder(name):
@@ -137,14 +126,6 @@ def facts(name):
             key="file",
         )
     return dict(_FACTS[name])
-
-
-def normalization_of(name, normalization=None):
-    """`normalization`, or when None the default of `name`'s family (the first in NORMALIZATIONS);
-    a folder's is per_channel: its own channel statistics, which hold at every test scale."""
-    if normalization:
-        return normalization
-    return "per_channel" if is_folder(name) else NORMALIZATIONS[facts(name)["family"]][0]
 
 
 def resolve_data_dir(data_dir):
@@ -188,7 +169,8 @@ def get_builder(name, data_dir=None):
     check_name(name)
     if is_folder(name):
         raise DatasetNotPreparedError(
-            f"{name} is read by the device input path (input_pipeline='device'), not by tfds"
+            f"{name} is a folder: its tfds copy is made at a training size "
+            "(resnet_jax.data.folder_records.builder)"
         )
     # A dataset never prepared has no folder: say so before tfds is asked for a builder, which
     # would log a confusing warning about a version folder without dataset_info.json.

@@ -36,7 +36,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax.data import arrays, datasets
+from resnet_jax.data import arrays, catalog, datasets
 from resnet_jax.data import finish as finish_lib
 from resnet_jax.data import stats as stats_lib
 
@@ -261,7 +261,7 @@ def finish_for(
     'per_pixel_mean') with the statistics stored beside the arrays (`arrays.load_stats`), or
     'mean_std', ImageNet's channel statistics (what pretrained weights expect). An `image_size`
     other than a built-in dataset's own makes the finish upsample its batches to that size."""
-    normalization = datasets.normalization_of(dataset, normalization)
+    normalization = normalization or catalog.normalizations(dataset, "device")[0]
     held = image_size if datasets.is_folder(dataset) else datasets.facts(dataset)["image_size"]
     size = None if image_size in (None, held) else image_size  # upsampled in the step
     if normalization == "mean_std":

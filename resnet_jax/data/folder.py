@@ -263,6 +263,27 @@ def layout_of(name: str) -> Layout:
     return _scan_cached(root, stamp)
 
 
+def device_bytes(layout: Layout, size: int) -> int:
+    """Bytes of the training split held in device memory as uint8 at `size`x`size`."""
+    return layout.count(TRAIN_SPLIT) * size * size * 3
+
+
+def input_pipeline(layout: Layout, size: int) -> tuple[str, str]:
+    """('device' or 'host', why): the device path when the training split at `size` fits in
+    DEVICE_LIMIT_BYTES, else the host tf.data pipeline."""
+    held, limit = device_bytes(layout, size) / 2**30, DEVICE_LIMIT_BYTES / 2**30
+    if device_bytes(layout, size) <= DEVICE_LIMIT_BYTES:
+        return "device", (
+            f"input_pipeline device: the training split at {size}x{size} takes {held:.2g} GiB as "
+            f"uint8, within the {limit:.2g} GiB a folder may take in device memory"
+        )
+    return "host", (
+        f"input_pipeline host: the training split at {size}x{size} would take {held:.2g} GiB as "
+        f"uint8, over the {limit:.2g} GiB a folder may take in device memory; it is read from "
+        "JPEG records by the host tf.data pipeline"
+    )
+
+
 def description(layout: Layout) -> str:
     """The run's line about the folder: classes, images per split, files skipped."""
     skipped = sum(layout.skipped.values())

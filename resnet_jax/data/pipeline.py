@@ -26,7 +26,7 @@ import re
 import numpy as np
 
 from resnet_jax.data import augment as aug
-from resnet_jax.data import datasets
+from resnet_jax.data import catalog, datasets
 from resnet_jax.data import finish as finish_lib
 from resnet_jax.data import stats as stats_lib
 from resnet_jax.data._tf import import_tf, import_tfds
@@ -36,11 +36,11 @@ tf = import_tf()
 # conversion halves the time to build a pipeline.
 _plain = tf.autograph.experimental.do_not_convert
 
-TRAIN_AUGMENTS, NORMALIZATIONS = datasets.TRAIN_AUGMENTS, datasets.NORMALIZATIONS
-EVAL_VIEWS = {"imagenet": ("center", "10crop", "multiscale"), "cifar": ("center",)}
 # Encoded ImageNet records are ~110 KB: 10k of them (1.1 GB) plus file-order shuffling mixes well.
 # The 32x32 datasets fit whole (<= 65k records of ~3 KB), which makes each epoch a full permutation.
 _SHUFFLE_BUFFER = {"imagenet2012": 10_000}
+_FOLDER_SHUFFLE_BUFFER = 10_000  # a folder's JPEGs at BiT's 448 side are ImageNet-sized records
+_PAPER_SCALES = (256, 480)  # He2015's shorter sides for 224 crops
 _DEFAULT_SHUFFLE_BUFFER = 65_536
 _NO_END = 2**40  # epochs: "forever"
 
@@ -53,15 +53,24 @@ def _mix(*ints):
 class _Shard:
     """One process's slice of a prepared split: its record files and how to parse a record."""
 
-    def __init__(self, dataset, data_dir, split, process_index, process_count, drop_remainder):
+    def __init__(
+        self,
+        dataset,
+        data_dir,
+        split,
+        process_index,
+        process_count,
+        drop_remainder,
+        image_size=None,  # a folder's copy is per training size
+    ):
         if not 0 <= process_index < process_count:
             raise ValueError(
                 f"process_index {process_index} is not in [0, process_count={process_count})"
             )
         self.dataset, self.process_index = dataset, process_index
         self.data_dir = datasets.resolve_data_dir(data_dir)
-        self.builder = datasets.get_builder(dataset, data_dir)
-        self.family = datasets.facts(dataset)["family"]
+        self.builder = prepared_builder(dataset, data_dir, image_size)
+        self.family = described(dataset, data_dir, image_size).family
         self.split = datasets.resolve_split(dataset, split)
         tfds = import_tfds()
         parts = tfds.even_splits(self.split, n=process_count, drop_remainder=drop_remainder)
@@ -189,18 +198,41 @@ def prefetched(ds, num_threads):
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(num_threads))
 
 
-def finish_for(dataset, *, data_dir, normalization=None):
+def prepared_builder(dataset, data_dir, image_size=None):
+    """The prepared tfds builder of `dataset`; a folder's is its JPEG copy at `image_size`."""
+    if datasets.is_folder(dataset):
+        from resnet_jax.data import folder_records
+
+        return folder_records.builder(dataset, data_dir, image_size)
+    return datasets.get_builder(dataset, data_dir)
+
+
+def described(dataset, data_dir=None, image_size=None):
+    """`catalog.Dataset` of `dataset` as this pipeline reads it: its options (a folder's are
+    ImageNet's: crops cut out of JPEGs)."""
+    return catalog.describe(dataset, data_dir, image_size, "host")
+
+
+def finish_for(dataset, *, data_dir, normalization=None, image_size=None):
     """The `finish.Finish` that turns this pipeline's batches of `dataset` into model inputs.
 
     ImageNet: its channel mean and std. 32x32 datasets: `normalization` ('per_pixel_mean', the
     default, or 'per_channel') with statistics of the full training split (`stats`), or
-    'mean_std', ImageNet's (what ImageNet weights expect).
+    'mean_std', ImageNet's (what ImageNet weights expect). A folder: 'per_channel' (the default:
+    its own statistics, stored with its copy at `image_size`) or 'mean_std'.
     """
-    family = datasets.facts(dataset)["family"]
-    normalization = datasets.normalization_of(dataset, normalization)
-    _check_choice("normalization", normalization, NORMALIZATIONS[family], dataset)
+    allowed = described(dataset, data_dir, image_size).normalizations
+    normalization = normalization or allowed[0]
+    _check_choice("normalization", normalization, allowed, dataset)
     if normalization == "mean_std":  # ImageNet's, which pretrained weights expect
         return finish_lib.IMAGENET
+    if datasets.is_folder(dataset):
+        from resnet_jax.data import folder_records
+
+        record = folder_records.record(dataset, data_dir, image_size)
+        return finish_lib.Finish(
+            np.float32(record["channel_mean"]), np.float32(record["channel_std"])
+        )
     builder = datasets.get_builder(dataset, data_dir)
     st = stats_lib.normalization_stats(builder, datasets.facts(dataset)["train_split"])
     return finish_lib.Finish(*stats_lib.mean_and_std(st, normalization))
@@ -209,6 +241,14 @@ def finish_for(dataset, *, data_dir, normalization=None):
 def _check_choice(what, value, allowed, dataset):
     if value not in allowed:
         raise ValueError(f"{what}={value!r} is not available for {dataset}; choose from {allowed}")
+
+
+def _scales(dataset, image_size, scales):
+    """`scales` (shorter sides for 224 crops), relative to `image_size` for a folder: it has no
+    native size, so He2015's scales keep their ratio to the crop."""
+    if not datasets.is_folder(dataset) or image_size is None:
+        return scales
+    return tuple(int(round(s * image_size / 224)) for s in scales)
 
 
 def _check_image_size(dataset, family, image_size, augment, scale_range):
@@ -262,15 +302,18 @@ class _TrainStream:
         split=None,
         shuffle_buffer=None,
     ):
-        family = datasets.facts(dataset)["family"]
-        augment = augment or TRAIN_AUGMENTS[family][0]
-        _check_choice("augment", augment, TRAIN_AUGMENTS[family], dataset)
+        d = described(dataset, data_dir, image_size)
+        family, augment = d.family, augment or d.augments[0]
+        _check_choice("augment", augment, d.augments, dataset)
+        scale_range = scale_range or _scales(dataset, image_size, _PAPER_SCALES)
         self.image_size = _check_image_size(dataset, family, image_size, augment, scale_range)
         if local_batch_size < 1:
             raise ValueError(f"need local_batch_size >= 1, got {local_batch_size}")
         split = split or datasets.facts(dataset)["train_split"]
         # Equal shards (drop the few-example remainder) so every process has the same epoch length.
-        shard = _Shard(dataset, data_dir, split, process_index, process_count, drop_remainder=True)
+        shard = _Shard(
+            dataset, data_dir, split, process_index, process_count, True, self.image_size
+        )
         if shard.num_examples < local_batch_size:
             raise ValueError(
                 f"{dataset} split {shard.split!r} gives process {process_index} of "
@@ -280,7 +323,10 @@ class _TrainStream:
         self.shard, self.family, self.augment = shard, family, augment
         if family == "imagenet":
             self._draw_window = _window_fn(augment, self.image_size, scale_range)
-        self.buffer = shuffle_buffer or _SHUFFLE_BUFFER.get(dataset, _DEFAULT_SHUFFLE_BUFFER)
+        default_buffer = _FOLDER_SHUFFLE_BUFFER if datasets.is_folder(dataset) else None
+        self.buffer = shuffle_buffer or _SHUFFLE_BUFFER.get(
+            dataset, default_buffer or _DEFAULT_SHUFFLE_BUFFER
+        )
         self.order_base = tf.constant(_mix(seed, process_index, 1), tf.int64)
         self.aug_base = tf.constant(_mix(seed, process_index, 2), tf.int64)
 
@@ -355,7 +401,7 @@ def train_iterator(
     augment=None,
     image_size=None,
     split=None,
-    scale_range=(256, 480),
+    scale_range=None,
     shuffle_buffer=None,
     num_threads=None,
 ):
@@ -366,7 +412,8 @@ def train_iterator(
     'crop' int32 [b, 2] and 'flip'. augment: ImageNet 'paper' (default; He2015 scale augmentation
     + PCA lighting), 'inception' or 'none'; 32x32 datasets 'cifar' (default; pad-4 crop + flip)
     or 'none'. split: any tfds split string, or 'train45k' for CIFAR's 45k/5k protocol; default
-    the train split.
+    the train split. scale_range: the 'paper' shorter sides, (256, 480) (for a folder scaled by
+    image_size / 224).
     """
     ts = _TrainStream(
         dataset,
@@ -394,7 +441,7 @@ def _crop_windows_stream(
     caller, dataset, data_dir, local_batch_size, seed, augment, image_size, scale_range
 ):
     """The one-process training stream of the decoder yardsticks (ImageNet only)."""
-    if datasets.facts(dataset)["family"] != "imagenet":
+    if described(dataset, data_dir, image_size).family != "imagenet":
         raise ValueError(f"{dataset} images are not cropped out of JPEGs; {caller} is for ImageNet")
     return _TrainStream(
         dataset,
@@ -526,9 +573,12 @@ def eval_iterator(
     its mirror), 'label': int32 [b], 'mask': bool [b]}. Rows past the end of the shard are zeros with
     mask=False; every process yields the same number of batches, `len(iterator)`.
     """
-    family = datasets.facts(dataset)["family"]
-    _check_choice("views", views, EVAL_VIEWS[family], dataset)
+    d = described(dataset, data_dir, image_size)
+    family = d.family
+    _check_choice("views", views, d.eval_views, dataset)
     image_size = _check_image_size(dataset, family, image_size, None, None)
+    if scale is not None or views == "10crop":
+        (scale,) = _scales(dataset, image_size, (scale or 256,))
     if local_batch_size < 1:
         raise ValueError(f"local_batch_size must be >= 1, got {local_batch_size}")
     if views == "multiscale" and not (isinstance(scale, (int, np.integer)) and scale >= 1):
@@ -539,7 +589,7 @@ def eval_iterator(
     if views == "10crop" and (scale or 256) < image_size:
         raise ValueError(f"10crop scale {scale} is smaller than the {image_size} crop")
     split = split or datasets.facts(dataset)["eval_split"]
-    shard = _Shard(dataset, data_dir, split, process_index, process_count, drop_remainder=False)
+    shard = _Shard(dataset, data_dir, split, process_index, process_count, False, image_size)
 
     if family == "imagenet":
         preprocess, shape = {

@@ -182,6 +182,13 @@ def main(argv=None):
         help="folder:PATH: the training size to prepare (default: BiT-HyperRule's, as a run's)",
     )
     parser.add_argument(
+        "--input_pipeline",
+        choices=("device", "host"),
+        default=None,
+        help="folder:PATH: the copy to prepare (default: the one a run uses: device when the "
+        "training split fits in device memory, else host)",
+    )
+    parser.add_argument(
         "--data_dir",
         default=None,
         help="tfds data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)",
@@ -194,7 +201,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if datasets.is_folder(args.name):
-        return _prepare_folder(args.name, args.data_dir, args.image_size)
+        return _prepare_folder(args.name, args.data_dir, args.image_size, args.input_pipeline)
     try:
         builder = prepare(args.name, args.data_dir, args.manual_dir)
     except PrepareError as e:
@@ -202,17 +209,15 @@ def main(argv=None):
         return 1
     splits = ", ".join(f"{k}: {v.num_examples:,}" for k, v in builder.info.splits.items())
     print(f"{args.name} ready in {builder.data_dir} ({splits})")
-    if datasets.facts(args.name)["family"] == "cifar":  # what the device input path reads
-        from resnet_jax.data import arrays  # pylint: disable=g-import-not-at-top
+    from resnet_jax.data import arrays, catalog  # pylint: disable=g-import-not-at-top
 
-        for split in (
-            datasets.facts(args.name)["train_split"],
-            datasets.facts(args.name)["eval_split"],
-        ):
+    held = catalog.describe(args.name, args.data_dir, None, "device")
+    if "device" in held.input_pipelines:  # also write what the device input path reads
+        for split in (held.train_split, held.eval_split):
             arrays.num_examples(args.name, split, args.data_dir)  # builds the file when needed
-        folder = os.path.dirname(arrays.path(args.name, args.data_dir, "train"))
         print(
-            f"arrays for input_pipeline='device' in {folder} (copy it to train without TensorFlow)"
+            f"arrays for input_pipeline='device' in {held.prepared} (copy it to train without "
+            "TensorFlow)"
         )
     return 0
 
@@ -225,9 +230,10 @@ def _dataset_name(name):
     return name
 
 
-def _prepare_folder(name, data_dir, image_size):
-    """Decodes a folder once into the device path's arrays; 66 with one line when it cannot."""
-    from resnet_jax.data import arrays, folder  # pylint: disable=g-import-not-at-top
+def _prepare_folder(name, data_dir, image_size, input_pipeline):
+    """Decodes a folder once into the copy its run reads (the device path's arrays, or the host
+    path's JPEG records); 66 with one line when it cannot."""
+    from resnet_jax.data import arrays, folder, folder_records  # pylint: disable=g-import-not-at-top
 
     try:
         layout = folder.layout_of(name)
@@ -235,12 +241,18 @@ def _prepare_folder(name, data_dir, image_size):
         if image_size is None:
             image_size, why = folder.default_image_size(layout)
             print(why)
-        for split in (folder.TRAIN_SPLIT, layout.eval_split):
-            arrays.num_examples(name, split, data_dir, image_size)
+        chosen, why = folder.input_pipeline(layout, image_size)
+        print(why if input_pipeline is None else f"input_pipeline {input_pipeline}: as asked")
+        if (input_pipeline or chosen) == "host":
+            folder_records.record(name, data_dir, image_size)
+            where = folder_records.records_dir(name, data_dir, image_size)
+        else:
+            for split in (folder.TRAIN_SPLIT, layout.eval_split):
+                arrays.num_examples(name, split, data_dir, image_size)
+            where = os.path.dirname(arrays.path(name, data_dir, "train", image_size))
     except (datasets.DatasetNotPreparedError, datasets.CorruptImageError) as e:
         print(f"resnet_jax: {e}", file=sys.stderr)
         return 66  # as a run's: no input
-    where = os.path.dirname(arrays.path(name, data_dir, "train", image_size))
     print(f"{name} prepared at {image_size}x{image_size} in {where}")
     return 0
 

@@ -93,8 +93,7 @@ def measure_input_pipeline(
     seconds, cpu, batch = _time(it, num_batches, batch_size)
     return {
         "dataset": dataset,
-        "augment": augment
-        or pipeline.TRAIN_AUGMENTS[pipeline.datasets.facts(dataset)["family"]][0],
+        "augment": augment or pipeline.described(dataset, data_dir, image_size).augments[0],
         "batch_size": batch_size,
         "num_batches": num_batches,
         "image_shape": list(batch["image"].shape[1:]),
@@ -200,8 +199,7 @@ def compare_with_decoder(
         rows.append(row)
     out = {
         "dataset": dataset,
-        "augment": augment
-        or pipeline.TRAIN_AUGMENTS[pipeline.datasets.facts(dataset)["family"]][0],
+        "augment": augment or pipeline.described(dataset, data_dir, image_size).augments[0],
         "batch_size": batch_size,
         "num_batches": num_batches,
         "cores": cores,

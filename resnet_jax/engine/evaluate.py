@@ -184,11 +184,11 @@ def make_evaluator(
         if finish is None:
             from resnet_jax.data import pipeline  # TensorFlow only on the data path
 
-            finish = pipeline.finish_for(dataset, data_dir=data_dir)
+            finish = pipeline.finish_for(dataset, data_dir=data_dir, image_size=image_size)
         data = lambda scale=None: (
             host(views=views, image_size=image_size)
             if scale is None
-            else host(views="multiscale", scale=scale)
+            else host(views="multiscale", scale=scale, image_size=image_size)
         )
     if views != "multiscale":
         eval_step = parallel.jit_eval_step(model, mesh, finish)

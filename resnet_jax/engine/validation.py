@@ -57,7 +57,7 @@ _OVERHEAD_BYTES = 32 << 20
 
 def _problems(c) -> list[str]:
     from resnet_jax import models, optim
-    from resnet_jax.data import datasets
+    from resnet_jax.data import catalog, datasets
     from resnet_jax.engine import numerics
 
     out = []
@@ -100,13 +100,9 @@ def _problems(c) -> list[str]:
     choice("lr_scaling", ("none", "linear"))
     choice("eval_views", config_lib.EVAL_VIEWS)
     choice("nonfinite_policy", numerics.POLICIES, "stop")
-    if datasets.is_folder(c.dataset) and c.get("input_pipeline") not in (None, "device"):
-        out.append(
-            f"input_pipeline={c.input_pipeline!r} is not available for a folder; a folder is "
-            "held in device memory (input_pipeline='device')"
-        )
-    if c.dataset in datasets.DATASETS and c.get("input_pipeline") is not None:
-        allowed = datasets.INPUT_PIPELINES[datasets.facts(c.dataset)["family"]]
+    tfds_or_folder = datasets.is_trainable(c.dataset) and c.dataset != datasets.SYNTHETIC
+    if tfds_or_folder and c.get("input_pipeline") is not None:
+        allowed = catalog.input_pipelines(c.dataset)
         need(
             c.input_pipeline in allowed,
             f"input_pipeline={c.input_pipeline!r} is not available for {c.dataset}; choose from "
@@ -218,12 +214,12 @@ def check_resolved(c, *, device_count: int, process_count: int) -> None:
 
 
 def _data_problems(c, process_count: int) -> list[str]:
-    from resnet_jax.data import datasets
+    from resnet_jax.data import catalog, datasets
 
     problems = []
     facts = datasets.facts(c.dataset)
     if datasets.is_folder(c.dataset):
-        problems += _folder_problems(c, facts)
+        problems += _folder_problems(c)
     elif facts["family"] == "cifar" and (
         c.image_size < facts["image_size"] or config_lib.input_pipeline(c) != "device"
     ):
@@ -232,21 +228,25 @@ def _data_problems(c, process_count: int) -> list[str]:
             f"image_size={c.image_size} is not supported (the device input path upsamples them "
             "to a larger image_size)"
         )
+    path = config_lib.input_pipeline(c)
+    described = catalog.describe(c.dataset, c.data_dir, c.image_size, path)
     for key, allowed in (
-        ("augment", datasets.TRAIN_AUGMENTS),
-        ("normalization", datasets.NORMALIZATIONS),
+        ("augment", described.augments),
+        ("normalization", described.normalizations),
     ):
-        if c[key] is not None and c[key] not in allowed[facts["family"]]:
+        if c[key] is not None and c[key] not in allowed:
             problems.append(
-                f"{key}={c[key]!r} is not available for {c.dataset}; choose from "
-                f"{allowed[facts['family']]}"
+                f"{key}={c[key]!r} is not available for {c.dataset} on the {path} input path; "
+                f"choose from {allowed}"
             )
     if config_lib.input_pipeline(c) == "device":  # the prepared arrays: no TensorFlow
         from resnet_jax.data import arrays
 
         count = lambda split: arrays.num_examples(c.dataset, split, c.data_dir, c.image_size)
     else:
-        builder = datasets.get_builder(c.dataset, c.data_dir)
+        from resnet_jax.data import pipeline  # TensorFlow only on the host data path
+
+        builder = pipeline.prepared_builder(c.dataset, c.data_dir, c.image_size)
         count = lambda split: datasets.num_examples(builder, c.dataset, split)
     for key, default, batch in (
         ("train_split", facts["train_split"], c.batch_size),
@@ -269,17 +269,16 @@ def _data_problems(c, process_count: int) -> list[str]:
     return problems
 
 
-def _folder_problems(c, facts) -> list[str]:
-    """A folder's training split must fit the device memory limit at its training size."""
+def _folder_problems(c) -> list[str]:
+    """A folder held in device memory must fit the limit at its training size."""
     from resnet_jax.data import folder
 
-    size = facts["num_train"] * c.image_size * c.image_size * 3
-    if size <= folder.DEVICE_LIMIT_BYTES:
+    path, why = folder.input_pipeline(folder.layout_of(c.dataset), c.image_size)
+    if config_lib.input_pipeline(c) != "device" or path == "device":
         return []
     return [
-        f"{c.dataset}: {facts['num_train']} training images at {c.image_size}x{c.image_size} "
-        f"are {size / 2**30:.1f} GiB as uint8, over the {folder.DEVICE_LIMIT_BYTES / 2**30:.0f} "
-        "GiB a folder may take in device memory; choose a smaller --config.image_size"
+        f"{c.dataset} cannot take input_pipeline='device': {why.split(': ', 1)[1]}; choose "
+        "input_pipeline=host or a smaller --config.image_size"
     ]
 
 

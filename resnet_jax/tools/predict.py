@@ -40,19 +40,29 @@ def _read(path: str, c, tf) -> np.ndarray:
     """uint8 [S, S, 3]: one image cropped and resized as the run's evaluation batches are."""
     from resnet_jax.data import augment, datasets
 
-    if datasets.is_folder(c.dataset):  # as the folder's prepared arrays: Pillow, squared
-        from resnet_jax.data import folder
+    if datasets.is_folder(c.dataset):  # as the folder's prepared copy: Pillow, then...
+        from resnet_jax import config as config_lib
+        from resnet_jax.data import folder, folder_records
 
         try:
-            return folder.resized(folder.pixels(path), c.image_size)
+            image = folder.pixels(path)
         except ValueError as e:
             raise datasets.CorruptImageError(f"not a readable image ({e})") from None
-    facts = datasets.facts(c.dataset)
-    # 32x32 sets: no crop margin, and their own size (the finish upsamples them as their tests)
-    size = facts["image_size"] if facts["family"] == "cifar" else c.image_size
-    resize = size if facts["family"] == "cifar" else None
-    with open(path, "rb") as f:
-        data = f.read()
+        if config_lib.input_pipeline(c) == "device":  # ...squared, as the arrays
+            return folder.resized(image, c.image_size)
+        side = folder_records.resize_side(c.image_size)  # ...a JPEG record, centre-cropped
+        data, size, resize = (
+            folder_records.jpeg(folder_records.shorter_side(image, side)),
+            c.image_size,
+            None,
+        )
+    else:
+        facts = datasets.facts(c.dataset)
+        # 32x32 sets: no crop margin, and their own size (the finish upsamples them as their tests)
+        size = facts["image_size"] if facts["family"] == "cifar" else c.image_size
+        resize = size if facts["family"] == "cifar" else None
+        with open(path, "rb") as f:
+            data = f.read()
     try:
         return np.asarray(augment.center_eval(tf.constant(data), size, resize))
     except Exception as e:  # TensorFlow's decode errors come as several types

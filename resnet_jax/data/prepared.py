@@ -1,0 +1,66 @@
+"""Prepared data built once from its source: checked on every use, rebuilt when missing, damaged or
+stale, under a lock so that concurrent processes build it once and never see half of it.
+
+Both prepared copies of a folder (the device path's arrays, the host path's JPEG records) and the
+arrays of the 32x32 datasets go through `once`; a copy that does not match its source is reported
+on stderr and rebuilt, never used.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import sys
+
+from resnet_jax.data import datasets, folder
+
+FOLDER = "resnet_jax_arrays"  # under data_dir, beside the tfds datasets
+
+
+def folder_dir(name, data_dir, image_size):
+    """DATA_DIR/resnet_jax_arrays/folders/<name>-<digest of its absolute path>/<image_size>: where
+    a folder's prepared copies at one training size live (one folder per folder and size)."""
+    if not image_size:
+        raise ValueError(f"{name}: the prepared copies of a folder need an image_size")
+    root = folder.root_of(name)
+    tag = f"{os.path.basename(root)}-{hashlib.sha256(root.encode()).hexdigest()[:12]}"
+    base = os.path.join(datasets.resolve_data_dir(data_dir), FOLDER, "folders", tag)
+    return os.path.join(base, str(int(image_size)))
+
+
+@contextlib.contextmanager
+def _locked(target):
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    # A hidden file beside the target: removing it after use would race with a process waiting.
+    lock_path = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # other processes wait, then find it built
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def once(target, check, build, *, cannot_build=None):
+    """The prepared data at `target`, built first when `check` finds a problem with it.
+
+    check() -> (data, None) when it is sound and current, else (None, what is wrong: 'missing',
+    'stale: ...'); build() writes it (atomically) and returns the data; cannot_build(problem)
+    raises when the source is not here to build from.
+    """
+    data, problem = check()
+    if data is not None:
+        return data
+    if problem != "missing":
+        print(
+            f"resnet_jax: {target} is {problem}; rebuilding it from the source",
+            file=sys.stderr,
+            flush=True,
+        )
+    if cannot_build is not None:
+        cannot_build(problem)
+    with _locked(target):
+        data, _ = check()  # another process may have built it while this one waited
+        if data is None:
+            data = build()
+    return data
