@@ -92,9 +92,22 @@ def _python(args, workdir: pathlib.Path, timeout: float) -> subprocess.Completed
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
+        _wait_for_group(proc.pid, timeout=120)
     log.write(out)
     log.close()
     return subprocess.CompletedProcess(args, proc.returncode, out, "")
+
+
+def _wait_for_group(pgid: int, timeout: float) -> None:
+    """Waits until every process of group `pgid` has ended: the runner dies at SIGTERM at once,
+    while its trainers still finish their steps in flight and write their checkpoints."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
 
 
 def _summary(workdir: pathlib.Path) -> dict:
