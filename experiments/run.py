@@ -208,12 +208,12 @@ def _claim_workdir(run: Run, exp: Experiment) -> None:
 # Memory XLA may take on an accelerator, shared by `--parallel` runs (the rest is headroom for
 # the CUDA context of each process).
 _SHARED_MEMORY_FRACTION = 0.9
-# One XLA CPU thread per process when there are as many runs as cores. On a 2-core CPU
-# (2026-12-03, docs/benchmarks.md) two ResNet-20 runs at batch 32 with one thread each trained
-# 2.1x the images/s of one run on both cores (ResNet-56: 1.1x): at batch 32 XLA's intra-op threads
-# mostly wait on each other. The processes are not pinned to cores: a pinned process's Python
-# thread and its XLA thread then share one core, and under load from other jobs it ran at half
-# speed.
+# One XLA CPU thread per process when there are as many runs as cores. On a quiet 2-core CPU
+# (2026-12-03, docs/benchmarks.md) two ResNet-20 train steps at batch 32 with one thread each made
+# 1.11-1.32x the images/s of one on both cores (ResNet-56: 1.12-1.18x): at batch 32 XLA's intra-op
+# threads partly wait on each other. The processes are not pinned to cores: a pinned process's
+# Python thread and its XLA thread then share one core, and under load from other jobs it ran at
+# half speed.
 _ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
