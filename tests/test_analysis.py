@@ -49,6 +49,7 @@ def _bn(x, p, s, eps=1e-5):
     return (x - s["mean"]) / np.sqrt(s["var"] + eps) * p["scale"] + p["bias"]
 
 
+@pytest.mark.slow
 def test_response_std_equals_hand_computed_first_layer():
     model, v = _perturbed_tiny_resnet()
     images = jnp.asarray(np.random.default_rng(2).normal(size=(4, 32, 32, 3)), jnp.float32)

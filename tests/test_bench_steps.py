@@ -89,6 +89,7 @@ def test_minimal_net_has_projection_shortcuts_where_the_shape_changes():
     assert mini_params - ours_params == 8 * 16 + 16 * 32 + 2 * (16 + 32)
 
 
+@pytest.mark.slow
 def test_minimal_step_learns_a_fixed_batch_and_returns_only_the_loss():
     from resnet_jax.engine import steps
 
@@ -122,6 +123,7 @@ def test_reference_steps_refuse_eval_mode_and_minimal_refuses_bn_groups():
         build.build_step("resnet20", kind="lean", batch_size=2)
 
 
+@pytest.mark.slow
 def test_compare_steps_times_both_kinds_in_turn_and_gives_paired_ratios():
     from resnet_jax.bench import cli
 

@@ -388,6 +388,7 @@ def test_throughput_reports_images_per_second(fake):
     assert result["images_per_cpu_sec"] > 0
 
 
+@pytest.mark.slow
 def test_decoder_comparison_times_pipeline_and_both_yardsticks_on_the_same_rounds(fake):
     from resnet_jax.data import throughput  # pylint: disable=g-import-not-at-top
 

@@ -68,6 +68,7 @@ def _resume_and_compare(workdir, reference, cache, resumed_from):
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_resumes_from_the_last_complete_one_bitwise(
     tmp_path, cache, reference
 ):
@@ -128,6 +129,7 @@ def _stop(r):
 SLOW_STEP_S = 1.5
 
 
+@pytest.mark.slow
 def test_sigterm_with_slow_steps_queued_waits_only_for_the_steps_in_flight_and_resumes_bitwise(
     tmp_path, cache, reference
 ):
@@ -205,6 +207,7 @@ def test_a_nan_at_step_7_stops_the_run_with_exit_65_and_the_good_checkpoint_stay
     )
 
 
+@pytest.mark.slow
 def test_skip_policy_drops_the_nan_update_counts_it_and_finishes(tmp_path, cache):
     workdir = tmp_path / "run"
     rc, out = run(

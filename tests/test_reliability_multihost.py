@@ -71,6 +71,7 @@ def cache(tmp_path_factory):
     return session_dir(tmp_path_factory, "reliability_xla_cache")
 
 
+@pytest.mark.slow
 def test_a_killed_process_makes_the_other_fail_within_the_heartbeat_timeout(tmp_path, cache):
     _, (p0, p1) = _pair(tmp_path, cache, fault_for_1="pause@6")
     try:
@@ -92,6 +93,7 @@ def test_a_killed_process_makes_the_other_fail_within_the_heartbeat_timeout(tmp_
         assert "Restart every process to resume from the newest checkpoint" in out
 
 
+@pytest.mark.slow
 def test_a_bug_in_one_process_ends_it_with_a_traceback_and_the_other_within_the_heartbeat(
     tmp_path, cache
 ):

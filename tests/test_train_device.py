@@ -123,6 +123,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
     single_root, pair_root = tmp_path / "single", tmp_path / "pair"
     single_root.mkdir()

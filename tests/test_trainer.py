@@ -53,6 +53,7 @@ def final_state(workdir, c):
     return jax.device_get(state), position
 
 
+@pytest.mark.slow
 def test_stopping_at_n_and_resuming_to_2n_is_bitwise_equal_to_2n_in_one_go(tmp_path, capsys):
     one_go, resumed = str(tmp_path / "one_go"), str(tmp_path / "resumed")
     c = tiny_config(6)
