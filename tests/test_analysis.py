@@ -109,6 +109,7 @@ def _first_last_ratio(name, seed):
     return first_unit, first_unit / last_unit
 
 
+@pytest.mark.slow
 def test_plain20_gradients_grow_toward_the_input_more_than_resnet20_at_init():
     # Measured (batch 8, seeds 0-2): plain-20 first-unit / last-unit gradient norm 7.9-9.0,
     # ResNet-20 2.2-2.5; first-unit norms 2.5-2.7 vs 0.82-0.91.

@@ -6,6 +6,8 @@ import stat
 import sys
 import textwrap
 
+import pytest
+
 from experiments import run
 
 # Stands in for `python -m resnet_jax.main`: records when it ran and the memory share it was given.
@@ -52,6 +54,7 @@ def _max_overlap(calls):
     return best
 
 
+@pytest.mark.slow
 def test_parallel_runs_overlap_share_the_memory_and_finish_every_run(tmp_path, monkeypatch, capsys):
     root, calls = _launch(tmp_path, monkeypatch, parallel=2)
     assert len(calls) == 4 and {c["mode"] for c in calls} == {"train"}  # 2 entries x 2 seeds

@@ -63,6 +63,7 @@ def test_predictions_equal_the_evaluation_path_on_the_same_test_images(run):
         np.testing.assert_allclose([q for _, q in top], p[order], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_prints_top5_of_good_files_one_line_per_bad_one_and_exit_66_if_any_failed(
     run, tmp_path
 ):

@@ -8,6 +8,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from fake_archives import build_once
 from PIL import Image
 
 from resnet_jax import config as config_lib
@@ -29,11 +30,15 @@ def _losses(workdir):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """12 steps in one go and 6 + 6 resumed, on 48 shapes10 PNGs, with a 1-byte device limit."""
-    root = str(tmp_path_factory.mktemp("folder_host"))
+    """12 steps in one go and 6 + 6 resumed, on 48 shapes10 PNGs, with a 1-byte device limit;
+    trained once per session and shared by both test workers (the tests only read it)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(folder, "DEVICE_LIMIT_BYTES", 1)
-        yield root, *one_go_and_resumed(root, host_config, 12)
+        yield build_once(
+            tmp_path_factory,
+            "folder_host_runs",
+            lambda root: (root, *one_go_and_resumed(root, host_config, 12)),
+        )
 
 
 def test_a_folder_over_the_device_limit_trains_on_the_host_path_and_learns(runs):
