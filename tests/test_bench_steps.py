@@ -40,10 +40,11 @@ def test_flops_disagreement_warns_only_beyond_ten_percent():
     "name, overrides, size",
     [
         ("resnet20", dict(stage_sizes=(1, 1, 1)), 128),  # basic blocks, option A shortcuts
-        (
+        pytest.param(
             "resnet50",
             dict(stage_sizes=(1, 1, 1, 1), widths=(32, 64, 128, 256), stem_width=32),
             224,
+            marks=pytest.mark.slow,  # 20 s to compile at 224 px: in make test-slow
         ),  # bottleneck blocks, projection shortcuts, 7x7 stem and max pool; the stem needs no
         # input gradient, so a net much narrower than this one (stem a large share) would sit
         # further below 3 x 2 x MACs in XLA's count

@@ -358,6 +358,7 @@ def test_benchmark_imports_neither_tensorflow_nor_ml_collections():
     assert out.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_cli_times_resnet20_train_step_and_emits_json(tmp_path):
     from resnet_jax.tools import summary
 

@@ -162,6 +162,7 @@ def _decode(out, mean, std, images):
     return ids, dy, dx, flips
 
 
+@pytest.mark.slow
 def test_host_and_device_paths_draw_the_same_augmented_distribution(coord_cifar):
     """Fails if either path is off by one pixel, never flips, or normalises differently."""
     draws, batch = 4000, 100

@@ -174,6 +174,7 @@ def test_sigterm_before_the_first_step_exits_at_once_saying_there_is_nothing_to_
     assert not [d for d in checkpoint_dirs(workdir) if d.isdigit()]
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoints_are_named_and_the_run_resumes_from_the_good_one_bitwise(
     tmp_path, cache, reference
 ):
@@ -188,6 +189,7 @@ def test_damaged_newest_checkpoints_are_named_and_the_run_resumes_from_the_good_
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints.damaged"))) == ["12", "8"]
 
 
+@pytest.mark.slow
 def test_a_nan_at_step_7_stops_the_run_with_exit_65_and_the_good_checkpoint_stays(tmp_path, cache):
     workdir = tmp_path / "run"
     rc, out = run(workdir, "--config.debug_nan_step=7", cache_dir=cache)
