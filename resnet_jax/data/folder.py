@@ -271,8 +271,9 @@ def device_bytes(layout: Layout, size: int) -> int:
 def input_pipeline(layout: Layout, size: int) -> tuple[str, str]:
     """('device' or 'host', why): the device path when the training split at `size` fits in
     DEVICE_LIMIT_BYTES, else the host tf.data pipeline."""
-    held, limit = device_bytes(layout, size) / 2**30, DEVICE_LIMIT_BYTES / 2**30
-    if device_bytes(layout, size) <= DEVICE_LIMIT_BYTES:
+    needed = device_bytes(layout, size)
+    held, limit = needed / 2**30, DEVICE_LIMIT_BYTES / 2**30
+    if needed <= DEVICE_LIMIT_BYTES:
         return "device", (
             f"input_pipeline device: the training split at {size}x{size} takes {held:.2g} GiB as "
             f"uint8, within the {limit:.2g} GiB a folder may take in device memory"

@@ -323,9 +323,10 @@ class _TrainStream:
         self.shard, self.family, self.augment = shard, family, augment
         if family == "imagenet":
             self._draw_window = _window_fn(augment, self.image_size, scale_range)
-        default_buffer = _FOLDER_SHUFFLE_BUFFER if datasets.is_folder(dataset) else None
-        self.buffer = shuffle_buffer or _SHUFFLE_BUFFER.get(
-            dataset, default_buffer or _DEFAULT_SHUFFLE_BUFFER
+        self.buffer = shuffle_buffer or (
+            _FOLDER_SHUFFLE_BUFFER
+            if datasets.is_folder(dataset)
+            else _SHUFFLE_BUFFER.get(dataset, _DEFAULT_SHUFFLE_BUFFER)
         )
         self.order_base = tf.constant(_mix(seed, process_index, 1), tf.int64)
         self.aug_base = tf.constant(_mix(seed, process_index, 2), tf.int64)

@@ -233,7 +233,7 @@ def _dataset_name(name):
 def _prepare_folder(name, data_dir, image_size, input_pipeline):
     """Decodes a folder once into the copy its run reads (the device path's arrays, or the host
     path's JPEG records); 66 with one line when it cannot."""
-    from resnet_jax.data import arrays, folder, folder_records  # pylint: disable=g-import-not-at-top
+    from resnet_jax.data import arrays, catalog, folder, folder_records
 
     try:
         layout = folder.layout_of(name)
@@ -241,19 +241,18 @@ def _prepare_folder(name, data_dir, image_size, input_pipeline):
         if image_size is None:
             image_size, why = folder.default_image_size(layout)
             print(why)
-        chosen, why = folder.input_pipeline(layout, image_size)
-        print(why if input_pipeline is None else f"input_pipeline {input_pipeline}: as asked")
-        if (input_pipeline or chosen) == "host":
+        d = catalog.describe(name, data_dir, image_size, input_pipeline)
+        asked = f"input_pipeline {input_pipeline}: as asked"
+        print(d.input_pipeline_rule if input_pipeline is None else asked)
+        if d.input_pipeline == "host":
             folder_records.record(name, data_dir, image_size)
-            where = folder_records.records_dir(name, data_dir, image_size)
         else:
-            for split in (folder.TRAIN_SPLIT, layout.eval_split):
+            for split in (d.train_split, d.eval_split):
                 arrays.num_examples(name, split, data_dir, image_size)
-            where = os.path.dirname(arrays.path(name, data_dir, "train", image_size))
     except (datasets.DatasetNotPreparedError, datasets.CorruptImageError) as e:
         print(f"resnet_jax: {e}", file=sys.stderr)
         return 66  # as a run's: no input
-    print(f"{name} prepared at {image_size}x{image_size} in {where}")
+    print(f"{name} prepared at {image_size}x{image_size} in {d.prepared}")
     return 0
 
 
