@@ -77,6 +77,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.lars_trust_coefficient = 0.001  # optimizer=lars: its eta
     c.label_smoothing = 0.0  # mass spread uniformly over all classes
     c.seed = 0  # initialisation and data order
+    # Deterministic GPU reductions and scatters (--xla_gpu_deterministic_ops, set before JAX starts):
+    # bitwise repeatable GPU runs at a cost in speed. CPU programs are deterministic already.
+    c.deterministic = False
     # Several seeds as one program, e.g. (0, 1, 2): one run per seed in WORKDIR/seed<k>, their
     # steps vmapped together (device input path only; docs/training.md). Empty: one run of `seed`.
     c.seeds = ()

@@ -18,7 +18,7 @@ Kept short on purpose: the logic lives in importable modules (resnet_jax.engine)
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_jax import entry
+from resnet_jax import entry, xla_options
 from resnet_jax.engine import faults, parallel
 from resnet_jax.tools import config_help
 
@@ -79,6 +79,11 @@ def main(argv):
             return
         if FLAGS.workdir is None:
             raise faults.ConfigError("--workdir is required: the run directory (see --help)")
+        if config.get("deterministic"):  # XLA reads its flags when the backends start, below
+            try:
+                xla_options.require(xla_options.DETERMINISTIC, "--config.deterministic=True")
+            except xla_options.BackendStartedError as e:
+                raise faults.ConfigError(str(e)) from None
     parallel.initialize_distributed(
         FLAGS.coordinator_address,
         FLAGS.num_processes,

@@ -12,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Lowest first. A module may import modules of its own floor or below, never above. Prefixes
 # match a package and everything in it; the longest matching prefix decides, so a package's
-# command-line modules can sit above its library.
+# command-line modules can sit above its library; a name ending in "=" matches that module alone.
 FLOORS = (
     (
         "resnet_jax.models",
@@ -20,6 +20,8 @@ FLOORS = (
         "resnet_jax.optim",
         "resnet_jax.recipes",  # published recipes and their scaling rules (no config)
         "resnet_jax.entry",
+        "resnet_jax.xla_options",  # XLA_FLAGS set before JAX starts a backend
+        "resnet_jax=",  # the package's own __init__ (which sets them at import), not its modules
         "resnet_jax.pretrained",  # state dicts <-> variables, weights files
     ),  # no config, no loop
     ("resnet_jax.config",),  # config -> model, optimizer, resolved sizes
@@ -99,7 +101,7 @@ def _floor(module: str) -> int:
         (len(p), i)
         for i, prefixes in enumerate(FLOORS)
         for p in prefixes
-        if module == p or module.startswith(p + ".")
+        if module == p.rstrip("=") or (not p.endswith("=") and module.startswith(p + "."))
     ]
     if not matches:
         raise AssertionError(f"{module} is on no floor of FLOORS: place it in docs/architecture.md")

@@ -40,6 +40,7 @@ from absl import app, flags, logging
 from resnet_jax import entry
 from resnet_jax.bench import build
 from resnet_jax.bench import core as bench_core
+from resnet_jax.bench import op_profile as op_profile_lib
 from resnet_jax.bench.build import DTYPES, MODES, STEP_KINDS
 
 FEEDS = ("device", "host")
@@ -103,6 +104,7 @@ def benchmark(
     devices: Sequence[Any] | None = None,
     profile_dir: str | None = None,
     profile_steps: int = 5,
+    op_profile: bool = False,
     **model_overrides,
 ) -> dict[str, Any]:
     """Compiles and times one model's train or eval step; returns a flat dict of results.
@@ -149,6 +151,9 @@ def benchmark(
             jax.block_until_ready((state, out))
     result = _result(model_name, built, timing.step_seconds, timing.steps_per_window, peak_tflops)
     result.update(feed=feed, warmup=warmup)
+    if op_profile:  # after the timing, for the same reason as the trace above
+        ops = op_profile_lib.profile(built.step, state, built.batch, built.compiled.as_text())
+        result["op_profile_ms"] = op_profile_lib.by_category(ops)
     return result
 
 
@@ -444,6 +449,12 @@ def _define_flags() -> None:
         "the text/markdown table otherwise (e.g. --output=r.json,r.md).",
     )
     f.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of a few extra steps here.")
+    f.DEFINE_bool(
+        "op_profile",
+        False,
+        "Also profile a few steps op by op and print where the time goes: convolutions by "
+        "direction, batch norm, layout copies, elementwise, optimizer (bench/op_profile.py).",
+    )
     f.DEFINE_integer("bn_group_size", None, "Batch-norm statistics per group of N examples.")
     f.DEFINE_bool("input_pipeline", False, "Measure the host input pipeline instead of a model.")
     f.DEFINE_string("dataset", "shapes10", "Dataset for --input_pipeline.")
@@ -506,6 +517,7 @@ def main(argv: Sequence[str]) -> None:
             peak_tflops=FLAGS.peak_tflops,
             feed=FLAGS.feed,
             profile_dir=FLAGS.profile_dir,
+            op_profile=FLAGS.op_profile,
         )
         if FLAGS.bn_group_size:
             kwargs["bn_group_size"] = FLAGS.bn_group_size
@@ -518,7 +530,7 @@ def main(argv: Sequence[str]) -> None:
                     "several --step kinds compare one --model at one --batch_size on device data "
                     "(no --sweep, --feed=host or --profile_dir)"
                 )
-            for key in ("feed", "profile_dir", "windows"):
+            for key in ("feed", "profile_dir", "windows", "op_profile"):
                 kwargs.pop(key)
             kwargs["steps"] = max(1, FLAGS.steps // FLAGS.rounds)
             result = compare_steps(
@@ -534,6 +546,8 @@ def main(argv: Sequence[str]) -> None:
                 FLAGS.model[0], batch_size=FLAGS.batch_size, step=FLAGS.step[0], **kwargs
             )
             text = format_result(result)
+            if FLAGS.op_profile:
+                text += "\n\n" + op_profile_lib.table(result["op_profile_ms"], result["step_ms"])
         else:
             sizes = [int(b) for b in FLAGS.sweep] if FLAGS.sweep else [FLAGS.batch_size]
             kwargs["step"] = FLAGS.step[0]

@@ -23,6 +23,7 @@ import numpy as np
 from absl import logging
 
 from resnet_jax import config as config_lib
+from resnet_jax import xla_options
 from resnet_jax.data import synthetic  # JAX only: no TensorFlow
 from resnet_jax.engine import checkpoint, evaluate, faults, metrics, numerics, parallel, validation
 
@@ -231,6 +232,15 @@ def print_header(c, workdir: str) -> None:
     )
     for note in config_lib.data_notes(c):
         print(note, flush=True)
+    if jax.default_backend() == "cpu" and xla_options.banner():
+        print(xla_options.banner(), flush=True)
+    if c.get("deterministic"):
+        cpu = " (no effect here: CPU programs are deterministic already)"
+        print(
+            f"deterministic GPU ops: {xla_options.flags_line(xla_options.DETERMINISTIC)}"
+            f"{cpu if jax.default_backend() == 'cpu' else ''}",
+            flush=True,
+        )
     unused_gpu = parallel.unused_gpu_warning()
     if unused_gpu:
         print(f"WARNING: {unused_gpu}", flush=True)

@@ -49,6 +49,7 @@ RESUMABLE_KEYS = frozenset(
         "nonfinite_policy",
         "dataset_fingerprint",  # compared on its own, and never allowed to change
         "debug_nan_step",
+        "deterministic",  # the same arithmetic, only its order on GPUs fixed
     }
 )
 # Written next to checkpoints besides the arrays (metrics, events, config): room to spare for them.
