@@ -244,3 +244,27 @@ def test_one_gpu_imagenet_recipe_is_the_papers_step_as_8_micro_batches_of_32(mon
     # On 8 devices each would hold 4 images of a micro-batch: the plain paper recipe is for them.
     with pytest.raises(faults.ConfigError, match="bn_group_size 32 does not divide the per-device micro-batch 4"):  # fmt: skip
         validation.check_resolved(c, device_count=8, process_count=1)
+
+
+def test_seeds_as_one_program_accumulate_and_average_as_their_single_runs():
+    from resnet_jax.engine import stacked
+
+    model, mesh = TinyNet(), parallel.make_mesh()
+    schedule = optax.constant_schedule(0.1)
+    tx = optim.make_optimizer(schedule, momentum=0.9)
+    options = dict(grad_accum_steps=2, ema_decay=0.9)
+    init = lambda seed: parallel.create_sharded_train_state(
+        model, tx, jax.random.PRNGKey(seed), (8, 8, 3), mesh, ema=True
+    )
+    single = parallel.jit_train_step(model, tx, schedule, mesh, donate=False, **options)
+    how = stacked.layout(2, mesh)
+    program = stacked.jit_train_step(model, tx, schedule, mesh, how, **options)
+    batches = [_batch(16, seed=s) for s in (0, 1)]
+    both = stacked.stack([init(0), init(1)], stacked.state_sharding(how, mesh))
+    both, m = program(both, jax.tree.map(lambda *x: np.stack(x), *batches))
+    for run, state in enumerate(stacked.unstack(both, 2, mesh)):
+        alone, m_alone = single(init(run), parallel.host_to_global(batches[run], mesh))
+        np.testing.assert_allclose(m["loss"][run], m_alone["loss"], rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(alone), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert state.ema is not None
