@@ -122,14 +122,14 @@ def _extra_args(tx: optax.GradientTransformation, train_error: jax.Array) -> dic
 
 
 def micro_batches(batch: Mapping[str, jax.Array], k: int, shards: int = 1) -> dict:
-    """Leaves [B, ...] -> [k, B / k, ...]: micro-batch j takes the j-th k-th of each of the
-    `shards` equal contiguous blocks of the batch.
+    """Leaves [B, ...] -> [k, B / k, ...]: the batch cut into `shards` equal contiguous blocks,
+    each block into k slices of m = B / (k * shards) rows; micro-batch j is slice j of every block.
 
-    The batch is sharded over the mesh's `data` axis in contiguous blocks, one per device; with
-    `shards` the device count, each micro-batch holds B / (k * shards) rows of every device's block,
-    and the reshape [B] -> [shards, k, m] -> [k, shards * m] moves no row between devices (a plain
-    [k, B / k] view would put a micro-batch on one device and make XLA shuffle rows). BN groups of
-    a micro-batch then stay on one device when they divide m.
+    The batch is sharded over the mesh's `data` axis in contiguous blocks, one per device. With
+    `shards` the device count, the reshape [B] -> [shards, k, m] -> [k, shards * m] leaves every
+    row on its device and each micro-batch keeps an equal share on every device (a plain
+    [k, B / k] view would put a micro-batch on one device and make XLA gather rows across
+    devices). BN groups of a micro-batch stay on one device when they divide m.
     """
     b = jax.tree.leaves(batch)[0].shape[0]
     if b % (k * shards):
@@ -171,9 +171,10 @@ def _accumulated_gradients(state, batch, rng, k, shards, **kwargs):
     after another in a `lax.scan`, so only one micro-batch's activations are alive at a time.
 
     Each micro-batch is normalised on its own, and the BN statistics come back as the mean of the
-    k micro-batches' updates of the same running statistics: momentum * old + (1 - momentum) *
-    (mean over micro-batches of their batch statistics), the update k devices make with BN per
-    device (`models.norm.GroupedBatchNorm`), not k updates in a row.
+    k micro-batches' updates of the same running statistics. BN's update is affine in the batch
+    statistics, so that is momentum * old + (1 - momentum) * (mean over micro-batches of their
+    statistics): the update k devices make with BN per device (`models.norm.GroupedBatchNorm`),
+    not k updates in a row (docs/training.md).
     """
     micro = micro_batches(batch, k, shards)
     one = lambda j, mb: _gradients(state, mb, jax.random.fold_in(rng, j), **kwargs)
