@@ -122,6 +122,21 @@ def test_a_checkpoint_from_before_the_field_restores_and_one_with_an_average_kee
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_resume_that_turns_the_average_on_starts_it_from_the_restored_weights(capsys):
+    import ml_collections
+
+    state, _, _, _ = _tiny(0.0)
+    on = trainer._ema_as_configured(ml_collections.ConfigDict({"ema_decay": 0.9}), state, 7)
+    want = {"params": state.params, "batch_stats": state.batch_stats}
+    for a, b in zip(jax.tree.leaves(on.ema), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
+    off = trainer._ema_as_configured(ml_collections.ConfigDict({"ema_decay": 0.0}), on, 7)
+    assert off.ema is None
+    out = capsys.readouterr().out
+    assert "checkpoint 7 holds no average of the weights; it starts from the restored ones" in out
+    assert "checkpoint 7 holds an average of the weights, which this run drops" in out
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A 4-step ResNet-8 run of the default job (shapes10) with an average of the weights and 2
