@@ -2,6 +2,7 @@
 
 Usage: --config=configs/imagenet.py:resnet50          the paper's recipe (Sec. 3.4)
        --config=configs/imagenet.py:resnet50,modern   Goyal et al. 2017 / "Bag of Tricks" recipe
+       --config=configs/imagenet.py:resnet50,one_gpu  the paper's recipe on one device, exactly
 Any ImageNet model works (resnet18..152, resnet50_v1, plain34, resnet34_a, resnet50d, ...).
 Prepare the data first: see README.md ("ImageNet").
 """
@@ -29,6 +30,18 @@ def paper(c):
     return c
 
 
+def one_gpu(c):
+    """The paper's step on one device: its 8 GPUs x 32 images become 8 micro-batches of 32, one
+    after another, with BN statistics per 32 images as on each of its GPUs. The gradient and the
+    BN groups are those of the paper's step; the BN running statistics move by the mean of the 8
+    groups' statistics, as across 8 devices here. A ResNet-50 step then holds the activations of
+    32 images, not 256."""
+    c = paper(c)
+    c.grad_accum_steps = 8  # 256 = 8 x 32
+    c.bn_group_size = 32  # one group per micro-batch
+    return c
+
+
 def modern(c):
     c.augment = "inception"  # random-resized crop (8%-100% area, 3/4-4/3 aspect) + flip
     c.batch_size = 1024  # large batch for many accelerators; the rules below keep it accurate
@@ -53,15 +66,17 @@ def modern(c):
 
 def get_config(arg: str = "resnet50"):
     model, _, variant = arg.partition(",")
-    if variant not in ("", "paper", "modern"):
+    recipes = {"": paper, "paper": paper, "modern": modern, "one_gpu": one_gpu}
+    if variant not in recipes:
         raise ValueError(
-            f"unknown ImageNet recipe {variant!r}: use MODEL, MODEL,paper or MODEL,modern"
+            f"unknown ImageNet recipe {variant!r}: use MODEL, MODEL,paper, MODEL,modern or "
+            "MODEL,one_gpu"
         )
     c = default_config()
     c.model = model
     c.dataset = "imagenet2012"
     c.image_size = 224
-    c = modern(c) if variant == "modern" else paper(c)
+    c = recipes[variant](c)
     c.log_every_steps = 100
     c.eval_every_steps = 10_000
     c.checkpoint_every_steps = 2_000

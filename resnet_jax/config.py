@@ -47,6 +47,10 @@ def default_config() -> ml_collections.ConfigDict:
         str
     )  # None: the dataset's eval split (test / validation)
     c.batch_size = 128  # global, over all devices and hosts
+    # k > 1: each step's batch as k micro-batches of batch_size / k, one after another, their
+    # gradients averaged into one update; each micro-batch has its own BN statistics and only one
+    # micro-batch's activations are in memory at a time (docs/training.md)
+    c.grad_accum_steps = 1
     c.num_epochs = 1.0  # training length in epochs (when num_train_steps is -1)
     c.num_train_steps = -1  # > 0 wins over num_epochs
     # True: the schedule's length, warm-up and decays follow BiT-HyperRule from the training set's
@@ -76,6 +80,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.nesterov = False  # Nesterov momentum instead of heavy-ball
     c.lars_trust_coefficient = 0.001  # optimizer=lars: its eta
     c.label_smoothing = 0.0  # mass spread uniformly over all classes
+    # > 0, e.g. 0.9999: keep an exponential moving average of the params and BN statistics (its
+    # decay warmed up as min(d, (1 + step) / (10 + step))), evaluated beside the trained weights
+    # (ema_* metrics; predict --weights ema). 0: off
+    c.ema_decay = 0.0
     c.seed = 0  # initialisation and data order
     # Deterministic GPU reductions and scatters (--xla_gpu_deterministic_ops, set before JAX starts):
     # bitwise repeatable GPU runs at a cost in speed. CPU programs are deterministic already.
@@ -274,6 +282,11 @@ def build_finish(c: ml_collections.ConfigDict):
     return pipeline.finish_for(
         c.dataset, data_dir=c.data_dir, normalization=normalization(c), image_size=c.image_size
     )
+
+
+def ema_on(c: ml_collections.ConfigDict) -> bool:
+    """Whether the run keeps an average of its weights (False for runs from before `ema_decay`)."""
+    return bool(c.get("ema_decay", 0.0))
 
 
 def build_model(c: ml_collections.ConfigDict):

@@ -30,12 +30,16 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     workdir = str(root / "run")
     trainer.train_and_evaluate(c, workdir)
+    return workdir, shapes10_pngs(root, 4), c
+
+
+def shapes10_pngs(root, n: int) -> list[str]:
+    """The first `n` shapes10 test images as PNG files in `root`."""
     test = arrays.load("shapes10", "test")
-    paths = []
-    for i in range(4):
-        paths.append(str(root / f"test{i}.png"))
-        Image.fromarray(test.images[i]).save(paths[-1])
-    return workdir, paths, c
+    paths = [str(root / f"test{i}.png") for i in range(n)]
+    for path, image in zip(paths, test.images, strict=False):
+        Image.fromarray(image).save(path)
+    return paths
 
 
 def test_predictions_equal_the_evaluation_path_on_the_same_test_images(run):

@@ -38,6 +38,27 @@ def data_position(step: int, seed: int, global_batch_size: int, process_count: i
     }
 
 
+def _like_stored(abstract: Any, stored: dict) -> tuple[Any, Any]:
+    """(what to ask Orbax for, a function of its answer -> the state) for a checkpoint whose state
+    has the top-level tree `stored`, given the state the caller expects (`abstract`).
+
+    The average of the weights (`TrainState.ema`) comes back as the checkpoint holds it, whatever
+    the caller expects (the trainer starts or drops it as its config says): None where it was off,
+    the shapes of the params and BN statistics where it was on, and None from a checkpoint written
+    before the field existed, whose other fields are read on their own (Orbax wants the tree on
+    disk exactly).
+    """
+    if not hasattr(abstract, "ema"):
+        return abstract, lambda state: state
+    if "ema" not in stored:
+        fields = {name: getattr(abstract, name) for name in stored}
+        return fields, lambda fields: abstract.replace(**fields, ema=None)
+    if stored["ema"] is None:
+        return abstract.replace(ema=None), lambda state: state
+    weights = {"params": abstract.params, "batch_stats": abstract.batch_stats}
+    return abstract.replace(ema=weights), lambda state: state
+
+
 class _Manager(ocp.CheckpointManager):
     """Orbax's manager without its own calls to JAX's multi-host preemption sync point.
 
@@ -84,7 +105,10 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
         )
-        self._manager = _Manager(self.directory, options=options, item_names=("state", "data"))
+        # Handlers named up front, so that a fresh manager can read a checkpoint's tree before
+        # restoring it (`_like_stored`).
+        handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
+        self._manager = _Manager(self.directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -148,23 +172,26 @@ class Checkpointer:
         )
 
     def _restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        stored = self._manager.item_metadata(step)["state"].tree
+        item, rebuild = _like_stored(abstract_state, stored)
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+                state=ocp.args.StandardRestore(item), data=ocp.args.JsonRestore()
             ),
         )
+        state = rebuild(restored["state"])
         position = dict(restored["data"])
         expected = position.pop("fingerprint", None)  # absent in checkpoints from before it existed
         if expected is not None:
-            differ = numerics.fingerprint_mismatch(restored["state"], expected)
+            differ = numerics.fingerprint_mismatch(state, expected)
             if differ:
                 more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
                 raise ValueError(
                     "its arrays differ from what was saved (fingerprint mismatch in "
                     f"{', '.join(differ[:3])}{more})"
                 )
-        return restored["state"], position
+        return state, position
 
     def restore(
         self, abstract_state: Any, step: int | None = None, *, fresh_start_if_damaged: bool = False

@@ -200,32 +200,71 @@ def make_evaluator(
     return lambda state: evaluate_multiscale(predict, score, state, [data(s) for s in scales], mesh)
 
 
+# Which weights a run is evaluated, served or predicted with: those trained ("raw"), or their
+# exponential moving average ("ema", a run with ema_decay > 0).
+WEIGHTS = ("raw", "ema")
+
+
 def restore_checkpoint(
-    c, workdir: str, mesh: Mesh, step: int | None = None
+    c, workdir: str, mesh: Mesh, step: int | None = None, weights: str = "raw"
 ) -> tuple[Any, steps.TrainState, int]:
     """(model, state, step) of checkpoint `step` in `workdir` (default: the newest that loads),
     for the resolved config `c`, whose model and optimizer give the state its shapes.
 
-    Raises CheckpointLoadError (exit 66) when the workdir holds no checkpoint.
+    weights: 'raw', or 'ema' for a state whose params and BN statistics are the averaged ones.
+    Raises CheckpointLoadError (exit 66) when the workdir holds no checkpoint, ConfigError
+    (exit 78) for 'ema' on a checkpoint without an average of the weights.
     """
     from resnet_jax.engine import checkpoint
 
+    if weights not in WEIGHTS:
+        raise faults.ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     model = config_lib.build_model(c)
     _, tx = config_lib.build_optimizer(c)
     ckpt = checkpoint.Checkpointer(workdir, every_steps=0, keep=None)
     image_shape = (c.image_size, c.image_size, 3)
+    abstract = parallel.abstract_train_state(model, tx, image_shape, mesh, ema=config_lib.ema_on(c))
     try:
-        restored = ckpt.restore(parallel.abstract_train_state(model, tx, image_shape, mesh), step)
+        restored = ckpt.restore(abstract, step)
     finally:
         ckpt.close()
     if restored is None:
         raise faults.CheckpointLoadError(f"no checkpoint in {ckpt.directory}")
     state, position = restored
-    return model, state, int(position["step"])
+    step = int(position["step"])
+    if weights == "ema":
+        if state.ema is None:
+            raise faults.ConfigError(
+                f"checkpoint {step} in {ckpt.directory} holds no averaged (EMA) weights (its run "
+                "had ema_decay=0), only the trained ones: use weights=raw"
+            )
+        state = steps.ema_weights(state)
+    return model, state, step
+
+
+def inference_variables(
+    c, workdir: str, mesh: Mesh, step: int | None = None, weights: str = "raw"
+) -> tuple[Any, dict, int]:
+    """(model, {'params', 'batch_stats'}, step) of checkpoint `step` in `workdir` (default: the
+    newest that loads): what a run is served and exported with. `weights` and errors as
+    `restore_checkpoint`."""
+    model, state, step = restore_checkpoint(c, workdir, mesh, step, weights)
+    return model, {"params": state.params, "batch_stats": state.batch_stats}, step
+
+
+def evaluate_state(evaluate: Callable[[steps.TrainState], dict], state: steps.TrainState) -> dict:
+    """`evaluate(state)`, and for a state that keeps an average of the weights the same metrics
+    of the averaged ones under `ema_` names (`ema_loss`, `ema_top1`, `ema_top5`)."""
+    result = evaluate(state)
+    if state.ema is None:
+        return result
+    averaged = evaluate(steps.ema_weights(state))
+    return {**result, **{f"ema_{k}": v for k, v in averaged.items() if k != "count"}}
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
-    """`--mode=eval`: evaluates the newest checkpoint in `workdir` with `config.eval_views`.
+    """`--mode=eval`: evaluates the newest checkpoint in `workdir` with `config.eval_views` (and
+    its averaged weights too where the run keeps them, `evaluate_state`).
 
     Appends an `eval` record (with `views`) to metrics.jsonl and writes `eval_<views>.json`.
     """
@@ -233,7 +272,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
     mesh = parallel.make_mesh()
     model, state, step = restore_checkpoint(c, workdir, mesh)
     evaluate = make_evaluator(model, mesh, **eval_data_args(c), views=c.eval_views)
-    result = evaluate(state)
+    result = evaluate_state(evaluate, state)
     logger = metrics.MetricsLogger(
         workdir,
         total_steps=c.num_train_steps,

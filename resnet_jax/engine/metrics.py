@@ -198,10 +198,16 @@ class MetricsLogger:
     def log_eval(self, step: int, metrics: Mapping[str, float], split: str = "eval") -> None:
         self._write(step, split, metrics)
         if self.is_main:
+            averaged = (
+                f"; averaged weights (EMA): loss {metrics['ema_loss']:.4f}  top-1 "
+                f"{100 * metrics['ema_top1']:.2f}%  top-5 {100 * metrics['ema_top5']:.2f}%"
+                if "ema_top1" in metrics
+                else ""
+            )
             print(
                 f"[{step}/{self.total_steps}] {split}: loss {metrics['loss']:.4f}  "
                 f"top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  "
-                f"({metrics.get('count', '?')} examples)",
+                f"({metrics.get('count', '?')} examples){averaged}",
                 file=self.stream,
                 flush=True,
             )

@@ -125,7 +125,10 @@ def _train_runs(config, workdir: str, preemption: faults.PreemptionWatcher) -> d
     model = config_lib.build_model(c)
     schedule, tx = config_lib.build_optimizer(c)
     abstract = validation.abstract_state(
-        lambda: parallel.abstract_train_state(model, tx, (c.image_size, c.image_size, 3), mesh), c
+        lambda: parallel.abstract_train_state(
+            model, tx, (c.image_size, c.image_size, 3), mesh, ema=config_lib.ema_on(c)
+        ),
+        c,
     )
     trainer.print_header(c, workdir)
     summaries, groups = {}, collections.defaultdict(list)
@@ -202,6 +205,8 @@ def _train_group(runs: list[_Run], model, tx, schedule, mesh, preemption, t0):
         label_smoothing=c.label_smoothing,
         skip_nonfinite=c.nonfinite_policy == "skip",
         finish=eval_args["finish"],
+        grad_accum_steps=c.grad_accum_steps,
+        ema_decay=c.ema_decay,
     )
     eval_fn = evaluate.make_evaluator(model, mesh, **eval_args, views="center")
     from resnet_jax.data import device_input  # one copy of the split, every run's batches
@@ -239,7 +244,7 @@ def _train_group(runs: list[_Run], model, tx, schedule, mesh, preemption, t0):
         states = stacked.unstack(state, k, mesh)
         for i, r in live():
             s = time.perf_counter()
-            r.last_eval = eval_fn(states[i])
+            r.last_eval = evaluate.evaluate_state(eval_fn, states[i])
             r.logger.log_eval(done, r.last_eval)
             r.eval_time += time.perf_counter() - s
         eval_time += time.perf_counter() - t

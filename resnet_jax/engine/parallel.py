@@ -174,21 +174,28 @@ def create_sharded_train_state(
     rng: jax.Array,
     image_shape: Sequence[int],
     mesh: Mesh,
+    *,
+    ema: bool = False,
 ) -> steps.TrainState:
     """`steps.create_train_state` compiled to place the state replicated on every device."""
     init = jax.jit(
-        functools.partial(steps.create_train_state, model, tx, image_shape=image_shape),
+        functools.partial(steps.create_train_state, model, tx, image_shape=image_shape, ema=ema),
         out_shardings=replicated(mesh),
     )
     return init(rng)
 
 
 def abstract_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, image_shape: Sequence[int], mesh: Mesh
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    image_shape: Sequence[int],
+    mesh: Mesh,
+    *,
+    ema: bool = False,
 ) -> steps.TrainState:
     """Shapes, dtypes and (replicated) shardings of the train state, without computing it."""
     shapes = jax.eval_shape(
-        functools.partial(steps.create_train_state, model, tx, image_shape=image_shape),
+        functools.partial(steps.create_train_state, model, tx, image_shape=image_shape, ema=ema),
         jax.random.PRNGKey(0),
     )
     sharding = replicated(mesh)
@@ -203,6 +210,9 @@ def train_step_fn(
     label_smoothing: float = 0.0,
     skip_nonfinite: bool = False,
     finish: steps.FinishFn = None,
+    grad_accum_steps: int = 1,
+    accum_shards: int = 1,
+    ema_decay: float = 0.0,
 ) -> Callable[[steps.TrainState, Any], tuple[steps.TrainState, dict]]:
     """`steps.train_step` with everything but (state, batch) bound, not yet compiled."""
     return functools.partial(
@@ -213,6 +223,9 @@ def train_step_fn(
         label_smoothing=label_smoothing,
         skip_nonfinite=skip_nonfinite,
         finish=finish,
+        grad_accum_steps=grad_accum_steps,
+        accum_shards=accum_shards,
+        ema_decay=ema_decay,
     )
 
 
@@ -226,11 +239,14 @@ def jit_train_step(
     donate: bool = True,
     skip_nonfinite: bool = False,
     finish: steps.FinishFn = None,
+    grad_accum_steps: int = 1,
+    ema_decay: float = 0.0,
 ) -> Callable[[steps.TrainState, Any], tuple[steps.TrainState, dict]]:
     """Compiled `train_step(state, batch) -> (state, metrics)`: batch sharded, state replicated.
 
     With `donate`, the input state's buffers are reused for the output, so never touch a state
-    after passing it in. `skip_nonfinite`, `finish`: see `steps.train_step`.
+    after passing it in. `skip_nonfinite`, `finish`, `grad_accum_steps` (its micro-batches keep
+    their share on every device of the mesh), `ema_decay`: see `steps.train_step`.
     """
     fn = train_step_fn(
         model,
@@ -239,6 +255,9 @@ def jit_train_step(
         label_smoothing=label_smoothing,
         skip_nonfinite=skip_nonfinite,
         finish=finish,
+        grad_accum_steps=grad_accum_steps,
+        accum_shards=mesh.devices.size,
+        ema_decay=ema_decay,
     )
     return jax.jit(
         fn,

@@ -90,8 +90,14 @@ def jit_train_step(
 ) -> Callable[[steps.TrainState, Any], tuple[steps.TrainState, dict]]:
     """Compiled `(stacked state, stacked batch) -> (stacked state, metrics [K])`: run k's slice is
     `steps.train_step` of run k's state and batch. The state is donated; `how` from `layout`;
-    `step_options`: `label_smoothing`, `skip_nonfinite`, `finish` of `steps.train_step`."""
-    fn = jax.vmap(parallel.train_step_fn(model, tx, learning_rate_fn, **step_options))
+    `step_options`: `label_smoothing`, `skip_nonfinite`, `finish`, `grad_accum_steps`,
+    `ema_decay` of `steps.train_step`. A run's micro-batches are those of the single run on this
+    mesh (`steps.micro_batches` over every device), whichever axis is split."""
+    fn = jax.vmap(
+        parallel.train_step_fn(
+            model, tx, learning_rate_fn, accum_shards=mesh.devices.size, **step_options
+        )
+    )
     states = state_sharding(how, mesh)
     return jax.jit(
         fn,

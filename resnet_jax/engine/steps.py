@@ -34,28 +34,71 @@ class TrainState(flax.struct.PyTreeNode):
     batch_stats: Any  # BN running statistics
     opt_state: Any
     rng: jax.Array  # uint32 [2]; step-specific keys are fold_in(rng, step), so resume is exact
+    # {'params', 'batch_stats'} averaged over steps (`update_ema`), or None when the run keeps no
+    # average. Last and defaulted: a checkpoint written before the field existed restores with
+    # None (`checkpoint.Checkpointer.restore`).
+    ema: Any = None
 
 
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_shape: Sequence[int]
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    image_shape: Sequence[int],
+    *,
+    ema: bool = False,
 ) -> TrainState:
     """Initialises variables from one dummy image of `image_shape` ([H, W, C]).
 
     `rng` may be a raw uint32 [2] key or a typed key; the state keeps raw key data, which every
-    checkpoint format stores as a plain array.
+    checkpoint format stores as a plain array. `ema`: keep an average of the weights, starting at
+    the initial ones.
     """
     if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
         rng = jax.random.key_data(rng)
     init_rng, state_rng = jax.random.split(rng)
     variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
     params = variables["params"]
-    return TrainState(
+    state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
         rng=state_rng,
     )
+    return start_ema(state) if ema else state
+
+
+def start_ema(state: TrainState) -> TrainState:
+    """`state` whose average of the weights starts at (a copy of) its current params and BN
+    statistics: at initialisation, after `init_from`, or on a checkpoint written without one."""
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)
+    return state.replace(ema={"params": copy(state.params), "batch_stats": copy(state.batch_stats)})
+
+
+def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
+    """The decay of update `step` (0 for the first): min(decay, (1 + step) / (10 + step)).
+
+    The warm-up (TensorFlow's ExponentialMovingAverage with num_updates) keeps the average from
+    clinging to the random initial weights: after t steps it spans about the last t / 9 of them,
+    until that window reaches the 1 / (1 - decay) steps of the decay itself.
+    """
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
+
+
+def update_ema(ema: dict, params: Any, batch_stats: Any, step: jax.Array, decay: float) -> dict:
+    """`ema` moved towards the new weights: d * ema + (1 - d) * new, d = `ema_decay_at`."""
+    new = {"params": params, "batch_stats": batch_stats}
+    return optax.incremental_update(new, ema, 1.0 - ema_decay_at(decay, step))
+
+
+def ema_weights(state: TrainState) -> TrainState:
+    """`state` with its averaged params and BN statistics in place of the trained ones (what
+    evaluation and prediction read)."""
+    if state.ema is None:
+        raise ValueError("this train state keeps no average of the weights (ema_decay was 0)")
+    return state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"])
 
 
 def topk_correct(logits: jax.Array, labels: jax.Array, ks: Sequence[int]) -> list[jax.Array]:
@@ -78,6 +121,73 @@ def _extra_args(tx: optax.GradientTransformation, train_error: jax.Array) -> dic
     )
 
 
+def micro_batches(batch: Mapping[str, jax.Array], k: int, shards: int = 1) -> dict:
+    """Leaves [B, ...] -> [k, B / k, ...]: the batch cut into `shards` equal contiguous blocks,
+    each block into k slices of m = B / (k * shards) rows; micro-batch j is slice j of every block.
+
+    The batch is sharded over the mesh's `data` axis in contiguous blocks, one per device. With
+    `shards` the device count, the reshape [B] -> [shards, k, m] -> [k, shards * m] leaves every
+    row on its device and each micro-batch keeps an equal share on every device (a plain
+    [k, B / k] view would put a micro-batch on one device and make XLA gather rows across
+    devices). BN groups of a micro-batch stay on one device when they divide m.
+    """
+    b = jax.tree.leaves(batch)[0].shape[0]
+    if b % (k * shards):
+        raise ValueError(
+            f"a batch of {b} cannot be split into {k} micro-batches over {shards} device(s); "
+            f"use a multiple of {k * shards}"
+        )
+    m = b // (k * shards)
+
+    def split(x):
+        x = x.reshape((shards, k, m, *x.shape[1:]))
+        return jnp.swapaxes(x, 0, 1).reshape((k, shards * m, *x.shape[3:]))
+
+    return {name: split(x) for name, x in batch.items()}
+
+
+def _gradients(state, batch, rng, *, model, label_smoothing, finish):
+    """(grads, new BN statistics, {loss, top1, top5} means) of one (micro-)batch."""
+    images = images_for_model(batch, finish)
+
+    def loss_fn(params):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": rng},
+        )
+        loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
+        return loss, (logits, updates.get("batch_stats", {}))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    top1, top5 = topk_correct(logits, batch["label"], (1, 5))
+    return grads, batch_stats, {"loss": loss, "top1": top1.mean(), "top5": top5.mean()}
+
+
+def _accumulated_gradients(state, batch, rng, k, shards, **kwargs):
+    """`_gradients` of the whole batch as the mean over k micro-batches (`micro_batches`), one
+    after another in a `lax.scan`, so only one micro-batch's activations are alive at a time.
+
+    Each micro-batch is normalised on its own, and the BN statistics come back as the mean of the
+    k micro-batches' updates of the same running statistics. BN's update is affine in the batch
+    statistics, so that is momentum * old + (1 - momentum) * (mean over micro-batches of their
+    statistics): the update k devices make with BN per device (`models.norm.GroupedBatchNorm`),
+    not k updates in a row (docs/training.md).
+    """
+    micro = micro_batches(batch, k, shards)
+    one = lambda j, mb: _gradients(state, mb, jax.random.fold_in(rng, j), **kwargs)
+
+    def body(total, xs):
+        return jax.tree.map(jnp.add, total, one(*xs)), None
+
+    shapes = jax.eval_shape(one, 0, jax.tree.map(lambda x: x[0], micro))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
+    return jax.tree.map(lambda x: x / k, total)
+
+
 def train_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
@@ -88,6 +198,9 @@ def train_step(
     label_smoothing: float = 0.0,
     skip_nonfinite: bool = False,
     finish: FinishFn = None,
+    grad_accum_steps: int = 1,
+    accum_shards: int = 1,
+    ema_decay: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on batch {'image': [B, H, W, 3], 'label': int [B], ...} (see `FinishFn`).
 
@@ -96,33 +209,32 @@ def train_step(
     grad_norm (global L2).
     With `skip_nonfinite`, an update whose loss or gradient norm is NaN/Inf is dropped (the state
     comes back unchanged) and the metric `skipped` is 1.0 for it, else 0.0.
+    `grad_accum_steps` k > 1: the gradient is the mean over k micro-batches of B / k, each with
+    its own BN statistics (`_accumulated_gradients`; `accum_shards`: the devices the batch is
+    split over, see `micro_batches`), then one update. `ema_decay`: the decay of the state's
+    average of the weights (`update_ema`); the state must hold one exactly when it is > 0.
     """
-    dropout_rng = jax.random.fold_in(state.rng, state.step)
-    images = images_for_model(batch, finish)
-
-    def loss_fn(params):
-        logits, updates = model.apply(
-            {"params": params, "batch_stats": state.batch_stats},
-            images,
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": dropout_rng},
+    if (state.ema is not None) != (ema_decay > 0):
+        raise ValueError(
+            f"ema_decay={ema_decay} but the train state {'holds' if state.ema else 'lacks'} an "
+            "average of the weights; create it with create_train_state(..., ema=ema_decay > 0)"
         )
-        loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
-        return loss, (logits, updates.get("batch_stats", {}))
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    top1, top5 = topk_correct(logits, batch["label"], (1, 5))
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+    kwargs = dict(model=model, label_smoothing=label_smoothing, finish=finish)
+    if grad_accum_steps == 1:
+        grads, batch_stats, m = _gradients(state, batch, dropout_rng, **kwargs)
+    else:
+        grads, batch_stats, m = _accumulated_gradients(
+            state, batch, dropout_rng, grad_accum_steps, accum_shards, **kwargs
+        )
     # The error-gated warm-up (optim.error_gated_warmup) reads the batch's error; a plain chain
     # ignores it.
     updates, opt_state = tx.update(
-        grads, state.opt_state, state.params, **_extra_args(tx, 1.0 - top1.mean())
+        grads, state.opt_state, state.params, **_extra_args(tx, 1.0 - m["top1"])
     )
     params = optax.apply_updates(state.params, updates)
     metrics = {
-        "loss": loss,
-        "top1": top1.mean(),
-        "top5": top5.mean(),
+        **m,
         "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32)
         * optim.lr_multiplier(state.opt_state),
         "grad_norm": optax.tree.norm(grads),
@@ -130,8 +242,12 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     )
+    if state.ema is not None:
+        new_state = new_state.replace(
+            ema=update_ema(state.ema, params, batch_stats, state.step, ema_decay)
+        )
     if skip_nonfinite:
-        finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
+        finite = jnp.isfinite(m["loss"]) & jnp.isfinite(metrics["grad_norm"])
         new_state = numerics.guard_update(finite, new_state, state)
         metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
     return new_state, metrics

@@ -25,7 +25,16 @@ from absl import logging
 from resnet_jax import config as config_lib
 from resnet_jax import xla_options
 from resnet_jax.data import synthetic  # JAX only: no TensorFlow
-from resnet_jax.engine import checkpoint, evaluate, faults, metrics, numerics, parallel, validation
+from resnet_jax.engine import (
+    checkpoint,
+    evaluate,
+    faults,
+    metrics,
+    numerics,
+    parallel,
+    steps,
+    validation,
+)
 
 
 def _train_batches(c, start_step: int, local_batch: int, mesh) -> Iterator[dict]:
@@ -80,7 +89,9 @@ def restore_or_init(c, model, tx, mesh, ckpt: checkpoint.Checkpointer, abstract)
     _agree_on_start(0 if restored is None else restored[1]["step"], ckpt.directory)
     if restored is None:
         rng = jax.random.PRNGKey(c.seed)
-        state = parallel.create_sharded_train_state(model, tx, rng, image_shape, mesh)
+        state = parallel.create_sharded_train_state(
+            model, tx, rng, image_shape, mesh, ema=config_lib.ema_on(c)
+        )
         if c.get("init_from"):  # a fresh start only: a resumed fine-tune has its own checkpoints
             from resnet_jax.engine import warm_start
 
@@ -101,7 +112,27 @@ def restore_or_init(c, model, tx, mesh, ckpt: checkpoint.Checkpointer, abstract)
             position["process_count"],
         )
     print(f"resumed from checkpoint step {position['step']}", flush=True)
-    return state, int(position["step"]), position
+    return _ema_as_configured(c, state, position["step"]), int(position["step"]), position
+
+
+def _ema_as_configured(c, state, step: int):
+    """A restored state with an average of the weights exactly when the config asks for one (a
+    change of `ema_decay` needs allow_config_change): started from the restored weights, or
+    dropped."""
+    wanted = config_lib.ema_on(c)
+    if wanted == (state.ema is not None):
+        return state
+    if jax.process_index() == 0:
+        print(
+            f"ema_decay={c.ema_decay}: checkpoint {step} "
+            + (
+                "holds no average of the weights; it starts from the restored ones"
+                if wanted
+                else "holds an average of the weights, which this run drops"
+            ),
+            flush=True,
+        )
+    return steps.start_ema(state) if wanted else state.replace(ema=None)
 
 
 def _agree_on_start(step: int, directory: str) -> None:
@@ -288,7 +319,10 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
     model = config_lib.build_model(c)
     schedule, tx = config_lib.build_optimizer(c)
     abstract = validation.abstract_state(
-        lambda: parallel.abstract_train_state(model, tx, (c.image_size, c.image_size, 3), mesh), c
+        lambda: parallel.abstract_train_state(
+            model, tx, (c.image_size, c.image_size, 3), mesh, ema=config_lib.ema_on(c)
+        ),
+        c,
     )
     print_header(c, workdir)
     ckpt = prepare_workdir(c, workdir, abstract)
@@ -315,6 +349,8 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
         label_smoothing=c.label_smoothing,
         skip_nonfinite=c.nonfinite_policy == "skip",
         finish=finish,
+        grad_accum_steps=c.grad_accum_steps,
+        ema_decay=c.ema_decay,
     )
     eval_fn = evaluate.make_evaluator(model, mesh, **eval_args, views="center")
     logger = metrics.MetricsLogger(workdir, total_steps=total, global_batch_size=c.batch_size)
@@ -375,7 +411,7 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
                 # and training images/s comes out too high.
                 jax.block_until_ready(state)
                 t = time.perf_counter()
-                last_eval = eval_fn(state)
+                last_eval = evaluate.evaluate_state(eval_fn, state)
                 logger.log_eval(done, last_eval)
                 eval_time += time.perf_counter() - t
                 logger.start(done)  # eval time is not training time
@@ -394,7 +430,7 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
         save(total, state, force=True)
 
         t = time.perf_counter()
-        last_eval = eval_fn(state)
+        last_eval = evaluate.evaluate_state(eval_fn, state)
         logger.log_eval(total, last_eval)
         eval_time += time.perf_counter() - t  # after loop_time: the final evaluation counts here
         ckpt.close()
@@ -461,9 +497,15 @@ def write_summary(c, summary_path: str, summary: dict) -> None:
             if c.dataset == synthetic.NAME
             else "test accuracy"
         )
+        averaged = (
+            f"; averaged weights (EMA): top-1 {100 * last_eval['ema_top1']:.2f}%, "
+            f"top-5 {100 * last_eval['ema_top5']:.2f}%"
+            if "ema_top1" in last_eval
+            else ""
+        )
         print(
             f"final {what}: top-1 {100 * last_eval['top1']:.2f}%, "
             f"top-5 {100 * last_eval['top5']:.2f}% on {last_eval['count']} examples "
-            f"(wall time {summary['wall_time_s']:.0f} s)",
+            f"(wall time {summary['wall_time_s']:.0f} s){averaged}",
             flush=True,
         )

@@ -109,7 +109,17 @@ def _problems(c) -> list[str]:
             f"input_pipeline={c.input_pipeline!r} is not available for {c.dataset}; choose from "
             f"{', '.join(allowed)}",
         )
-    for key in ("batch_size", "log_every_steps", "prefetch_batches", "synthetic_batches"):
+    need(
+        0 <= c.get("ema_decay", 0.0) < 1,
+        f"ema_decay must be in [0, 1) (0: off), got {c.get('ema_decay')!r}",
+    )
+    for key in (
+        "batch_size",
+        "grad_accum_steps",
+        "log_every_steps",
+        "prefetch_batches",
+        "synthetic_batches",
+    ):
         positive(key)
     for key in ("eval_batch_size", "image_size", "keep_checkpoints"):
         positive(key, allow_none=True)
@@ -200,10 +210,19 @@ def check_resolved(c, *, device_count: int, process_count: int) -> None:
                 f"{key} {c[key]} is not divisible by the device count {device_count}; "
                 f"use a multiple of {device_count}"
             )
-    per_device = c.batch_size // device_count
-    if c.bn_group_size and per_device % c.bn_group_size:
+    k = c.get("grad_accum_steps", 1)
+    micro = c.batch_size // k
+    if k > 1 and (c.batch_size % k or micro % device_count):
         problems.append(
-            f"bn_group_size {c.bn_group_size} does not divide the per-device batch "
+            f"batch_size {c.batch_size} does not split into grad_accum_steps={k} micro-batches "
+            f"that each divide over the device count {device_count}; use a batch_size that is a "
+            f"multiple of {k * device_count}"
+        )
+    per_device = micro // device_count
+    if c.bn_group_size and per_device % c.bn_group_size:
+        what = "micro-batch" if k > 1 else "batch"
+        problems.append(
+            f"bn_group_size {c.bn_group_size} does not divide the per-device {what} "
             f"{per_device}: a BN group would straddle two devices"
         )
     if c.dataset != datasets.SYNTHETIC:  # it has no files, splits or augmentations to check

@@ -22,7 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from resnet_jax import pretrained
-from resnet_jax.engine import evaluate, faults, parallel
+from resnet_jax.engine import evaluate, faults, parallel, steps
 
 _COLLECTIONS = ("params", "batch_stats")
 _HEAD = "head"
@@ -136,7 +136,8 @@ def apply_variables(state, variables: dict, what: str):
                 + "; ".join(notes),
                 flush=True,
             )
-    return state.replace(params=placed["params"], batch_stats=placed["batch_stats"])
+    state = state.replace(params=placed["params"], batch_stats=placed["batch_stats"])
+    return state if state.ema is None else steps.start_ema(state)  # averaged from these on
 
 
 def init_from(state, source: str, model_name: str, overrides=None):

@@ -1,10 +1,12 @@
 """Top-5 classes of image files under a trained run's newest checkpoint.
 
     python -m resnet_jax.predict --workdir DIR IMAGE [IMAGE ...]
+    python -m resnet_jax.predict --workdir DIR --weights ema IMAGE [IMAGE ...]
 
 IMAGE: JPEG, PNG, GIF or BMP files. Each readable one gets its top-5 on stdout; each file that cannot
 be read gets one line on stderr with the reason, the others are still classified, and the exit code
-is 66 when any failed (0 when none did).
+is 66 when any failed (0 when none did). `--weights ema` takes the run's averaged weights (a run
+trained with ema_decay > 0) instead of the trained ones.
 
 The images get the run's evaluation preprocessing: ImageNet-sized runs resize the shorter side to
 256 (for 224) and take the centre crop, normalised with the ImageNet mean and std; 32x32 runs
@@ -34,6 +36,12 @@ def define_flags() -> None:
         "workdir", None, "A run directory (config.json and checkpoints/); its newest checkpoint."
     )
     flags.mark_flag_as_required("workdir")
+    flags.DEFINE_enum(
+        "weights",
+        "raw",
+        ["raw", "ema"],
+        "raw: the trained weights; ema: their moving average (a run with ema_decay > 0).",
+    )
 
 
 def _read(path: str, c, tf) -> np.ndarray:
@@ -84,9 +92,11 @@ def load_images(paths: Sequence[str], c) -> tuple[np.ndarray | None, dict[str, s
     return (np.stack(images) if images else None), problems
 
 
-def predict(workdir: str, paths: Sequence[str]) -> list[list[tuple[str, float]] | str]:
-    """For each image, its top-5 (class name, probability) under the newest checkpoint, or the
-    reason it could not be read."""
+def predict(
+    workdir: str, paths: Sequence[str], weights: str = "raw"
+) -> list[list[tuple[str, float]] | str]:
+    """For each image, its top-5 (class name, probability) under the newest checkpoint's
+    `weights` (`evaluate.restore_checkpoint`), or the reason it could not be read."""
     import jax
 
     from resnet_jax import config as config_lib
@@ -98,7 +108,7 @@ def predict(workdir: str, paths: Sequence[str]) -> list[list[tuple[str, float]] 
     if images is None:
         return [problems[p] for p in paths]
     mesh = parallel.make_mesh(jax.devices()[:1])
-    model, state, _ = evaluate.restore_checkpoint(c, workdir, mesh)
+    model, state, _ = evaluate.restore_checkpoint(c, workdir, mesh, weights=weights)
     # The evaluation's own step and finishing (normalisation on the device), on the same crops.
     predict_step = parallel.jit_predict_step(model, mesh, config_lib.build_finish(c))
     probs = iter(np.asarray(predict_step(state, {"image": images})))
@@ -121,7 +131,7 @@ def main(argv: Sequence[str]) -> None:
     from resnet_jax.engine import faults
 
     with faults.exit_on_error():
-        results = predict(FLAGS.workdir, paths)
+        results = predict(FLAGS.workdir, paths, FLAGS.weights)
     for path, top in zip(paths, results, strict=True):
         if isinstance(top, str):
             print(f"resnet_jax: {path}: {top}", file=sys.stderr, flush=True)
