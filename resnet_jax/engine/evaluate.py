@@ -224,6 +224,30 @@ def restore_checkpoint(
     return model, state, int(position["step"])
 
 
+# Which weights a run is served with: those trained ("raw"), or their running average ("ema").
+WEIGHTS = ("raw", "ema")
+
+
+def inference_variables(
+    c, workdir: str, mesh: Mesh, step: int | None = None, weights: str = "raw"
+) -> tuple[Any, dict, int]:
+    """(model, {'params', 'batch_stats'}, step) of checkpoint `step` in `workdir` (default: the
+    newest that loads): what predict, export, `init_from` and the PyTorch export take from a run.
+
+    weights: 'raw' (the trained weights) or 'ema' (their average, for a run that keeps one).
+    Raises CheckpointLoadError (exit 66) when the workdir holds no checkpoint, ConfigError
+    (exit 78) for 'ema' on a run without averaged weights.
+    """
+    if weights not in WEIGHTS:
+        raise faults.ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    model, state, step = restore_checkpoint(c, workdir, mesh, step)
+    if weights == "ema":  # the train state keeps no average of the weights
+        raise faults.ConfigError(
+            f"{workdir} holds no averaged (EMA) weights, only the trained ones: use weights=raw"
+        )
+    return model, {"params": state.params, "batch_stats": state.batch_stats}, step
+
+
 def evaluate_checkpoint(config, workdir: str) -> dict:
     """`--mode=eval`: evaluates the newest checkpoint in `workdir` with `config.eval_views`.
 
