@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 from PIL import Image
 
@@ -116,3 +117,9 @@ def test_ema_weights_of_a_run_that_keeps_none_are_one_line_and_exit_78(run):
     workdir, _, _ = run
     line = _one_line(_cli(f"--workdir={workdir}", "--weights=ema"), faults.EXIT_CONFIG)
     assert "holds no averaged (EMA) weights" in line and "weights=raw" in line
+
+
+def test_a_synthetic_run_exports_with_numbered_classes_and_the_imagenet_style_crop():
+    c = ml_collections.ConfigDict({"dataset": "synthetic", "image_size": 64, "num_classes": 3})
+    assert predict.input_crop(c) == (64, 73)  # shorter side 64 / 0.875, centre 64x64
+    assert predict.class_names(c) is None  # model.json then numbers them: "class 0", ...

@@ -130,7 +130,9 @@ def write_stablehlo(probabilities: Callable, size: int, out: str, platforms: Seq
 def write_savedmodel(probabilities: Callable, size: int, out: str, platforms: Sequence[str]):
     """Writes out/savedmodel: `serving_default` maps uint8 'images' [B, S, S, 3] to float32
     'probabilities' [B, K]. Imports TensorFlow (only here)."""
-    import tensorflow as tf
+    from resnet_jax.data import _tf
+
+    tf = _tf.import_tf()  # quiet, and kept off the accelerators that JAX owns
     from jax.experimental import jax2tf
 
     tf_fn = jax2tf.convert(

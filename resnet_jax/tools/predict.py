@@ -40,11 +40,12 @@ def input_crop(c) -> tuple[int, int | None]:
     """(S, R): an image becomes the run's uint8 [S, S, 3] input by resizing its shorter side to R
     and taking the centre square, as the run's test images; R None: stretched to S x S."""
     from resnet_jax import config as config_lib
-    from resnet_jax.data import datasets
+    from resnet_jax.data import datasets, synthetic
 
     if datasets.is_folder(c.dataset) and config_lib.input_pipeline(c) == "device":
         return c.image_size, None  # squared, as the folder's arrays
-    facts = None if datasets.is_folder(c.dataset) else datasets.facts(c.dataset)
+    own_facts = not (datasets.is_folder(c.dataset) or c.dataset == synthetic.NAME)
+    facts = datasets.facts(c.dataset) if own_facts else None
     if facts and facts["family"] == "cifar":  # no crop margin, and their own size (the finish
         return facts["image_size"], facts["image_size"]  # upsamples them as their tests)
     return c.image_size, int(round(c.image_size / 0.875))  # 256 for 224
@@ -95,8 +96,10 @@ def load_images(paths: Sequence[str], c) -> tuple[np.ndarray | None, dict[str, s
 def class_names(c) -> list[str] | None:
     """The run's class names: its config's (a folder's class folders), else the dataset's (None
     where the dataset is not on this machine)."""
-    from resnet_jax.data import datasets
+    from resnet_jax.data import datasets, synthetic
 
+    if c.dataset == synthetic.NAME:  # random labels: classes without names
+        return None
     return c.get("class_names") or datasets.class_names(c.dataset, c.data_dir)
 
 
