@@ -8,6 +8,7 @@ import sys
 
 import ml_collections
 import numpy as np
+import pytest
 from PIL import Image
 
 from resnet_jax.data import shapes
@@ -52,9 +53,14 @@ def test_the_checkout_is_invisible_to_the_isolated_process(tmp_path):
 def test_stablehlo_artefact_reloaded_by_jax_alone_gives_predict_top5_for_any_batch(run, tmp_path):
     workdir, paths, _ = run
     out = tmp_path / "served"
-    meta = export.export(workdir, str(out), "stablehlo", platforms=("cpu",))
+    meta = export.export(workdir, str(out), "stablehlo")  # for cpu and cuda, run here on cpu
     assert sorted(os.listdir(out)) == ["model.jax_export", "model.json", "serve.py"]
-    assert meta["step"] == 2 and meta["image_size"] == 32 and meta["resize_shorter_side"] == 32
+    assert (
+        meta["platforms"] == ["cpu", "cuda"]
+        and meta["step"] == 2
+        and meta["image_size"] == 32
+        and meta["resize_shorter_side"] == 32
+    )
     assert meta["classes"] == list(shapes.CLASS_NAMES)
     np.save(tmp_path / "four.npy", _images(paths))
     np.save(tmp_path / "one.npy", _images(paths[:1])[0])
@@ -74,6 +80,7 @@ def test_stablehlo_artefact_reloaded_by_jax_alone_gives_predict_top5_for_any_bat
     np.testing.assert_allclose(from_png["probs"], probs[1], rtol=1e-6)
 
 
+@pytest.mark.slow  # TensorFlow starts in both processes
 def test_savedmodel_reloaded_by_tensorflow_alone_gives_predict_top5(run, tmp_path):
     workdir, paths, _ = run
     out = tmp_path / "served"
@@ -117,6 +124,7 @@ def test_ema_weights_of_a_run_that_keeps_none_are_one_line_and_exit_78(run):
     workdir, _, _ = run
     line = _one_line(_cli(f"--workdir={workdir}", "--weights=ema"), faults.EXIT_CONFIG)
     assert "holds no averaged (EMA) weights" in line and "weights=raw" in line
+    assert not os.path.exists(f"{workdir}/export")
 
 
 def test_a_synthetic_run_exports_with_numbered_classes_and_the_imagenet_style_crop():

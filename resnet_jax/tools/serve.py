@@ -42,8 +42,13 @@ def load(directory: str = HERE):
 
 def read_image(path: str, meta: dict) -> np.ndarray:
     """uint8 [S, S, 3]: an image file resized and centre-cropped as `meta` says (needs Pillow)."""
-    from PIL import Image
-
+    try:
+        from PIL import Image
+    except ImportError:
+        raise SystemExit(
+            f"reading {path} needs Pillow (pip install pillow); or pass a .npy array of the "
+            "cropped images"
+        ) from None
     size, side = meta["image_size"], meta["resize_shorter_side"]
     image = Image.open(path).convert("RGB")
     if side is None:
