@@ -8,7 +8,6 @@ import sys
 
 import ml_collections
 import numpy as np
-import pytest
 from PIL import Image
 
 from resnet_jax.data import shapes
@@ -80,7 +79,6 @@ def test_stablehlo_artefact_reloaded_by_jax_alone_gives_predict_top5_for_any_bat
     np.testing.assert_allclose(from_png["probs"], probs[1], rtol=1e-6)
 
 
-@pytest.mark.slow  # TensorFlow starts in both processes
 def test_savedmodel_reloaded_by_tensorflow_alone_gives_predict_top5(run, tmp_path):
     workdir, paths, _ = run
     out = tmp_path / "served"
