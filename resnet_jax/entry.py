@@ -74,6 +74,11 @@ def run(
             return flags.FLAGS(argv)
         except Exception as e:  # flags.Error, or a config file that fails to import
             message = explain(e, argv)
+            first = (str(e).splitlines() or [""])[0]
+            # A bad value of a plain flag: absl's own line names the flag and the value ("flag
+            # --format=onnx: value should be one of ..."); a config file's deeper cause does not.
+            if message is None and isinstance(e, flags.IllegalFlagValueError):
+                message = f"{first} (see --help)" if root_cause(e) in first else None
             if message is None:
                 name = getattr(e, "flag_name", None) or "the command line"
                 message = f"cannot parse {name}: {root_cause(e)} (see --help)"

@@ -45,6 +45,7 @@ def test_help_exits_0_and_explains_config_overrides():
     "module, usage, own_flags",
     [
         ("resnet_jax.predict", "--workdir DIR IMAGE [IMAGE ...]", ["--workdir", "--weights"]),
+        ("resnet_jax.export", "--workdir RUN [--out DIR]", ["--workdir", "--format", "--weights"]),
         ("resnet_jax.summary", "--model resnet50", ["--[no]all", "--[no]json", "--model"]),
         ("resnet_jax.plot", "WORKDIR [WORKDIR ...]", ["--out"]),
         ("resnet_jax.benchmark", "--model resnet50", ["--batch_size", "--steps", "--dtype"]),

@@ -246,8 +246,8 @@ def inference_variables(
     c, workdir: str, mesh: Mesh, step: int | None = None, weights: str = "raw"
 ) -> tuple[Any, dict, int]:
     """(model, {'params', 'batch_stats'}, step) of checkpoint `step` in `workdir` (default: the
-    newest that loads): what a run is served and exported with. `weights` and errors as
-    `restore_checkpoint`."""
+    newest that loads): what predict, export, `init_from` and the PyTorch export take from a run.
+    `weights` and errors as `restore_checkpoint`."""
     model, state, step = restore_checkpoint(c, workdir, mesh, step, weights)
     return model, {"params": state.params, "batch_stats": state.batch_stats}, step
 

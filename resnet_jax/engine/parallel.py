@@ -279,11 +279,13 @@ def jit_eval_step(
 
 
 def jit_predict_step(
-    model: nn.Module, mesh: Mesh, finish: steps.FinishFn = None
-) -> Callable[[steps.TrainState, Any], jax.Array]:
-    """Compiled `predict_step(state, batch) -> probs [B, K]`, probs sharded like the batch."""
+    model: nn.Module, mesh: Mesh, finish: steps.FinishFn = None, *, on_variables: bool = False
+) -> Callable[[Any, Any], jax.Array]:
+    """Compiled `predict_step(state, batch) -> probs [B, K]`, probs sharded like the batch; with
+    `on_variables`, `predict_probs(variables, batch)`."""
+    fn = steps.predict_probs if on_variables else steps.predict_step
     return jax.jit(
-        functools.partial(steps.predict_step, model=model, finish=finish),
+        functools.partial(fn, model=model, finish=finish),
         in_shardings=(replicated(mesh), batch_sharded(mesh)),
         out_shardings=batch_sharded(mesh),
     )

@@ -253,23 +253,33 @@ def train_step(
     return new_state, metrics
 
 
-def predict_step(
-    state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, finish: FinishFn = None
+def predict_probs(
+    variables: Mapping[str, Any],
+    batch: Mapping[str, jax.Array],
+    *,
+    model: nn.Module,
+    finish: FinishFn = None,
 ) -> jax.Array:
-    """Class probabilities [B, K] averaged over views; batch['image'] [B, H, W, 3] or
-    [B, V, H, W, 3]."""
+    """Class probabilities [B, K] under `variables` ({'params', 'batch_stats'}), averaged over
+    views; batch['image'] [B, H, W, 3] or [B, V, H, W, 3]."""
     images = images_for_model(batch, finish)
     multi_view = images.ndim == 5
     if multi_view:
         b, v = images.shape[:2]
         images = images.reshape((b * v, *images.shape[2:]))
-    logits = model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False
-    )
+    logits = model.apply(variables, images, train=False)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     if multi_view:
         probs = probs.reshape((b, v, -1)).mean(axis=1)
     return probs
+
+
+def predict_step(
+    state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, finish: FinishFn = None
+) -> jax.Array:
+    """`predict_probs` under the state's weights and BN statistics."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return predict_probs(variables, batch, model=model, finish=finish)
 
 
 def metrics_from_probs(

@@ -40,20 +40,20 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def restore_variables(workdir: str, step: int | None = None) -> tuple[dict, int, Any]:
+def restore_variables(
+    workdir: str, step: int | None = None, weights: str = "raw"
+) -> tuple[dict, int, Any]:
     """(`{'params', 'batch_stats'}` as numpy, step, resolved config) of a run's checkpoint `step`
-    (default: the newest that loads). The state's shapes come from the run's own config.json, so
-    any optimizer and class count restore."""
+    (default: the newest that loads), `weights` as `evaluate.inference_variables`. The state's
+    shapes come from the run's own config.json, so any optimizer and class count restore."""
     c = run_config(workdir)
     try:
-        _, state, step = evaluate.restore_checkpoint(c, workdir, parallel.make_mesh(), step)
+        _, variables, step = evaluate.inference_variables(
+            c, workdir, parallel.make_mesh(), step, weights
+        )
     except faults.CheckpointLoadError as e:
         raise faults.ConfigError(f"{e} to take weights from") from None
-    variables = {
-        "params": jax.tree.map(np.asarray, state.params),
-        "batch_stats": jax.tree.map(np.asarray, state.batch_stats),
-    }
-    return variables, step, c
+    return jax.tree.map(np.asarray, variables), step, c
 
 
 def load_variables(init_from: str, model_name: str, overrides=None) -> tuple[dict, str]:

@@ -44,35 +44,44 @@ def define_flags() -> None:
     )
 
 
+def input_crop(c) -> tuple[int, int | None]:
+    """(S, R): an image becomes the run's uint8 [S, S, 3] input by resizing its shorter side to R
+    and taking the centre square, as the run's test images; R None: stretched to S x S."""
+    from resnet_jax import config as config_lib
+    from resnet_jax.data import datasets, synthetic
+
+    if datasets.is_folder(c.dataset) and config_lib.input_pipeline(c) == "device":
+        return c.image_size, None  # squared, as the folder's arrays
+    own_facts = not (datasets.is_folder(c.dataset) or c.dataset == synthetic.NAME)
+    facts = datasets.facts(c.dataset) if own_facts else None
+    if facts and facts["family"] == "cifar":  # no crop margin, and their own size (the finish
+        return facts["image_size"], facts["image_size"]  # upsamples them as their tests)
+    return c.image_size, int(round(c.image_size / 0.875))  # 256 for 224
+
+
 def _read(path: str, c, tf) -> np.ndarray:
     """uint8 [S, S, 3]: one image cropped and resized as the run's evaluation batches are."""
     from resnet_jax.data import augment, datasets
 
+    size, side = input_crop(c)
     if datasets.is_folder(c.dataset):  # as the folder's prepared copy: Pillow, then...
-        from resnet_jax import config as config_lib
         from resnet_jax.data import folder, folder_records
 
         try:
             image = folder.pixels(path)
         except ValueError as e:
             raise datasets.CorruptImageError(f"not a readable image ({e})") from None
-        if config_lib.input_pipeline(c) == "device":  # ...squared, as the arrays
-            return folder.resized(image, c.image_size)
-        side = folder_records.resize_side(c.image_size)  # ...a JPEG record, centre-cropped
-        data, size, resize = (
-            folder_records.jpeg(folder_records.shorter_side(image, side)),
-            c.image_size,
-            None,
+        if side is None:  # ...squared, as the arrays
+            return folder.resized(image, size)
+        # ...a JPEG record at its stored size, centre-cropped
+        data = folder_records.jpeg(
+            folder_records.shorter_side(image, folder_records.resize_side(size))
         )
     else:
-        facts = datasets.facts(c.dataset)
-        # 32x32 sets: no crop margin, and their own size (the finish upsamples them as their tests)
-        size = facts["image_size"] if facts["family"] == "cifar" else c.image_size
-        resize = size if facts["family"] == "cifar" else None
         with open(path, "rb") as f:
             data = f.read()
     try:
-        return np.asarray(augment.center_eval(tf.constant(data), size, resize))
+        return np.asarray(augment.center_eval(tf.constant(data), size, side))
     except Exception as e:  # TensorFlow's decode errors come as several types
         # TensorFlow wraps the decoder's words in op names: keep only the words.
         reason = str(e).split("}}")[-1].split("[Op:")[0].strip()
@@ -92,15 +101,24 @@ def load_images(paths: Sequence[str], c) -> tuple[np.ndarray | None, dict[str, s
     return (np.stack(images) if images else None), problems
 
 
+def class_names(c) -> list[str] | None:
+    """The run's class names: its config's (a folder's class folders), else the dataset's (None
+    where the dataset is not on this machine)."""
+    from resnet_jax.data import datasets, synthetic
+
+    if c.dataset == synthetic.NAME:  # random labels: classes without names
+        return None
+    return c.get("class_names") or datasets.class_names(c.dataset, c.data_dir)
+
+
 def predict(
     workdir: str, paths: Sequence[str], weights: str = "raw"
 ) -> list[list[tuple[str, float]] | str]:
     """For each image, its top-5 (class name, probability) under the newest checkpoint's
-    `weights` (`evaluate.restore_checkpoint`), or the reason it could not be read."""
+    `weights` (`evaluate.inference_variables`), or the reason it could not be read."""
     import jax
 
     from resnet_jax import config as config_lib
-    from resnet_jax.data import datasets
     from resnet_jax.engine import evaluate, parallel, warm_start
 
     c = warm_start.run_config(workdir)
@@ -108,11 +126,13 @@ def predict(
     if images is None:
         return [problems[p] for p in paths]
     mesh = parallel.make_mesh(jax.devices()[:1])
-    model, state, _ = evaluate.restore_checkpoint(c, workdir, mesh, weights=weights)
+    model, variables, _ = evaluate.inference_variables(c, workdir, mesh, weights=weights)
     # The evaluation's own step and finishing (normalisation on the device), on the same crops.
-    predict_step = parallel.jit_predict_step(model, mesh, config_lib.build_finish(c))
-    probs = iter(np.asarray(predict_step(state, {"image": images})))
-    names = c.get("class_names") or datasets.class_names(c.dataset, c.data_dir)
+    predict_step = parallel.jit_predict_step(
+        model, mesh, config_lib.build_finish(c), on_variables=True
+    )
+    probs = iter(np.asarray(predict_step(variables, {"image": images})))
+    names = class_names(c)
     out = []
     for path in paths:
         if path in problems:
