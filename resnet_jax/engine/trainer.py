@@ -246,15 +246,19 @@ def print_header(c, workdir: str) -> None:
         )
 
 
-def already_finished(summary_path: str, t0: float) -> dict:
-    """A rerun of a finished run: reports it and touches nothing (no metrics, no events file)."""
+def already_finished(summary_path: str, t0: float, c=None, prefix: str = "") -> dict:
+    """A rerun of a finished run: reports it and touches nothing (no metrics, no events file).
+
+    `c`: the run's resolved config (top-5 is not printed for 5 classes or fewer); `prefix`: the
+    run's name where several are reported."""
     with open(summary_path, encoding="utf-8") as f:
         summary = json.load(f)
     if jax.process_index() == 0:
         e = summary["eval"]
+        accuracy = metrics.accuracy_text(e, c.num_classes if c else None, ", ")
         print(
-            f"already finished at step {summary['step']}: top-1 {100 * e['top1']:.2f}%, "
-            f"top-5 {100 * e['top5']:.2f}% (from summary.json; it trained in "
+            f"{prefix}already finished at step {summary['step']}: {accuracy} "
+            f"(from summary.json; it trained in "
             f"{summary['wall_time_s']:.0f} s); nothing to do ({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
@@ -287,7 +291,7 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
     summary_path = os.path.join(workdir, "summary.json")
     if start == total and os.path.exists(summary_path):
         ckpt.close()
-        return already_finished(summary_path, t0)
+        return already_finished(summary_path, t0, c)
     # The pre-save check compiled now, or the first save compiles it inside the loop (about 20 s
     # for a ResNet-50 state on a 2-core CPU; docs/measurements/cpu.md).
     numerics.warm_up(state)
@@ -307,7 +311,9 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
         finish=finish,
     )
     eval_fn = evaluate.make_evaluator(model, mesh, **eval_args, views="center")
-    logger = metrics.MetricsLogger(workdir, total_steps=total, global_batch_size=c.batch_size)
+    logger = metrics.MetricsLogger(
+        workdir, total_steps=total, global_batch_size=c.batch_size, num_classes=c.num_classes
+    )
     batches = parallel.prefetch_to_mesh(
         _train_batches(c, start, local_batch, mesh), mesh, c.prefetch_batches
     )
@@ -441,8 +447,9 @@ def final_summary(
     }
 
 
-def write_summary(c, summary_path: str, summary: dict) -> None:
-    """Writes summary.json and prints the final accuracy line."""
+def write_summary(c, summary_path: str, summary: dict, prefix: str = "") -> None:
+    """Writes summary.json and prints the final accuracy line (after `prefix`, the run's name
+    where several are reported)."""
     metrics.write_json(summary_path, summary)
     if jax.process_index() == 0:
         last_eval = summary["eval"]
@@ -452,8 +459,8 @@ def write_summary(c, summary_path: str, summary: dict) -> None:
             else "test accuracy"
         )
         print(
-            f"final {what}: top-1 {100 * last_eval['top1']:.2f}%, "
-            f"top-5 {100 * last_eval['top5']:.2f}% on {last_eval['count']} examples "
+            f"{prefix}final {what}: {metrics.accuracy_text(last_eval, c.num_classes, ', ')} "
+            f"on {last_eval['count']} examples "
             f"(wall time {summary['wall_time_s']:.0f} s)",
             flush=True,
         )

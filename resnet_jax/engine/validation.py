@@ -100,6 +100,16 @@ def _problems(c) -> list[str]:
     choice("lr_scaling", ("none", "linear"))
     choice("eval_views", config_lib.EVAL_VIEWS)
     choice("nonfinite_policy", numerics.POLICIES, "stop")
+    if c.get("init_from"):  # before anything is read: a wrong path costs no decoding
+        from resnet_jax.engine import warm_start
+
+        missing = warm_start.missing_source(c.init_from)
+        need(missing is None, missing)
+    holdout = c.get("holdout_fraction", 0.0)
+    need(
+        isinstance(holdout, (int, float)) and 0 <= holdout < 1,
+        f"holdout_fraction must be in [0, 1) (0: no held-out split), got {holdout!r}",
+    )
     tfds_or_folder = datasets.is_trainable(c.dataset) and c.dataset != datasets.SYNTHETIC
     if tfds_or_folder and c.get("input_pipeline") is not None:
         allowed = catalog.input_pipelines(c.dataset)
@@ -265,6 +275,7 @@ def _data_problems(c, process_count: int) -> list[str]:
                 f"{key} {split!r} of {c.dataset} has {n} examples, fewer than one "
                 f"{'batch of ' + str(batch) if batch > 1 else 'example'} per process "
                 f"({process_count} process(es))"
+                + (f"; set --config.batch_size to at most {n}" if batch > 1 else "")
             )
     return problems
 

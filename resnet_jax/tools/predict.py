@@ -2,9 +2,10 @@
 
     python -m resnet_jax.predict --workdir DIR IMAGE [IMAGE ...]
 
-IMAGE: JPEG, PNG, GIF or BMP files. Each readable one gets its top-5 on stdout; each file that cannot
-be read gets one line on stderr with the reason, the others are still classified, and the exit code
-is 66 when any failed (0 when none did).
+IMAGE: the files a folder dataset takes (`folder.EXTENSIONS`: JPEG, PNG, BMP, GIF). Each readable
+one gets its top-5 on stdout (every class where there are fewer); each file that cannot be read gets
+one line on stderr with the reason, the others are still classified, and the exit code is 66 when
+any failed (0 when none did).
 
 The images get the run's evaluation preprocessing: ImageNet-sized runs resize the shorter side to
 256 (for 224) and take the centre crop, normalised with the ImageNet mean and std; 32x32 runs
@@ -17,6 +18,7 @@ folders), else the dataset (a number where the dataset is not on this machine).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -38,11 +40,15 @@ def define_flags() -> None:
 
 def _read(path: str, c, tf) -> np.ndarray:
     """uint8 [S, S, 3]: one image cropped and resized as the run's evaluation batches are."""
-    from resnet_jax.data import augment, datasets
+    from resnet_jax.data import augment, datasets, folder
+
+    readable = f"{folder.FORMATS} ({', '.join(folder.EXTENSIONS)})"
+    if os.path.splitext(path)[1].lower() not in folder.EXTENSIONS:
+        raise datasets.CorruptImageError(f"not an image file predict reads; it reads {readable}")
 
     if datasets.is_folder(c.dataset):  # as the folder's prepared copy: Pillow, then...
         from resnet_jax import config as config_lib
-        from resnet_jax.data import folder, folder_records
+        from resnet_jax.data import folder_records
 
         try:
             image = folder.pixels(path)
@@ -68,6 +74,8 @@ def _read(path: str, c, tf) -> np.ndarray:
     except Exception as e:  # TensorFlow's decode errors come as several types
         # TensorFlow wraps the decoder's words in op names: keep only the words.
         reason = str(e).split("}}")[-1].split("[Op:")[0].strip()
+        if reason.startswith("Unknown image file format"):  # TensorFlow's list is not ours
+            reason = f"its bytes are none of {readable}"
         raise datasets.CorruptImageError(f"not a readable image ({reason})") from None
 
 
