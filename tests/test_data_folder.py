@@ -392,3 +392,31 @@ def test_holdout_fraction_reaches_every_reader_and_its_checks_name_the_key(tmp_p
     c.holdout_fraction = 1.0
     with pytest.raises(faults.ConfigError, match=r"holdout_fraction must be in \[0, 1\)"):
         validation.check_config(c)
+
+
+def test_a_failed_decode_leaves_no_prepared_folder_or_lock_behind(tmp_path):
+    _two_classes(tmp_path / "f")
+    (tmp_path / "f" / "train" / "b" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    name, data_dir = f"folder:{tmp_path / 'f'}", tmp_path / "data"
+    os.makedirs(data_dir / "kept")  # what was there before the build is left alone
+    with pytest.raises(datasets.CorruptImageError, match="1.png is not a readable image"):
+        arrays.load(name, "train", str(data_dir), 8)
+    assert sorted(os.listdir(data_dir)) == ["kept"]
+    (tmp_path / "f" / "train" / "b" / "1.png").unlink()  # fixed: the next build goes through
+    assert arrays.load(name, "train", str(data_dir), 8).images.shape == (2, 8, 8, 3)
+
+
+def test_predict_names_the_formats_a_folder_takes_not_tensorflows(tmp_path):
+    from resnet_jax.tools import predict
+
+    text = tmp_path / "notes.jpg"
+    text.write_bytes(b"hello, not a JPEG")
+    c = config_lib.default_config()  # shapes10: decoded by TensorFlow, as its test images
+    images, problems = predict.load_images([str(text), str(tmp_path / "x.webp")], c)
+    assert images is None
+    assert problems == {
+        str(text): "not a readable image (its bytes are none of JPEG, PNG, BMP, GIF (.jpg, "
+        ".jpeg, .png, .bmp, .gif))",
+        str(tmp_path / "x.webp"): "not an image file predict reads; it reads JPEG, PNG, BMP, "
+        "GIF (.jpg, .jpeg, .png, .bmp, .gif)",
+    }
