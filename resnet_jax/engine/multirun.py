@@ -112,7 +112,7 @@ def train_and_evaluate_runs(config: ml_collections.ConfigDict, workdir: str) -> 
 def _train_runs(config, workdir: str, preemption: faults.PreemptionWatcher) -> dict[int, dict]:
     t0 = time.perf_counter()
     seeds = seeds_of(config)
-    validation.check_config(run_config(config, seeds[0]))
+    validation.check_config(run_config(config, seeds[0]), run_workdir(workdir, seeds[0]))
     c = config_lib.resolve_config(run_config(config, seeds[0]))
     if config_lib.input_pipeline(c) != "device":
         raise faults.ConfigError(

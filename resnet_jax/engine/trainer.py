@@ -274,7 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatcher) -> dict:
     t0 = time.perf_counter()
-    validation.check_config(config)  # everything up to the first compile takes seconds
+    validation.check_config(config, workdir)  # everything up to the first compile takes seconds
     c = config_lib.resolve_config(config)
     mesh = parallel.make_mesh()
     validation.check_resolved(c, device_count=mesh.devices.size, process_count=jax.process_count())

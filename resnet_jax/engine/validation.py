@@ -100,11 +100,6 @@ def _problems(c) -> list[str]:
     choice("lr_scaling", ("none", "linear"))
     choice("eval_views", config_lib.EVAL_VIEWS)
     choice("nonfinite_policy", numerics.POLICIES, "stop")
-    if c.get("init_from"):  # before anything is read: a wrong path costs no decoding
-        from resnet_jax.engine import warm_start
-
-        missing = warm_start.missing_source(c.init_from)
-        need(missing is None, missing)
     holdout = c.get("holdout_fraction", 0.0)
     need(
         isinstance(holdout, (int, float)) and 0 <= holdout < 1,
@@ -156,9 +151,23 @@ def _problems(c) -> list[str]:
     return out
 
 
-def check_config(config) -> None:
-    """Names, choices and ranges of an unresolved config; one ConfigError listing every problem."""
+def _has_checkpoints(workdir: str | None) -> bool:
+    """Whether `workdir` holds a checkpoint (Orbax names each step's folder by its number)."""
+    folder = os.path.join(workdir, "checkpoints") if workdir else None
+    return bool(folder and os.path.isdir(folder) and any(d.isdigit() for d in os.listdir(folder)))
+
+
+def check_config(config, workdir: str | None = None) -> None:
+    """Names, choices and ranges of an unresolved config; one ConfigError listing every problem.
+
+    A missing init_from comes first, before any data is read, unless `workdir` holds checkpoints
+    (a resumed run never reads it again)."""
     problems = _problems(config)
+    if config.get("init_from") and not _has_checkpoints(workdir):
+        from resnet_jax.engine import warm_start
+
+        missing = warm_start.missing_source(config.init_from)
+        problems = ([missing] if missing else []) + problems
     if config.model in _model_names():
         problems += _model_problems(config)
     if problems:
