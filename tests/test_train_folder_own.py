@@ -46,7 +46,10 @@ def test_class_folders_alone_train_evaluate_on_a_held_out_part_and_predict(tmp_p
     layout = folder.layout_of(f"folder:{root}/images")
     held = layout.count("holdout")
     assert layout.eval_split == "holdout" and layout.count("train") + held == 60
-    assert f"train {60 - held} images, evaluating on {held} images held out" in out
+    assert (
+        f"train {60 - held} images, evaluating on {held} images held out of the class folders"
+        in out
+    )
     assert "image_size 24: the images' own size (median 24x24 px), a run from scratch" in out
     assert summary["eval"]["count"] == held and summary["eval"]["top1"] == 1.0
     with open(f"{root}/run/metrics.jsonl") as f:

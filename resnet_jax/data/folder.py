@@ -377,8 +377,8 @@ def description(layout: Layout) -> str:
     """The run's line about the folder: classes, images per split, files skipped."""
     skipped = sum(layout.skipped.values())
     evaluated = (
-        f"evaluating on {layout.count(layout.eval_split)} images held out of them (each class's "
-        f"files whose path hashes below holdout_fraction {layout.holdout:g}; 0 turns it off)"
+        f"evaluating on {layout.count(layout.eval_split)} images held out of the class folders "
+        f"(each file whose path hashes below holdout_fraction {layout.holdout:g})"
         if layout.holdout
         else f"evaluating on {layout.eval_split}/ ({layout.count(layout.eval_split)} images)"
     )
