@@ -147,8 +147,11 @@ def held_out(path: str, fraction: float) -> bool:
 def _hold_out(root: str, train: dict, fraction: float) -> tuple[dict, dict]:
     """(training images, held-out images) per class; FolderError when a class, or the whole
     split, would be left without images on either side."""
-    kept = {cls: [p for p in paths if not held_out(p, fraction)] for cls, paths in train.items()}
-    held = {cls: [p for p in paths if held_out(p, fraction)] for cls, paths in train.items()}
+    kept, held = {}, {}
+    for cls, paths in train.items():
+        out = [held_out(p, fraction) for p in paths]
+        kept[cls] = [p for p, o in zip(paths, out, strict=True) if not o]
+        held[cls] = [p for p, o in zip(paths, out, strict=True) if o]
     total = sum(len(paths) for paths in train.values())
     fix = f"add a test/ folder, or set {HOLDOUT_KEY}"
     if not any(held.values()):
