@@ -4,7 +4,8 @@ Usage: --config=configs/finetune.py:folder,resnet50 --config.dataset=folder:PATH
            --config.init_from=WEIGHTS
        --config=configs/finetune.py:cifar10 --config.init_from=WEIGHTS
        --config=configs/finetune.py:cifar100,resnet50d --config.init_from=WEIGHTS
-PATH: PATH/train/<class>/<image> and PATH/test (or validation, val), as docs/data.md describes.
+PATH: PATH/train/<class>/<image> and PATH/test (or validation, val), as docs/data.md describes;
+without an evaluation folder (or as PATH/<class>/<image>) a fifth of each class is held out.
 WEIGHTS: torchvision's resnet50 as .safetensors (docs/pretrained.md gives the file), or a run
 directory (`python -m resnet_jax.pretrained import ...`, or any ImageNet run of ours). The 1000-class
 head is replaced by a fresh one for the dataset's classes; everything else starts pretrained.
@@ -36,7 +37,10 @@ def get_config(arg: str = "cifar10"):
     # side with mirror padding by the mean (16 px at 128, BiT's 128-of-160 crop range), and flips.
     c.augment = "cifar"
     # normalization None: with init_from, ImageNet's channel mean and std, as the weights expect.
-    c.batch_size = 512  # BiT
+    # BiT's batch. A training set smaller than it (a folder of a few hundred images) takes the
+    # largest power of two (times the device count) it fills, the rate scaled linearly with it
+    # (`config.fitted_batch_size`; bit_hyperrule below turns that on).
+    c.batch_size = 512
     c.learning_rate = 0.003  # BiT: small, so the pretrained features are refined, not overwritten
     c.lr_scaling = "none"  # 0.003 is BiT's rate at batch 512 already
     c.optimizer = "sgd"

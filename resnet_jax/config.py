@@ -7,12 +7,15 @@ run wherever it is used. Below it lie only `models`, `optim` and `data` (which n
 
 from __future__ import annotations
 
+import math
+
+import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
 from resnet_jax import optim
-from resnet_jax.data import synthetic  # JAX only: no TensorFlow
+from resnet_jax.data import folder, synthetic  # numpy, Pillow and JAX only: no TensorFlow
 
 # Evaluation protocols: one centre crop, He2015's 10 crops, or its fully-convolutional multi-scale.
 EVAL_VIEWS = ("center", "10crop", "multiscale")
@@ -28,12 +31,17 @@ def default_config() -> ml_collections.ConfigDict:
     # imagenet2012, cifar10, cifar100, shapes10, synthetic (random, on device), or folder:PATH
     # (PATH/train/<class>/<image>, evaluated on PATH/test, validation or val; docs/data.md)
     c.dataset = "shapes10"
+    # A folder without an evaluation folder (PATH/train/<class>/<image> or PATH/<class>/<image>):
+    # the part of each class held out to evaluate on, each file by a hash of its path; 0 refuses
+    # such a folder.
+    c.holdout_fraction = folder.HOLDOUT_FRACTION
     c.data_dir = config_dict.placeholder(str)  # tfds data dir (None: the tfds default)
     # device: the whole split in accelerator memory, augmented there (32x32 sets, no TensorFlow);
     # host: tf.data on the CPU. None: device for the 32x32 sets, host for ImageNet; a folder:
     # device when its training split fits folder.DEVICE_LIMIT_BYTES (4 GiB as uint8), else host.
     c.input_pipeline = config_dict.placeholder(str)
-    # None: the dataset's native training size; a folder's by BiT-HyperRule (128 or 384)
+    # None: the dataset's native training size; a folder's from its images: with init_from
+    # BiT-HyperRule's (128 or 384), from scratch their own size, at most the model's (32 or 224)
     c.image_size = config_dict.placeholder(int)
     c.num_classes = config_dict.placeholder(int)  # None: the dataset's
     c.augment = config_dict.placeholder(str)  # None: the family's standard (paper / cifar)
@@ -54,7 +62,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.num_epochs = 1.0  # training length in epochs (when num_train_steps is -1)
     c.num_train_steps = -1  # > 0 wins over num_epochs
     # True: the schedule's length, warm-up and decays follow BiT-HyperRule from the training set's
-    # size (`bit_schedule`), over num_epochs and the warm-up and decay keys
+    # size (`bit_schedule`), over num_epochs and the warm-up and decay keys; a batch_size larger
+    # than the training set shrinks to fit it, the rates scaled with it (`fitted_batch_size`)
     c.bit_hyperrule = False
     c.optimizer = "sgd"  # sgd | lars
     c.learning_rate = 0.1  # base rate, before linear scaling
@@ -142,6 +151,8 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     if c.image_size is None:
         c.image_size = info.image_size
     c.num_train_examples = info.num_train
+    if c.get("bit_hyperrule") and info.num_train < c.batch_size:
+        _fit_batch(c, info.num_train)
     c.steps_per_epoch = max(info.num_train // c.batch_size, 1)
     if c.get("bit_hyperrule"):
         total, warmup, decays = bit_schedule(info.num_train, c.num_train_steps)
@@ -165,7 +176,37 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     c.peak_warmup_learning_rate = scale(c.warmup_learning_rate)
     if c.eval_batch_size is None:
         c.eval_batch_size = c.batch_size
+    if datasets.is_folder(c.dataset) and c.eval_batch_size > info.num_eval:
+        # One batch holds the whole evaluation split: pad it to the devices, not to the batch.
+        c.eval_batch_size = max(-(-info.num_eval // jax.device_count()), 1) * jax.device_count()
     return c
+
+
+def fitted_batch_size(num_examples: int, device_count: int) -> int:
+    """The largest device_count x 2^k that `num_examples` fill (a recipe's batch for a training
+    set smaller than its own); 0 when they fill not even one example per device."""
+    if num_examples < device_count:
+        return 0
+    return device_count * 2 ** int(math.log2(num_examples // device_count))
+
+
+def _fit_batch(c: ml_collections.ConfigDict, num_train: int) -> None:
+    """A recipe's batch (BiT's 512) shrunk to a training set smaller than it, the rates scaled
+    linearly with it (as BiT scales its rate with the batch); says so in `batch_size_rule`."""
+    devices = jax.device_count()
+    fitted = fitted_batch_size(num_train, devices)
+    if not fitted:
+        return  # refused by the checks, naming batch_size
+    ratio, was, rate = fitted / c.batch_size, c.batch_size, c.learning_rate
+    if c.lr_scaling == "none":  # 'linear' scales the rate with the batch already
+        c.learning_rate, c.warmup_learning_rate = rate * ratio, c.warmup_learning_rate * ratio
+    c.batch_size = fitted
+    c.batch_size_rule = (
+        f"batch_size {fitted}: the recipe's {was} is more than the {num_train} training images; "
+        f"the largest power of two (times the {devices} device(s)) they fill, learning_rate "
+        f"{rate:g} scaled linearly to {c.learning_rate:g}; set --config.batch_size (at most "
+        f"{num_train}) to choose"
+    )
 
 
 def bit_schedule(num_examples: int, num_steps: int = -1) -> tuple[int, int, tuple[int, ...]]:
@@ -186,15 +227,21 @@ def bit_schedule(num_examples: int, num_steps: int = -1) -> tuple[int, int, tupl
     return total, warmup, tuple(int(round(total * f)) for f in (0.3, 0.6, 0.9))
 
 
-def _resolve_folder(c: ml_collections.ConfigDict):
-    """A folder's DatasetInfo at the config's image size (BiT-HyperRule's when unset), with its
-    class names and the fingerprint of its files stored in `c`: predict names the classes from
-    the run's config.json, and a resume on a changed folder is refused (`validation`)."""
-    from resnet_jax.data import catalog, datasets, folder
+def _held_out(c: ml_collections.ConfigDict) -> None:
+    """The config's holdout_fraction, for every reader of its folder in this process."""
+    folder.hold_out(c.dataset, c.get("holdout_fraction", folder.HOLDOUT_FRACTION))
 
+
+def _resolve_folder(c: ml_collections.ConfigDict):
+    """A folder's DatasetInfo at the config's image size (`_folder_image_size` when unset), with
+    its class names and the fingerprint of its files stored in `c`: predict names the classes
+    from the run's config.json, and a resume on a changed folder is refused (`validation`)."""
+    from resnet_jax.data import catalog, datasets
+
+    _held_out(c)
     layout = folder.layout_of(c.dataset)
     if c.image_size is None:
-        c.image_size, c.image_size_rule = folder.default_image_size(layout)
+        c.image_size, c.image_size_rule = _folder_image_size(c, layout)
     else:
         c.image_size_rule = f"image_size {c.image_size}: set by the config"
     c.class_names = list(layout.class_names)
@@ -218,12 +265,34 @@ def _resolve_folder(c: ml_collections.ConfigDict):
     )
 
 
-def data_notes(c: ml_collections.ConfigDict) -> list[str]:
-    """Lines a run prints about its data: a folder's classes, counts, skipped files and size."""
-    from resnet_jax.data import catalog, datasets, folder
+def _folder_image_size(c: ml_collections.ConfigDict, layout) -> tuple[int, str]:
+    """(training size, why) of a folder by the kind of run: fine-tuning (init_from) takes
+    BiT-HyperRule's; a run from scratch the images' own size, or the size its model is made for
+    (32 for a CIFAR net, 224 for an ImageNet one) when the images are larger."""
+    from resnet_jax import models
 
+    side = folder.median_side(layout)
+    if c.get("init_from"):
+        return folder.bit_image_size(side)
+    made_for = models.get_spec(c.model).input_size
+    choose = "a run from scratch; set --config.image_size to choose"
+    if side <= made_for:
+        return side, f"image_size {side}: the images' own size (median {side}x{side} px), {choose}"
+    return made_for, (
+        f"image_size {made_for}: the size {c.model} is made for, the images (median "
+        f"{side}x{side} px) being larger, {choose}"
+    )
+
+
+def data_notes(c: ml_collections.ConfigDict) -> list[str]:
+    """Lines a run prints about its data: a folder's classes, counts, skipped files and size, and
+    a batch fitted to a small training set."""
+    from resnet_jax.data import catalog, datasets
+
+    fitted = [c.batch_size_rule] if c.get("batch_size_rule") else []
     if not datasets.is_folder(c.dataset):
-        return []
+        return fitted
+    _held_out(c)
     layout = folder.layout_of(c.dataset)
     described = catalog.describe(c.dataset, c.data_dir, c.image_size, input_pipeline(c))
     chosen = normalization(c) or described.normalizations[0]
@@ -233,7 +302,7 @@ def data_notes(c: ml_collections.ConfigDict) -> list[str]:
         c.image_size_rule,
         c.input_pipeline_rule,
         f"normalization {chosen} ({whose})",
-    ]
+    ] + fitted
 
 
 def normalization(c: ml_collections.ConfigDict) -> str | None:
@@ -266,8 +335,12 @@ def input_pipeline(c: ml_collections.ConfigDict) -> str | None:
 def build_finish(c: ml_collections.ConfigDict):
     """The `resnet_jax.data.finish.Finish` of the config's input path: what turns its uint8
     batches into model inputs inside the train, eval and predict steps."""
+    from resnet_jax.data import datasets
+
     if c.dataset == synthetic.NAME:
         return synthetic.FINISH
+    if datasets.is_folder(c.dataset):
+        _held_out(c)  # predict and eval read a run's folder as it was split
     if input_pipeline(c) == "device":  # statistics stored beside the arrays: no TensorFlow
         from resnet_jax.data import device_input
 

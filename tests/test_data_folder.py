@@ -100,21 +100,49 @@ def test_a_folder_of_shapes10_images_gives_shapes10s_pixels_labels_and_class_nam
     assert path.startswith(os.path.join(data_dir, "resnet_jax_arrays", "folders", "shapes-"))
 
 
-def test_the_default_size_follows_bit_and_paths_expand_home_and_variables(tmp_path, monkeypatch):
-    write_shapes_folder(str(tmp_path / "small"), 20, 10)
-    for split in ("train", "val"):
-        for cls in ("a", "b"):
-            write_images(
-                str(tmp_path / "large" / split / cls), {"x.jpg": Image.fromarray(_rgb(120, 90, 0))}
-            )
+def _square_images(root, side, per_class=2, classes=("a", "b"), splits=("train", "test")):
+    for split in splits:
+        for cls in classes:
+            images = {f"{i}.png": Image.fromarray(_rgb(side, side, i)) for i in range(per_class)}
+            write_images(str(root / split / cls), images)
+
+
+@pytest.mark.parametrize(
+    "side, model, init_from, size, rule",
+    [
+        (48, "resnet18", None, 48, "image_size 48: the images' own size (median 48x48 px), a run "
+         "from scratch"),
+        (24, "resnet20", None, 24, "image_size 24: the images' own size"),
+        (48, "resnet20", None, 32, "image_size 32: the size resnet20 is made for, the images "
+         "(median 48x48 px) being larger, a run from scratch"),
+        (300, "resnet18", None, 224, "image_size 224: the size resnet18 is made for"),
+        (48, "resnet18", "w.safetensors", 128, "image_size 128: BiT-HyperRule's size for "
+         "fine-tuning on small images (median 48x48 px <= 96x96"),
+        (100, "resnet18", "w.safetensors", 384, "image_size 384: BiT-HyperRule's size for "
+         "fine-tuning on large images"),
+    ],
+)  # fmt: skip
+def test_a_folders_size_is_its_own_from_scratch_and_bits_when_fine_tuning(
+    tmp_path, side, model, init_from, size, rule
+):
+    _square_images(tmp_path / "f", side)
+    c = config_lib.default_config()
+    c.dataset, c.data_dir, c.model, c.init_from = f"folder:{tmp_path / 'f'}", "d", model, init_from
+    r = config_lib.resolve_config(c)
+    assert r.image_size == size and r.image_size_rule.startswith(rule), r.image_size_rule
+    assert r.image_size_rule in config_lib.data_notes(r)  # the run's banner says which rule
+
+
+def test_folder_paths_expand_home_and_variables(tmp_path, monkeypatch):
+    _square_images(tmp_path / "small", 8)
+    _square_images(tmp_path / "large", 8, splits=("train", "val"))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("IMAGES", str(tmp_path / "large"))
-    for dataset, size, split in (("folder:~/small", 128, "test"), ("folder:$IMAGES", 384, "val")):
+    for dataset, split in (("folder:~/small", "test"), ("folder:$IMAGES", "val")):
         c = config_lib.default_config()
         c.dataset, c.data_dir = dataset, "~/data"
         r = config_lib.resolve_config(c)
-        assert (r.image_size, datasets.facts(dataset)["eval_split"]) == (size, split)
-        assert f"image_size {size}: BiT-HyperRule's size" in r.image_size_rule
+        assert (r.image_size, datasets.facts(dataset)["eval_split"]) == (8, split)
     assert datasets.resolve_data_dir("~/data") == str(tmp_path / "data")
 
 
@@ -124,33 +152,72 @@ def _two_classes(root, splits=("train", "test"), classes=("a", "b")):
             write_images(str(root / split / cls), {"0.png": Image.fromarray(_rgb(8, 8, 0))})
 
 
+def _classes_only(root, counts):
+    """ROOT/<class>/<image>: `counts` images in each class, no split folders."""
+    for cls, n in counts.items():
+        write_images(
+            str(root / cls), {f"{i}.png": Image.fromarray(_rgb(8, 8, i)) for i in range(n)}
+        )
+
+
 @pytest.mark.parametrize(
-    "make, message",
+    "make, holdout, message",
     [
-        (lambda r: None, "does not exist"),
-        (lambda r: _two_classes(r, splits=("test",)), "has no train/ folder"),
-        (lambda r: _two_classes(r, splits=("train",)), "has no evaluation folder"),
-        (lambda r: _two_classes(r, classes=("a",)), "holds 1 class folder(s) (a); a classifier"),
+        (lambda r: None, 0.2, "does not exist"),
+        (lambda r: _two_classes(r, splits=("test",)), 0.2, "has test/ but no train/ folder"),
+        (
+            lambda r: _two_classes(r, splits=("train",)),
+            0,
+            "has no evaluation folder: add one of test/, validation/, val/ with the same class "
+            "folders as train/, or set --config.holdout_fraction (e.g. 0.2)",
+        ),
+        (
+            lambda r: _classes_only(r, {"a": 3, "b": 3}),
+            1e-6,
+            "holdout_fraction 1e-06 held out none of its 6 training images, so there is nothing "
+            "to evaluate on; add a test/ folder, or set --config.holdout_fraction higher",
+        ),
+        (
+            lambda r: _classes_only(r, {"a": 1, "b": 20}),
+            0.5,
+            "class a has 1 image(s), too few to hold out a 0.5 part of (none would be",
+        ),
+        (lambda r: _two_classes(r, classes=("a",)), 0.2, "holds 1 class folder(s) (a); a classi"),
+        (lambda r: _classes_only(r, {"a": 4}), 0.2, "the folder holds 1 class folder(s) (a)"),
         (
             lambda r: (_two_classes(r), os.makedirs(r / "train" / "c")),
+            0.2,
             f"class folder {{root}}{os.sep}train{os.sep}c holds no images",
         ),
         (
             lambda r: (_two_classes(r), _two_classes(r, ("test",), ("c", "d"))),
+            0.2,
             "test/ and train/ have different classes; only in test/: c, d",
         ),
         (
             lambda r: (_two_classes(r), _two_classes(r, ("train",), ("z",))),
+            0.2,
             "only in train/: z",
         ),
     ],
-    ids=["missing", "no-train", "no-eval", "one-class", "empty-class", "eval-extra", "train-extra"],
+    ids=[
+        "missing",
+        "no-train",
+        "no-eval-holdout-off",
+        "holdout-empty",
+        "holdout-class-too-few",
+        "one-class",
+        "one-class-no-splits",
+        "empty-class",
+        "eval-extra",
+        "train-extra",
+    ],
 )
-def test_a_folder_that_is_not_the_layout_is_refused_naming_what(tmp_path, make, message):
+def test_a_folder_that_is_not_the_layout_is_refused_naming_what(tmp_path, make, holdout, message):
     root = tmp_path / "images"
     make(root)
     with pytest.raises(folder.FolderError) as e:
-        folder.scan(str(root))
+        folder.scan(str(root), holdout)
     assert message.format(root=root) in str(e.value)
     assert faults.classify(e.value)[0] == faults.EXIT_NO_INPUT
 
@@ -265,3 +332,91 @@ def test_the_prepare_command_decodes_a_folder_once_and_names_a_bad_one(tmp_path,
     assert capsys.readouterr().err == (
         f"resnet_jax: folder dataset {tmp_path / 'g'} does not exist (or is not a directory)\n"
     )
+
+
+def test_a_folder_without_a_test_split_holds_out_each_class_by_a_stable_hash(tmp_path):
+    _classes_only(tmp_path / "flat", {"cat": 100, "dog": 100, "owl": 100})
+    layout = folder.scan(str(tmp_path / "flat"), 0.2)
+    assert layout.eval_split == "holdout" and layout.holdout == 0.2
+    train = {p for p, _ in layout.files["train"]}
+    held = {p for p, _ in layout.files["holdout"]}
+    assert not train & held and len(train | held) == 300
+    for k, cls in enumerate(("cat", "dog", "owl")):  # a fraction of each class
+        n = sum(1 for p, label in layout.files["holdout"] if label == k and p.startswith(cls))
+        assert 10 <= n <= 30, (cls, n)
+    assert "evaluating on" in folder.description(layout)
+    assert f"{len(held)} images held out" in folder.description(layout)
+    # Python's own hash() is salted per process; the choice must not be.
+    code = (
+        "import sys; from resnet_jax.data import folder; "
+        f"print(sorted(p for p, _ in folder.scan({str(tmp_path / 'flat')!r}, 0.2).files['holdout']))"
+    )
+    env = dict(os.environ, PYTHONPATH=REPO, PYTHONHASHSEED="123")
+    other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert other.stdout.strip() == str(sorted(held)), other.stderr
+    # Adding files moves no old one across.
+    _classes_only(tmp_path / "flat", {"cat": 160, "dog": 130, "owl": 100})
+    grown = folder.scan(str(tmp_path / "flat"), 0.2)
+    assert held <= {p for p, _ in grown.files["holdout"]}
+    assert train <= {p for p, _ in grown.files["train"]}
+    # The same folders under train/ hold out the same files; a test/ folder is kept as it is.
+    os.makedirs(tmp_path / "split")
+    os.rename(tmp_path / "flat", tmp_path / "split" / "train")
+    nested = folder.scan(str(tmp_path / "split"), 0.2)
+    within_train = {os.path.relpath(p, "train") for p, _ in nested.files["holdout"]}
+    assert within_train == {p for p, _ in grown.files["holdout"]}
+    _two_classes(tmp_path / "split", splits=("test",), classes=("cat", "dog", "owl"))
+    explicit = folder.scan(str(tmp_path / "split"), 0.2)
+    assert (explicit.eval_split, explicit.holdout, explicit.count("train")) == ("test", 0.0, 390)
+
+
+def test_holdout_fraction_reaches_every_reader_and_its_checks_name_the_key(tmp_path):
+    from resnet_jax.engine import validation
+
+    _classes_only(tmp_path / "f", {"a": 30, "b": 30})
+    c = config_lib.default_config()
+    c.dataset, c.data_dir, c.batch_size = f"folder:{tmp_path / 'f'}", str(tmp_path / "d"), 8
+    r = config_lib.resolve_config(c)
+    held = folder.layout_of(c.dataset).count("holdout")
+    assert (r.num_train_examples, datasets.facts(c.dataset)["num_eval"]) == (60 - held, held)
+    validation.check_resolved(r, device_count=1, process_count=1)
+    assert arrays.load(c.dataset, "holdout", c.data_dir, r.image_size).images.shape[0] == held
+    c.holdout_fraction = 0.5  # another fraction: another split, read by every reader alike
+    r = config_lib.resolve_config(c)
+    assert folder.layout_of(c.dataset).count("holdout") == datasets.facts(c.dataset)["num_eval"]
+    assert arrays.num_examples(c.dataset, "train", c.data_dir, r.image_size) == r.num_train_examples
+    assert r.num_train_examples < 60 - held
+    c.holdout_fraction = 0.0
+    with pytest.raises(folder.FolderError, match="or set --config.holdout_fraction"):
+        config_lib.resolve_config(c)
+    c.holdout_fraction = 1.0
+    with pytest.raises(faults.ConfigError, match=r"holdout_fraction must be in \[0, 1\)"):
+        validation.check_config(c)
+
+
+def test_a_failed_decode_leaves_no_prepared_folder_or_lock_behind(tmp_path):
+    _two_classes(tmp_path / "f")
+    (tmp_path / "f" / "train" / "b" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    name, data_dir = f"folder:{tmp_path / 'f'}", tmp_path / "data"
+    os.makedirs(data_dir / "kept")  # what was there before the build is left alone
+    with pytest.raises(datasets.CorruptImageError, match="1.png is not a readable image"):
+        arrays.load(name, "train", str(data_dir), 8)
+    assert sorted(os.listdir(data_dir)) == ["kept"]
+    (tmp_path / "f" / "train" / "b" / "1.png").unlink()  # fixed: the next build goes through
+    assert arrays.load(name, "train", str(data_dir), 8).images.shape == (2, 8, 8, 3)
+
+
+def test_predict_names_the_formats_a_folder_takes_not_tensorflows(tmp_path):
+    from resnet_jax.tools import predict
+
+    text = tmp_path / "notes.jpg"
+    text.write_bytes(b"hello, not a JPEG")
+    c = config_lib.default_config()  # shapes10: decoded by TensorFlow, as its test images
+    images, problems = predict.load_images([str(text), str(tmp_path / "x.webp")], c)
+    assert images is None
+    assert problems == {
+        str(text): "not a readable image (its bytes are none of JPEG, PNG, BMP, GIF (.jpg, "
+        ".jpeg, .png, .bmp, .gif))",
+        str(tmp_path / "x.webp"): "not an image file predict reads; it reads JPEG, PNG, BMP, "
+        "GIF (.jpg, .jpeg, .png, .bmp, .gif)",
+    }

@@ -181,6 +181,13 @@ def test_each_run_writes_the_workdir_its_single_run_writes(seeds_result):
         )
 
 
+def test_each_runs_final_line_names_its_seed(seeds_result):
+    _, out, _ = seeds_result
+    finals = [line for line in out.splitlines() if "final test accuracy" in line]
+    for s in (0, 1, 2):
+        assert any(line.startswith(f"seed {s}: final test accuracy: top-1 ") for line in finals)
+
+
 def test_a_nan_in_one_run_stops_it_alone_and_leaves_the_others_untouched(seeds_result):
     r, _, err = seeds_result
     assert r["nan_code"] == 65

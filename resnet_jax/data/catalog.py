@@ -93,7 +93,7 @@ def describe(name, data_dir=None, image_size=None, input_pipeline=None) -> Datas
         layout = folder.layout_of(name)
         size = image_size
         if size is None and input_pipeline is None:  # the size rule needs a size: BiT's
-            size = folder.default_image_size(layout)[0]
+            size = folder.bit_image_size(folder.median_side(layout))[0]
         if input_pipeline:
             chosen, why = input_pipeline, f"input_pipeline {input_pipeline}: set by the config"
         else:

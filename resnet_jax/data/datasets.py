@@ -108,7 +108,7 @@ def facts(name):
     """Static facts of `name`: num_classes, image_size, family, splits, manual files, key feature.
 
     A folder's come from scanning it (`folder.layout_of`); its image_size is None (chosen by the
-    config, `folder.default_image_size`), and its family is "cifar", the device input path's
+    config by the kind of run), and its family is "cifar", the device input path's
     (`catalog.describe` gives the family of each path: the host path's is "imagenet").
     """
     check_name(name)

@@ -5,6 +5,13 @@ evaluation images in the first of ROOT/test, ROOT/validation, ROOT/val that exis
 sub-folder per class. Class names are the training sub-folders' names, sorted (tfds's
 convention), so label k is the k-th name in alphabetical order.
 
+A folder with no evaluation split is evaluated on a part of its own training images held out
+(`holdout`): each file by a hash of its path within the class folders, so the choice is the same
+in every process and on every machine, and adding files never moves old ones across. Such a
+folder may also drop the train/ level, ROOT/<class>/<image> (torchvision's ImageFolder and Keras'
+image_dataset_from_directory read that layout): it is how images usually arrive, one folder per
+class and nothing else.
+
 Images are read with Pillow (JPEG, CMYK JPEG included; PNG in greyscale, palette, RGBA or 16 bits;
 BMP; the first frame of a GIF) and become RGB uint8. Files without an image suffix (README.txt,
 .DS_Store, Thumbs.db) and hidden files are skipped and counted. A file with an image suffix that
@@ -30,8 +37,14 @@ from resnet_jax.data.errors import CorruptImageError, DatasetNotPreparedError
 
 PREFIX = "folder:"
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+FORMATS = "JPEG, PNG, BMP, GIF"  # what EXTENSIONS name, in words
 TRAIN_SPLIT = "train"
 EVAL_SPLITS = ("test", "validation", "val")  # the first that exists is evaluated on
+HOLDOUT_SPLIT = "holdout"  # the evaluation split held out of a folder that has none
+# The part of each class held out where a folder has no evaluation split: a fifth, the
+# validation_split of Keras' image_dataset_from_directory examples. 0 turns it off.
+HOLDOUT_FRACTION = 0.2
+HOLDOUT_KEY = "--config.holdout_fraction"
 # BiT-HyperRule's resolution (Kolesnikov et al. 2020): images of at most 96x96 pixels are resized
 # to 160 and trained on random 128 crops, larger ones resized to 448 for crops of 384.
 SMALL_AREA = 96 * 96
@@ -65,13 +78,17 @@ def root_of(name: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """What a folder holds: its classes and, per split, its image files (root-relative) and labels."""
+    """What a folder holds: its classes and, per split, its image files (root-relative) and labels.
+
+    holdout: the fraction of each class held out as `eval_split` ('holdout'), 0 where the folder
+    has its own evaluation folder."""
 
     root: str
     eval_split: str
     class_names: tuple[str, ...]
     files: dict  # split -> tuple of (relative path, label), in class then file-name order
     skipped: dict  # split -> files that are not images
+    holdout: float = 0.0
 
     @property
     def num_classes(self) -> int:
@@ -94,7 +111,8 @@ def _subfolders(path: str) -> list[str]:
 
 
 def _read_split(root: str, split: str) -> tuple[dict, int]:
-    """({class: [relative paths of its images]}, files skipped) of one split folder."""
+    """({class: [relative paths of its images]}, files skipped) of one split folder ('' for
+    ROOT/<class>/<image>)."""
     folder = os.path.join(root, split)
     classes = _subfolders(folder)
     skipped = sum(
@@ -117,29 +135,86 @@ def _differ(a, b) -> str:
     return ", ".join(sorted(set(a) - set(b)))
 
 
-def scan(root: str) -> Layout:
-    """The `Layout` of a folder; raises FolderError naming what does not fit the layout."""
+def held_out(path: str, fraction: float) -> bool:
+    """Whether the image at `path` (root-relative) is in the held-out part: a sha256 of its path
+    within the class folders, as a number in [0, 1), below `fraction`. Stable across processes
+    and machines (unlike Python's hash()), and the same with or without the train/ level."""
+    within = "/".join(path.split(os.sep)[-2:])  # <class>/<image>
+    digest = hashlib.sha256(within.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
+
+
+def _hold_out(root: str, train: dict, fraction: float) -> tuple[dict, dict]:
+    """(training images, held-out images) per class; FolderError when a class, or the whole
+    split, would be left without images on either side."""
+    kept, held = {}, {}
+    for cls, paths in train.items():
+        out = [held_out(p, fraction) for p in paths]
+        kept[cls] = [p for p, o in zip(paths, out, strict=True) if not o]
+        held[cls] = [p for p, o in zip(paths, out, strict=True) if o]
+    total = sum(len(paths) for paths in train.values())
+    fix = f"add a test/ folder, or set {HOLDOUT_KEY}"
+    if not any(held.values()):
+        raise FolderError(
+            f"folder dataset {root}: holdout_fraction {fraction:g} held out none of its {total} "
+            f"training images, so there is nothing to evaluate on; {fix} higher"
+        )
+    for cls, paths in train.items():
+        if not held[cls] or not kept[cls]:
+            side = "held out" if not held[cls] else "left to train on"
+            raise FolderError(
+                f"folder dataset {root}: class {cls} has {len(paths)} image(s), too few to hold "
+                f"out a {fraction:g} part of (none would be {side}); add images to it, "
+                f"{fix} {'higher' if not held[cls] else 'lower'}"
+            )
+    return kept, held
+
+
+def _train_folder(root: str) -> str:
+    """'train', or '' where the folder is ROOT/<class>/<image> (no split folders at all)."""
+    if os.path.isdir(os.path.join(root, TRAIN_SPLIT)):
+        return TRAIN_SPLIT
+    evals = [s + "/" for s in EVAL_SPLITS if os.path.isdir(os.path.join(root, s))]
+    if evals:
+        raise FolderError(
+            f"folder dataset {root} has {', '.join(evals)} but no {TRAIN_SPLIT}/ folder: the "
+            f"layout is ROOT/{TRAIN_SPLIT}/<class>/<image>, with ROOT/test/<class>/<image> to "
+            "evaluate on (or ROOT/<class>/<image> alone, part of it held out)"
+        )
+    return ""
+
+
+def scan(root: str, holdout: float = HOLDOUT_FRACTION) -> Layout:
+    """The `Layout` of a folder; raises FolderError naming what does not fit the layout.
+
+    holdout: the fraction of each class evaluated on where the folder has no evaluation folder
+    (0: such a folder is refused)."""
     if not os.path.isdir(root):
         raise FolderError(f"folder dataset {root} does not exist (or is not a directory)")
-    if not os.path.isdir(os.path.join(root, TRAIN_SPLIT)):
-        raise FolderError(
-            f"folder dataset {root} has no {TRAIN_SPLIT}/ folder: the layout is "
-            f"ROOT/{TRAIN_SPLIT}/<class>/<image>, with ROOT/test/<class>/<image> to evaluate on"
-        )
-    eval_split = next((s for s in EVAL_SPLITS if os.path.isdir(os.path.join(root, s))), None)
-    if eval_split is None:
+    train_folder = _train_folder(root)
+    eval_split = None
+    if train_folder:
+        eval_split = next((s for s in EVAL_SPLITS if os.path.isdir(os.path.join(root, s))), None)
+    if eval_split is None and not holdout:
         raise FolderError(
             f"folder dataset {root} has no evaluation folder: add one of "
             f"{', '.join(s + '/' for s in EVAL_SPLITS)} with the same class folders as "
-            f"{TRAIN_SPLIT}/"
+            f"{TRAIN_SPLIT}/, or set {HOLDOUT_KEY} (e.g. {HOLDOUT_FRACTION}) to hold out a part "
+            "of each class"
         )
-    train, train_skipped = _read_split(root, TRAIN_SPLIT)
+    train, train_skipped = _read_split(root, train_folder)
+    where = f"{train_folder}/" if train_folder else "the folder"
     if len(train) < 2:
         raise FolderError(
-            f"folder dataset {root}: {TRAIN_SPLIT}/ holds {len(train)} class folder(s)"
+            f"folder dataset {root}: {where} holds {len(train)} class folder(s)"
             f"{' (' + ', '.join(train) + ')' if train else ''}; a classifier needs at least two"
         )
-    evaluation, eval_skipped = _read_split(root, eval_split)
+    if eval_split is None:
+        train, evaluation = _hold_out(root, train, holdout)
+        eval_split, eval_skipped = HOLDOUT_SPLIT, 0
+    else:
+        holdout = 0.0
+        evaluation, eval_skipped = _read_split(root, eval_split)
     if set(evaluation) != set(train):
         only_eval, only_train = _differ(evaluation, train), _differ(train, evaluation)
         raise FolderError(
@@ -153,7 +228,7 @@ def scan(root: str) -> Layout:
         for split, images in ((TRAIN_SPLIT, train), (eval_split, evaluation))
     }
     skipped = {TRAIN_SPLIT: train_skipped, eval_split: eval_skipped}
-    return Layout(root, eval_split, names, files, skipped)
+    return Layout(root, eval_split, names, files, skipped, holdout)
 
 
 def fingerprint(layout: Layout, split: str) -> str:
@@ -220,9 +295,9 @@ def read_images(layout: Layout, split: str, size: int) -> tuple[np.ndarray, np.n
     return images, np.array([label for _, label in entries], np.int32)
 
 
-def default_image_size(layout: Layout) -> tuple[int, str]:
-    """(training size, why) by BiT-HyperRule from the median area of the training images (read
-    from the headers of up to 1,000 of them, evenly spread)."""
+def median_side(layout: Layout) -> int:
+    """The side of a square of the training images' median area, in pixels (read from the
+    headers of up to 1,000 of them, evenly spread)."""
     from PIL import Image
 
     entries = layout.files[TRAIN_SPLIT]
@@ -235,32 +310,48 @@ def default_image_size(layout: Layout) -> tuple[int, str]:
                 areas.append(image.size[0] * image.size[1])
         except Exception:  # reported with its name when it is decoded
             decode(full)
-    area = float(np.median(areas))
-    kind = "small" if area <= SMALL_AREA else "large"
+    return int(round(float(np.median(areas)) ** 0.5))
+
+
+def bit_image_size(side: int) -> tuple[int, str]:
+    """(training size, why) by BiT-HyperRule, a fine-tuning rule, for images of median side
+    `side`."""
+    kind = "small" if side * side <= SMALL_AREA else "large"
     resize, crop = BIT_SIZES[kind]
-    side = int(round(area**0.5))
     return crop, (
-        f"image_size {crop}: BiT-HyperRule's size for {kind} images (median {side}x{side} px "
-        f"{'<=' if kind == 'small' else '>'} 96x96; BiT resizes to {resize} and crops {crop}); "
-        f"set --config.image_size to choose"
+        f"image_size {crop}: BiT-HyperRule's size for fine-tuning on {kind} images (median "
+        f"{side}x{side} px {'<=' if kind == 'small' else '>'} 96x96; BiT resizes to {resize} and "
+        f"crops {crop}); set --config.image_size to choose"
     )
+
+
+_HOLDOUTS: dict[str, float] = {}  # root -> the fraction this process reads it with
+
+
+def hold_out(name: str, fraction: float | None) -> None:
+    """Reads `name` (when it has no evaluation folder) with `fraction` of each class held out,
+    from here on in this process. The config decides it once (`config.resolve_config`, from
+    `holdout_fraction`); every reader of the folder below then sees the same split."""
+    _HOLDOUTS[root_of(name)] = float(fraction or 0.0)
 
 
 @functools.lru_cache(maxsize=8)
-def _scan_cached(root: str, stamp: tuple) -> Layout:
-    return scan(root)
+def _scan_cached(root: str, stamp: tuple, holdout: float) -> Layout:
+    return scan(root, holdout)
 
 
 def layout_of(name: str) -> Layout:
-    """`scan` of a `folder:PATH` dataset, cached while the split folders are unchanged."""
+    """`scan` of a `folder:PATH` dataset (with the fraction `hold_out` set, else
+    HOLDOUT_FRACTION), cached while its folders are unchanged."""
     root = root_of(name)
-    stamp = tuple(
-        os.stat(os.path.join(root, d, c)).st_mtime_ns
-        for d in (TRAIN_SPLIT,) + EVAL_SPLITS
-        if os.path.isdir(os.path.join(root, d))
-        for c in [""] + _subfolders(os.path.join(root, d))
-    )
-    return _scan_cached(root, stamp)
+    stamp = ()
+    if os.path.isdir(root):  # the root, its split (or class) folders and their sub-folders
+        stamp = tuple(
+            os.stat(os.path.join(root, d, c)).st_mtime_ns
+            for d in [""] + _subfolders(root)
+            for c in [""] + _subfolders(os.path.join(root, d))
+        )
+    return _scan_cached(root, stamp, _HOLDOUTS.get(root, HOLDOUT_FRACTION))
 
 
 def device_bytes(layout: Layout, size: int) -> int:
@@ -288,10 +379,15 @@ def input_pipeline(layout: Layout, size: int) -> tuple[str, str]:
 def description(layout: Layout) -> str:
     """The run's line about the folder: classes, images per split, files skipped."""
     skipped = sum(layout.skipped.values())
+    evaluated = (
+        f"evaluating on {layout.count(layout.eval_split)} images held out of the class folders "
+        f"(each file whose path hashes below holdout_fraction {layout.holdout:g})"
+        if layout.holdout
+        else f"evaluating on {layout.eval_split}/ ({layout.count(layout.eval_split)} images)"
+    )
     return (
         f"folder {layout.root}: {layout.num_classes} classes "
         f"({', '.join(layout.class_names[:10])}{', ...' if layout.num_classes > 10 else ''}); "
-        f"train {layout.count(TRAIN_SPLIT)} images, evaluating on {layout.eval_split}/ "
-        f"({layout.count(layout.eval_split)} images); {skipped} file(s) that are not images "
-        f"skipped"
+        f"train {layout.count(TRAIN_SPLIT)} images, {evaluated}; {skipped} file(s) that are not "
+        "images skipped"
     )

@@ -179,7 +179,15 @@ def main(argv=None):
         "--image_size",
         type=int,
         default=None,
-        help="folder:PATH: the training size to prepare (default: BiT-HyperRule's, as a run's)",
+        help="folder:PATH: the training size to prepare (default: BiT-HyperRule's, as a "
+        "fine-tuning run's; a run from scratch takes the images' own size, up to its net's)",
+    )
+    parser.add_argument(
+        "--holdout_fraction",
+        type=float,
+        default=None,
+        help="folder:PATH without an evaluation folder: the part of each class held out to "
+        "evaluate on (default: a run's, 0.2; 0: refuse such a folder)",
     )
     parser.add_argument(
         "--input_pipeline",
@@ -201,6 +209,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if datasets.is_folder(args.name):
+        if args.holdout_fraction is not None:
+            from resnet_jax.data import folder  # pylint: disable=g-import-not-at-top
+
+            folder.hold_out(args.name, args.holdout_fraction)
         return _prepare_folder(args.name, args.data_dir, args.image_size, args.input_pipeline)
     try:
         builder = prepare(args.name, args.data_dir, args.manual_dir)
@@ -239,7 +251,7 @@ def _prepare_folder(name, data_dir, image_size, input_pipeline):
         layout = folder.layout_of(name)
         print(folder.description(layout))
         if image_size is None:
-            image_size, why = folder.default_image_size(layout)
+            image_size, why = folder.bit_image_size(folder.median_side(layout))
             print(why)
         d = catalog.describe(name, data_dir, image_size, input_pipeline)
         asked = f"input_pipeline {input_pipeline}: as asked"

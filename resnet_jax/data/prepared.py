@@ -28,8 +28,24 @@ def folder_dir(name, data_dir, image_size):
     return os.path.join(base, str(int(image_size)))
 
 
+def _first_missing(path):
+    """The outermost folder on `path` that does not exist yet (None when `path` exists)."""
+    missing = None
+    while path and not os.path.exists(path):
+        missing, path = path, os.path.dirname(path)
+    return missing
+
+
+def _remove_empty(top):
+    """Removes `top` and the folders under it that hold no file, deepest first."""
+    for folder_path, _, _ in os.walk(top, topdown=False):
+        with contextlib.suppress(OSError):  # not empty: something was written there
+            os.rmdir(folder_path)
+
+
 @contextlib.contextmanager
 def _locked(target):
+    created = _first_missing(os.path.dirname(target))
     os.makedirs(os.path.dirname(target), exist_ok=True)
     # A hidden file beside the target: removing it after use would race with a process waiting.
     lock_path = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.lock")
@@ -37,6 +53,14 @@ def _locked(target):
         fcntl.flock(lock, fcntl.LOCK_EX)  # other processes wait, then find it built
         try:
             yield
+        except BaseException:
+            # A failed build (a corrupt image) leaves no empty prepared folder behind: only its
+            # lock, which a process waiting on it still holds open, and the folders made for it.
+            if created is not None:
+                with contextlib.suppress(OSError):
+                    os.remove(lock_path)
+                _remove_empty(created)
+            raise
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

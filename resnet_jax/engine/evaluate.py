@@ -278,6 +278,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
         total_steps=c.num_train_steps,
         global_batch_size=c.eval_batch_size,
         tensorboard=False,
+        num_classes=c.num_classes,
     )
     logger.log_eval(step, dict(result, views=c.eval_views))
     logger.close()

@@ -49,6 +49,20 @@ def progress_line(step: int, total: int, m: Mapping[str, float]) -> str:
     )
 
 
+def accuracy_text(m: Mapping[str, float], num_classes: int | None = None, sep: str = "  ") -> str:
+    """`top-1 X%  top-5 Y%` for the console; top-5 is left out where there are at most 5 classes
+    (it is 100% there whatever the model; metrics.jsonl and summary.json still hold it)."""
+    text = f"top-1 {100 * m['top1']:.2f}%"
+    if num_classes is None or num_classes > 5:
+        text += f"{sep}top-5 {100 * m['top5']:.2f}%"
+    return text
+
+
+def ema_view(m: Mapping[str, float]) -> dict[str, float]:
+    """The averaged weights' metrics (`ema_top1`, ...) under the plain names."""
+    return {k[4:]: v for k, v in m.items() if k.startswith("ema_")}
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """The records of a metrics.jsonl, [] if there is none; a truncated last line (the trainer
     mid-flush) is skipped, so a running job can be read."""
@@ -153,6 +167,7 @@ class MetricsLogger:
       total_steps: for the progress line and ETA.
       global_batch_size: to turn steps/s into images/s.
       tensorboard: write TensorBoard events (needs the tensorboard package, not TensorFlow).
+      num_classes: the console's eval lines leave top-5 out where there are at most 5.
     """
 
     def __init__(
@@ -163,8 +178,10 @@ class MetricsLogger:
         global_batch_size: int,
         tensorboard: bool = True,
         stream=None,
+        num_classes: int | None = None,
     ):
         self.total_steps = total_steps
+        self.num_classes = num_classes
         self.global_batch_size = global_batch_size
         self.is_main = jax.process_index() == 0
         self.stream = stream or sys.stdout
@@ -199,14 +216,14 @@ class MetricsLogger:
         self._write(step, split, metrics)
         if self.is_main:
             averaged = (
-                f"; averaged weights (EMA): loss {metrics['ema_loss']:.4f}  top-1 "
-                f"{100 * metrics['ema_top1']:.2f}%  top-5 {100 * metrics['ema_top5']:.2f}%"
+                f"; averaged weights (EMA): loss {metrics['ema_loss']:.4f}  "
+                f"{accuracy_text(ema_view(metrics), self.num_classes)}"
                 if "ema_top1" in metrics
                 else ""
             )
             print(
                 f"[{step}/{self.total_steps}] {split}: loss {metrics['loss']:.4f}  "
-                f"top-1 {100 * metrics['top1']:.2f}%  top-5 {100 * metrics['top5']:.2f}%  "
+                f"{accuracy_text(metrics, self.num_classes)}  "
                 f"({metrics.get('count', '?')} examples){averaged}",
                 file=self.stream,
                 flush=True,

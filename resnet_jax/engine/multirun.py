@@ -112,7 +112,7 @@ def train_and_evaluate_runs(config: ml_collections.ConfigDict, workdir: str) -> 
 def _train_runs(config, workdir: str, preemption: faults.PreemptionWatcher) -> dict[int, dict]:
     t0 = time.perf_counter()
     seeds = seeds_of(config)
-    validation.check_config(run_config(config, seeds[0]))
+    validation.check_config(run_config(config, seeds[0]), run_workdir(workdir, seeds[0]))
     c = config_lib.resolve_config(run_config(config, seeds[0]))
     if config_lib.input_pipeline(c) != "device":
         raise faults.ConfigError(
@@ -140,7 +140,7 @@ def _train_runs(config, workdir: str, preemption: faults.PreemptionWatcher) -> d
         summary_path = os.path.join(wd, "summary.json")
         if start == rc.num_train_steps and os.path.exists(summary_path):
             ckpt.close()
-            summaries[seed] = trainer.already_finished(summary_path, t0)
+            summaries[seed] = trainer.already_finished(summary_path, t0, rc, f"seed {seed}: ")
         else:
             groups[start].append(_Run(rc, wd, ckpt, state, start, position))
     record = {"seeds": seeds, "groups": []}
@@ -194,6 +194,7 @@ def _train_group(runs: list[_Run], model, tx, schedule, mesh, preemption, t0):
             total_steps=total,
             global_batch_size=c.batch_size,
             stream=_Prefixed(f"{r.name}: ", sys.stdout),
+            num_classes=c.num_classes,
         )
     eval_args = evaluate.eval_data_args(c)
     train_step = stacked.jit_train_step(
@@ -333,7 +334,9 @@ def _train_group(runs: list[_Run], model, tx, schedule, mesh, preemption, t0):
                 save_time=save_time,
                 skipped=r.monitor.skipped,
             )
-            trainer.write_summary(r.c, os.path.join(r.workdir, "summary.json"), summary)
+            trainer.write_summary(
+                r.c, os.path.join(r.workdir, "summary.json"), summary, prefix=f"{r.name}: "
+            )
             summaries[r.c.seed] = summary
     rate = timed_steps * c.batch_size * k / train_time if train_time > 0 and timed_steps else None
     return summaries, {

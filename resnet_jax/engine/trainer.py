@@ -287,15 +287,19 @@ def print_header(c, workdir: str) -> None:
         )
 
 
-def already_finished(summary_path: str, t0: float) -> dict:
-    """A rerun of a finished run: reports it and touches nothing (no metrics, no events file)."""
+def already_finished(summary_path: str, t0: float, c=None, prefix: str = "") -> dict:
+    """A rerun of a finished run: reports it and touches nothing (no metrics, no events file).
+
+    `c`: the run's resolved config (top-5 is not printed for 5 classes or fewer); `prefix`: the
+    run's name where several are reported."""
     with open(summary_path, encoding="utf-8") as f:
         summary = json.load(f)
     if jax.process_index() == 0:
         e = summary["eval"]
+        accuracy = metrics.accuracy_text(e, c.num_classes if c else None, ", ")
         print(
-            f"already finished at step {summary['step']}: top-1 {100 * e['top1']:.2f}%, "
-            f"top-5 {100 * e['top5']:.2f}% (from summary.json; it trained in "
+            f"{prefix}already finished at step {summary['step']}: {accuracy} "
+            f"(from summary.json; it trained in "
             f"{summary['wall_time_s']:.0f} s); nothing to do ({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
@@ -311,7 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatcher) -> dict:
     t0 = time.perf_counter()
-    validation.check_config(config)  # everything up to the first compile takes seconds
+    validation.check_config(config, workdir)  # everything up to the first compile takes seconds
     c = config_lib.resolve_config(config)
     mesh = parallel.make_mesh()
     validation.check_resolved(c, device_count=mesh.devices.size, process_count=jax.process_count())
@@ -331,7 +335,7 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
     summary_path = os.path.join(workdir, "summary.json")
     if start == total and os.path.exists(summary_path):
         ckpt.close()
-        return already_finished(summary_path, t0)
+        return already_finished(summary_path, t0, c)
     # The pre-save check compiled now, or the first save compiles it inside the loop (about 20 s
     # for a ResNet-50 state on a 2-core CPU; docs/measurements/cpu.md).
     numerics.warm_up(state)
@@ -353,7 +357,9 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
         ema_decay=c.ema_decay,
     )
     eval_fn = evaluate.make_evaluator(model, mesh, **eval_args, views="center")
-    logger = metrics.MetricsLogger(workdir, total_steps=total, global_batch_size=c.batch_size)
+    logger = metrics.MetricsLogger(
+        workdir, total_steps=total, global_batch_size=c.batch_size, num_classes=c.num_classes
+    )
     batches = parallel.prefetch_to_mesh(
         _train_batches(c, start, local_batch, mesh), mesh, c.prefetch_batches
     )
@@ -487,8 +493,9 @@ def final_summary(
     }
 
 
-def write_summary(c, summary_path: str, summary: dict) -> None:
-    """Writes summary.json and prints the final accuracy line."""
+def write_summary(c, summary_path: str, summary: dict, prefix: str = "") -> None:
+    """Writes summary.json and prints the final accuracy line (after `prefix`, the run's name
+    where several are reported)."""
     metrics.write_json(summary_path, summary)
     if jax.process_index() == 0:
         last_eval = summary["eval"]
@@ -498,14 +505,14 @@ def write_summary(c, summary_path: str, summary: dict) -> None:
             else "test accuracy"
         )
         averaged = (
-            f"; averaged weights (EMA): top-1 {100 * last_eval['ema_top1']:.2f}%, "
-            f"top-5 {100 * last_eval['ema_top5']:.2f}%"
+            "; averaged weights (EMA): "
+            f"{metrics.accuracy_text(metrics.ema_view(last_eval), c.num_classes, ', ')}"
             if "ema_top1" in last_eval
             else ""
         )
         print(
-            f"final {what}: top-1 {100 * last_eval['top1']:.2f}%, "
-            f"top-5 {100 * last_eval['top5']:.2f}% on {last_eval['count']} examples "
+            f"{prefix}final {what}: {metrics.accuracy_text(last_eval, c.num_classes, ', ')} "
+            f"on {last_eval['count']} examples "
             f"(wall time {summary['wall_time_s']:.0f} s){averaged}",
             flush=True,
         )

@@ -101,6 +101,11 @@ def _problems(c) -> list[str]:
     choice("lr_scaling", ("none", "linear"))
     choice("eval_views", config_lib.EVAL_VIEWS)
     choice("nonfinite_policy", numerics.POLICIES, "stop")
+    holdout = c.get("holdout_fraction", 0.0)
+    need(
+        isinstance(holdout, (int, float)) and 0 <= holdout < 1,
+        f"holdout_fraction must be in [0, 1) (0: no held-out split), got {holdout!r}",
+    )
     tfds_or_folder = datasets.is_trainable(c.dataset) and c.dataset != datasets.SYNTHETIC
     if tfds_or_folder and c.get("input_pipeline") is not None:
         allowed = catalog.input_pipelines(c.dataset)
@@ -157,9 +162,23 @@ def _problems(c) -> list[str]:
     return out
 
 
-def check_config(config) -> None:
-    """Names, choices and ranges of an unresolved config; one ConfigError listing every problem."""
+def _has_checkpoints(workdir: str | None) -> bool:
+    """Whether `workdir` holds a checkpoint (Orbax names each step's folder by its number)."""
+    folder = os.path.join(workdir, "checkpoints") if workdir else None
+    return bool(folder and os.path.isdir(folder) and any(d.isdigit() for d in os.listdir(folder)))
+
+
+def check_config(config, workdir: str | None = None) -> None:
+    """Names, choices and ranges of an unresolved config; one ConfigError listing every problem.
+
+    A missing init_from comes first, before any data is read, unless `workdir` holds checkpoints
+    (a resumed run never reads it again)."""
     problems = _problems(config)
+    if config.get("init_from") and not _has_checkpoints(workdir):
+        from resnet_jax.engine import warm_start
+
+        missing = warm_start.missing_source(config.init_from)
+        problems = ([missing] if missing else []) + problems
     if config.model in _model_names():
         problems += _model_problems(config)
     if problems:
@@ -285,6 +304,7 @@ def _data_problems(c, process_count: int) -> list[str]:
                 f"{key} {split!r} of {c.dataset} has {n} examples, fewer than one "
                 f"{'batch of ' + str(batch) if batch > 1 else 'example'} per process "
                 f"({process_count} process(es))"
+                + (f"; set --config.batch_size to at most {n}" if batch > 1 else "")
             )
     return problems
 

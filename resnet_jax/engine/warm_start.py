@@ -56,6 +56,17 @@ def restore_variables(
     return jax.tree.map(np.asarray, variables), step, c
 
 
+def missing_source(init_from: str) -> str | None:
+    """Why `init_from` (`~` and variables expanded) names nothing to start from, or None."""
+    path = os.path.expandvars(os.path.expanduser(init_from))
+    if os.path.exists(path):
+        return None
+    return (
+        f"init_from={path!r} does not exist: it is neither a run directory nor a weights file "
+        f"({', '.join(pretrained.files.READABLE)}); give the path of one"
+    )
+
+
 def load_variables(init_from: str, model_name: str, overrides=None) -> tuple[dict, str]:
     """(`{'params', 'batch_stats'}` as numpy, a description) from a run directory or a file.
 
@@ -70,11 +81,9 @@ def load_variables(init_from: str, model_name: str, overrides=None) -> tuple[dic
                 f"init_from={init_from} holds a {c.model}, the config trains a {model_name}"
             )
         return variables, f"{init_from} (checkpoint {step})"
-    if not os.path.exists(init_from):
-        raise faults.ConfigError(
-            f"init_from={init_from!r} is neither a run directory nor a weights file "
-            f"({', '.join(pretrained.files.READABLE)})"
-        )
+    missing = missing_source(init_from)
+    if missing:
+        raise faults.ConfigError(missing)
     try:
         pretrained.check_mapped(model_name, pretrained.default_source(model_name))
         state_dict = pretrained.load_state_dict(init_from)

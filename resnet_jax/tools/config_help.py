@@ -30,6 +30,7 @@ DERIVED = {
     "class_names": "derived (folder): the class folders' names, sorted; label k is the k-th",
     "dataset_fingerprint": "derived (folder): its files, sizes and times; a resume must match",
     "image_size_rule": "derived (folder): why image_size is what it is",
+    "batch_size_rule": "derived: why batch_size is smaller than the recipe's (a small dataset)",
 }
 _BAD_VALUE = re.compile(r"flag --config\.([\w.]+)=(.*?): ")
 

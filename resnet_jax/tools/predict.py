@@ -3,9 +3,10 @@
     python -m resnet_jax.predict --workdir DIR IMAGE [IMAGE ...]
     python -m resnet_jax.predict --workdir DIR --weights ema IMAGE [IMAGE ...]
 
-IMAGE: JPEG, PNG, GIF or BMP files. Each readable one gets its top-5 on stdout; each file that cannot
-be read gets one line on stderr with the reason, the others are still classified, and the exit code
-is 66 when any failed (0 when none did). `--weights ema` takes the run's averaged weights (a run
+IMAGE: the files a folder dataset takes (`folder.EXTENSIONS`: JPEG, PNG, BMP, GIF). Each readable
+one gets its top-5 on stdout (every class where there are fewer); each file that cannot be read gets
+one line on stderr with the reason, the others are still classified, and the exit code is 66 when
+any failed (0 when none did). `--weights ema` takes the run's averaged weights (a run
 trained with ema_decay > 0) instead of the trained ones.
 
 The images get the run's evaluation preprocessing: ImageNet-sized runs resize the shorter side to
@@ -19,6 +20,7 @@ folders), else the dataset (a number where the dataset is not on this machine).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -61,11 +63,15 @@ def input_crop(c) -> tuple[int, int | None]:
 
 def _read(path: str, c, tf) -> np.ndarray:
     """uint8 [S, S, 3]: one image cropped and resized as the run's evaluation batches are."""
-    from resnet_jax.data import augment, datasets
+    from resnet_jax.data import augment, datasets, folder
+
+    readable = f"{folder.FORMATS} ({', '.join(folder.EXTENSIONS)})"
+    if os.path.splitext(path)[1].lower() not in folder.EXTENSIONS:
+        raise datasets.CorruptImageError(f"not an image file predict reads; it reads {readable}")
 
     size, side = input_crop(c)
     if datasets.is_folder(c.dataset):  # as the folder's prepared copy: Pillow, then...
-        from resnet_jax.data import folder, folder_records
+        from resnet_jax.data import folder_records
 
         try:
             image = folder.pixels(path)
@@ -85,6 +91,8 @@ def _read(path: str, c, tf) -> np.ndarray:
     except Exception as e:  # TensorFlow's decode errors come as several types
         # TensorFlow wraps the decoder's words in op names: keep only the words.
         reason = str(e).split("}}")[-1].split("[Op:")[0].strip()
+        if reason.startswith("Unknown image file format"):  # TensorFlow's list is not ours
+            reason = f"its bytes are none of {readable}"
         raise datasets.CorruptImageError(f"not a readable image ({reason})") from None
 
 
