@@ -113,9 +113,11 @@ def _square_images(root, side, per_class=2, classes=("a", "b"), splits=("train",
         (48, "resnet18", None, 48, "image_size 48: the images' own size (median 48x48 px), a run "
          "from scratch"),
         (24, "resnet20", None, 24, "image_size 24: the images' own size"),
-        (48, "resnet20", None, 32, "image_size 32: the size resnet20 is made for, the images "
-         "(median 48x48 px) being larger, a run from scratch"),
-        (300, "resnet18", None, 224, "image_size 224: the size resnet18 is made for"),
+        (48, "resnet20", None, 48, "image_size 48: the images' own size (median 48x48 px), a run "
+         "from scratch"),
+        (300, "resnet18", None, 224, "image_size 224: ImageNet's training size, the images "
+         "(median 300x300 px) being larger"),
+        (300, "resnet20", None, 224, "image_size 224: ImageNet's training size"),
         (48, "resnet18", "w.safetensors", 128, "image_size 128: BiT-HyperRule's size for "
          "fine-tuning on small images (median 48x48 px <= 96x96"),
         (100, "resnet18", "w.safetensors", 384, "image_size 384: BiT-HyperRule's size for "
