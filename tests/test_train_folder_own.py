@@ -3,6 +3,10 @@ evaluate on a held-out part and predict; BiT's fine-tuning recipe fits a 180-ima
 
 import json
 import os
+import pathlib
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +19,8 @@ from resnet_jax.engine import faults, trainer
 from resnet_jax.tools import predict
 from tests.fake_folders import write_class_folders
 from tests.test_pretrained_finetune import TINY, tiny_state_dict
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 CLASSES = ("cat", "dog", "owl")
 
@@ -124,3 +130,25 @@ def test_a_batch_the_data_cannot_fill_names_the_key_to_set(tmp_path):
     with pytest.raises(faults.ConfigError, match="set --config.batch_size to at most 30"):
         validation.check_resolved(r, device_count=1, process_count=1)
     assert np.isclose(r.peak_learning_rate, 0.05) and r.get("batch_size_rule") is None
+
+
+@pytest.mark.slow
+def test_the_readme_fine_tuning_command_as_it_stands_runs_on_a_180_image_folder(tmp_path):
+    """README's `configs/finetune.py:folder,resnet50` command, ResNet-50 at BiT's 128 px, on 180
+    class-folder images with no test split, from a torchvision-named weights file; one step."""
+    from tests.test_pretrained import random_state_dict
+
+    root = str(tmp_path)
+    write_class_folders(f"{root}/flowers", dict.fromkeys(CLASSES, 60), side=48)
+    pretrained.save_state_dict(random_state_dict("resnet50"), f"{root}/resnet50.safetensors")
+    cmd = [sys.executable, "-m", "resnet_jax.main", "--config=configs/finetune.py:folder,resnet50"]
+    cmd += [f"--config.dataset=folder:{root}/flowers", f"--workdir={root}/run"]
+    cmd += [f"--config.init_from={root}/resnet50.safetensors", f"--config.data_dir={root}/data"]
+    cmd += ["--config.num_train_steps=1"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "1 steps of 128 images (128x128" in out.stdout, out.stdout[:2000]
+    held = re.search(r"train (\d+) images, evaluating on (\d+) images held out", out.stdout)
+    assert held and int(held[1]) + int(held[2]) == 180 and 20 <= int(held[2]) <= 60, out.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["eval"]["count"] == int(held[2])
