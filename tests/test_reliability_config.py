@@ -93,6 +93,17 @@ def test_a_batch_the_devices_cannot_share_and_a_split_smaller_than_a_batch_are_r
     assert "eval_batch_size" not in msg  # 8 is a multiple of 4
 
 
+def test_a_schedule_whose_decays_fall_inside_its_warm_up_is_one_line_not_a_traceback():
+    c = config_lib.resolve_config(
+        _config(num_train_steps=10, lr_schedule="step", lr_decay_steps=(2,), warmup_steps=5)
+    )
+    with pytest.raises(faults.ConfigError) as e:
+        validation.check_resolved(c, device_count=1, process_count=1)
+    assert "the learning-rate schedule: lr boundaries [2] fall inside the 5-step warm-up" in str(
+        e.value
+    )
+
+
 @pytest.mark.parametrize(
     "overrides, expected",
     [

@@ -244,6 +244,14 @@ def check_resolved(c, *, device_count: int, process_count: int) -> None:
             f"bn_group_size {c.bn_group_size} does not divide the per-device {what} "
             f"{per_device}: a BN group would straddle two devices"
         )
+    try:  # the schedule checks its decays against its warm-up once the run's length is known
+        config_lib.build_optimizer(c)
+    except ValueError as e:
+        problems.append(
+            f"the learning-rate schedule: {e} (num_train_steps {c.num_train_steps}, warmup_steps "
+            f"{c.warmup_steps}, lr_decay_steps {tuple(c.lr_decay_steps)}); lengthen the run or "
+            "move the decays"
+        )
     if c.dataset != datasets.SYNTHETIC:  # it has no files, splits or augmentations to check
         problems += _data_problems(c, process_count)
     if problems:
