@@ -49,17 +49,15 @@ def torch_step(model: str, batch: int, channels_last: bool, steps: int, warmup: 
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,))
     net.train()
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
+
+    def step():
         loss = torch.nn.functional.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         loss.item()  # the step's result reaches the host, as ours does when timed
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times)
+
+    step_s = _median_ms(step, steps, warmup) / 1e3
     return {
         "step_ms": 1e3 * step_s,
         "images_per_sec": batch / step_s,

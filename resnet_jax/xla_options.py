@@ -80,7 +80,7 @@ def require(options: dict[str, str], why: str) -> dict[str, str]:
             f"{why} needs XLA_FLAGS={flags_line(missing)} before JAX "
             "starts its backends; set it in the environment of the command"
         )
-    return add(options)
+    return add(missing)
 
 
 # Set at import: `import resnet_jax` runs this before anything of ours can start a backend.
@@ -92,6 +92,6 @@ def banner() -> str | None:
     if not SET_BY_PROJECT:
         return None
     return (
-        f"XLA CPU options set by resnet_jax: {flags_line(SET_BY_PROJECT)} (set the flag in XLA_FLAGS to choose another "
-        f"value, or {OPT_OUT}=0 for XLA's defaults)"
+        f"XLA CPU options set by resnet_jax: {flags_line(SET_BY_PROJECT)} (set the flag in "
+        f"XLA_FLAGS to choose another value, or {OPT_OUT}=0 for XLA's defaults)"
     )

@@ -249,7 +249,7 @@ def inference_variables(
     newest that loads): what predict, export, `init_from` and the PyTorch export take from a run.
     `weights` and errors as `restore_checkpoint`."""
     model, state, step = restore_checkpoint(c, workdir, mesh, step, weights)
-    return model, {"params": state.params, "batch_stats": state.batch_stats}, step
+    return model, state.variables, step
 
 
 def evaluate_state(evaluate: Callable[[steps.TrainState], dict], state: steps.TrainState) -> dict:

@@ -39,6 +39,11 @@ class TrainState(flax.struct.PyTreeNode):
     # None (`checkpoint.Checkpointer.restore`).
     ema: Any = None
 
+    @property
+    def variables(self) -> dict:
+        """{'params', 'batch_stats'}: what `model.apply` takes."""
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
 
 def create_train_state(
     model: nn.Module,
@@ -72,8 +77,7 @@ def create_train_state(
 def start_ema(state: TrainState) -> TrainState:
     """`state` whose average of the weights starts at (a copy of) its current params and BN
     statistics: at initialisation, after `init_from`, or on a checkpoint written without one."""
-    copy = lambda tree: jax.tree.map(jnp.copy, tree)
-    return state.replace(ema={"params": copy(state.params), "batch_stats": copy(state.batch_stats)})
+    return state.replace(ema=jax.tree.map(jnp.copy, state.variables))
 
 
 def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
@@ -278,8 +282,7 @@ def predict_step(
     state: TrainState, batch: Mapping[str, jax.Array], *, model: nn.Module, finish: FinishFn = None
 ) -> jax.Array:
     """`predict_probs` under the state's weights and BN statistics."""
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    return predict_probs(variables, batch, model=model, finish=finish)
+    return predict_probs(state.variables, batch, model=model, finish=finish)
 
 
 def metrics_from_probs(

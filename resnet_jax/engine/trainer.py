@@ -263,13 +263,14 @@ def print_header(c, workdir: str) -> None:
     )
     for note in config_lib.data_notes(c):
         print(note, flush=True)
-    if jax.default_backend() == "cpu" and xla_options.banner():
+    on_cpu = jax.default_backend() == "cpu"
+    if on_cpu and xla_options.SET_BY_PROJECT:
         print(xla_options.banner(), flush=True)
     if c.get("deterministic"):
         cpu = " (no effect here: CPU programs are deterministic already)"
         print(
             f"deterministic GPU ops: {xla_options.flags_line(xla_options.DETERMINISTIC)}"
-            f"{cpu if jax.default_backend() == 'cpu' else ''}",
+            f"{cpu if on_cpu else ''}",
             flush=True,
         )
     unused_gpu = parallel.unused_gpu_warning()

@@ -134,7 +134,7 @@ def _place_like(value, like: jax.Array) -> jax.Array:
 def apply_variables(state, variables: dict, what: str):
     """`state` with `variables` (`{'params', 'batch_stats'}`, numpy) merged in (`merge`) and placed
     like the state's own arrays; says on stdout where they came from and what stayed fresh."""
-    fresh = {"params": state.params, "batch_stats": state.batch_stats}
+    fresh = state.variables
     merged, notes = merge(fresh, variables, what)
     placed = jax.tree.map(_place_like, merged, fresh)
     if jax.process_index() == 0:
