@@ -41,7 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
     # device when its training split fits folder.DEVICE_LIMIT_BYTES (4 GiB as uint8), else host.
     c.input_pipeline = config_dict.placeholder(str)
     # None: the dataset's native training size; a folder's from its images: with init_from
-    # BiT-HyperRule's (128 or 384), from scratch their own size, at most the model's (32 or 224)
+    # BiT-HyperRule's (128 or 384), from scratch their own size, up to 224 (ImageNet's)
     c.image_size = config_dict.placeholder(int)
     c.num_classes = config_dict.placeholder(int)  # None: the dataset's
     c.augment = config_dict.placeholder(str)  # None: the family's standard (paper / cifar)
