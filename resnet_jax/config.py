@@ -7,6 +7,7 @@ run wherever it is used. Below it lie only `models`, `optim` and `data` (which n
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -15,10 +16,10 @@ import ml_collections
 from ml_collections import config_dict
 
 from resnet_jax import optim
-from resnet_jax.data import folder, synthetic  # numpy, Pillow and JAX only: no TensorFlow
+from resnet_jax.data import catalog, folder  # numpy and Pillow only: no TensorFlow
 
 # Evaluation protocols: one centre crop, He2015's 10 crops, or its fully-convolutional multi-scale.
-EVAL_VIEWS = ("center", "10crop", "multiscale")
+EVAL_VIEWS = catalog.EVAL_VIEWS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -124,38 +125,79 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A copy with every derived value filled in: sizes from the dataset, epochs turned into steps.
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A run as it starts: its resolved config `c`, the record of its dataset (`catalog.Dataset`)
+    and the plan of reading it (`catalog.Plan`). Made once (`start`); below it, records."""
 
-    Adds `steps_per_epoch`, `peak_learning_rate`, `peak_warmup_learning_rate` and
-    `num_train_examples`; sets `num_classes`,
-    `image_size`, `num_train_steps`, `warmup_steps` and `lr_decay_steps` to what the run uses.
+    c: ml_collections.ConfigDict
+    data: catalog.Dataset
+    plan: catalog.Plan
+
+
+def start(config: ml_collections.ConfigDict, saved: dict | None = None) -> Run:
+    """The config resolved with every derived value (`resolve_config`), its dataset opened once.
+
+    saved: the run's own resolved config (its config.json), from which a folder's record is
+    rebuilt without scanning the folder (--mode=eval, predict, export).
     """
-    from resnet_jax.data import datasets  # plain Python: TensorFlow only once a builder is needed
-
     c = ml_collections.ConfigDict(config.to_dict())
-    if c.dataset == synthetic.NAME:
-        info = synthetic.info(
-            c.num_classes, c.image_size, c.batch_size, c.synthetic_batches, model=c.model
-        )
-    elif datasets.is_folder(c.dataset):
-        info = _resolve_folder(c)
-    elif input_pipeline(c) == "device":
-        from resnet_jax.data import arrays  # numpy only: no TensorFlow once the arrays exist
+    d = open_data(c, saved)
+    _resolve(c, d)
+    plan = catalog.Plan(
+        train_split=c.train_split,
+        eval_split=c.eval_split,
+        augment=c.augment,
+        normalization=normalization(c, d),
+        batch_size=c.batch_size,
+        eval_batch_size=c.eval_batch_size,
+        eval_views=c.eval_views,
+        eval_scales=tuple(c.eval_scales),
+        synthetic_batches=c.synthetic_batches,
+    )
+    return Run(c, d, plan)
 
-        info = arrays.get_info(c.dataset, data_dir=c.data_dir)
-    else:
-        info = datasets.get_info(c.dataset, data_dir=c.data_dir)
+
+def open_data(c, saved: dict | None = None) -> catalog.Dataset:
+    """The record of the dataset a config names (`catalog.open` with the config's choices);
+    `saved`: as `start`'s, for the run of the same dataset."""
+    if saved and saved.get("dataset") != c.dataset:
+        saved = None  # another dataset's run: read this one afresh
+    return catalog.open(
+        c.dataset,
+        data_dir=c.get("data_dir"),
+        image_size=c.get("image_size"),
+        input_pipeline=c.get("input_pipeline"),
+        holdout=c.get("holdout_fraction", folder.HOLDOUT_FRACTION),
+        fine_tuning=bool(c.get("init_from")),
+        num_classes=c.get("num_classes"),
+        model=c.get("model"),
+        pool_examples=c.get("synthetic_batches", 8) * c.get("batch_size", 128),
+        saved=saved,
+    )
+
+
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy with every derived value filled in: sizes from the dataset, epochs turned into steps
+    (`start`'s config)."""
+    return start(config).c
+
+
+def _resolve(c: ml_collections.ConfigDict, d: catalog.Dataset) -> None:
+    """Fills in `c` from the record `d`: adds `steps_per_epoch`, `peak_learning_rate`,
+    `peak_warmup_learning_rate` and `num_train_examples`; sets `num_classes`, `image_size`,
+    `num_train_steps`, `warmup_steps` and `lr_decay_steps` to what the run uses."""
     if c.num_classes is None:
-        c.num_classes = info.num_classes
+        c.num_classes = d.num_classes
     if c.image_size is None:
-        c.image_size = info.image_size
-    c.num_train_examples = info.num_train
-    if c.get("bit_hyperrule") and info.num_train < c.batch_size:
-        _fit_batch(c, info.num_train)
-    c.steps_per_epoch = max(info.num_train // c.batch_size, 1)
+        c.image_size = d.image_size
+    c.update(catalog.run_keys(d))
+    c.num_train_examples = d.num_train
+    if c.get("bit_hyperrule") and d.num_train < c.batch_size:
+        _fit_batch(c, d.num_train)
+    c.steps_per_epoch = max(d.num_train // c.batch_size, 1)
     if c.get("bit_hyperrule"):
-        total, warmup, decays = bit_schedule(info.num_train, c.num_train_steps)
+        total, warmup, decays = bit_schedule(d.num_train, c.num_train_steps)
         c.num_train_steps, c.warmup_steps, c.lr_decay_steps = total, warmup, decays
     epochs_to_steps = lambda e: int(round(e * c.steps_per_epoch))
     if c.num_train_steps <= 0:
@@ -176,10 +218,9 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     c.peak_warmup_learning_rate = scale(c.warmup_learning_rate)
     if c.eval_batch_size is None:
         c.eval_batch_size = c.batch_size
-    if datasets.is_folder(c.dataset) and c.eval_batch_size > info.num_eval:
+    if c.eval_batch_size > d.num_eval > 0:
         # One batch holds the whole evaluation split: pad it to the devices, not to the batch.
-        c.eval_batch_size = max(-(-info.num_eval // jax.device_count()), 1) * jax.device_count()
-    return c
+        c.eval_batch_size = max(-(-d.num_eval // jax.device_count()), 1) * jax.device_count()
 
 
 def fitted_batch_size(num_examples: int, device_count: int) -> int:
@@ -227,135 +268,27 @@ def bit_schedule(num_examples: int, num_steps: int = -1) -> tuple[int, int, tupl
     return total, warmup, tuple(int(round(total * f)) for f in (0.3, 0.6, 0.9))
 
 
-def _held_out(c: ml_collections.ConfigDict) -> None:
-    """The config's holdout_fraction, for every reader of its folder in this process."""
-    folder.hold_out(c.dataset, c.get("holdout_fraction", folder.HOLDOUT_FRACTION))
+def data_notes(run: Run) -> list[str]:
+    """Lines a run prints about its data (`catalog.notes`), and a batch fitted to a small
+    training set."""
+    fitted = [run.c.batch_size_rule] if run.c.get("batch_size_rule") else []
+    return catalog.notes(run.data, run.plan, run.c.model) + fitted
 
 
-def _resolve_folder(c: ml_collections.ConfigDict):
-    """A folder's DatasetInfo at the config's image size (`_folder_image_size` when unset), with
-    its class names and the fingerprint of its files stored in `c`: predict names the classes
-    from the run's config.json, and a resume on a changed folder is refused (`validation`)."""
-    from resnet_jax.data import catalog, datasets
-
-    _held_out(c)
-    layout = folder.layout_of(c.dataset)
-    if c.image_size is None:
-        c.image_size, c.image_size_rule = _folder_image_size(c, layout)
-    else:
-        c.image_size_rule = f"image_size {c.image_size}: set by the config"
-    c.class_names = list(layout.class_names)
-    described = catalog.describe(c.dataset, c.data_dir, c.image_size, c.get("input_pipeline"))
-    c.input_pipeline, c.input_pipeline_rule = (
-        described.input_pipeline,
-        described.input_pipeline_rule,
-    )
-    c.dataset_fingerprint = "; ".join(
-        folder.fingerprint(layout, s) for s in (folder.TRAIN_SPLIT, layout.eval_split)
-    )
-    return datasets.DatasetInfo(
-        name=c.dataset,
-        num_classes=described.num_classes,
-        image_size=c.image_size,
-        train_split=described.train_split,
-        eval_split=described.eval_split,
-        num_train=described.num_train,
-        num_eval=described.num_eval,
-        family=described.family,
-    )
-
-
-def _folder_image_size(c: ml_collections.ConfigDict, layout) -> tuple[int, str]:
-    """(training size, why) of a folder by the kind of run: fine-tuning (init_from) takes
-    BiT-HyperRule's; a run from scratch the images' own size, up to ImageNet's 224, the largest
-    any registered net is made for. A CIFAR net pools globally, so it trains on 48 px images as
-    they are; at 224 px it costs ~49x its 32 px time, which the banner's rule line makes visible."""
-    from resnet_jax import models
-
-    side = folder.median_side(layout)
-    if c.get("init_from"):
-        return folder.bit_image_size(side)
-    largest = max(models.get_spec(m).input_size for m in models.available_models())
-    choose = "a run from scratch; set --config.image_size to choose"
-    if side <= largest:
-        return side, f"image_size {side}: the images' own size (median {side}x{side} px), {choose}"
-    return largest, (
-        f"image_size {largest}: ImageNet's training size, the images (median {side}x{side} px) "
-        f"being larger, {choose}"
-    )
-
-
-def data_notes(c: ml_collections.ConfigDict) -> list[str]:
-    """Lines a run prints about its data: a folder's classes, counts, skipped files and size, and
-    a batch fitted to a small training set."""
-    from resnet_jax.data import catalog, datasets
-
-    fitted = [c.batch_size_rule] if c.get("batch_size_rule") else []
-    if not datasets.is_folder(c.dataset):
-        return fitted
-    _held_out(c)
-    layout = folder.layout_of(c.dataset)
-    described = catalog.describe(c.dataset, c.data_dir, c.image_size, input_pipeline(c))
-    chosen = normalization(c) or described.normalizations[0]
-    whose = "ImageNet's channel mean and std" if chosen == "mean_std" else "the folder's own"
-    return [
-        folder.description(layout),
-        c.image_size_rule,
-        c.input_pipeline_rule,
-        f"normalization {chosen} ({whose})",
-    ] + fitted
-
-
-def normalization(c: ml_collections.ConfigDict) -> str | None:
-    """The config's normalisation; unset, 'mean_std' (ImageNet's, which the weights expect) for a
-    run from pretrained weights on the device path or on a folder, else None (the dataset's
-    default)."""
-    from resnet_jax.data import datasets
-
-    own_stats = input_pipeline(c) == "device" or datasets.is_folder(c.dataset)
-    if c.get("normalization") or not c.get("init_from") or not own_stats:
-        return c.get("normalization")
-    return "mean_std"
-
-
-def input_pipeline(c: ml_collections.ConfigDict) -> str | None:
-    """'device' or 'host': the config's choice, else its dataset family's default (None: synthetic).
-
-    A folder's is chosen by `resolve_config` (`folder.input_pipeline`: device when its training
-    split fits the limit at its image_size, else host) and stored in the resolved config, so a run
-    on a folder that is no longer here (predict, eval) still knows it."""
-    from resnet_jax.data import catalog, datasets
-
-    if datasets.is_folder(c.dataset):
-        return c.get("input_pipeline") or "device"
-    if c.dataset not in datasets.DATASETS:
-        return None
-    return c.get("input_pipeline") or catalog.describe(c.dataset).input_pipeline
+def normalization(c: ml_collections.ConfigDict, d: catalog.Dataset) -> str:
+    """The config's normalisation, else the record's default for the kind of run (ImageNet's for
+    a run from pretrained weights where the data would bring its own statistics)."""
+    return c.get("normalization") or catalog.default_normalization(d, bool(c.get("init_from")))
 
 
 def build_finish(c: ml_collections.ConfigDict):
-    """The `resnet_jax.data.finish.Finish` of the config's input path: what turns its uint8
-    batches into model inputs inside the train, eval and predict steps."""
-    from resnet_jax.data import datasets
+    """The `resnet_jax.data.finish.Finish` of a resolved config's input path: what turns its uint8
+    batches into model inputs inside the train, eval and predict steps (the record rebuilt from
+    `c` itself, so a folder is not scanned)."""
+    from resnet_jax.data import inputs
 
-    if c.dataset == synthetic.NAME:
-        return synthetic.FINISH
-    if datasets.is_folder(c.dataset):
-        _held_out(c)  # predict and eval read a run's folder as it was split
-    if input_pipeline(c) == "device":  # statistics stored beside the arrays: no TensorFlow
-        from resnet_jax.data import device_input
-
-        return device_input.finish_for(
-            c.dataset,
-            data_dir=c.data_dir,
-            normalization=normalization(c),
-            image_size=c.image_size,
-        )
-    from resnet_jax.data import pipeline  # TensorFlow only on the host data path
-
-    return pipeline.finish_for(
-        c.dataset, data_dir=c.data_dir, normalization=normalization(c), image_size=c.image_size
-    )
+    run = start(c, saved=c)
+    return inputs.finish(run.data, run.plan)
 
 
 def ema_on(c: ml_collections.ConfigDict) -> bool:

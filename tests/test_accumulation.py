@@ -180,7 +180,7 @@ def _resolved(**kw):
     c = config_lib.default_config()
     c.dataset, c.num_train_steps = "synthetic", 1
     c.update(kw)
-    return config_lib.resolve_config(c)
+    return config_lib.start(c)
 
 
 @pytest.mark.parametrize(
@@ -219,7 +219,7 @@ if __name__ == "__main__":
 
 def test_one_gpu_imagenet_recipe_is_the_papers_step_as_8_micro_batches_of_32(monkeypatch):
     from resnet_jax import config as config_lib
-    from resnet_jax.data import datasets
+    from resnet_jax.data import catalog
     from tests.test_trainer import load_config
 
     paper, one_gpu = (
@@ -231,19 +231,21 @@ def test_one_gpu_imagenet_recipe_is_the_papers_step_as_8_micro_batches_of_32(mon
     assert changed == {"grad_accum_steps"} and one_gpu.grad_accum_steps == 8
     assert (one_gpu.batch_size, one_gpu.bn_group_size) == (256, 32)
     # ImageNet is not prepared here: its published sizes stand in for the builder's.
-    info = datasets.DatasetInfo("imagenet2012", 1000, 224, "train", "validation", 1_281_167, 50_000, "imagenet")  # fmt: skip
-    monkeypatch.setattr(datasets, "get_info", lambda name, data_dir=None: info)
-    monkeypatch.setattr(validation, "_data_problems", lambda c, process_count: [])
-    c = config_lib.resolve_config(one_gpu)
+    opened = catalog.open
+    run_of = {"num_train_examples": 1_281_167, "dataset": "imagenet2012"}
+    monkeypatch.setattr(catalog, "open", lambda name, **kw: opened(name, **dict(kw, saved=run_of)))
+    monkeypatch.setattr(catalog, "plan_problems", lambda d, plan, process_count: [])
+    run = config_lib.start(one_gpu)
+    c = run.c
     assert (c.steps_per_epoch, c.num_train_steps, c.lr_decay_steps) == (
         5004,
         450_360,
         (150_120, 300_240, 400_320),
     )
-    validation.check_resolved(c, device_count=1, process_count=1)
+    validation.check_resolved(run, device_count=1, process_count=1)
     # On 8 devices each would hold 4 images of a micro-batch: the plain paper recipe is for them.
     with pytest.raises(faults.ConfigError, match="bn_group_size 32 does not divide the per-device micro-batch 4"):  # fmt: skip
-        validation.check_resolved(c, device_count=8, process_count=1)
+        validation.check_resolved(run, device_count=8, process_count=1)
 
 
 def test_seeds_as_one_program_accumulate_and_average_as_their_single_runs():

@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from resnet_jax.data import datasets
+from resnet_jax.data import catalog, datasets
 
 
-def test_importing_the_package_and_dataset_facts_does_not_import_tensorflow():
+def test_importing_the_package_and_opening_a_record_does_not_import_tensorflow():
     code = (
-        "import sys, resnet_jax.data, resnet_jax.data.datasets as d; "
-        "assert d.facts('imagenet2012')['num_classes'] == 1000; "
+        "import sys, resnet_jax.data, resnet_jax.data.catalog as c; "
+        "assert c.open('shapes10', input_pipeline='device').num_classes == 10; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('tensorflow', 'tensorflow_datasets')))"
     )
@@ -35,7 +35,7 @@ def test_tensorflow_never_sees_a_gpu():
 
 def test_unknown_dataset_lists_the_known_ones():
     with pytest.raises(ValueError, match="imagenet2012, cifar10, cifar100, shapes10"):
-        datasets.get_info("mnist")
+        catalog.open("mnist")
 
 
 def test_prepare_command_and_manual_files():
@@ -68,7 +68,7 @@ def test_an_unprepared_dataset_names_the_command_and_tfds_logs_no_warning(tmp_pa
     from resnet_jax.data import datasets
 
     with caplog.at_level(logging.WARNING), pytest.raises(datasets.DatasetNotPreparedError) as e:
-        datasets.get_info("cifar100", data_dir=str(tmp_path))
+        catalog.open("cifar100", data_dir=str(tmp_path), input_pipeline="host").count("train")
     assert f"looked for {tmp_path / 'cifar100'}" in str(e.value)
     assert f"python -m resnet_jax.data.prepare cifar100 --data_dir {tmp_path}" in str(e.value)
     assert not [r for r in caplog.records if "dataset_info.json" in r.getMessage()]

@@ -6,7 +6,7 @@ import fake_archives
 import numpy as np
 import pytest
 
-from resnet_jax.data import augment, datasets, finish, pipeline, stats
+from resnet_jax.data import augment, catalog, datasets, finish, pipeline, stats
 
 N_TRAIN, N_TEST = 50, 20
 
@@ -40,9 +40,9 @@ def _key(image_uint8):
 
 
 def test_real_builder_reads_the_binary_format(cifar10):
-    info = datasets.get_info("cifar10", cifar10.data_dir)
+    info = catalog.open("cifar10", data_dir=cifar10.data_dir, input_pipeline="host")
     assert (info.num_train, info.num_eval, info.num_classes) == (N_TRAIN, N_TEST, 10)
-    assert (info.image_size, info.family, info.eval_split) == (32, "cifar", "test")
+    assert (info.image_size, info.jpeg_crops, info.eval_split) == (32, False, "test")
     # One epoch without augmentation: exactly the archive's images (uint8) and labels.
     batch = next(_train(cifar10, augment="none", local_batch_size=N_TRAIN))
     assert batch["image"].dtype == np.uint8 and set(batch) == {"image", "label"}
@@ -171,7 +171,7 @@ def test_cifar_refuses_imagenet_views_and_sizes(cifar10):
 
 def test_cifar100_fine_labels(tmp_path):
     fake = fake_archives.make_fake_cifar100(str(tmp_path), num_train=10, num_test=5)
-    info = datasets.get_info("cifar100", fake.data_dir)
+    info = catalog.open("cifar100", data_dir=fake.data_dir, input_pipeline="host")
     assert (info.num_classes, info.num_train, info.num_eval) == (100, 10, 5)
     batch = next(
         pipeline.train_iterator(

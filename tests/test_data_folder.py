@@ -10,11 +10,18 @@ import pytest
 from PIL import Image
 
 from resnet_jax import config as config_lib
-from resnet_jax.data import arrays, datasets, folder, shapes
+from resnet_jax.data import arrays, catalog, datasets, folder, shapes
 from resnet_jax.engine import faults
 from tests.fake_folders import folder_order, write_images, write_shapes_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _held(name, data_dir, image_size=None, **kw):
+    """The record of `name` as the device path holds it."""
+    return catalog.open(
+        name, data_dir=data_dir, image_size=image_size, input_pipeline="device", **kw
+    )
 
 
 def _rgb(h, w, seed):
@@ -86,17 +93,17 @@ def test_a_folder_of_shapes10_images_gives_shapes10s_pixels_labels_and_class_nam
     rendered = write_shapes_folder(str(tmp_path / "shapes"), 60, 30)
     name, data_dir = f"folder:{tmp_path / 'shapes'}", str(tmp_path / "data")
     for split in ("train", "test"):
-        got = arrays.load(name, split, data_dir, image_size=32)
-        want = arrays.load("shapes10", split, data_dir)
+        got = arrays.load(_held(name, data_dir, 32), split)
+        want = arrays.load(_held("shapes10", data_dir), split)
         np.testing.assert_array_equal(want.images, rendered[split][0])
         order = folder_order(want.labels)
         np.testing.assert_array_equal(got.images, want.images[order])  # nothing resized: equal
-        names = datasets.class_names(name)
+        names = _held(name, data_dir, 32).class_names
         assert [names[k] for k in got.labels] == [shapes.CLASS_NAMES[k] for k in want.labels[order]]
-    assert sorted(datasets.class_names(name)) == sorted(shapes.CLASS_NAMES)
-    info = arrays.get_info(name, data_dir, image_size=32)
+    assert sorted(_held(name, data_dir, 32).class_names) == sorted(shapes.CLASS_NAMES)
+    info = _held(name, data_dir, 32)
     assert (info.num_train, info.num_eval, info.num_classes, info.image_size) == (60, 30, 10, 32)
-    path = arrays.path(name, data_dir, "train", image_size=32)
+    path = arrays.path(info, "train")
     assert path.startswith(os.path.join(data_dir, "resnet_jax_arrays", "folders", "shapes-"))
 
 
@@ -132,7 +139,7 @@ def test_a_folders_size_is_its_own_from_scratch_and_bits_when_fine_tuning(
     c.dataset, c.data_dir, c.model, c.init_from = f"folder:{tmp_path / 'f'}", "d", model, init_from
     r = config_lib.resolve_config(c)
     assert r.image_size == size and r.image_size_rule.startswith(rule), r.image_size_rule
-    assert r.image_size_rule in config_lib.data_notes(r)  # the run's banner says which rule
+    assert r.image_size_rule in config_lib.data_notes(config_lib.start(c))  # the banner says so
 
 
 def test_folder_paths_expand_home_and_variables(tmp_path, monkeypatch):
@@ -144,7 +151,7 @@ def test_folder_paths_expand_home_and_variables(tmp_path, monkeypatch):
         c = config_lib.default_config()
         c.dataset, c.data_dir = dataset, "~/data"
         r = config_lib.resolve_config(c)
-        assert (r.image_size, datasets.facts(dataset)["eval_split"]) == (8, split)
+        assert (r.image_size, catalog.open(dataset).eval_split) == (8, split)
     assert datasets.resolve_data_dir("~/data") == str(tmp_path / "data")
 
 
@@ -246,21 +253,23 @@ def test_corrupt_truncated_and_empty_images_stop_the_read_naming_the_file(tmp_pa
 def test_a_changed_folder_is_noticed_and_its_prepared_copy_rebuilt(tmp_path, capfd):
     _two_classes(tmp_path / "f")
     name, data_dir = f"folder:{tmp_path / 'f'}", str(tmp_path / "data")
-    assert len(arrays.load(name, "train", data_dir, 8).labels) == 2
+    assert len(arrays.load(_held(name, data_dir, 8), "train").labels) == 2
     added = tmp_path / "f" / "train" / "a" / "1.png"
     Image.fromarray(_rgb(8, 8, 1)).save(added)
-    assert arrays.load(name, "train", data_dir, 8).labels.tolist() == [0, 0, 1]
+    assert arrays.load(_held(name, data_dir, 8), "train").labels.tolist() == [0, 0, 1]
     err = capfd.readouterr().err
     assert "is stale: built from 'folder " in err and "train: 2 images" in err
     assert "train: 3 images" in err and "rebuilding it" in err
     Image.fromarray(_rgb(8, 8, 2)).save(added)  # edited in place: same name, new pixels
     os.utime(added, ns=(os.stat(added).st_atime_ns, os.stat(added).st_mtime_ns + 10**9))
-    np.testing.assert_array_equal(arrays.load(name, "train", data_dir, 8).images[1], _rgb(8, 8, 2))
+    np.testing.assert_array_equal(
+        arrays.load(_held(name, data_dir, 8), "train").images[1], _rgb(8, 8, 2)
+    )
     assert "is stale" in capfd.readouterr().err
     added.unlink()
-    assert len(arrays.load(name, "train", data_dir, 8).labels) == 2
+    assert len(arrays.load(_held(name, data_dir, 8), "train").labels) == 2
     assert "is stale" in capfd.readouterr().err
-    arrays.load(name, "train", data_dir, 8)
+    arrays.load(_held(name, data_dir, 8), "train")
     assert capfd.readouterr().err == ""  # unchanged: the prepared copy is used as it is
 
 
@@ -307,10 +316,10 @@ def test_a_32px_dataset_at_a_larger_image_size_is_upsampled_inside_the_finish(
     monkeypatch.setattr(shapes, "NUM_TEST", 10)
     c = config_lib.default_config()
     c.dataset, c.data_dir, c.image_size, c.batch_size = "shapes10", str(tmp_path), 64, 8
-    r = config_lib.resolve_config(c)
-    validation.check_resolved(r, device_count=1, process_count=1)
-    upsampling = config_lib.build_finish(r)
-    batch = {"image": arrays.load("shapes10", "test", str(tmp_path)).images[:2]}
+    run = config_lib.start(c)
+    validation.check_resolved(run, device_count=1, process_count=1)
+    upsampling = config_lib.build_finish(run.c)
+    batch = {"image": arrays.load(_held("shapes10", str(tmp_path)), "test").images[:2]}
     native = finish.Finish(upsampling.mean, upsampling.std)(batch)
     assert upsampling.size == 64 and native.shape == (2, 32, 32, 3)
     np.testing.assert_allclose(
@@ -318,7 +327,7 @@ def test_a_32px_dataset_at_a_larger_image_size_is_upsampled_inside_the_finish(
     )
     c.image_size = 16  # smaller than the images: refused
     with pytest.raises(faults.ConfigError, match="image_size=16 is not supported"):
-        validation.check_resolved(config_lib.resolve_config(c), device_count=1, process_count=1)
+        validation.check_resolved(config_lib.start(c), device_count=1, process_count=1)
 
 
 def test_the_prepare_command_decodes_a_folder_once_and_names_a_bad_one(tmp_path, capsys):
@@ -329,7 +338,7 @@ def test_the_prepare_command_decodes_a_folder_once_and_names_a_bad_one(tmp_path,
     assert prepare.main([name, "--data_dir", data_dir, "--image_size", "16"]) == 0
     out = capsys.readouterr().out
     assert f"{name} prepared at 16x16 in " in out and "2 classes (a, b)" in out
-    assert arrays.load(name, "test", data_dir, 16).images.shape == (2, 16, 16, 3)
+    assert arrays.load(_held(name, data_dir, 16), "test").images.shape == (2, 16, 16, 3)
     assert prepare.main([f"folder:{tmp_path / 'g'}", "--data_dir", data_dir]) == 66
     assert capsys.readouterr().err == (
         f"resnet_jax: folder dataset {tmp_path / 'g'} does not exist (or is not a directory)\n"
@@ -378,15 +387,17 @@ def test_holdout_fraction_reaches_every_reader_and_its_checks_name_the_key(tmp_p
     _classes_only(tmp_path / "f", {"a": 30, "b": 30})
     c = config_lib.default_config()
     c.dataset, c.data_dir, c.batch_size = f"folder:{tmp_path / 'f'}", str(tmp_path / "d"), 8
-    r = config_lib.resolve_config(c)
-    held = folder.layout_of(c.dataset).count("holdout")
-    assert (r.num_train_examples, datasets.facts(c.dataset)["num_eval"]) == (60 - held, held)
-    validation.check_resolved(r, device_count=1, process_count=1)
-    assert arrays.load(c.dataset, "holdout", c.data_dir, r.image_size).images.shape[0] == held
+    run = config_lib.start(c)
+    r = run.c
+    held = folder.layout_of(c.dataset, 0.2).count("holdout")
+    assert (r.num_train_examples, run.data.num_eval) == (60 - held, held)
+    validation.check_resolved(run, device_count=1, process_count=1)
+    assert arrays.load(run.data, "holdout").images.shape[0] == held
     c.holdout_fraction = 0.5  # another fraction: another split, read by every reader alike
-    r = config_lib.resolve_config(c)
-    assert folder.layout_of(c.dataset).count("holdout") == datasets.facts(c.dataset)["num_eval"]
-    assert arrays.num_examples(c.dataset, "train", c.data_dir, r.image_size) == r.num_train_examples
+    run = config_lib.start(c)
+    r = run.c
+    assert folder.layout_of(c.dataset, 0.5).count("holdout") == run.data.num_eval
+    assert arrays.count(run.data, "train") == r.num_train_examples
     assert r.num_train_examples < 60 - held
     c.holdout_fraction = 0.0
     with pytest.raises(folder.FolderError, match="or set --config.holdout_fraction"):
@@ -402,10 +413,10 @@ def test_a_failed_decode_leaves_no_prepared_folder_or_lock_behind(tmp_path):
     name, data_dir = f"folder:{tmp_path / 'f'}", tmp_path / "data"
     os.makedirs(data_dir / "kept")  # what was there before the build is left alone
     with pytest.raises(datasets.CorruptImageError, match="1.png is not a readable image"):
-        arrays.load(name, "train", str(data_dir), 8)
+        arrays.load(_held(name, str(data_dir), 8), "train")
     assert sorted(os.listdir(data_dir)) == ["kept"]
     (tmp_path / "f" / "train" / "b" / "1.png").unlink()  # fixed: the next build goes through
-    assert arrays.load(name, "train", str(data_dir), 8).images.shape == (2, 8, 8, 3)
+    assert arrays.load(_held(name, str(data_dir), 8), "train").images.shape == (2, 8, 8, 3)
 
 
 def test_predict_names_the_formats_a_folder_takes_not_tensorflows(tmp_path):

@@ -9,7 +9,7 @@ import fake_archives
 import numpy as np
 import pytest
 
-from resnet_jax.data import augment, datasets, finish, pipeline, prepare
+from resnet_jax.data import augment, catalog, datasets, finish, pipeline, prepare
 
 NUM_CLASSES, PER_CLASS, NUM_VAL = 3, 3, 5
 
@@ -35,9 +35,9 @@ def _digest(image):
 
 
 def test_real_builder_prepares_fake_archives_with_their_sizes_and_labels(fake):
-    info = datasets.get_info("imagenet2012", fake.data_dir)
+    info = catalog.open("imagenet2012", data_dir=fake.data_dir, input_pipeline="host")
     assert (info.num_train, info.num_eval) == (NUM_CLASSES * PER_CLASS, NUM_VAL)
-    assert (info.num_classes, info.image_size, info.family) == (1000, 224, "imagenet")
+    assert (info.num_classes, info.image_size, info.jpeg_crops) == (1000, 224, True)
     assert (info.train_split, info.eval_split) == ("train", "validation")
     # Train labels are the synset positions in tfds's label list: the first NUM_CLASSES classes.
     labels = np.concatenate([next(_train(fake, augment="none", local_batch_size=9))["label"]])
@@ -259,7 +259,7 @@ def test_inception_crop_at_other_resolution(fake):
 
 def test_not_prepared_error_names_the_prepare_command(tmp_path):
     with pytest.raises(datasets.DatasetNotPreparedError) as e:
-        datasets.get_info("imagenet2012", str(tmp_path))
+        catalog.open("imagenet2012", data_dir=str(tmp_path)).count("train")
     assert (
         f"python -m resnet_jax.data.prepare imagenet2012 --data_dir {tmp_path} --manual_dir"
         in str(e.value)
@@ -345,7 +345,8 @@ def test_corrupt_or_non_jpeg_image_stops_evaluation_naming_its_key(corrupt_fake)
     with pytest.raises(datasets.CorruptImageError) as e:
         list(it)
     # Evaluation reads the records in file order, two per batch, and stops at the first bad batch.
-    shard = pipeline._Shard("imagenet2012", corrupt_fake.data_dir, "train", 0, 1, False)
+    d = catalog.open("imagenet2012", data_dir=corrupt_fake.data_dir)
+    shard = pipeline._Shard(d, "train", 0, 1, False)
     order = [shard.parse(r)[2].numpy().decode() for r in shard.records()]
     bad = {*corrupt_fake.corrupt_keys, *corrupt_fake.not_jpeg_keys}
     first_bad_batch = next(b for b in (order[:2], order[2:]) if bad & set(b))
@@ -432,15 +433,8 @@ def test_decode_only_decodes_the_pipelines_crop_windows_from_memory_and_nothing_
     assert len(pixels) == 2 and pixels[0].shape == (4, 3) and pixels[0].dtype == np.uint8
     # The same examples and windows as the pipeline's batches 1 and 2: each decoded crop, resized
     # as the pipeline resizes it, is the pipeline's image.
-    stream = pipeline._TrainStream(
-        "imagenet2012",
-        fake.data_dir,
-        4,
-        0,
-        augment="paper",
-        image_size=None,
-        scale_range=(256, 480),
-    )
+    d = catalog.open("imagenet2012", data_dir=fake.data_dir)
+    stream = pipeline._TrainStream(d, 4, 0, augment="paper", scale_range=(256, 480))
     train = _train(fake, augment="paper", start_step=1)
     for step in (1, 2):
         images = next(train)["image"]

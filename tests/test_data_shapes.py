@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from resnet_jax.data import datasets, pipeline, shapes
+from resnet_jax.data import catalog, datasets, pipeline, shapes
 
 SMALL_TRAIN, SMALL_TEST = 240, 60
 
@@ -20,7 +20,9 @@ def small_shapes(tmp_path_factory):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(shapes, "NUM_TRAIN", SMALL_TRAIN)
             mp.setattr(shapes, "NUM_TEST", SMALL_TEST)
-            datasets.get_info("shapes10", root)  # first use prepares it
+            catalog.open("shapes10", data_dir=root, input_pipeline="host").count(
+                "train"
+            )  # prepares
         return root
 
     return fake_archives.build_once(tmp_path_factory, "shapes10_small", build)
@@ -99,9 +101,9 @@ def test_a_linear_classifier_on_pixels_does_poorly():
 
 
 def test_first_use_prepares_it_through_tfds_and_the_pipeline_reads_it(small_shapes):
-    info = datasets.get_info("shapes10", small_shapes)
+    info = catalog.open("shapes10", data_dir=small_shapes, input_pipeline="host")
     assert (info.num_train, info.num_eval, info.num_classes) == (SMALL_TRAIN, SMALL_TEST, 10)
-    assert (info.image_size, info.family, info.eval_split) == (32, "cifar", "test")
+    assert (info.image_size, info.jpeg_crops, info.eval_split) == (32, False, "test")
     it = pipeline.train_iterator("shapes10", data_dir=small_shapes, local_batch_size=32, seed=0)
     batch = next(it)
     assert batch["image"].shape == (32, 32, 32, 3) and batch["image"].dtype == np.uint8
@@ -130,7 +132,7 @@ def test_eval_covers_the_test_split_once(small_shapes):
 @pytest.mark.slow
 def test_full_dataset_prepares_with_40k_train_and_10k_test_examples(tmp_path):
     # How long preparing takes is a benchmark figure (docs/benchmarks.md), not asserted here.
-    info = datasets.get_info("shapes10", str(tmp_path))
+    info = catalog.open("shapes10", data_dir=str(tmp_path), input_pipeline="host")
     assert (
         (info.num_train, info.num_eval) == (shapes.NUM_TRAIN, shapes.NUM_TEST) == (40_000, 10_000)
     )

@@ -10,10 +10,25 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax.data import arrays, datasets, device_input, finish, pipeline, prepare, shapes, stats
+from resnet_jax.data import (
+    arrays,
+    catalog,
+    datasets,
+    device_input,
+    finish,
+    pipeline,
+    prepare,
+    shapes,
+    stats,
+)
 from resnet_jax.engine import parallel
 
 N_COORD = 200  # examples of the coordinate-coded fake CIFAR-10 (the id is stored in blue)
+
+
+def _record(name, data_dir):
+    """The record of `name` as the device path holds it (its splits counted on first use)."""
+    return catalog.open(name, data_dir=data_dir, input_pipeline="device")
 
 
 def _held(n, seed=0):
@@ -167,7 +182,7 @@ def test_host_and_device_paths_draw_the_same_augmented_distribution(coord_cifar)
     """Fails if either path is off by one pixel, never flips, or normalises differently."""
     draws, batch = 4000, 100
     host_stats = stats.normalization_stats(datasets.get_builder("cifar10", coord_cifar.data_dir))
-    device_stats = arrays.load_stats("cifar10", coord_cifar.data_dir)
+    device_stats = arrays.load_stats(_record("cifar10", coord_cifar.data_dir))
     for key in ("mean_image", "pixel_std", "channel_mean", "channel_std"):
         np.testing.assert_allclose(host_stats[key], device_stats[key], rtol=1e-6, err_msg=key)
     mean, std = stats.mean_and_std(host_stats, "per_pixel_mean")
@@ -216,35 +231,39 @@ def test_shapes10_arrays_are_rendered_without_tensorflow_and_bad_files_are_rebui
     monkeypatch.setattr(shapes, "NUM_TRAIN", 60)
     monkeypatch.setattr(shapes, "NUM_TEST", 30)
     data_dir = str(tmp_path)
-    split = arrays.load("shapes10", "train", data_dir)
+    split = arrays.load(_record("shapes10", data_dir), "train")
     want_images, want_labels = shapes.render(60, shapes.SEED)
     np.testing.assert_array_equal(split.images, want_images)
     np.testing.assert_array_equal(split.labels, want_labels)
     assert split.images.dtype == np.uint8 and split.labels.dtype == np.int32
-    info = arrays.get_info("shapes10", data_dir)
+    info = _record("shapes10", data_dir)
     assert (info.num_train, info.num_eval, info.num_classes) == (60, 30, 10)
-    st = arrays.load_stats("shapes10", data_dir)
+    st = arrays.load_stats(_record("shapes10", data_dir))
     np.testing.assert_allclose(st["mean_image"], want_images.mean(0), rtol=1e-5)
     assert not os.path.exists(os.path.join(data_dir, "shapes10"))  # no tfds build happened
     capfd.readouterr()
 
-    path = arrays.path("shapes10", data_dir, "train")
+    path = arrays.path(_record("shapes10", data_dir), "train")
     with np.load(path) as f:  # a valid file whose pixels no longer match their digest
         tampered = {k: f[k] for k in f.files}
     tampered["images"][0, 0, 0, 0] ^= 1
     np.savez(path, **tampered)
-    np.testing.assert_array_equal(arrays.load("shapes10", "train", data_dir).images, want_images)
+    np.testing.assert_array_equal(
+        arrays.load(_record("shapes10", data_dir), "train").images, want_images
+    )
     assert "damaged: the sha256 of images does not match" in capfd.readouterr().err
 
     with open(path, "r+b") as f:  # a truncated file
         f.truncate(os.path.getsize(path) // 2)
-    np.testing.assert_array_equal(arrays.load("shapes10", "train", data_dir).images, want_images)
+    np.testing.assert_array_equal(
+        arrays.load(_record("shapes10", data_dir), "train").images, want_images
+    )
     assert "is unreadable" in capfd.readouterr().err
 
     monkeypatch.setattr(shapes, "NUM_TRAIN", 50)  # the source changed: the file is stale
-    assert len(arrays.load("shapes10", "train", data_dir).labels) == 50
+    assert len(arrays.load(_record("shapes10", data_dir), "train").labels) == 50
     assert "is stale: built from 'shapes.render(60," in capfd.readouterr().err
-    assert arrays.load("shapes10", "train", data_dir).images.shape == (50, 32, 32, 3)
+    assert arrays.load(_record("shapes10", data_dir), "train").images.shape == (50, 32, 32, 3)
     assert capfd.readouterr().err == ""  # the rebuilt file is sound: nothing more reported
 
 
@@ -260,33 +279,35 @@ def test_cifar_arrays_follow_the_tfds_order_and_a_damaged_file_without_source_is
         "test.npz",
         "train.npz",
     ]
-    split = arrays.load("cifar10", "train", coord_cifar.data_dir)
+    split = arrays.load(_record("cifar10", coord_cifar.data_dir), "train")
     builder = datasets.get_builder("cifar10", coord_cifar.data_dir)
     first = next(builder.as_dataset(split="train", shuffle_files=False).as_numpy_iterator())
     np.testing.assert_array_equal(split.images[0], first["image"])
-    assert len(arrays.load("cifar10", "train45k", coord_cifar.data_dir).labels) == 180  # 90%
-    val = arrays.load("cifar10", "val5k", coord_cifar.data_dir)
+    assert (
+        len(arrays.load(_record("cifar10", coord_cifar.data_dir), "train45k").labels) == 180
+    )  # 90%
+    val = arrays.load(_record("cifar10", coord_cifar.data_dir), "val5k")
     np.testing.assert_array_equal(val.images, split.images[180:])
-    with pytest.raises(ValueError, match="has no split 'validation' on the device input path"):
-        arrays.load("cifar10", "validation", coord_cifar.data_dir)
+    with pytest.raises(ValueError, match="has no split 'validation'"):
+        arrays.load(_record("cifar10", coord_cifar.data_dir), "validation")
     with pytest.raises(ValueError, match="takes input_pipeline='host'"):
-        arrays.load("imagenet2012", "train", coord_cifar.data_dir)
+        arrays.load(_record("imagenet2012", coord_cifar.data_dir), "train")
 
     # Only the arrays carried to a machine (no tfds data): used when sound, an error when damaged.
-    assert len(arrays.load("cifar10", "test", coord_cifar.data_dir).labels) == 20
+    assert len(arrays.load(_record("cifar10", coord_cifar.data_dir), "test").labels) == 20
     carried = str(tmp_path)
-    src = arrays.path("cifar10", coord_cifar.data_dir, "test")
-    dst = arrays.path("cifar10", carried, "test")
+    src = arrays.path(_record("cifar10", coord_cifar.data_dir), "test")
+    dst = arrays.path(_record("cifar10", carried), "test")
     os.makedirs(os.path.dirname(dst))
     with open(src, "rb") as f:
         data = f.read()
     with open(dst, "wb") as f:
         f.write(data)
-    assert len(arrays.load("cifar10", "test", carried).labels) == 20
+    assert len(arrays.load(_record("cifar10", carried), "test").labels) == 20
     with np.load(dst) as f:
         meta = json.loads(str(f["meta"]))
         assert meta["source"].startswith("tfds cifar10 test")
     with open(dst, "wb") as f:
         f.write(data[: len(data) // 3])
     with pytest.raises(arrays.ArraysError, match="is unreadable .* cifar10 is not prepared in"):
-        arrays.load("cifar10", "test", carried)
+        arrays.load(_record("cifar10", carried), "test")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_jax.data import arrays, device_input, shapes
+from resnet_jax.data import arrays, catalog, device_input, shapes
 from resnet_jax.engine import evaluate, parallel, trainer, warm_start
 from resnet_jax.tools import predict
 
@@ -35,7 +35,7 @@ def run(tmp_path_factory):
 
 def shapes10_pngs(root, n: int) -> list[str]:
     """The first `n` shapes10 test images as PNG files in `root`."""
-    test = arrays.load("shapes10", "test")
+    test = arrays.load(catalog.open("shapes10", input_pipeline="device"), "test")
     paths = [str(root / f"test{i}.png") for i in range(n)]
     for path, image in zip(paths, test.images, strict=False):
         Image.fromarray(image).save(path)

@@ -68,11 +68,14 @@ def test_config_resolves_to_the_models_own_data_shape_unless_told_and_rejects_mu
         10,
         64,
     )
-    with pytest.raises(faults.ConfigError, match="synthetic data has only eval_views='center'"):
+    run = config_lib.start(rc)
+    with pytest.raises(faults.ConfigError, match="synthetic .* has only eval_views 'center'"):
         evaluate.make_evaluator(
             config_lib.build_model(rc),
             parallel.make_mesh(),
-            **evaluate.eval_data_args(rc),
+            run.data,
+            run.plan,
+            finish=synthetic.FINISH,
             views="10crop",
         )
     c.dataset = "synthtic"

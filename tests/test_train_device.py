@@ -155,10 +155,12 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
 
 
 def test_input_pipeline_defaults_by_family_and_rejects_device_for_imagenet():
+    from resnet_jax.data import catalog
+
     c = config_lib.default_config()
-    assert config_lib.input_pipeline(c) == "device"  # shapes10, the default dataset
+    assert catalog.open(c.dataset).input_pipeline == "device"  # shapes10, the default dataset
     c.dataset = "imagenet2012"
-    assert config_lib.input_pipeline(c) == "host"
+    assert catalog.name_problem(c.dataset, "host") is None
     c.input_pipeline = "device"
     with pytest.raises(
         faults.ConfigError,

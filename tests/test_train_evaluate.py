@@ -73,8 +73,9 @@ def test_multiscale_averages_probabilities_over_scales(setup):
 
 
 def test_unknown_views_are_rejected(setup):
+    from resnet_jax.data import catalog, finish
+
     model, mesh, _ = setup
+    d, plan = catalog.open("synthetic", pool_examples=8), catalog.Plan(batch_size=8)
     with pytest.raises(ValueError, match="center"):
-        evaluate.make_evaluator(
-            model, mesh, dataset="shapes10", data_dir=None, global_batch_size=8, views="5crop"
-        )
+        evaluate.make_evaluator(model, mesh, d, plan, finish=finish.IMAGENET, views="5crop")

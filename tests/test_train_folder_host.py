@@ -12,7 +12,7 @@ from fake_archives import build_once
 from PIL import Image
 
 from resnet_jax import config as config_lib
-from resnet_jax.data import datasets, folder, folder_records, prepare
+from resnet_jax.data import catalog, datasets, folder, folder_records, prepare
 from resnet_jax.engine import validation
 from tests.test_train_folder import folder_config, one_go_and_resumed
 from tests.test_trainer import final_state
@@ -43,14 +43,15 @@ def runs(tmp_path_factory):
 
 def test_a_folder_over_the_device_limit_trains_on_the_host_path_and_learns(runs):
     root, one_go, _ = runs
-    c = config_lib.resolve_config(host_config(root, 12))
-    assert config_lib.input_pipeline(c) == "host"
-    assert "input_pipeline host: the training split at 32x32" in config_lib.data_notes(c)[2]
+    run = config_lib.start(host_config(root, 12))
+    c = run.c
+    assert run.data.input_pipeline == c.input_pipeline == "host"
+    assert "input_pipeline host: the training split at 32x32" in config_lib.data_notes(run)[2]
     losses = _losses(f"{root}/one_go")
     assert len(losses) == 6 and np.mean(losses[-2:]) < np.mean(losses[:2])
     assert one_go["eval"]["count"] == 20
     # The copy it read: one JPEG record per image, stored at BiT's ratio (32 * 160 / 128 = 40).
-    builder = folder_records.builder(c.dataset, c.data_dir, 32)
+    builder = folder_records.builder(run.data)
     assert builder.info.splits["train"].num_examples == 48
     assert builder.info.splits["test"].num_examples == 20
     assert builder.info.features["label"].names == list(folder.layout_of(c.dataset).class_names)
@@ -74,17 +75,17 @@ def test_forcing_the_device_path_over_the_limit_is_refused_and_host_is_always_al
 ):
     root, _, _ = runs
     monkeypatch.setattr(folder, "DEVICE_LIMIT_BYTES", 1)
-    forced = config_lib.resolve_config(host_config(root, 2, input_pipeline="device"))
+    forced = config_lib.start(host_config(root, 2, input_pipeline="device"))
     with pytest.raises(validation.ConfigError, match="cannot take input_pipeline='device'"):
         validation.check_resolved(forced, device_count=1, process_count=1)
     monkeypatch.setattr(folder, "DEVICE_LIMIT_BYTES", 4 << 30)
-    fits = config_lib.resolve_config(host_config(root, 2))
-    assert config_lib.input_pipeline(fits) == "device"
-    host = config_lib.resolve_config(host_config(root, 2, input_pipeline="host"))
-    assert config_lib.input_pipeline(host) == "host"
-    validation.check_resolved(host, device_count=1, process_count=1)
+    fits = config_lib.start(host_config(root, 2))
+    assert fits.data.input_pipeline == "device"
+    run = config_lib.start(host_config(root, 2, input_pipeline="host"))
+    assert run.data.input_pipeline == "host"
+    validation.check_resolved(run, device_count=1, process_count=1)
     # From scratch: the folder's own channel statistics; from weights: ImageNet's.
-    record = folder_records.record(host.dataset, host.data_dir, 32)
+    host, record = run.c, folder_records.record(run.data)
     np.testing.assert_allclose(config_lib.build_finish(host).mean, record["channel_mean"])
     host.init_from = "some/weights.safetensors"
     np.testing.assert_allclose(config_lib.build_finish(host).std, [58.395, 57.12, 57.375])
@@ -99,26 +100,31 @@ def _two_classes(root, n=2):
                 Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
 
 
+def _host(name, data_dir):
+    """The folder's record as the host path reads it at 16 px (its files fingerprinted now)."""
+    return catalog.open(name, data_dir=data_dir, image_size=16, input_pipeline="host")
+
+
 def test_a_changed_folder_rebuilds_its_jpeg_copy_and_a_corrupt_file_is_named(tmp_path, capfd):
     _two_classes(tmp_path / "f")
     name, data_dir = f"folder:{tmp_path / 'f'}", str(tmp_path / "data")
-    first = folder_records.record(name, data_dir, 16)
+    first = folder_records.record(_host(name, data_dir))
     assert (
         first["side"] == 20
-        and folder_records.builder(name, data_dir, 16).info.splits["train"].num_examples == 4
+        and folder_records.builder(_host(name, data_dir)).info.splits["train"].num_examples == 4
     )
     np.testing.assert_allclose(first["channel_mean"], [70.0] * 3, atol=1e-6)  # 0, 40, 100, 140
     capfd.readouterr()
     Image.fromarray(np.zeros((12, 20, 3), np.uint8)).save(tmp_path / "f" / "train" / "a" / "2.png")
-    assert folder_records.builder(name, data_dir, 16).info.splits["train"].num_examples == 5
+    assert folder_records.builder(_host(name, data_dir)).info.splits["train"].num_examples == 5
     err = capfd.readouterr().err
     assert "is stale: built from" in err and "train: 4 images" in err and "rebuilding it" in err
-    folder_records.record(name, data_dir, 16)
+    folder_records.record(_host(name, data_dir))
     assert capfd.readouterr().err == ""  # unchanged: used as it is
     bad = tmp_path / "f" / "test" / "b" / "9.png"
     bad.write_bytes(b"not a png")
     with pytest.raises(datasets.CorruptImageError, match=f"{bad} is not a readable image"):
-        folder_records.record(name, data_dir, 16)
+        folder_records.record(_host(name, data_dir))
     code = prepare.main(
         [name, "--data_dir", data_dir, "--image_size", "16", "--input_pipeline", "host"]
     )

@@ -60,3 +60,14 @@ def import_tfds():
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     return tfds
+
+
+def split_size(builder, name, split):
+    """Examples of `split` (a tfds split string) in a prepared builder of dataset `name`."""
+    try:
+        return builder.info.splits[split].num_examples
+    except (KeyError, ValueError) as e:
+        raise ValueError(
+            f"{name} has no split {split!r} (prepared splits: "
+            f"{', '.join(builder.info.splits)}): {e}"
+        ) from None

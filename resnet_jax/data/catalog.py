@@ -1,137 +1,536 @@
-"""One answer to "what is this dataset": `describe(name) -> Dataset`, for built-in datasets and
-folders alike, so callers ask the record instead of branching on the kind of dataset.
+"""What a dataset is: one frozen `Dataset` record, made by `open` once where a run starts.
 
-A folder has no native size and two input paths whose options differ: on the device path it takes
-the 32x32 sets' options, on the host path ImageNet's (crops cut out of its JPEG copy). The record
-is therefore described for one input path, the one asked for or, unasked, the default
-(`folder.input_pipeline`'s size rule for a folder). No TensorFlow is imported here.
+`open` is the one place that branches on the kind of dataset (a tfds dataset, shapes10, a folder
+of images, synthetic batches): it decides the training size and the input path, each with the rule
+that chose it, counts the splits, fingerprints a folder's files once, and says where the prepared
+copies live. Everything below (`pipeline`, `device_input`, `arrays`, `folder_records`, `inputs`)
+receives the record and asks its `source` (`sources`), never the dataset's name. No TensorFlow is
+imported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import re
+from typing import Any
 
-from resnet_jax.data import arrays, datasets, folder, folder_records
+from resnet_jax.data import datasets, folder, prepared, sources
 
-# Per family of recipes, the input paths' options (the first is the default).
-TRAIN_AUGMENTS = {"imagenet": ("paper", "inception", "none"), "cifar": ("cifar", "none")}
-# mean_std: ImageNet's channel mean and std (torchvision's), which ImageNet weights expect.
-NORMALIZATIONS = {
-    "imagenet": ("mean_std",),
-    "cifar": ("per_pixel_mean", "per_channel", "mean_std"),
+FOLDER_KIND, SYNTHETIC = "folder", datasets.SYNTHETIC
+# Per family of recipes, the options of an input path (the first is the default).
+_OPTIONS = {
+    "imagenet": dict(
+        augments=("paper", "inception", "none"),
+        normalizations=("mean_std",),  # ImageNet's channel mean and std (torchvision's)
+        eval_views=("center", "10crop", "multiscale"),
+    ),
+    "cifar": dict(
+        augments=("cifar", "none"),
+        normalizations=("per_pixel_mean", "per_channel", "mean_std"),
+        eval_views=("center",),
+    ),
 }
-EVAL_VIEWS = {"imagenet": ("center", "10crop", "multiscale"), "cifar": ("center",)}
+EVAL_VIEWS = _OPTIONS["imagenet"]["eval_views"]  # every evaluation protocol there is
 # Where the input is made: 'device' holds the whole split in accelerator memory and augments it
-# there (the 32x32 sets' default), 'host' is the tf.data pipeline (ImageNet's only choice).
-INPUT_PIPELINES = {"imagenet": ("host",), "cifar": ("device", "host")}
+# there (the 32x32 sets' default), 'host' is the tf.data pipeline (ImageNet's only choice);
+# synthetic batches are made on the devices from a seed.
+_PATHS = {"imagenet": ("host",), "cifar": ("device", "host")}
 # A folder's own channel statistics hold at every scale it is trained and tested at, so they are
 # its default; a per-pixel mean image exists only for the squared arrays of the device path.
 _FOLDER_NORMALIZATIONS = {
     "device": ("per_channel", "per_pixel_mean", "mean_std"),
     "host": ("per_channel", "mean_std"),
 }
+# synthetic: shaped like the data the model was made for (`synthetic`), by the model's family.
+_SYNTHETIC_EPOCH = {"imagenet": 1_281_167, "cifar": 50_000}
+_LARGEST_NET_INPUT = 224  # ImageNet's: the largest side any registered net is made for
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """What a dataset is, as read by one input path (`input_pipeline`).
+    """What a dataset is, as one run reads it.
 
-    image_size: the native side (224, 32), None for a folder (the config's, BiT-HyperRule's when
-    unset). family: whose recipe options apply on this path ('imagenet' or 'cifar'). augments,
-    normalizations, eval_views: what this path accepts, the default first. input_pipelines: the
-    paths that can read it; input_pipeline_rule: why this one. prepared: where this path's
-    prepared data lives (None where it needs an image_size that was not given).
+    kind: 'tfds', 'shapes10', 'folder' or 'synthetic'. native_size: the images' own side (224,
+    32; a folder's median side when it chose the size; None where unknown). image_size: the
+    training size, image_size_rule why. train_split / eval_split and num_train / num_eval: the
+    canonical splits and their examples (counted once, on first use). input_pipeline ('device', 'host' or 'synthetic') of
+    input_pipelines, input_pipeline_rule why. augments, normalizations, eval_views: what that path
+    accepts, the default first. array_size: the side of the device path's arrays. jpeg_crops: the
+    host path cuts its crops out of JPEGs (ImageNet's recipe) rather than decoding whole images.
+    prepared: where this path's prepared copy lives. fingerprints: split -> what its prepared
+    copies are built from (a folder's files, computed once). holdout: a folder's held-out part.
+    scored: what an evaluation of it measures.
     """
 
     name: str
+    kind: str
     num_classes: int
-    image_size: int | None
-    family: str
+    class_names: tuple[str, ...] | None
+    native_size: int | None
+    image_size: int
+    image_size_rule: str
     train_split: str
     eval_split: str
-    num_train: int
-    num_eval: int
-    key: str  # the feature that names an example in errors
-    input_pipelines: tuple[str, ...]
     input_pipeline: str
+    input_pipelines: tuple[str, ...]
     input_pipeline_rule: str
     augments: tuple[str, ...]
     normalizations: tuple[str, ...]
     eval_views: tuple[str, ...]
+    array_size: int | None
+    jpeg_crops: bool
     prepared: str | None
-    data_dir: str | None = dataclasses.field(default=None, repr=False)
+    fingerprints: tuple[tuple[str, str], ...] = ()
+    holdout: float = 0.0
+    data_dir: str | None = None
+    scored: str = "test accuracy"
+    source: Any = dataclasses.field(default=None, compare=False, repr=False)
+    # (num_train, num_eval), or the function of the record that counts them on first use
+    counted: Any = dataclasses.field(default=None, compare=False, repr=False)
 
-    def class_names(self) -> list[str] | None:
-        """Label names (index -> name), or None where a built-in dataset is not prepared here;
-        read on demand (a tfds builder for CIFAR and ImageNet)."""
-        return datasets.class_names(self.name, self.data_dir)
+    @functools.cached_property
+    def _counts(self) -> tuple[int, int]:
+        return tuple(self.counted(self)) if callable(self.counted) else tuple(self.counted)
 
+    @property
+    def num_train(self) -> int:
+        return self._counts[0]
 
-def input_pipelines(name) -> tuple[str, ...]:
-    """The input paths that can read `name` (without scanning a folder): both for a folder."""
-    if datasets.is_folder(name):
-        return ("device", "host")
-    return INPUT_PIPELINES[datasets.facts(name)["family"]]
+    @property
+    def num_eval(self) -> int:
+        return self._counts[1]
 
+    def fingerprint(self, split: str) -> str | None:
+        return dict(self.fingerprints).get(split)
 
-def normalizations(name, input_pipeline) -> tuple[str, ...]:
-    """The normalisations `input_pipeline` accepts for `name`, the default first (without
-    scanning a folder: a run can finish its batches where the folder is not)."""
-    if datasets.is_folder(name):
-        return _FOLDER_NORMALIZATIONS[input_pipeline]
-    return NORMALIZATIONS[datasets.facts(name)["family"]]
+    def resolve_split(self, split: str | None, default: str | None = None) -> str:
+        """A split string (None: `default`, else train) with the paper's aliases (`train45k`,
+        `val5k`) mapped to tfds slices."""
+        return datasets.resolve_split(self.name, split or default or self.train_split)
 
-
-def describe(name, data_dir=None, image_size=None, input_pipeline=None) -> Dataset:
-    """The `Dataset` record of `name` ('cifar10', 'folder:PATH', ...) read by `input_pipeline`
-    (default: the dataset's default path; for a folder, by the size rule at `image_size`, whose
-    default is BiT-HyperRule's). Raises ValueError for an unknown name, FolderError for a folder
-    that is not one."""
-    facts = datasets.facts(name)
-    if datasets.is_folder(name):
-        layout = folder.layout_of(name)
-        size = image_size
-        if size is None and input_pipeline is None:  # the size rule needs a size: BiT's
-            size = folder.bit_image_size(folder.median_side(layout))[0]
-        if input_pipeline:
-            chosen, why = input_pipeline, f"input_pipeline {input_pipeline}: set by the config"
-        else:
-            chosen, why = folder.input_pipeline(layout, size)
-        family = {"device": "cifar", "host": "imagenet"}[chosen]
-        where = None  # a folder's copies are per training size
-        if size is not None:
-            where = (
-                os.path.dirname(arrays.path(name, data_dir, "train", size))
-                if chosen == "device"
-                else folder_records.records_dir(name, data_dir, size)
+    def window(self, split: str | None) -> tuple[str, tuple[str | None, str | None]]:
+        """(canonical split, (start, stop)) that a split string ('test', 'train[:90%]') names."""
+        m = _SLICE.fullmatch(str(self.resolve_split(split)))
+        if m is None or m["split"] not in (self.train_split, self.eval_split):
+            raise ValueError(
+                f"{self.name} has no split {split!r}; use one of {self.train_split}, "
+                f"{self.eval_split}, a slice of one such as 'train[:90%]' or 'train[1000:]', or "
+                "train45k / val5k for CIFAR"
             )
+        return m["split"], (m["start"], m["stop"])
+
+    def count(self, split: str | None) -> int:
+        """Examples in a split string, from the canonical counts (tfds's rounding of slices)."""
+        canonical, bounds = self.window(split)
+        n = self.num_train if canonical == self.train_split else self.num_eval
+        return len(range(n)[self.bounded(bounds, n)])
+
+    def test_scale(self, scale: int) -> int:
+        """He2015's test scale `scale` (a shorter side for 224 crops) for this record's images:
+        a folder has no native size, so its scales keep their ratio to its training size."""
+        if self.kind != FOLDER_KIND:
+            return int(scale)
+        return int(round(scale * self.image_size / 224))
+
+    def prepare_command(self) -> str:
+        return datasets.prepare_command(self.name, self.data_dir)
+
+    @staticmethod
+    def bounded(bounds: tuple[str | None, str | None], n: int) -> slice:
+        """The slice of n examples that tfds slice bounds ('45000', '90%', '-10%') name."""
+
+        def index(text):
+            if text is None:
+                return None
+            return int(round(int(text[:-1]) * n / 100.0)) if text.endswith("%") else int(text)
+
+        return slice(index(bounds[0]), index(bounds[1]))
+
+
+_SLICE = re.compile(r"(?P<split>[a-z]+)(\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?")
+
+
+NAMES = datasets.TRAINABLE  # and folder:PATH
+
+
+def name_problem(name: str, input_pipeline: str | None) -> str | None:
+    """Why the config's dataset name or input path cannot be read (None: they can), without
+    reading the data. Synthetic data ignores the input path."""
+    if folder.is_folder(name):
+        paths = ("device", "host")
+    elif name == SYNTHETIC:
+        return None
+    elif name in datasets.FACTS:
+        paths = _PATHS[datasets.FACTS[name]["family"]]
     else:
-        family = facts["family"]
-        chosen = input_pipeline or INPUT_PIPELINES[family][0]
-        why = f"input_pipeline {chosen}: {'set by the config' if input_pipeline else 'the default'}"
-        base = datasets.resolve_data_dir(data_dir)
-        where = (
-            os.path.dirname(arrays.path(name, data_dir, "train"))
-            if chosen == "device"
-            else os.path.join(base, name)
+        return "unknown"
+    if input_pipeline is not None and input_pipeline not in paths:
+        return (
+            f"input_pipeline={input_pipeline!r} is not available for {name}; choose from "
+            f"{', '.join(paths)}"
         )
-    return Dataset(
+    return None
+
+
+def is_prepared(name: str, data_dir: str | None, input_pipeline: str | None) -> bool:
+    """Whether opening `name` reads only data already here and builds nothing (a folder is only
+    scanned; synthetic data has none)."""
+    if folder.is_folder(name) or name == SYNTHETIC:
+        return True
+    base = datasets.resolve_data_dir(data_dir)
+    facts = datasets.FACTS[name]
+    if (input_pipeline or _PATHS[facts["family"]][0]) == "device":
+        splits = (facts["train_split"], facts["eval_split"])
+        return all(
+            os.path.exists(os.path.join(base, prepared.FOLDER, name, f"{s}.npz")) for s in splits
+        )
+    return os.path.isdir(os.path.join(base, name))
+
+
+def eval_crop(d: Dataset) -> tuple[int, int | None]:
+    """(S, R): an image becomes the record's uint8 [S, S, 3] test input by resizing its shorter
+    side to R and taking the centre square (R None: stretched to S x S, as a folder's arrays)."""
+    if d.jpeg_crops or d.kind == SYNTHETIC:
+        return d.image_size, int(round(d.image_size / 0.875))  # 256 for 224
+    if d.kind == FOLDER_KIND:
+        return d.array_size, None
+    return d.array_size, d.array_size  # no crop margin: the finish upsamples them as their tests
+
+
+def plan_problems(d: Dataset, plan: Plan, process_count: int) -> list[str]:
+    """What in `plan` the record `d` cannot give: an input path the data does not fit, a size its
+    pipeline cannot make, options its path lacks, splits it does not have or that hold less than
+    a batch per process. Reads nothing: the record's counts answer."""
+    if d.kind == SYNTHETIC:  # no files, splits or augmentations to check
+        return []
+    problems = []
+    if d.kind == FOLDER_KIND and d.input_pipeline == "device":
+        path, why = folder.input_pipeline(d.source.layout, d.image_size)
+        if path != "device":
+            problems.append(
+                f"{d.name} cannot take input_pipeline='device': {why.split(': ', 1)[1]}; choose "
+                "input_pipeline=host or a smaller --config.image_size"
+            )
+    small = d.array_size if d.kind != FOLDER_KIND and not d.jpeg_crops else None
+    if small and (d.image_size < small or (d.image_size > small and d.input_pipeline != "device")):
+        problems.append(
+            f"{d.name} images are {small}x{small}; image_size={d.image_size} is not supported "
+            "(the device input path upsamples them to a larger image_size)"
+        )
+    for key, value, allowed in (
+        ("augment", plan.augment, d.augments),
+        ("normalization", plan.normalization, d.normalizations),
+    ):
+        if value is not None and value not in allowed:
+            problems.append(
+                f"{key}={value!r} is not available for {d.name} on the {d.input_pipeline} input "
+                f"path; choose from {allowed}"
+            )
+    for key, split, batch in (
+        ("train_split", plan.train_split or d.train_split, plan.batch_size),
+        ("eval_split", plan.eval_split or d.eval_split, 1),
+    ):
+        try:
+            n = d.count(split)
+        except ValueError as e:
+            problems.append(f"{key}: {e}")
+            continue
+        if n // process_count < max(batch // process_count, 1):
+            problems.append(
+                f"{key} {split!r} of {d.name} has {n} examples, fewer than one "
+                f"{'batch of ' + str(batch) if batch > 1 else 'example'} per process "
+                f"({process_count} process(es))"
+                + (f"; set --config.batch_size to at most {n}" if batch > 1 else "")
+            )
+    return problems
+
+
+def open(
+    name: str,
+    *,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    input_pipeline: str | None = None,
+    holdout: float = folder.HOLDOUT_FRACTION,
+    fine_tuning: bool = False,
+    num_classes: int | None = None,
+    model: str | None = None,
+    pool_examples: int = 0,
+    saved: dict | None = None,
+) -> Dataset:
+    """The `Dataset` record of `name` ('cifar10', 'folder:PATH', 'synthetic', ...).
+
+    image_size / input_pipeline: the config's (None: the dataset's rule). A folder's size rule:
+    fine-tuning (`fine_tuning`) takes BiT-HyperRule's, a run from scratch its images' own size, up
+    to 224. holdout: the part of each class a folder without an evaluation folder is evaluated on.
+    synthetic: shaped like `model`'s data unless num_classes / image_size say; pool_examples is
+    its evaluation pool. saved: a run's resolved config (config.json) to rebuild the record from
+    without reading the data (a folder is not scanned; num_eval is then 0 for a tfds dataset).
+    Raises ValueError for an unknown name, DatasetNotPreparedError
+    (FolderError) for data that is not there.
+    """
+    if name == SYNTHETIC:
+        return _synthetic(image_size, num_classes, model, pool_examples)
+    if folder.is_folder(name):
+        if saved and saved.get("dataset_fingerprint"):
+            return _saved_folder(name, data_dir, holdout, saved)
+        return _folder(name, data_dir, image_size, input_pipeline, holdout, fine_tuning)
+    datasets.check_name(name)
+    facts = datasets.FACTS[name]
+    source = (sources.Shapes if name == "shapes10" else sources.Tfds)(name, data_dir)
+    paths = _PATHS[facts["family"]]
+    chosen = input_pipeline or paths[0]
+    options = dict(_OPTIONS[facts["family"]])
+    if chosen == "device":  # the held images give every view (`device_input`)
+        options["eval_views"] = EVAL_VIEWS
+    native = facts["image_size"]
+    base = datasets.resolve_data_dir(data_dir)
+    d = Dataset(
         name=name,
+        kind="shapes10" if name == "shapes10" else "tfds",
         num_classes=facts["num_classes"],
-        image_size=facts["image_size"],
-        family=family,
+        class_names=source.class_names(),  # where known without TensorFlow
+        native_size=native,
+        image_size=image_size or native,
+        image_size_rule=f"image_size {image_size or native}: "
+        + ("set by the config" if image_size else f"{name}'s own"),
         train_split=facts["train_split"],
         eval_split=facts["eval_split"],
-        num_train=facts["num_train"],
-        num_eval=facts["num_eval"],
-        key=facts["key"],
-        input_pipelines=input_pipelines(name),
+        input_pipeline=chosen,
+        input_pipelines=paths,
+        input_pipeline_rule=f"input_pipeline {chosen}: "
+        + ("set by the config" if input_pipeline else "the default"),
+        **options,
+        array_size=native,
+        jpeg_crops=facts["family"] == "imagenet",
+        prepared=os.path.join(base, prepared.FOLDER, name)
+        if chosen == "device"
+        else os.path.join(base, name),
+        data_dir=data_dir,
+        source=source,
+    )
+    if saved and saved.get("num_train_examples"):  # a run's: nothing read (eval not counted)
+        return dataclasses.replace(d, counted=(saved["num_train_examples"], 0))
+    if chosen == "device":  # counted from the arrays it holds: no TensorFlow once they exist
+        return dataclasses.replace(d, counted=_count_arrays)
+    # Counted from the prepared tfds data on first use (DatasetNotPreparedError names the command)
+    return dataclasses.replace(
+        d, counted=lambda d: (source.count(d.train_split), source.count(d.eval_split))
+    )
+
+
+def _count_arrays(d: Dataset) -> tuple[int, int]:
+    from resnet_jax.data import arrays
+
+    return arrays.count(d, d.train_split), arrays.count(d, d.eval_split)
+
+
+def _folder_size(layout, fine_tuning: bool) -> tuple[int, int, str]:
+    """(median side, training size, why) of a folder: fine-tuning takes BiT-HyperRule's; a run
+    from scratch the images' own size, up to ImageNet's 224, the largest any registered net is
+    made for. A CIFAR net pools globally, so it trains on 48 px images as they are; at 224 px it
+    costs ~49x its 32 px time, which the banner's rule line makes visible."""
+    side = folder.median_side(layout)
+    if fine_tuning:
+        return (side, *folder.bit_image_size(side))
+    largest = _LARGEST_NET_INPUT
+    choose = "a run from scratch; set --config.image_size to choose"
+    if side <= largest:
+        why = f"image_size {side}: the images' own size (median {side}x{side} px), {choose}"
+        return side, side, why
+    return (
+        side,
+        largest,
+        f"image_size {largest}: ImageNet's training size, the images (median {side}x{side} px) "
+        f"being larger, {choose}",
+    )
+
+
+def _folder(name, data_dir, image_size, input_pipeline, holdout, fine_tuning) -> Dataset:
+    source = sources.Folder(folder.root_of(name), holdout, data_dir)
+    layout = source.layout
+    native = None
+    if image_size:
+        rule = f"image_size {image_size}: set by the config"
+    else:
+        native, image_size, rule = _folder_size(layout, fine_tuning)
+    if input_pipeline:
+        chosen, why = input_pipeline, f"input_pipeline {input_pipeline}: set by the config"
+    else:
+        chosen, why = folder.input_pipeline(layout, image_size)
+    splits = (folder.TRAIN_SPLIT, layout.eval_split)
+    return _folder_record(
+        name,
+        data_dir,
+        source,
+        image_size=image_size,
+        image_size_rule=rule,
+        native_size=native,
         input_pipeline=chosen,
         input_pipeline_rule=why,
-        augments=TRAIN_AUGMENTS[family],
-        normalizations=normalizations(name, chosen),
-        eval_views=EVAL_VIEWS[family],
-        prepared=where,
-        data_dir=data_dir,
+        class_names=layout.class_names,
+        counts=[layout.count(s) for s in splits],
+        fingerprints=[(s, source.files_fingerprint(s)) for s in splits],
+        holdout=layout.holdout,
     )
+
+
+# folder.fingerprint's text: "folder ROOT SPLIT: N images, sha256 HEX"
+_FINGERPRINT = re.compile(r"folder (?P<root>.*) (?P<split>\w+): (?P<n>\d+) images, sha256 \w+")
+
+
+def _saved_folder(name, data_dir, holdout, saved) -> Dataset:
+    """A folder's record from its run's resolved config: its splits, counts and fingerprints are
+    read from `dataset_fingerprint`, so the folder is neither scanned nor needed."""
+    parts = [p.strip() for p in saved["dataset_fingerprint"].split("; ")]
+    found = [_FINGERPRINT.fullmatch(p) for p in parts]
+    fingerprints = [(m["split"], p) for m, p in zip(found, parts, strict=True)]
+    return _folder_record(
+        name,
+        data_dir,
+        sources.Folder(folder.root_of(name), holdout, data_dir, fingerprints),
+        image_size=saved["image_size"],
+        image_size_rule=saved.get("image_size_rule", ""),
+        native_size=None,
+        input_pipeline=saved.get("input_pipeline") or "device",
+        input_pipeline_rule=saved.get("input_pipeline_rule", ""),
+        class_names=tuple(saved.get("class_names") or ()),
+        counts=[int(m["n"]) for m in found],
+        fingerprints=fingerprints,
+        holdout=holdout if found[1]["split"] == folder.HOLDOUT_SPLIT else 0.0,
+    )
+
+
+def _folder_record(name, data_dir, source, *, image_size, input_pipeline, counts, **fields):
+    """A folder read by `input_pipeline`: on the device path it takes the 32x32 sets' options, on
+    the host path ImageNet's (crops cut out of its JPEG copy)."""
+    family = {"device": "cifar", "host": "imagenet"}[input_pipeline]
+    where = prepared.folder_dir(source.root, data_dir, image_size)
+    fingerprints = fields.pop("fingerprints")
+    return Dataset(
+        name=name,
+        kind=FOLDER_KIND,
+        num_classes=len(fields["class_names"]),
+        image_size=int(image_size),
+        train_split=fingerprints[0][0],
+        eval_split=fingerprints[1][0],
+        counted=tuple(counts),
+        input_pipeline=input_pipeline,
+        input_pipelines=("device", "host"),
+        **dict(
+            _OPTIONS[family],
+            normalizations=_FOLDER_NORMALIZATIONS[input_pipeline],
+            eval_views=EVAL_VIEWS,  # held or cut out of JPEGs, its images give every view
+        ),
+        array_size=int(image_size),
+        jpeg_crops=input_pipeline == "host",
+        prepared=where if input_pipeline == "device" else os.path.join(where, "records"),
+        fingerprints=tuple(fingerprints),
+        data_dir=data_dir,
+        source=source,
+        **fields,
+    )
+
+
+def _synthetic(image_size, num_classes, model, pool_examples) -> Dataset:
+    """Random batches made on the devices (`synthetic`): sized like `model`'s own data."""
+    from resnet_jax import models
+
+    spec = models.get_spec(model) if model in models.available_models() else None
+    family = spec.family if spec else "imagenet"
+    size = image_size or (spec.input_size if spec else 224)
+    return Dataset(
+        name=SYNTHETIC,
+        kind=SYNTHETIC,
+        num_classes=num_classes or (spec.num_classes if spec else 1000),
+        class_names=None,
+        native_size=size,
+        image_size=size,
+        image_size_rule=f"image_size {size}: the config's, else {model}'s own",
+        train_split="train",
+        eval_split="train",  # evaluation scores the training pool
+        counted=(_SYNTHETIC_EPOCH[family], pool_examples),
+        input_pipeline=SYNTHETIC,
+        input_pipelines=(SYNTHETIC,),
+        input_pipeline_rule="synthetic batches made on the devices",
+        augments=("none",),
+        normalizations=("mean_std",),
+        eval_views=("center",),
+        array_size=None,
+        jpeg_crops=False,
+        prepared=None,
+        scored="accuracy on the synthetic pool (memorisation)",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How one run reads its dataset: the splits (None: the record's), the augmentation and
+    normalisation (None: the path's default), global batch sizes, evaluation views and scales,
+    and the synthetic pool's batches."""
+
+    train_split: str | None = None
+    eval_split: str | None = None
+    augment: str | None = None
+    normalization: str | None = None
+    batch_size: int = 128
+    eval_batch_size: int = 128
+    eval_views: str = "center"
+    eval_scales: tuple[int, ...] = ()
+    synthetic_batches: int = 8
+
+
+def default_normalization(d: Dataset, fine_tuning: bool) -> str:
+    """The record's default normalisation; fine-tuning from ImageNet weights takes ImageNet's
+    ('mean_std', what the weights expect) where the data would bring its own statistics (the
+    device path's arrays, a folder)."""
+    own = d.input_pipeline == "device" or d.kind == FOLDER_KIND
+    return "mean_std" if fine_tuning and own else d.normalizations[0]
+
+
+def run_keys(d: Dataset) -> dict:
+    """What a run's resolved config records of its dataset beyond the config's own keys: a
+    folder's training size and input path with their rules, class names and files' fingerprint
+    (predict names classes from config.json; a resume on a changed folder is refused)."""
+    if d.kind != FOLDER_KIND:
+        return {}
+    return dict(
+        image_size_rule=d.image_size_rule,
+        class_names=list(d.class_names),
+        input_pipeline=d.input_pipeline,
+        input_pipeline_rule=d.input_pipeline_rule,
+        dataset_fingerprint="; ".join(f for _, f in d.fingerprints),
+    )
+
+
+def notes(d: Dataset, plan: Plan, model: str) -> list[str]:
+    """The lines a run prints about its data: a folder's classes, counts, skipped files, size,
+    input path and normalisation; what synthetic data is."""
+    if d.kind == SYNTHETIC:
+        s, b = d.image_size, plan.synthetic_batches
+        return [
+            f"synthetic data: {b} random batches of {s}x{s} images in {d.num_classes} classes "
+            f"(the config's image_size and num_classes, else the size of the data {model} was "
+            f"made for) made on the devices (no input pipeline; data options ignored); "
+            f"evaluation scores those {b * plan.batch_size} examples, so it measures "
+            "memorisation of random labels, not accuracy"
+        ]
+    if d.kind != FOLDER_KIND:
+        return []
+    imagenet = plan.normalization == "mean_std"
+    whose = "ImageNet's channel mean and std" if imagenet else "the folder's own"
+    return [
+        folder.description(d.source.layout),
+        d.image_size_rule,
+        d.input_pipeline_rule,
+        f"normalization {plan.normalization} ({whose})",
+    ]
+
+
+def record_of(dataset, data_dir=None, image_size=None, input_pipeline=None) -> Dataset:
+    """`dataset` itself when it is a record, else the record `open` makes of that name."""
+    if isinstance(dataset, Dataset):
+        return dataset
+    return open(dataset, data_dir=data_dir, image_size=image_size, input_pipeline=input_pipeline)

@@ -1,28 +1,24 @@
-"""The datasets resnet_jax knows, their facts, and access to their prepared tfds builders.
+"""The tfds datasets resnet_jax knows: their static facts and their prepared tfds builders.
 
-Importing this module does not import TensorFlow: `DatasetInfo`, the errors and `DATASETS` are plain
-Python, and tfds is imported only when a builder is needed.
+`catalog.open` makes the record a run reads; this module is the tfds source below it. Importing
+it does not import TensorFlow: tfds is imported only when a builder is needed.
 """
 
-import dataclasses
 import os
 
-from resnet_jax.data import folder
 from resnet_jax.data.errors import CorruptImageError, DatasetNotPreparedError
 
 __all__ = ["CorruptImageError", "DatasetNotPreparedError"]  # raised by every input path
 
-# Static facts per dataset. Example counts come from the prepared data when it exists (so tests on
-# fake archives see their own sizes); these are the counts of the real datasets.
-_FACTS = {
+# Static facts per dataset (the record's example counts come from the prepared data, so tests on
+# fake archives see their own sizes). key: the feature that names an example in errors.
+FACTS = {
     "imagenet2012": dict(
         num_classes=1000,
         image_size=224,
         family="imagenet",
         train_split="train",
         eval_split="validation",
-        num_train=1_281_167,
-        num_eval=50_000,
         manual=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
         key="file_name",
     ),
@@ -32,8 +28,6 @@ _FACTS = {
         family="cifar",
         train_split="train",
         eval_split="test",
-        num_train=50_000,
-        num_eval=10_000,
         manual=("cifar-10-binary.tar.gz",),
         key="id",
     ),
@@ -43,8 +37,6 @@ _FACTS = {
         family="cifar",
         train_split="train",
         eval_split="test",
-        num_train=50_000,
-        num_eval=10_000,
         manual=("cifar-100-binary.tar.gz",),
         key="id",
     ),
@@ -54,14 +46,12 @@ _FACTS = {
         family="cifar",
         train_split="train",
         eval_split="test",
-        num_train=40_000,
-        num_eval=10_000,
         manual=(),
         key="id",
     ),
 }
-DATASETS = tuple(_FACTS)  # the tfds ones
-# Random data made on the devices (resnet_jax.data.synthetic): the trainer takes it, tfds does not.
+DATASETS = tuple(FACTS)  # the tfds ones
+# Random data made on the devices (`synthetic`): the trainer takes it, tfds does not.
 SYNTHETIC = "synthetic"
 TRAINABLE = DATASETS + (SYNTHETIC,)
 
@@ -70,62 +60,11 @@ TRAINABLE = DATASETS + (SYNTHETIC,)
 SPLIT_ALIASES = {"train45k": "train[:90%]", "val5k": "train[90%:]"}
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What the trainer needs to know about a dataset.
-
-    image_size is the native training resolution (224 or 32); family is "imagenet" or "cifar" (the
-    CIFAR-style 32x32 recipe, which shapes10 shares); num_train / num_eval count the examples of
-    train_split / eval_split as prepared in data_dir.
-    """
-
-    name: str
-    num_classes: int
-    image_size: int
-    train_split: str
-    eval_split: str
-    num_train: int
-    num_eval: int
-    family: str
-
-
-is_folder = folder.is_folder  # `folder:PATH`: a folder of images (resnet_jax.data.folder)
-
-
-def is_trainable(name) -> bool:
-    """A built-in dataset, synthetic data, or a `folder:PATH`."""
-    return name in TRAINABLE or is_folder(name)
-
-
 def check_name(name):
-    if name not in _FACTS and not is_folder(name):
+    if name not in FACTS:
         raise ValueError(
-            f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or folder:PATH"
+            f"unknown dataset {name!r}; choose one of {', '.join(TRAINABLE)} or folder:PATH"
         )
-
-
-def facts(name):
-    """Static facts of `name`: num_classes, image_size, family, splits, manual files, key feature.
-
-    A folder's come from scanning it (`folder.layout_of`); its image_size is None (chosen by the
-    config by the kind of run), and its family is "cifar", the device input path's
-    (`catalog.describe` gives the family of each path: the host path's is "imagenet").
-    """
-    check_name(name)
-    if is_folder(name):
-        layout = folder.layout_of(name)
-        return dict(
-            num_classes=layout.num_classes,
-            image_size=None,
-            family="cifar",
-            train_split=folder.TRAIN_SPLIT,
-            eval_split=layout.eval_split,
-            num_train=layout.count(folder.TRAIN_SPLIT),
-            num_eval=layout.count(layout.eval_split),
-            manual=(),
-            key="file",
-        )
-    return dict(_FACTS[name])
 
 
 def resolve_data_dir(data_dir):
@@ -149,7 +88,7 @@ def prepare_command(name, data_dir=None, manual_dir=None):
 def manual_files(name):
     """Archive file names that `--manual_dir` must hold for an offline build of `name`."""
     check_name(name)
-    return _FACTS[name]["manual"]
+    return FACTS[name]["manual"]
 
 
 def _tfds_builder(name, data_dir):
@@ -167,11 +106,6 @@ def _tfds_builder(name, data_dir):
 def get_builder(name, data_dir=None):
     """A prepared tfds builder; shapes10 is built on first use, others raise DatasetNotPreparedError."""
     check_name(name)
-    if is_folder(name):
-        raise DatasetNotPreparedError(
-            f"{name} is a folder: its tfds copy is made at a training size "
-            "(resnet_jax.data.folder_records.builder)"
-        )
     # A dataset never prepared has no folder: say so before tfds is asked for a builder, which
     # would log a confusing warning about a version folder without dataset_info.json.
     folder = os.path.join(resolve_data_dir(data_dir), name)
@@ -186,7 +120,7 @@ def get_builder(name, data_dir=None):
                 ""
                 if name == "imagenet2012"
                 else f"\n(offline: add --manual_dir M, with M "
-                f"holding the official {_FACTS[name]['manual'][0]})"
+                f"holding the official {FACTS[name]['manual'][0]})"
             )
             looked = builder.data_dir if builder is not None else folder
             raise DatasetNotPreparedError(
@@ -222,50 +156,3 @@ def resolve_split(name, split):
             )
         return SPLIT_ALIASES[split]
     return split
-
-
-def num_examples(builder, name, split):
-    """Number of examples of `split` (any tfds split string or alias) in the prepared data."""
-    split = resolve_split(name, split)
-    try:
-        return builder.info.splits[split].num_examples
-    except (KeyError, ValueError) as e:
-        raise ValueError(
-            f"{name} has no split {split!r} (prepared splits: "
-            f"{', '.join(builder.info.splits)}): {e}"
-        ) from None
-
-
-def get_info(name, data_dir=None):
-    """DatasetInfo of a prepared dataset (shapes10 is prepared here on first use).
-
-    Raises:
-      ValueError: unknown name.
-      DatasetNotPreparedError: the dataset is not in data_dir; the message gives the command.
-    """
-    builder = get_builder(name, data_dir)
-    facts = _FACTS[name]
-    return DatasetInfo(
-        name=name,
-        num_classes=builder.info.features["label"].num_classes,
-        image_size=facts["image_size"],
-        train_split=facts["train_split"],
-        eval_split=facts["eval_split"],
-        num_train=num_examples(builder, name, facts["train_split"]),
-        num_eval=num_examples(builder, name, facts["eval_split"]),
-        family=facts["family"],
-    )
-
-
-def class_names(name, data_dir=None):
-    """The label names of `name` (index -> name), or None where it is not prepared here."""
-    if name == "shapes10":
-        from resnet_jax.data import shapes  # plain numpy: no TensorFlow
-
-        return list(shapes.CLASS_NAMES)
-    if is_folder(name):
-        return list(folder.layout_of(name).class_names)
-    try:
-        return list(get_builder(name, data_dir).info.features["label"].names)
-    except DatasetNotPreparedError:
-        return None

@@ -36,12 +36,11 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax.data import arrays, catalog, datasets
+from resnet_jax.data import arrays, catalog
 from resnet_jax.data import finish as finish_lib
 from resnet_jax.data import stats as stats_lib
 
 AUGMENTS = ("cifar", "none")
-VIEWS = ("center", "10crop", "multiscale")  # evaluation protocols, as `resnet_jax.config`'s
 _ORDER, _AUGMENT = 0, 1  # key streams: the epoch permutations and the augmentation draws
 
 
@@ -189,17 +188,18 @@ class EvalBatches:
         scale: int | None = None,
     ):
         _check_batch(batch_size, batch_sharding.mesh)
-        if views not in VIEWS or (views == "multiscale") != (scale is not None):
-            raise ValueError(f"views={views!r} (one of {VIEWS}) takes a scale only for multiscale")
+        if views not in catalog.EVAL_VIEWS or (views == "multiscale") != (scale is not None):
+            raise ValueError(
+                f"views={views!r} (one of {catalog.EVAL_VIEWS}) takes a scale only for multiscale"
+            )
         self.split, self.batch_size, self._sharding = split, batch_size, batch_sharding
         self._fetch = _jit(
             _eval_batch, batch_sharding, batch_size=batch_size, views=views, scale=scale
         )
 
-    def with_scale(self, scale: int) -> EvalBatches:
-        """The same held split in views 'multiscale' at He2015's test scale `scale` (pixels for
-        a 224 training size; here relative to the held images' side)."""
-        side = round(scale * self.split.images.shape[1] / 224)
+    def with_scale(self, side: int) -> EvalBatches:
+        """The same held split in views 'multiscale' at shorter side `side` (pixels; a record's
+        `test_scale` of He2015's)."""
         return EvalBatches(
             self.split,
             batch_sharding=self._sharding,
@@ -250,65 +250,64 @@ def _views(images, views, scale):
     return jnp.concatenate([crops, crops[:, :, :, ::-1]], axis=1)
 
 
-def finish_for(
-    dataset: str,
-    *,
-    data_dir: str | None,
-    normalization: str | None = None,
-    image_size: int | None = None,
-):
-    """The `finish.Finish` of this path's batches: `normalization` (None: the dataset's default,
-    'per_pixel_mean') with the statistics stored beside the arrays (`arrays.load_stats`), or
-    'mean_std', ImageNet's channel statistics (what pretrained weights expect). An `image_size`
-    other than a built-in dataset's own makes the finish upsample its batches to that size."""
-    normalization = normalization or catalog.normalizations(dataset, "device")[0]
-    held = image_size if datasets.is_folder(dataset) else datasets.facts(dataset)["image_size"]
-    size = None if image_size in (None, held) else image_size  # upsampled in the step
+def _held(dataset, data_dir, image_size) -> catalog.Dataset:
+    """The record of `dataset` (a record, or a name opened here) as this path holds it."""
+    return catalog.record_of(dataset, data_dir, image_size, "device")
+
+
+def finish_for(dataset, *, data_dir=None, normalization=None, image_size=None):
+    """The `finish.Finish` of this path's batches of `dataset` (a `catalog.Dataset`, or a name):
+    `normalization` (None: the record's default) with the statistics stored beside the arrays
+    (`arrays.load_stats`), or 'mean_std', ImageNet's channel statistics (what pretrained weights
+    expect). A training size other than the arrays' own makes the finish upsample its batches."""
+    d = _held(dataset, data_dir, image_size)
+    normalization = normalization or d.normalizations[0]
+    size = None if d.image_size == d.array_size else d.image_size  # upsampled in the step
     if normalization == "mean_std":
         return finish_lib.Finish(finish_lib.IMAGENET.mean, finish_lib.IMAGENET.std, size)
-    stats = arrays.load_stats(dataset, data_dir, held)
-    mean, std = stats_lib.mean_and_std(stats, normalization)
+    mean, std = stats_lib.mean_and_std(arrays.load_stats(d), normalization)
     return finish_lib.Finish(mean, std, size)
 
 
 def train_batches(
-    dataset: str,
+    dataset,
     *,
-    data_dir: str | None,
     batch_sharding: NamedSharding,
     global_batch_size: int,
     seed: int | Sequence[int],
     start_step: int = 0,
     split: str | None = None,
     augment: str | None = None,
+    data_dir: str | None = None,
     image_size: int | None = None,
 ) -> TrainBatches:
-    """The training batches of `dataset` from `start_step` on (defaults: train split, 'cifar'
-    augmentation), held on `batch_sharding`'s mesh; `image_size`: a folder's training size."""
+    """The training batches of `dataset` (a record, or a name) from `start_step` on (defaults:
+    train split, 'cifar' augmentation), held on `batch_sharding`'s mesh."""
+    d = _held(dataset, data_dir, image_size)
     return TrainBatches(
-        put(arrays.load(dataset, split, data_dir, image_size), batch_sharding.mesh),
+        put(arrays.load(d, split), batch_sharding.mesh),
         batch_sharding=batch_sharding,
         batch_size=global_batch_size,
         seed=seed,
         start_step=start_step,
-        augment=augment or "cifar",
+        augment=augment or d.augments[0],
     )
 
 
 def eval_batches(
-    dataset: str,
+    dataset,
     *,
-    data_dir: str | None,
     batch_sharding: NamedSharding,
     global_batch_size: int,
     split: str | None = None,
-    image_size: int | None = None,
     views: str = "center",
+    data_dir: str | None = None,
+    image_size: int | None = None,
 ) -> EvalBatches:
-    """The evaluation batches of `dataset` (default: its test split), held on the mesh, in
+    """The evaluation batches of `dataset` (default: its eval split), held on the mesh, in
     `views` 'center' or '10crop' (`with_scale` gives the multiscale ones of the same split)."""
-    split = split or datasets.facts(dataset)["eval_split"]
-    held = put(arrays.load(dataset, split, data_dir, image_size), batch_sharding.mesh)
+    d = _held(dataset, data_dir, image_size)
+    held = put(arrays.load(d, split or d.eval_split), batch_sharding.mesh)
     return EvalBatches(
         held, batch_sharding=batch_sharding, batch_size=global_batch_size, views=views
     )

@@ -325,25 +325,14 @@ def bit_image_size(side: int) -> tuple[int, str]:
     )
 
 
-_HOLDOUTS: dict[str, float] = {}  # root -> the fraction this process reads it with
-
-
-def hold_out(name: str, fraction: float | None) -> None:
-    """Reads `name` (when it has no evaluation folder) with `fraction` of each class held out,
-    from here on in this process. The config decides it once (`config.resolve_config`, from
-    `holdout_fraction`); every reader of the folder below then sees the same split."""
-    _HOLDOUTS[root_of(name)] = float(fraction or 0.0)
-
-
 @functools.lru_cache(maxsize=8)
 def _scan_cached(root: str, stamp: tuple, holdout: float) -> Layout:
     return scan(root, holdout)
 
 
-def layout_of(name: str) -> Layout:
-    """`scan` of a `folder:PATH` dataset (with the fraction `hold_out` set, else
-    HOLDOUT_FRACTION), cached while its folders are unchanged."""
-    root = root_of(name)
+def layout_of(name: str, holdout: float = HOLDOUT_FRACTION) -> Layout:
+    """`scan` of a folder (`folder:PATH` or its root), cached while its folders are unchanged."""
+    root = root_of(name) if is_folder(name) else name
     stamp = ()
     if os.path.isdir(root):  # the root, its split (or class) folders and their sub-folders
         stamp = tuple(
@@ -351,7 +340,7 @@ def layout_of(name: str) -> Layout:
             for d in [""] + _subfolders(root)
             for c in [""] + _subfolders(os.path.join(root, d))
         )
-    return _scan_cached(root, stamp, _HOLDOUTS.get(root, HOLDOUT_FRACTION))
+    return _scan_cached(root, stamp, float(holdout or 0.0))
 
 
 def device_bytes(layout: Layout, size: int) -> int:

@@ -5,7 +5,8 @@ augmentations, whose crops are cut out of JPEGs by TensorFlow's JPEG-only ops
 (`augment.decode_jpeg_crop`). So each file is decoded once with the project's Pillow reader
 (`folder.decode`: any format, any mode, becomes RGB uint8), resized so that its shorter side is
 BiT-HyperRule's resize side for the training size (`resize_side`), re-encoded as a JPEG, and
-written by a tfds builder (`FolderRecords`) to `prepared.folder_dir(...)/records/`. The pipeline
+written by a tfds builder (`FolderRecords`) to the record's `prepared` folder
+(`prepared.folder_dir(...)/records/`). The pipeline
 then reads it as it reads ImageNet: records, shards, resumable order.
 
 Beside the tfds files, `resnet_jax_folder.json` records the folder's fingerprint (its files'
@@ -133,28 +134,22 @@ def _builder_class():
     return FolderRecords
 
 
-def records_dir(name, data_dir, image_size):
-    """The tfds data_dir of a folder's host copy at training size `image_size`."""
-    return os.path.join(prepared.folder_dir(name, data_dir, image_size), "records")
-
-
-def _version_dir(name, data_dir, image_size):
+def _version_dir(d):
     version = "1.0.0"  # FolderRecords.VERSION, without importing tfds
-    return os.path.join(records_dir(name, data_dir, image_size), "folder_records", version)
+    return os.path.join(d.prepared, "folder_records", version)
 
 
-def _current(name, image_size):
-    layout = folder.layout_of(name)
+def _current(d):
     return {
         "format": _FORMAT,
-        "side": resize_side(image_size),
-        "source": [folder.fingerprint(layout, s) for s in (folder.TRAIN_SPLIT, layout.eval_split)],
+        "side": resize_side(d.image_size),
+        "source": [d.fingerprint(s) for s in (d.train_split, d.eval_split)],
     }
 
 
-def _check(name, data_dir, image_size):
+def _check(d):
     """(the copy's record, None) when it is complete and current, else (None, the problem)."""
-    path = os.path.join(_version_dir(name, data_dir, image_size), _RECORD)
+    path = os.path.join(_version_dir(d), _RECORD)
     if not os.path.exists(path):
         return None, "missing"
     try:
@@ -162,7 +157,7 @@ def _check(name, data_dir, image_size):
             record = json.load(f)
     except (OSError, ValueError) as e:
         return None, f"unreadable ({type(e).__name__}: {e})"
-    current = _current(name, image_size)
+    current = _current(d)
     if any(record.get(k) != v for k, v in current.items()):
         return (
             None,
@@ -171,16 +166,12 @@ def _check(name, data_dir, image_size):
     return record, None
 
 
-def _build(name, data_dir, image_size):
-    version_dir = _version_dir(name, data_dir, image_size)
-    print(f"decoding {name} once into JPEG records in {version_dir}", flush=True)
+def _build(d):
+    version_dir = _version_dir(d)
+    print(f"decoding {d.name} once into JPEG records in {version_dir}", flush=True)
     shutil.rmtree(version_dir, ignore_errors=True)  # a stale copy: tfds would keep it
-    current = _current(name, image_size)
-    builder = _builder_class()(
-        layout=folder.layout_of(name),
-        side=current["side"],
-        data_dir=records_dir(name, data_dir, image_size),
-    )
+    current = _current(d)
+    builder = _builder_class()(layout=d.source.layout, side=current["side"], data_dir=d.prepared)
     from resnet_jax.data._tf import import_tfds
 
     import_tfds().disable_progress_bar()  # a run's stderr keeps to its own lines
@@ -193,19 +184,15 @@ def _build(name, data_dir, image_size):
     return record
 
 
-def record(name, data_dir, image_size):
-    """{'side', 'source', 'channel_mean' [3], 'channel_std' [3] (0-255 scale)} of the folder's
-    host copy at `image_size`, building it first when it is missing or stale."""
-    return prepared.once(
-        _version_dir(name, data_dir, image_size),
-        lambda: _check(name, data_dir, image_size),
-        lambda: _build(name, data_dir, image_size),
-    )
+def record(d):
+    """{'side', 'source', 'channel_mean' [3], 'channel_std' [3] (0-255 scale)} of the host copy of
+    the folder record `d` (at `d.image_size`), building it first when it is missing or stale."""
+    return prepared.once(_version_dir(d), lambda: _check(d), lambda: _build(d))
 
 
-def builder(name, data_dir, image_size):
+def builder(d):
     """The prepared tfds builder of the folder's host copy (built first when needed)."""
     from resnet_jax.data._tf import import_tfds
 
-    record(name, data_dir, image_size)
-    return import_tfds().builder_from_directory(_version_dir(name, data_dir, image_size))
+    record(d)
+    return import_tfds().builder_from_directory(_version_dir(d))

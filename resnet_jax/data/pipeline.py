@@ -26,20 +26,21 @@ import re
 import numpy as np
 
 from resnet_jax.data import augment as aug
-from resnet_jax.data import catalog, datasets
+from resnet_jax.data import catalog
 from resnet_jax.data import finish as finish_lib
 from resnet_jax.data import stats as stats_lib
-from resnet_jax.data._tf import import_tf, import_tfds
+from resnet_jax.data._tf import import_tf, import_tfds, split_size
+from resnet_jax.data.errors import CorruptImageError
 
 tf = import_tf()
 # The mapped functions have no Python control flow on tensors; skipping autograph's source
 # conversion halves the time to build a pipeline.
 _plain = tf.autograph.experimental.do_not_convert
 
-# Encoded ImageNet records are ~110 KB: 10k of them (1.1 GB) plus file-order shuffling mixes well.
-# The 32x32 datasets fit whole (<= 65k records of ~3 KB), which makes each epoch a full permutation.
-_SHUFFLE_BUFFER = {"imagenet2012": 10_000}
-_FOLDER_SHUFFLE_BUFFER = 10_000  # a folder's JPEGs at BiT's 448 side are ImageNet-sized records
+# Encoded ImageNet records are ~110 KB (a folder's JPEGs at BiT's 448 side too): 10k of them
+# (1.1 GB) plus file-order shuffling mixes well. The 32x32 datasets fit whole (<= 65k records of
+# ~3 KB), which makes each epoch a full permutation.
+_JPEG_SHUFFLE_BUFFER = 10_000
 _PAPER_SCALES = (256, 480)  # He2015's shorter sides for 224 crops
 _DEFAULT_SHUFFLE_BUFFER = 65_536
 _NO_END = 2**40  # epochs: "forever"
@@ -53,28 +54,17 @@ def _mix(*ints):
 class _Shard:
     """One process's slice of a prepared split: its record files and how to parse a record."""
 
-    def __init__(
-        self,
-        dataset,
-        data_dir,
-        split,
-        process_index,
-        process_count,
-        drop_remainder,
-        image_size=None,  # a folder's copy is per training size
-    ):
+    def __init__(self, d, split, process_index, process_count, drop_remainder):
         if not 0 <= process_index < process_count:
             raise ValueError(
                 f"process_index {process_index} is not in [0, process_count={process_count})"
             )
-        self.dataset, self.process_index = dataset, process_index
-        self.data_dir = datasets.resolve_data_dir(data_dir)
-        self.builder = prepared_builder(dataset, data_dir, image_size)
-        self.family = described(dataset, data_dir, image_size).family
-        self.split = datasets.resolve_split(dataset, split)
+        self.d, self.process_index = d, process_index
+        self.builder = d.source.builder(d)
+        self.split = split
         tfds = import_tfds()
         parts = tfds.even_splits(self.split, n=process_count, drop_remainder=drop_remainder)
-        self.sizes = [datasets.num_examples(self.builder, dataset, part) for part in parts]
+        self.sizes = [split_size(self.builder, d.name, part) for part in parts]
         self.num_examples = self.sizes[process_index]
         instructions = [
             i
@@ -85,7 +75,7 @@ class _Shard:
         self._skips = tf.constant([i.skip for i in instructions], tf.int64)
         self._takes = tf.constant([i.take for i in instructions], tf.int64)
         self._decoders = {"image": tfds.decode.SkipDecoding()}
-        self._key = datasets.facts(dataset)["key"]
+        self._key = d.source.key
 
     def records(self, order_seed=None):
         """Serialized records of the shard; files in stored order, or permuted by order_seed [2]."""
@@ -120,26 +110,22 @@ class _Shard:
             if why:
                 bad.append(key.numpy().decode())
                 reason = why
-        where = f"{self.dataset} split {self.split!r} (process {self.process_index})"
-        if (
-            not bad
-        ):  # not a bad image after all (e.g. a damaged record file): say where, no traceback
-            return datasets.CorruptImageError(
+        where = f"{self.d.name} split {self.split!r} (process {self.process_index})"
+        if not bad:  # not a bad image after all (a damaged record file): say where, no traceback
+            return CorruptImageError(
                 f"reading {where} failed: {reason}. If the prepared files are damaged, delete "
-                f"{self.builder.data_dir} and prepare again with\n  "
-                f"{datasets.prepare_command(self.dataset, self.data_dir)}"
+                f"{self.builder.data_dir} and prepare again with\n  {self.d.prepare_command()}"
             )
-        return datasets.CorruptImageError(
+        return CorruptImageError(
             f"{where}: cannot decode the image of example(s) {', '.join(map(repr, bad))} ({reason}). "
             "The run stops rather than silently change the data: replace or delete that file in the "
-            f"source archive and prepare the dataset again with\n  "
-            f"{datasets.prepare_command(self.dataset, self.data_dir)}",
+            f"source archive and prepare the dataset again with\n  {self.d.prepare_command()}",
             keys=bad,
         )
 
     def _undecodable(self, image_bytes):
         """Why the pipeline cannot decode this image (eager), or None."""
-        if self.family == "imagenet" and not tf.io.is_jpeg(image_bytes):
+        if self.d.jpeg_crops and not tf.io.is_jpeg(image_bytes):
             return "not a JPEG: ImageNet crops are cut out of JPEGs only"
         try:
             aug.decode(image_bytes)
@@ -198,44 +184,22 @@ def prefetched(ds, num_threads):
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(num_threads))
 
 
-def prepared_builder(dataset, data_dir, image_size=None):
-    """The prepared tfds builder of `dataset`; a folder's is its JPEG copy at `image_size`."""
-    if datasets.is_folder(dataset):
-        from resnet_jax.data import folder_records
-
-        return folder_records.builder(dataset, data_dir, image_size)
-    return datasets.get_builder(dataset, data_dir)
+def _read(dataset, data_dir, image_size) -> catalog.Dataset:
+    """The record of `dataset` (a record, or a name opened here) as this pipeline reads it."""
+    return catalog.record_of(dataset, data_dir, image_size, "host")
 
 
-def described(dataset, data_dir=None, image_size=None):
-    """`catalog.Dataset` of `dataset` as this pipeline reads it: its options (a folder's are
-    ImageNet's: crops cut out of JPEGs)."""
-    return catalog.describe(dataset, data_dir, image_size, "host")
-
-
-def finish_for(dataset, *, data_dir, normalization=None, image_size=None):
-    """The `finish.Finish` that turns this pipeline's batches of `dataset` into model inputs.
-
-    ImageNet: its channel mean and std. 32x32 datasets: `normalization` ('per_pixel_mean', the
-    default, or 'per_channel') with statistics of the full training split (`stats`), or
-    'mean_std', ImageNet's (what ImageNet weights expect). A folder: 'per_channel' (the default:
-    its own statistics, stored with its copy at `image_size`) or 'mean_std'.
-    """
-    allowed = described(dataset, data_dir, image_size).normalizations
-    normalization = normalization or allowed[0]
-    _check_choice("normalization", normalization, allowed, dataset)
-    if normalization == "mean_std":  # ImageNet's, which pretrained weights expect
+def finish_for(dataset, *, data_dir=None, normalization=None, image_size=None):
+    """The `finish.Finish` that turns this pipeline's batches of `dataset` (a `catalog.Dataset`,
+    or a name) into model inputs: `normalization` (None: the record's default) with statistics of
+    the full training split (the source's `host_stats`), or 'mean_std', ImageNet's (what ImageNet
+    weights expect, and ImageNet's own)."""
+    d = _read(dataset, data_dir, image_size)
+    normalization = normalization or d.normalizations[0]
+    _check_choice("normalization", normalization, d.normalizations, d.name)
+    if normalization == "mean_std":
         return finish_lib.IMAGENET
-    if datasets.is_folder(dataset):
-        from resnet_jax.data import folder_records
-
-        record = folder_records.record(dataset, data_dir, image_size)
-        return finish_lib.Finish(
-            np.float32(record["channel_mean"]), np.float32(record["channel_std"])
-        )
-    builder = datasets.get_builder(dataset, data_dir)
-    st = stats_lib.normalization_stats(builder, datasets.facts(dataset)["train_split"])
-    return finish_lib.Finish(*stats_lib.mean_and_std(st, normalization))
+    return finish_lib.Finish(*stats_lib.mean_and_std(d.source.host_stats(d), normalization))
 
 
 def _check_choice(what, value, allowed, dataset):
@@ -243,23 +207,15 @@ def _check_choice(what, value, allowed, dataset):
         raise ValueError(f"{what}={value!r} is not available for {dataset}; choose from {allowed}")
 
 
-def _scales(dataset, image_size, scales):
-    """`scales` (shorter sides for 224 crops), relative to `image_size` for a folder: it has no
-    native size, so He2015's scales keep their ratio to the crop."""
-    if not datasets.is_folder(dataset) or image_size is None:
-        return scales
-    return tuple(int(round(s * image_size / 224)) for s in scales)
-
-
-def _check_image_size(dataset, family, image_size, augment, scale_range):
-    native = datasets.facts(dataset)["image_size"]
-    image_size = native if image_size is None else image_size
+def _check_image_size(d, image_size, augment, scale_range):
+    image_size = d.image_size if image_size is None else image_size
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
-    if family == "cifar" and image_size != native:
+    if not d.jpeg_crops and image_size != d.array_size:
         raise ValueError(
-            f"{dataset} images are {native}x{native} and its pipeline crops at that size; "
-            f"image_size={image_size} is not supported (use a {native}x{native} model)."
+            f"{d.name} images are {d.array_size}x{d.array_size} and its pipeline crops at that "
+            f"size; image_size={image_size} is not supported (use a {d.array_size}x"
+            f"{d.array_size} model)."
         )
     if augment == "paper" and image_size > scale_range[0]:
         raise ValueError(
@@ -289,44 +245,36 @@ class _TrainStream:
 
     def __init__(
         self,
-        dataset,
-        data_dir,
+        d,
         local_batch_size,
         seed,
         *,
         augment,
-        image_size,
         scale_range,
         process_index=0,
         process_count=1,
         split=None,
         shuffle_buffer=None,
     ):
-        d = described(dataset, data_dir, image_size)
-        family, augment = d.family, augment or d.augments[0]
-        _check_choice("augment", augment, d.augments, dataset)
-        scale_range = scale_range or _scales(dataset, image_size, _PAPER_SCALES)
-        self.image_size = _check_image_size(dataset, family, image_size, augment, scale_range)
+        augment = augment or d.augments[0]
+        _check_choice("augment", augment, d.augments, d.name)
+        scale_range = scale_range or tuple(d.test_scale(s) for s in _PAPER_SCALES)
+        self.image_size = _check_image_size(d, None, augment, scale_range)
         if local_batch_size < 1:
             raise ValueError(f"need local_batch_size >= 1, got {local_batch_size}")
-        split = split or datasets.facts(dataset)["train_split"]
         # Equal shards (drop the few-example remainder) so every process has the same epoch length.
-        shard = _Shard(
-            dataset, data_dir, split, process_index, process_count, True, self.image_size
-        )
+        shard = _Shard(d, d.resolve_split(split), process_index, process_count, True)
         if shard.num_examples < local_batch_size:
             raise ValueError(
-                f"{dataset} split {shard.split!r} gives process {process_index} of "
+                f"{d.name} split {shard.split!r} gives process {process_index} of "
                 f"{process_count} only {shard.num_examples} examples, fewer than one batch of "
                 f"{local_batch_size}; use a smaller batch or a larger split."
             )
-        self.shard, self.family, self.augment = shard, family, augment
-        if family == "imagenet":
+        self.shard, self.jpeg_crops, self.augment = shard, d.jpeg_crops, augment
+        if d.jpeg_crops:
             self._draw_window = _window_fn(augment, self.image_size, scale_range)
         self.buffer = shuffle_buffer or (
-            _FOLDER_SHUFFLE_BUFFER
-            if datasets.is_folder(dataset)
-            else _SHUFFLE_BUFFER.get(dataset, _DEFAULT_SHUFFLE_BUFFER)
+            _JPEG_SHUFFLE_BUFFER if d.jpeg_crops else _DEFAULT_SHUFFLE_BUFFER
         )
         self.order_base = tf.constant(_mix(seed, process_index, 1), tf.int64)
         self.aug_base = tf.constant(_mix(seed, process_index, 2), tf.int64)
@@ -353,7 +301,7 @@ class _TrainStream:
 
     def preprocess(self, image_bytes, seed):
         """One example's dict: uint8 'image' and the draws `finish` applies on the device."""
-        if self.family != "imagenet":
+        if not self.jpeg_crops:
             out = {"image": aug.decode(image_bytes)}
             if self.augment == "cifar":
                 out["crop"], out["flip"] = aug.cifar_draws(seed, finish_lib.PAD)
@@ -417,12 +365,10 @@ def train_iterator(
     image_size / 224).
     """
     ts = _TrainStream(
-        dataset,
-        data_dir,
+        _read(dataset, data_dir, image_size),
         local_batch_size,
         seed,
         augment=augment,
-        image_size=image_size,
         scale_range=scale_range,
         process_index=process_index,
         process_count=process_count,
@@ -442,17 +388,10 @@ def _crop_windows_stream(
     caller, dataset, data_dir, local_batch_size, seed, augment, image_size, scale_range
 ):
     """The one-process training stream of the decoder yardsticks (ImageNet only)."""
-    if described(dataset, data_dir, image_size).family != "imagenet":
+    d = _read(dataset, data_dir, image_size)
+    if not d.jpeg_crops:
         raise ValueError(f"{dataset} images are not cropped out of JPEGs; {caller} is for ImageNet")
-    return _TrainStream(
-        dataset,
-        data_dir,
-        local_batch_size,
-        seed,
-        augment=augment,
-        image_size=image_size,
-        scale_range=scale_range,
-    )
+    return _TrainStream(d, local_batch_size, seed, augment=augment, scale_range=scale_range)
 
 
 def decoder_iterator(
@@ -574,12 +513,11 @@ def eval_iterator(
     its mirror), 'label': int32 [b], 'mask': bool [b]}. Rows past the end of the shard are zeros with
     mask=False; every process yields the same number of batches, `len(iterator)`.
     """
-    d = described(dataset, data_dir, image_size)
-    family = d.family
-    _check_choice("views", views, d.eval_views, dataset)
-    image_size = _check_image_size(dataset, family, image_size, None, None)
+    d = _read(dataset, data_dir, image_size)
+    _check_choice("views", views, d.eval_views, d.name)
+    image_size = _check_image_size(d, None, None, None)
     if scale is not None or views == "10crop":
-        (scale,) = _scales(dataset, image_size, (scale or 256,))
+        scale = d.test_scale(scale or 256)
     if local_batch_size < 1:
         raise ValueError(f"local_batch_size must be >= 1, got {local_batch_size}")
     if views == "multiscale" and not (isinstance(scale, (int, np.integer)) and scale >= 1):
@@ -589,10 +527,9 @@ def eval_iterator(
         )
     if views == "10crop" and (scale or 256) < image_size:
         raise ValueError(f"10crop scale {scale} is smaller than the {image_size} crop")
-    split = split or datasets.facts(dataset)["eval_split"]
-    shard = _Shard(dataset, data_dir, split, process_index, process_count, False, image_size)
+    shard = _Shard(d, d.resolve_split(split, d.eval_split), process_index, process_count, False)
 
-    if family == "imagenet":
+    if d.jpeg_crops:
         preprocess, shape = {
             "center": (
                 lambda b: aug.center_eval(b, image_size, jpeg_only=True),

@@ -179,8 +179,8 @@ def main(argv=None):
         "--image_size",
         type=int,
         default=None,
-        help="folder:PATH: the training size to prepare (default: BiT-HyperRule's, as a "
-        "fine-tuning run's; a run from scratch takes the images' own size, up to its net's)",
+        help="folder:PATH: the training size to prepare (default: a run from scratch's, the "
+        "images' own size up to 224; a fine-tuning run takes BiT-HyperRule's, give it here)",
     )
     parser.add_argument(
         "--holdout_fraction",
@@ -208,12 +208,15 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if datasets.is_folder(args.name):
-        if args.holdout_fraction is not None:
-            from resnet_jax.data import folder  # pylint: disable=g-import-not-at-top
+    from resnet_jax.data import catalog, folder, inputs  # pylint: disable=g-import-not-at-top
 
-            folder.hold_out(args.name, args.holdout_fraction)
-        return _prepare_folder(args.name, args.data_dir, args.image_size, args.input_pipeline)
+    if folder.is_folder(args.name):
+        holdout = (
+            folder.HOLDOUT_FRACTION if args.holdout_fraction is None else args.holdout_fraction
+        )
+        return _prepare_folder(
+            args.name, args.data_dir, args.image_size, args.input_pipeline, holdout
+        )
     try:
         builder = prepare(args.name, args.data_dir, args.manual_dir)
     except PrepareError as e:
@@ -221,12 +224,9 @@ def main(argv=None):
         return 1
     splits = ", ".join(f"{k}: {v.num_examples:,}" for k, v in builder.info.splits.items())
     print(f"{args.name} ready in {builder.data_dir} ({splits})")
-    from resnet_jax.data import arrays, catalog  # pylint: disable=g-import-not-at-top
-
-    held = catalog.describe(args.name, args.data_dir, None, "device")
-    if "device" in held.input_pipelines:  # also write what the device input path reads
-        for split in (held.train_split, held.eval_split):
-            arrays.num_examples(args.name, split, args.data_dir)  # builds the file when needed
+    held = catalog.open(args.name, data_dir=args.data_dir)
+    if held.input_pipeline == "device":  # a 32x32 set: also the arrays the device path reads
+        inputs.prepare(held)
         print(
             f"arrays for input_pipeline='device' in {held.prepared} (copy it to train without "
             "TensorFlow)"
@@ -235,36 +235,35 @@ def main(argv=None):
 
 
 def _dataset_name(name):
-    if not datasets.is_trainable(name) or name == datasets.SYNTHETIC:
+    if not (name in datasets.DATASETS or name.startswith("folder:")):
         raise argparse.ArgumentTypeError(
             f"{name!r} is not one of {', '.join(datasets.DATASETS)} or folder:PATH"
         )
     return name
 
 
-def _prepare_folder(name, data_dir, image_size, input_pipeline):
+def _prepare_folder(name, data_dir, image_size, input_pipeline, holdout):
     """Decodes a folder once into the copy its run reads (the device path's arrays, or the host
-    path's JPEG records); 66 with one line when it cannot."""
-    from resnet_jax.data import arrays, catalog, folder, folder_records
+    path's JPEG records) at the training size a run from scratch takes (the record's rule); 66
+    with one line when it cannot."""
+    from resnet_jax.data import catalog, folder, inputs
 
     try:
-        layout = folder.layout_of(name)
-        print(folder.description(layout))
-        if image_size is None:
-            image_size, why = folder.bit_image_size(folder.median_side(layout))
-            print(why)
-        d = catalog.describe(name, data_dir, image_size, input_pipeline)
-        asked = f"input_pipeline {input_pipeline}: as asked"
-        print(d.input_pipeline_rule if input_pipeline is None else asked)
-        if d.input_pipeline == "host":
-            folder_records.record(name, data_dir, image_size)
-        else:
-            for split in (d.train_split, d.eval_split):
-                arrays.num_examples(name, split, data_dir, image_size)
+        d = catalog.open(
+            name,
+            data_dir=data_dir,
+            image_size=image_size,
+            input_pipeline=input_pipeline,
+            holdout=holdout,
+        )
+        print(folder.description(d.source.layout))
+        print(d.image_size_rule)
+        print(d.input_pipeline_rule)
+        inputs.prepare(d)
     except (datasets.DatasetNotPreparedError, datasets.CorruptImageError) as e:
         print(f"resnet_jax: {e}", file=sys.stderr)
         return 66  # as a run's: no input
-    print(f"{name} prepared at {image_size}x{image_size} in {d.prepared}")
+    print(f"{name} prepared at {d.image_size}x{d.image_size} in {d.prepared}")
     return 0
 
 

@@ -12,17 +12,14 @@ import hashlib
 import os
 import sys
 
-from resnet_jax.data import datasets, folder
+from resnet_jax.data import datasets
 
 FOLDER = "resnet_jax_arrays"  # under data_dir, beside the tfds datasets
 
 
-def folder_dir(name, data_dir, image_size):
+def folder_dir(root, data_dir, image_size):
     """DATA_DIR/resnet_jax_arrays/folders/<name>-<digest of its absolute path>/<image_size>: where
-    a folder's prepared copies at one training size live (one folder per folder and size)."""
-    if not image_size:
-        raise ValueError(f"{name}: the prepared copies of a folder need an image_size")
-    root = folder.root_of(name)
+    the copies of the folder at `root` prepared at one training size live."""
     tag = f"{os.path.basename(root)}-{hashlib.sha256(root.encode()).hexdigest()[:12]}"
     base = os.path.join(datasets.resolve_data_dir(data_dir), FOLDER, "folders", tag)
     return os.path.join(base, str(int(image_size)))

@@ -26,38 +26,10 @@ from collections.abc import Iterator, Sequence
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.data import datasets, finish
+from resnet_jax.data import finish
 
-NAME = datasets.SYNTHETIC
-NUM_CLASSES, IMAGE_SIZE, EPOCH_EXAMPLES = 1000, 224, 1_281_167  # ImageNet's
-EPOCH_EXAMPLES_OF = {"imagenet": EPOCH_EXAMPLES, "cifar": 50_000}  # by the model's family
+NAME = "synthetic"  # --config.dataset=synthetic
 FINISH = finish.IMAGENET
-
-
-def info(
-    num_classes: int | None,
-    image_size: int | None,
-    batch_size: int,
-    num_batches: int,
-    model: str | None = None,
-) -> datasets.DatasetInfo:
-    """The DatasetInfo the trainer resolves a config with (eval = the pool's examples).
-
-    Sizes the config leaves None are those of `model`'s own data (module docstring).
-    """
-    from resnet_jax import models
-
-    spec = models.get_spec(model) if model in models.available_models() else None
-    return datasets.DatasetInfo(
-        name=NAME,
-        num_classes=num_classes or (spec.num_classes if spec else NUM_CLASSES),
-        image_size=image_size or (spec.input_size if spec else IMAGE_SIZE),
-        train_split="train",
-        eval_split="train",
-        num_train=EPOCH_EXAMPLES_OF.get(spec.family if spec else "imagenet", EPOCH_EXAMPLES),
-        num_eval=num_batches * batch_size,
-        family="imagenet",
-    )
 
 
 def make_batches(

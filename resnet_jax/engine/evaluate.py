@@ -7,7 +7,7 @@ the split is done (one host transfer per evaluation).
 
 from __future__ import annotations
 
-import functools
+import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,46 +18,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from resnet_jax import config as config_lib
-from resnet_jax.data import synthetic  # JAX only: no TensorFlow
+from resnet_jax.data import catalog, inputs  # no TensorFlow until a host batch is asked for
 from resnet_jax.engine import faults, metrics, parallel, steps
-
-
-def eval_data_args(c) -> dict:
-    """The eval-data keyword arguments of `make_evaluator` taken from a resolved config, with the
-    input path's `finish` (`config.build_finish`)."""
-    finish = config_lib.build_finish(c)
-    if c.dataset == synthetic.NAME:  # scores the training pool, so its batch size and seed
-        return dict(
-            finish=finish,
-            dataset=c.dataset,
-            data_dir=None,
-            global_batch_size=c.batch_size,
-            image_size=c.image_size,
-            synthetic_pool=(c.synthetic_batches, c.num_classes, c.seed),
-        )
-    return dict(
-        finish=finish,
-        dataset=c.dataset,
-        data_dir=c.data_dir,
-        global_batch_size=c.eval_batch_size,
-        image_size=c.image_size,
-        scales=tuple(c.eval_scales),
-        split=c.eval_split,
-        input_pipeline=config_lib.input_pipeline(c),
-    )
-
-
-def _eval_batches(dataset, *, views, local_batch, **kwargs):
-    from resnet_jax.data import pipeline  # TensorFlow only on the data path
-
-    return pipeline.eval_iterator(
-        dataset,
-        local_batch_size=local_batch,
-        views=views,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        **kwargs,
-    )
 
 
 def _add(total, new):
@@ -107,96 +69,52 @@ def evaluate_multiscale(
 def make_evaluator(
     model,
     mesh: Mesh,
+    d: catalog.Dataset,
+    plan: catalog.Plan,
     *,
-    dataset: str,
-    data_dir: str | None,
-    global_batch_size: int,
+    finish: steps.FinishFn,
     views: str = "center",
-    scales: Sequence[int] = (),
-    image_size: int | None = None,
-    split: str | None = None,
-    synthetic_pool: tuple[int, int, int] | None = None,
-    input_pipeline: str | None = "host",
-    finish: steps.FinishFn = None,
+    seed: int = 0,
 ) -> Callable[[steps.TrainState], dict]:
-    """Returns `evaluate(state) -> {'loss', 'top1', 'top5', 'count'}` over the eval split.
+    """Returns `evaluate(state) -> {'loss', 'top1', 'top5', 'count'}` over the record's eval split
+    as `plan` reads it.
 
     views: `center` (one crop), `10crop` (4 corners + centre and their flips, He2015), or
-    `multiscale` (fully convolutional at each of `scales` with flips, scores averaged).
-    synthetic_pool: (num_batches, num_classes, seed) of the training pool that `synthetic` scores.
-    input_pipeline: 'device' holds the split on the devices (loaded once, here; its views are made
-    there from the held images, `device_input`).
-    finish: what turns the eval batches into model inputs inside the step (`config.build_finish`;
-    None: the input path's own, with the dataset's default normalisation).
+    `multiscale` (fully convolutional at each of `plan.eval_scales` with flips, scores averaged).
+    finish: what turns the eval batches into model inputs inside the step (`inputs.finish`).
+    seed: the run's (synthetic data scores its training pool, made from it).
     """
     if views not in config_lib.EVAL_VIEWS:
         raise ValueError(f"eval views must be one of {config_lib.EVAL_VIEWS}, got {views!r}")
-    local_batch = parallel.local_batch_size(global_batch_size, mesh)
-    if dataset == synthetic.NAME:
-        if views != "center":
-            raise faults.ConfigError(
-                f"eval_views={views!r} needs real images to crop and rescale; "
-                "synthetic data has only eval_views='center'"
-            )
-        num_batches, num_classes, seed = synthetic_pool
-        eval_step = parallel.jit_eval_step(model, mesh, finish or synthetic.FINISH)
-        # Made again at each evaluation (a pure function of the seed) rather than kept in memory.
-        return lambda state: evaluate_batches(
-            eval_step,
-            state,
-            synthetic.make_batches(
-                parallel.batch_sharded(mesh),
-                num_batches,
-                global_batch_size,
-                image_size,
-                num_classes,
-                seed=seed,
-                with_mask=True,
-            ),
-            mesh,
+    if views not in d.eval_views:
+        raise faults.ConfigError(
+            f"eval_views={views!r} is not available for {d.name} on the {d.input_pipeline} input "
+            f"path, which has only eval_views {', '.join(map(repr, d.eval_views))}"
         )
-    if input_pipeline == "device":
-        from resnet_jax.data import device_input
-
-        held = device_input.eval_batches(
-            dataset,
-            data_dir=data_dir,
-            batch_sharding=parallel.batch_sharded(mesh),
-            global_batch_size=global_batch_size,
-            split=split,
-            image_size=image_size,
-            views="center" if views == "multiscale" else views,
+    if views == "multiscale" and np.ndim(finish.mean) == 3:
+        raise faults.ConfigError(
+            "eval_views='multiscale' rescales the images, and a per-pixel mean image has one "
+            "size: evaluate it with a run normalised per channel (normalization=per_channel "
+            "or mean_std)"
         )
-        finish = finish or device_input.finish_for(
-            dataset, data_dir=data_dir, image_size=image_size
-        )
-        if views == "multiscale" and np.ndim(finish.mean) == 3:
-            raise faults.ConfigError(
-                "eval_views='multiscale' rescales the images, and a per-pixel mean image has one "
-                "size: evaluate it with a run normalised per channel (normalization=per_channel "
-                "or mean_std)"
-            )
-        data = lambda scale=None: held if scale is None else held.with_scale(scale)
-    else:
-        host = functools.partial(
-            _eval_batches, dataset, data_dir=data_dir, local_batch=local_batch, split=split
-        )
-        if finish is None:
-            from resnet_jax.data import pipeline  # TensorFlow only on the data path
-
-            finish = pipeline.finish_for(dataset, data_dir=data_dir, image_size=image_size)
-        data = lambda scale=None: (
-            host(views=views, image_size=image_size)
-            if scale is None
-            else host(views="multiscale", scale=scale, image_size=image_size)
-        )
+    data = inputs.eval_batches(
+        d,
+        plan,
+        views,
+        batch_sharding=parallel.batch_sharded(mesh),
+        local_batch_size=parallel.local_batch_size(plan.eval_batch_size, mesh),
+        seed=seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     if views != "multiscale":
         eval_step = parallel.jit_eval_step(model, mesh, finish)
         return lambda state: evaluate_batches(eval_step, state, data(), mesh)
-    if not scales:
+    if not plan.eval_scales:
         raise ValueError("multiscale evaluation needs eval_scales")
     predict = parallel.jit_predict_step(model, mesh, finish)
     score = jax.jit(steps.metrics_from_probs, out_shardings=parallel.replicated(mesh))
+    scales = plan.eval_scales
     return lambda state: evaluate_multiscale(predict, score, state, [data(s) for s in scales], mesh)
 
 
@@ -262,16 +180,30 @@ def evaluate_state(evaluate: Callable[[steps.TrainState], dict], state: steps.Tr
     return {**result, **{f"ema_{k}": v for k, v in averaged.items() if k != "count"}}
 
 
+def saved_config(workdir: str) -> dict | None:
+    """The resolved config a run wrote to WORKDIR/config.json, or None where there is none."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def evaluate_checkpoint(config, workdir: str) -> dict:
     """`--mode=eval`: evaluates the newest checkpoint in `workdir` with `config.eval_views` (and
     its averaged weights too where the run keeps them, `evaluate_state`).
 
+    The dataset's record is rebuilt from the run's config.json (a folder is not scanned again).
     Appends an `eval` record (with `views`) to metrics.jsonl and writes `eval_<views>.json`.
     """
-    c = config_lib.resolve_config(config)
+    run = config_lib.start(config, saved=saved_config(workdir))
+    c = run.c
     mesh = parallel.make_mesh()
     model, state, step = restore_checkpoint(c, workdir, mesh)
-    evaluate = make_evaluator(model, mesh, **eval_data_args(c), views=c.eval_views)
+    finish = inputs.finish(run.data, run.plan)
+    evaluate = make_evaluator(
+        model, mesh, run.data, run.plan, finish=finish, views=c.eval_views, seed=c.seed
+    )
     result = evaluate_state(evaluate, state)
     logger = metrics.MetricsLogger(
         workdir,

@@ -111,3 +111,8 @@ def poison_run(batch: dict, run: int) -> dict:
     """The stacked batch with NaN images in run `run` only (the `debug_nan_step` test hook)."""
     image = batch["image"].astype(jnp.float32)
     return dict(batch, image=image.at[run].set(jnp.nan))
+
+
+def run_params(state):
+    """One run's params (shapes only) of a stacked state: what its parameter count is read from."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state.params)

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import ml_collections
@@ -24,7 +27,7 @@ from absl import logging
 
 from resnet_jax import config as config_lib
 from resnet_jax import xla_options
-from resnet_jax.data import synthetic  # JAX only: no TensorFlow
+from resnet_jax.data import inputs  # TensorFlow only once a host batch is asked for
 from resnet_jax.engine import (
     checkpoint,
     evaluate,
@@ -32,51 +35,10 @@ from resnet_jax.engine import (
     metrics,
     numerics,
     parallel,
+    stacked,
     steps,
     validation,
 )
-
-
-def _train_batches(c, start_step: int, local_batch: int, mesh) -> Iterator[dict]:
-    """Batches from `start_step` on: host numpy batches, or global arrays made on the devices."""
-    if c.dataset == synthetic.NAME:
-        pool = synthetic.make_batches(
-            parallel.batch_sharded(mesh),
-            c.synthetic_batches,
-            c.batch_size,
-            c.image_size,
-            c.num_classes,
-            seed=c.seed,
-        )
-        return synthetic.train_batches(pool, start_step)
-    if config_lib.input_pipeline(c) == "device":  # the whole split on the devices: no TensorFlow
-        from resnet_jax.data import device_input
-
-        return device_input.train_batches(
-            c.dataset,
-            data_dir=c.data_dir,
-            batch_sharding=parallel.batch_sharded(mesh),
-            global_batch_size=c.batch_size,
-            seed=c.seed,
-            start_step=start_step,
-            split=c.train_split,
-            augment=c.augment,
-            image_size=c.image_size,
-        )
-    from resnet_jax.data import pipeline  # TensorFlow only on the data path
-
-    return pipeline.train_iterator(
-        c.dataset,
-        data_dir=c.data_dir,
-        local_batch_size=local_batch,
-        seed=c.seed,
-        start_step=start_step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        augment=c.augment,
-        image_size=c.image_size,
-        split=c.train_split,
-    )
 
 
 def restore_or_init(c, model, tx, mesh, ckpt: checkpoint.Checkpointer, abstract):
@@ -251,9 +213,10 @@ class _Profiler:
             print(f"profile of steps {self.start}-{step} in {self.logdir}", flush=True)
 
 
-def print_header(c, workdir: str) -> None:
+def print_header(run: config_lib.Run, workdir: str) -> None:
     if jax.process_index() != 0:
         return
+    c = run.c
     print(
         f"{c.model} on {c.dataset}: {c.num_train_steps} steps of {c.batch_size} images "
         f"({c.image_size}x{c.image_size}, {c.num_classes} classes; {c.steps_per_epoch} "
@@ -261,7 +224,7 @@ def print_header(c, workdir: str) -> None:
         f"{jax.process_count()} process(es); workdir {workdir}",
         flush=True,
     )
-    for note in config_lib.data_notes(c):
+    for note in config_lib.data_notes(run):
         print(note, flush=True)
     on_cpu = jax.default_backend() == "cpu"
     if on_cpu and xla_options.SET_BY_PROJECT:
@@ -276,16 +239,6 @@ def print_header(c, workdir: str) -> None:
     unused_gpu = parallel.unused_gpu_warning()
     if unused_gpu:
         print(f"WARNING: {unused_gpu}", flush=True)
-    if c.dataset == synthetic.NAME:
-        print(
-            f"synthetic data: {c.synthetic_batches} random batches of {c.image_size}x"
-            f"{c.image_size} images in {c.num_classes} classes (the config's image_size and "
-            f"num_classes, else the size of the data {c.model} was made for) made on the devices "
-            f"(no input pipeline; data options ignored); evaluation scores those "
-            f"{c.synthetic_batches * c.batch_size} examples, so it measures memorisation of "
-            f"random labels, not accuracy",
-            flush=True,
-        )
 
 
 def already_finished(summary_path: str, t0: float, c=None, prefix: str = "") -> dict:
@@ -307,6 +260,94 @@ def already_finished(summary_path: str, t0: float, c=None, prefix: str = "") -> 
     return summary
 
 
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """What every run of one program shares, made once at start-up: the run (`config.Run`: the
+    resolved config, the dataset's record and the plan of reading it), the mesh, the model and
+    optimizer, the train state's shapes and the finish of the input path's batches."""
+
+    run: config_lib.Run
+    mesh: Any
+    model: Any
+    tx: Any
+    schedule: Any
+    abstract: Any
+    finish: Any
+
+
+def start_up(
+    config: ml_collections.ConfigDict, workdir: str, check_workdir: str = "", runs: int = 1
+) -> Program:
+    """The start-up of a run, or of several runs as one program in `workdir`: checks (seconds,
+    before any compile; `check_workdir`: the run whose checkpoints decide whether init_from is
+    read), the config turned into the dataset's record and the run's plan once, the model, the
+    optimizer, the header, and the input path's finish (which prepares the data's copy). Several
+    `runs` as one program need the device input path."""
+    validation.check_config(config, check_workdir or workdir)
+    run = config_lib.start(config)  # the one place the dataset is opened
+    mesh = parallel.make_mesh()
+    validation.check_resolved(
+        run, device_count=mesh.devices.size, process_count=jax.process_count()
+    )
+    d, c = run.data, run.c
+    if runs > 1 and d.input_pipeline != "device":
+        raise faults.ConfigError(
+            f"seeds as one program need the device input path (the 32x32 datasets and folders "
+            f"that fit in device memory); {d.name} with input_pipeline={d.input_pipeline!r} "
+            "trains one seed per process: drop --config.seeds and set --config.seed"
+        )
+    model = config_lib.build_model(c)
+    schedule, tx = config_lib.build_optimizer(c)
+    abstract = validation.abstract_state(
+        lambda: parallel.abstract_train_state(
+            model, tx, (c.image_size, c.image_size, 3), mesh, ema=config_lib.ema_on(c)
+        ),
+        c,
+    )
+    print_header(run, workdir)
+    finish = inputs.finish(run.data, run.plan)  # one normalisation for training and evaluation
+    return Program(run, mesh, model, tx, schedule, abstract, finish)
+
+
+class Run:
+    """One run's own pieces: resolved config, workdir, checkpoints, NaN monitor, metrics writer."""
+
+    def __init__(self, c, workdir: str, ckpt: checkpoint.Checkpointer, state, start, position):
+        self.c, self.workdir, self.ckpt, self.state, self.start = c, workdir, ckpt, state, start
+        self.monitor = numerics.NonFiniteMonitor(
+            c.nonfinite_policy, dtype=c.dtype, skipped=position.get("skipped_steps", 0)
+        )
+        self.monitor.last_good_checkpoint = start or None
+        self.logger = None
+        self.checked, self.last_train, self.last_eval = [], {}, {}
+        self.failed: str | None = None
+        self.eval_time = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"seed {self.c.seed}"
+
+    def stop(self, message: str) -> None:
+        """Ends this run alone: its good checkpoints finish writing, its logs are flushed."""
+        self.failed = message
+        print(f"resnet_jax: run {self.name} ({self.workdir}) stopped: {message}", file=sys.stderr)
+        sys.stderr.flush()
+        self.ckpt.close()
+        self.logger.close()
+
+
+def open_run(p: Program, c, workdir: str, t0: float, prefix: str = "") -> Run | dict:
+    """The run of config `c` in `workdir` restored or started (a `Run`), or the summary of a run
+    that already finished there."""
+    ckpt = prepare_workdir(c, workdir, p.abstract)
+    state, start, position = restore_or_init(c, p.model, p.tx, p.mesh, ckpt, p.abstract)
+    summary_path = os.path.join(workdir, "summary.json")
+    if start == c.num_train_steps and os.path.exists(summary_path):
+        ckpt.close()
+        return already_finished(summary_path, t0, c, prefix)
+    return Run(c, workdir, ckpt, state, start, position)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from `workdir` if it holds a checkpoint), evaluates; returns summary.json."""
     # From the start: a stop during start-up or compilation ends the run at once (nothing to save).
@@ -316,86 +357,150 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatcher) -> dict:
     t0 = time.perf_counter()
-    validation.check_config(config, workdir)  # everything up to the first compile takes seconds
-    c = config_lib.resolve_config(config)
-    mesh = parallel.make_mesh()
-    validation.check_resolved(c, device_count=mesh.devices.size, process_count=jax.process_count())
-    local_batch = parallel.local_batch_size(c.batch_size, mesh)
-    model = config_lib.build_model(c)
-    schedule, tx = config_lib.build_optimizer(c)
-    abstract = validation.abstract_state(
-        lambda: parallel.abstract_train_state(
-            model, tx, (c.image_size, c.image_size, 3), mesh, ema=config_lib.ema_on(c)
-        ),
-        c,
-    )
-    print_header(c, workdir)
-    ckpt = prepare_workdir(c, workdir, abstract)
-    state, start, position = restore_or_init(c, model, tx, mesh, ckpt, abstract)
-    total = c.num_train_steps
-    summary_path = os.path.join(workdir, "summary.json")
-    if start == total and os.path.exists(summary_path):
-        ckpt.close()
-        return already_finished(summary_path, t0, c)
-    # The pre-save check compiled now, or the first save compiles it inside the loop (about 20 s
-    # for a ResNet-50 state on a 2-core CPU; docs/measurements/cpu.md).
-    numerics.warm_up(state)
-    monitor = numerics.NonFiniteMonitor(
-        c.nonfinite_policy, dtype=c.dtype, skipped=position.get("skipped_steps", 0)
-    )
-    monitor.last_good_checkpoint = start or None
-    eval_args = evaluate.eval_data_args(c)
-    finish = eval_args["finish"]  # one normalisation for training and evaluation
-    train_step = parallel.jit_train_step(
-        model,
-        tx,
-        schedule,
-        mesh,
+    p = start_up(config, workdir)
+    run = open_run(p, p.run.c, workdir, t0)
+    if isinstance(run, dict):
+        return run
+    summaries, _ = train_runs(p, [run], preemption, t0)
+    return summaries[run.c.seed]
+
+
+class _Prefixed:
+    """A console stream that starts each line with the run's name."""
+
+    def __init__(self, prefix: str, stream):
+        self.prefix, self.stream = prefix, stream
+
+    def write(self, text: str) -> None:
+        lines = text.splitlines(keepends=True)
+        self.stream.write("".join(self.prefix + ln if ln.strip() else ln for ln in lines))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def train_runs(p: Program, runs: list[Run], preemption, t0: float, how: str | None = None):
+    """Trains runs that start from the same step as one program: one run as it is (`how` None),
+    or several with their states stacked and split over the mesh as `how` says (`stacked`).
+    Returns ({seed: summary} of the runs that finished, images/s of all runs together).
+
+    A NaN under 'stop' ends the one run as a NonFiniteError; among stacked runs it stops only
+    the run it hit (the caller reports those at the end)."""
+    c, start, k, mesh = runs[0].c, runs[0].start, len(runs), p.mesh
+    d, plan, total = p.run.data, p.run.plan, c.num_train_steps
+    step_options = dict(
         label_smoothing=c.label_smoothing,
         skip_nonfinite=c.nonfinite_policy == "skip",
-        finish=finish,
+        finish=p.finish,
         grad_accum_steps=c.grad_accum_steps,
         ema_decay=c.ema_decay,
     )
-    eval_fn = evaluate.make_evaluator(model, mesh, **eval_args, views="center")
-    logger = metrics.MetricsLogger(
-        workdir, total_steps=total, global_batch_size=c.batch_size, num_classes=c.num_classes
+    if how is None:
+        state, unstack, seed = runs[0].state, (lambda s: [s]), c.seed
+        batch_sharding = parallel.batch_sharded(mesh)
+        train_step = parallel.jit_train_step(p.model, p.tx, p.schedule, mesh, **step_options)
+    else:
+        state = stacked.stack([r.state for r in runs], stacked.state_sharding(how, mesh))
+        unstack, seed = (lambda s: stacked.unstack(s, k, mesh)), [r.c.seed for r in runs]
+        batch_sharding = stacked.batch_sharding(how, mesh)
+        train_step = stacked.jit_train_step(p.model, p.tx, p.schedule, mesh, how, **step_options)
+    for r in runs:
+        # The pre-save check compiled now, or the first save compiles it inside the loop (about
+        # 20 s for a ResNet-50 state on a 2-core CPU; docs/measurements/cpu.md). The same tree
+        # for every run: compiles once.
+        numerics.warm_up(r.state)
+        r.state = None
+        r.logger = metrics.MetricsLogger(
+            r.workdir,
+            total_steps=total,
+            global_batch_size=c.batch_size,
+            num_classes=c.num_classes,
+            **({} if how is None else {"stream": _Prefixed(f"{r.name}: ", sys.stdout)}),
+        )
+    eval_fn = evaluate.make_evaluator(
+        p.model, mesh, d, plan, finish=p.finish, views="center", seed=c.seed
     )
-    batches = parallel.prefetch_to_mesh(
-        _train_batches(c, start, local_batch, mesh), mesh, c.prefetch_batches
+    batches = inputs.train_batches(
+        d,
+        plan,
+        seed=seed,
+        start_step=start,
+        batch_sharding=batch_sharding,
+        local_batch_size=parallel.local_batch_size(c.batch_size, mesh),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
-    profiler = _Profiler(c, workdir)
-    pending, checked, last_train = [], [], {}
-    eval_time, save_time, timed_from, timed_steps = 0.0, 0.0, None, 0
+    if how is None:
+        batches = parallel.prefetch_to_mesh(batches, mesh, c.prefetch_batches)
+    profiler = _Profiler(c, runs[0].workdir)
     hook = faults.FaultHook()
     train_step = hook.wrap_step(train_step)
-    in_flight = collections.deque()  # metrics of dispatched steps, oldest first
+    pending, in_flight = [], collections.deque()  # in flight: dispatched steps, oldest first
+    eval_time, save_time, timed_from, timed_steps = 0.0, 0.0, None, 0
+    live = lambda: [(i, r) for i, r in enumerate(runs) if r.failed is None]
 
-    def check_metrics(done):  # fetches the pending step metrics; a NaN under 'stop' raises here
-        checked.extend(monitor.check(done - len(pending) + 1, pending))
+    def stopped(r, error):  # one run ends the program; one of several stops alone
+        if how is None:
+            raise error
+        r.stop(str(error))
+
+    def check_metrics(done):  # one transfer for every run; a NaN under 'stop' raises here
+        fetched = pending if how is None else jax.device_get(pending)
+        for i, r in live():
+            mine = fetched if how is None else [{n: v[i] for n, v in m.items()} for m in fetched]
+            try:
+                r.checked.extend(r.monitor.check(done - len(pending) + 1, mine))
+            except faults.NonFiniteError as e:
+                stopped(r, e)
         pending.clear()
+
+    def evaluate_all(done, state):
+        nonlocal eval_time
+        # Queued train steps must finish first, or their compute is counted as eval time and
+        # training images/s comes out too high.
+        jax.block_until_ready(state)
+        t = time.perf_counter()
+        states = unstack(state)
+        for i, r in live():
+            s = time.perf_counter()
+            r.last_eval = evaluate.evaluate_state(eval_fn, states[i])
+            r.logger.log_eval(done, r.last_eval)
+            r.eval_time += time.perf_counter() - s
+        eval_time += time.perf_counter() - t
 
     def save(done, state, force=False):  # never writes a state that is not finite
         nonlocal save_time
-        if not (force or ckpt.should_save(done)):
+        if not (force or runs[0].ckpt.should_save(done)):
             return
         # Queued train steps finish first, so their compute is not counted as checkpoint time.
         jax.block_until_ready(state)
         t = time.perf_counter()
         check_metrics(done)
-        fingerprint = monitor.check_state(done, state)
-        position = run_position(c, done, monitor)
-        if ckpt.save(done, state, position, force=force, fingerprint=fingerprint):
-            monitor.last_good_checkpoint = done
+        states, saved = unstack(state), False
+        for i, r in live():
+            try:
+                fingerprint = r.monitor.check_state(done, states[i])
+            except faults.NonFiniteError as e:
+                stopped(r, e)
+                continue
+            position = run_position(r.c, done, r.monitor)
+            if r.ckpt.save(done, states[i], position, force=force, fingerprint=fingerprint):
+                r.monitor.last_good_checkpoint = done
+                saved = True
+        if saved:
             hook.after_save_started(done)
         save_time += time.perf_counter() - t
 
-    with finish_writes_on_error(ckpt, logger):
+    with contextlib.ExitStack() as stack:
+        for r in runs:
+            stack.enter_context(finish_writes_on_error(r.ckpt, r.logger))
         for step in range(start, total):
             profiler.before(step)
             batch = next(batches)
-            if step + 1 == c.debug_nan_step:
-                batch = numerics.poison_batch(batch)
+            if step + 1 == c.debug_nan_step:  # the test hook poisons the first run alone
+                batch = (
+                    numerics.poison_batch(batch) if how is None else stacked.poison_run(batch, 0)
+                )
             state, m = train_step(state, batch)
             pending.append(m)
             in_flight.append(m)
@@ -406,58 +511,65 @@ def _train_and_evaluate(config, workdir: str, preemption: faults.PreemptionWatch
             if timed_from is None:  # compilation is not throughput: time from step 1's end
                 jax.block_until_ready(m)
                 timed_from = time.perf_counter()
-                logger.start(done)
+                for _, r in live():
+                    r.logger.start(done)
             else:
                 timed_steps += 1
             if done % c.log_every_steps == 0 or done == total:
                 check_metrics(done)
-                last_train = logger.log_train(done, monitor.loggable(checked))
-                checked.clear()
+                for _, r in live():
+                    r.last_train = r.logger.log_train(done, r.monitor.loggable(r.checked))
+                    r.checked.clear()
             if c.eval_every_steps > 0 and done % c.eval_every_steps == 0 and done != total:
-                # Queued train steps must finish first, or their compute is counted as eval time
-                # and training images/s comes out too high.
-                jax.block_until_ready(state)
-                t = time.perf_counter()
-                last_eval = evaluate.evaluate_state(eval_fn, state)
-                logger.log_eval(done, last_eval)
-                eval_time += time.perf_counter() - t
-                logger.start(done)  # eval time is not training time
+                evaluate_all(done, state)
+                for _, r in live():
+                    r.logger.start(done)  # eval time is not training time
             save(done, state)
-            hook.after_step(done, ckpt.wait)
+            hook.after_step(done, lambda: [r.ckpt.wait() for _, r in live()])
+            if not live():
+                break
             if done < total and preemption.should_stop(done):
+                where = (
+                    f"checkpoint {done} is in {runs[0].ckpt.directory}"
+                    if how is None
+                    else f"every run has checkpoint {done} in its workdir"
+                )
                 preemption.stop(
                     done,
                     functools.partial(save, done, state, force=True),
-                    (ckpt.close, logger.close),
-                    f"checkpoint {done} is in {ckpt.directory}",
+                    [close for _, r in live() for close in (r.ckpt.close, r.logger.close)],
+                    where,
                 )
         jax.block_until_ready(state)
         loop_time = (time.perf_counter() - timed_from - eval_time) if timed_from else 0.0
         train_time = loop_time - save_time
-        save(total, state, force=True)
-
-        t = time.perf_counter()
-        last_eval = evaluate.evaluate_state(eval_fn, state)
-        logger.log_eval(total, last_eval)
-        eval_time += time.perf_counter() - t  # after loop_time: the final evaluation counts here
-        ckpt.close()
-        logger.close()
-    summary = final_summary(
-        c,
-        state.params,
-        last_eval,
-        last_train,
-        t0=t0,
-        timed_steps=timed_steps,
-        train_time=train_time,
-        loop_time=loop_time,
-        steps_run=total - start,
-        eval_time=eval_time,
-        save_time=save_time,
-        skipped=monitor.skipped,
-    )
-    write_summary(c, summary_path, summary)
-    return summary
+        if live():
+            save(total, state, force=True)
+            evaluate_all(total, state)  # after loop_time: the final evaluation counts as eval
+        summaries = {}
+        for _, r in live():
+            r.ckpt.close()
+            r.logger.close()
+            summary = final_summary(
+                r.c,
+                state.params if how is None else stacked.run_params(state),
+                r.last_eval,
+                r.last_train,
+                t0=t0,
+                timed_steps=timed_steps,
+                train_time=train_time,
+                loop_time=loop_time,
+                steps_run=total - start,
+                eval_time=r.eval_time,
+                save_time=save_time,
+                skipped=r.monitor.skipped,
+            )
+            prefix = "" if how is None else f"{r.name}: "
+            path = os.path.join(r.workdir, "summary.json")
+            write_summary(r.c, path, summary, prefix=prefix, what=d.scored)
+            summaries[r.c.seed] = summary
+    rate = timed_steps * c.batch_size * k / train_time if train_time > 0 and timed_steps else None
+    return summaries, rate
 
 
 def final_summary(
@@ -494,17 +606,14 @@ def final_summary(
     }
 
 
-def write_summary(c, summary_path: str, summary: dict, prefix: str = "") -> None:
-    """Writes summary.json and prints the final accuracy line (after `prefix`, the run's name
-    where several are reported)."""
+def write_summary(
+    c, summary_path: str, summary: dict, prefix: str = "", what: str = "test accuracy"
+) -> None:
+    """Writes summary.json and prints the final accuracy line (`what` the accuracy is of; after
+    `prefix`, the run's name where several are reported)."""
     metrics.write_json(summary_path, summary)
     if jax.process_index() == 0:
         last_eval = summary["eval"]
-        what = (
-            "accuracy on the synthetic pool (memorisation)"
-            if c.dataset == synthetic.NAME
-            else "test accuracy"
-        )
         averaged = (
             "; averaged weights (EMA): "
             f"{metrics.accuracy_text(metrics.ema_view(last_eval), c.num_classes, ', ')}"

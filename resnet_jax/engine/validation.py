@@ -58,7 +58,7 @@ _OVERHEAD_BYTES = 32 << 20
 
 def _problems(c) -> list[str]:
     from resnet_jax import models, optim
-    from resnet_jax.data import catalog, datasets
+    from resnet_jax.data import catalog
     from resnet_jax.engine import numerics
 
     out = []
@@ -88,11 +88,13 @@ def _problems(c) -> list[str]:
         models.available_models(),
         listing=f"all {len(models.available_models())}: python -m resnet_jax.summary --all",
     )
+    data = catalog.name_problem(c.dataset, c.get("input_pipeline"))
     need(
-        datasets.is_trainable(c.dataset),
-        f"dataset={c.dataset!r} is unknown{entry.did_you_mean(c.dataset, datasets.TRAINABLE)}; "
-        f"valid: {', '.join(datasets.TRAINABLE)}, or folder:PATH (a folder of images)",
+        data != "unknown",
+        f"dataset={c.dataset!r} is unknown{entry.did_you_mean(c.dataset, catalog.NAMES)}; "
+        f"valid: {', '.join(catalog.NAMES)}, or folder:PATH (a folder of images)",
     )
+    need(data in (None, "unknown"), data)
     choice("dtype", ("float32", "bfloat16", "float16"))
     choice("optimizer", optim.OPTIMIZERS)
     choice("lr_schedule", optim.SCHEDULES)
@@ -106,14 +108,6 @@ def _problems(c) -> list[str]:
         isinstance(holdout, (int, float)) and 0 <= holdout < 1,
         f"holdout_fraction must be in [0, 1) (0: no held-out split), got {holdout!r}",
     )
-    tfds_or_folder = datasets.is_trainable(c.dataset) and c.dataset != datasets.SYNTHETIC
-    if tfds_or_folder and c.get("input_pipeline") is not None:
-        allowed = catalog.input_pipelines(c.dataset)
-        need(
-            c.input_pipeline in allowed,
-            f"input_pipeline={c.input_pipeline!r} is not available for {c.dataset}; choose from "
-            f"{', '.join(allowed)}",
-        )
     need(
         0 <= c.get("ema_decay", 0.0) < 1,
         f"ema_decay must be in [0, 1) (0: off), got {c.get('ema_decay')!r}",
@@ -218,10 +212,12 @@ def _model_problems(c) -> list[str]:
     return []
 
 
-def check_resolved(c, *, device_count: int, process_count: int) -> None:
-    """Checks that need the dataset and devices: batch split, image size, splits, data options."""
-    from resnet_jax.data import datasets
+def check_resolved(run, *, device_count: int, process_count: int) -> None:
+    """Checks that need the dataset and devices: batch split, image size, splits, data options
+    (`run`: a `config.Run`; the record answers, nothing is read or built)."""
+    from resnet_jax.data import catalog
 
+    c = run.c
     problems = []
     for key in ("batch_size", "eval_batch_size"):
         if c[key] % device_count:
@@ -252,82 +248,11 @@ def check_resolved(c, *, device_count: int, process_count: int) -> None:
             f"{c.warmup_steps}, lr_decay_steps {tuple(c.lr_decay_steps)}); lengthen the run or "
             "move the decays"
         )
-    if c.dataset != datasets.SYNTHETIC:  # it has no files, splits or augmentations to check
-        problems += _data_problems(c, process_count)
+    problems += catalog.plan_problems(run.data, run.plan, process_count)
     if problems:
         raise ConfigError(
             f"{len(problems)} problem(s) with the data or devices: " + "; ".join(problems)
         )
-
-
-def _data_problems(c, process_count: int) -> list[str]:
-    from resnet_jax.data import catalog, datasets
-
-    problems = []
-    facts = datasets.facts(c.dataset)
-    if datasets.is_folder(c.dataset):
-        problems += _folder_problems(c)
-    elif facts["family"] == "cifar" and (
-        c.image_size < facts["image_size"] or config_lib.input_pipeline(c) != "device"
-    ):
-        problems.append(
-            f"{c.dataset} images are {facts['image_size']}x{facts['image_size']}; "
-            f"image_size={c.image_size} is not supported (the device input path upsamples them "
-            "to a larger image_size)"
-        )
-    path = config_lib.input_pipeline(c)
-    described = catalog.describe(c.dataset, c.data_dir, c.image_size, path)
-    for key, allowed in (
-        ("augment", described.augments),
-        ("normalization", described.normalizations),
-    ):
-        if c[key] is not None and c[key] not in allowed:
-            problems.append(
-                f"{key}={c[key]!r} is not available for {c.dataset} on the {path} input path; "
-                f"choose from {allowed}"
-            )
-    if config_lib.input_pipeline(c) == "device":  # the prepared arrays: no TensorFlow
-        from resnet_jax.data import arrays
-
-        count = lambda split: arrays.num_examples(c.dataset, split, c.data_dir, c.image_size)
-    else:
-        from resnet_jax.data import pipeline  # TensorFlow only on the host data path
-
-        builder = pipeline.prepared_builder(c.dataset, c.data_dir, c.image_size)
-        count = lambda split: datasets.num_examples(builder, c.dataset, split)
-    for key, default, batch in (
-        ("train_split", facts["train_split"], c.batch_size),
-        ("eval_split", facts["eval_split"], 1),
-    ):
-        split = c[key] or default
-        try:
-            n = count(split)
-        except datasets.CorruptImageError:
-            raise  # a damaged file, not a wrong config: its own exit code
-        except ValueError as e:
-            problems.append(f"{key}: {e}")
-            continue
-        if n // process_count < max(batch // process_count, 1):
-            problems.append(
-                f"{key} {split!r} of {c.dataset} has {n} examples, fewer than one "
-                f"{'batch of ' + str(batch) if batch > 1 else 'example'} per process "
-                f"({process_count} process(es))"
-                + (f"; set --config.batch_size to at most {n}" if batch > 1 else "")
-            )
-    return problems
-
-
-def _folder_problems(c) -> list[str]:
-    """A folder held in device memory must fit the limit at its training size."""
-    from resnet_jax.data import folder
-
-    path, why = folder.input_pipeline(folder.layout_of(c.dataset), c.image_size)
-    if config_lib.input_pipeline(c) != "device" or path == "device":
-        return []
-    return [
-        f"{c.dataset} cannot take input_pipeline='device': {why.split(': ', 1)[1]}; choose "
-        "input_pipeline=host or a smaller --config.image_size"
-    ]
 
 
 def abstract_state(fn: Callable[[], Any], c) -> Any:

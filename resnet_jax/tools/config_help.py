@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import inspect
 import io
-import os
 import re
 import tokenize
 
@@ -69,26 +68,14 @@ def describe(config) -> str:
     return "\n".join(f"{left:<{width}}  # {note}" if note else left for left, note in rows)
 
 
-def _data_ready(c) -> bool:
-    """Whether resolving `c` reads only data already on this machine (and builds nothing)."""
-    from resnet_jax.data import arrays, datasets, synthetic
-
-    if c.dataset == synthetic.NAME or datasets.is_folder(c.dataset):  # a folder: only scanned
-        return True
-    facts = datasets.facts(c.dataset)
-    if config_lib.input_pipeline(c) == "device":
-        splits = (facts["train_split"], facts["eval_split"])
-        return all(os.path.exists(arrays.path(c.dataset, c.data_dir, s)) for s in splits)
-    return os.path.isdir(os.path.join(datasets.resolve_data_dir(c.data_dir), c.dataset))
-
-
 def show(config) -> str:
     """`--show_config`: the config resolved as a run would use it, or as given (and why) when
     resolving would need data that is not prepared here. Invalid values are a ConfigError."""
+    from resnet_jax.data import catalog
     from resnet_jax.engine import validation
 
     validation.check_config(config)
-    if _data_ready(config):
+    if catalog.is_prepared(config.dataset, config.data_dir, config.get("input_pipeline")):
         return describe(config_lib.resolve_config(config))
     return (
         f"{describe(config)}\n# as given: image_size, num_classes and the epoch-derived steps "

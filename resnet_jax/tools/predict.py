@@ -46,37 +46,38 @@ def define_flags() -> None:
     )
 
 
+def record(c):
+    """The dataset record of a run's resolved config (nothing scanned or counted)."""
+    from resnet_jax import config as config_lib
+
+    return config_lib.open_data(c, saved=c.to_dict())
+
+
 def input_crop(c) -> tuple[int, int | None]:
     """(S, R): an image becomes the run's uint8 [S, S, 3] input by resizing its shorter side to R
     and taking the centre square, as the run's test images; R None: stretched to S x S."""
-    from resnet_jax import config as config_lib
-    from resnet_jax.data import datasets, synthetic
+    from resnet_jax.data import catalog
 
-    if datasets.is_folder(c.dataset) and config_lib.input_pipeline(c) == "device":
-        return c.image_size, None  # squared, as the folder's arrays
-    own_facts = not (datasets.is_folder(c.dataset) or c.dataset == synthetic.NAME)
-    facts = datasets.facts(c.dataset) if own_facts else None
-    if facts and facts["family"] == "cifar":  # no crop margin, and their own size (the finish
-        return facts["image_size"], facts["image_size"]  # upsamples them as their tests)
-    return c.image_size, int(round(c.image_size / 0.875))  # 256 for 224
+    return catalog.eval_crop(record(c))
 
 
 def _read(path: str, c, tf) -> np.ndarray:
     """uint8 [S, S, 3]: one image cropped and resized as the run's evaluation batches are."""
-    from resnet_jax.data import augment, datasets, folder
+    from resnet_jax.data import augment, folder
+    from resnet_jax.data.errors import CorruptImageError
 
     readable = f"{folder.FORMATS} ({', '.join(folder.EXTENSIONS)})"
     if os.path.splitext(path)[1].lower() not in folder.EXTENSIONS:
-        raise datasets.CorruptImageError(f"not an image file predict reads; it reads {readable}")
+        raise CorruptImageError(f"not an image file predict reads; it reads {readable}")
 
     size, side = input_crop(c)
-    if datasets.is_folder(c.dataset):  # as the folder's prepared copy: Pillow, then...
+    if folder.is_folder(c.dataset):  # as the folder's prepared copy: Pillow, then...
         from resnet_jax.data import folder_records
 
         try:
             image = folder.pixels(path)
         except ValueError as e:
-            raise datasets.CorruptImageError(f"not a readable image ({e})") from None
+            raise CorruptImageError(f"not a readable image ({e})") from None
         if side is None:  # ...squared, as the arrays
             return folder.resized(image, size)
         # ...a JPEG record at its stored size, centre-cropped
@@ -93,7 +94,7 @@ def _read(path: str, c, tf) -> np.ndarray:
         reason = str(e).split("}}")[-1].split("[Op:")[0].strip()
         if reason.startswith("Unknown image file format"):  # TensorFlow's list is not ours
             reason = f"its bytes are none of {readable}"
-        raise datasets.CorruptImageError(f"not a readable image ({reason})") from None
+        raise CorruptImageError(f"not a readable image ({reason})") from None
 
 
 def load_images(paths: Sequence[str], c) -> tuple[np.ndarray | None, dict[str, str]]:
@@ -111,12 +112,12 @@ def load_images(paths: Sequence[str], c) -> tuple[np.ndarray | None, dict[str, s
 
 def class_names(c) -> list[str] | None:
     """The run's class names: its config's (a folder's class folders), else the dataset's (None
-    where the dataset is not on this machine)."""
-    from resnet_jax.data import datasets, synthetic
-
-    if c.dataset == synthetic.NAME:  # random labels: classes without names
-        return None
-    return c.get("class_names") or datasets.class_names(c.dataset, c.data_dir)
+    where the dataset is not on this machine, and for synthetic data's random labels)."""
+    d = record(c)
+    if c.get("class_names") or d.source is None:
+        return c.get("class_names")
+    names = d.class_names or d.source.class_names(read=True)
+    return list(names) if names else None
 
 
 def predict(
