@@ -23,7 +23,13 @@ from __future__ import annotations
 import os
 import shlex
 
-CPU_DEFAULTS = {"--xla_cpu_experimental_ynn_fusion_type": "dot,eltwise,reduce"}
+YNN_FUSION = "--xla_cpu_experimental_ynn_fusion_type"
+CPU_DEFAULTS = {YNN_FUSION: "dot,eltwise,reduce"}
+# The same option for a vmapped step (several runs as one program), as a per-program compiler
+# option (whose values are the enum's names): without `eltwise`, which XLA 0.10's YNNPACK path
+# fails to run on the transposed layouts that vmapped convolutions get ("Instruction with
+# unsupported layout in YNN fusion", seen with 2 runs on 4 CPU devices).
+VMAPPED_CPU = {YNN_FUSION[2:]: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 # Deterministic reductions and scatters on GPUs (atomics replaced): bitwise repeatable runs at a
 # cost in speed (docs/training.md). No effect on CPUs, whose programs are deterministic already.
 DETERMINISTIC = {"--xla_gpu_deterministic_ops": "true"}
@@ -85,6 +91,12 @@ def require(options: dict[str, str], why: str) -> dict[str, str]:
 
 # Set at import: `import resnet_jax` runs this before anything of ours can start a backend.
 SET_BY_PROJECT = set_defaults()
+
+
+def vmapped_step_options(platform: str) -> dict[str, str] | None:
+    """Compiler options for a vmapped train step on `platform`: `VMAPPED_CPU` where the project
+    set the CPU fusion option (a value the user chose is left to them), else None."""
+    return VMAPPED_CPU if platform == "cpu" and YNN_FUSION in SET_BY_PROJECT else None
 
 
 def banner() -> str | None:

@@ -11,8 +11,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Lowest first. A module may import modules of its own floor or below, never above. Prefixes
-# match a package and everything in it; the longest matching prefix decides, so a package's
-# command-line modules can sit above its library; a name ending in "=" matches that module alone.
+# match a package and everything in it, and each module matches exactly one (a package sits on
+# one floor whole); a name ending in "=" matches that module alone.
 FLOORS = (
     (
         "resnet_jax.models",
@@ -22,7 +22,7 @@ FLOORS = (
         "resnet_jax.entry",
         "resnet_jax.xla_options",  # XLA_FLAGS set before JAX starts a backend
         "resnet_jax=",  # the package's own __init__ (which sets them at import), not its modules
-        "resnet_jax.pretrained",  # state dicts <-> variables, weights files
+        "resnet_jax.weights",  # PyTorch state dicts <-> variables, weights files
     ),  # no config, no loop
     ("resnet_jax.config",),  # config -> model, optimizer, resolved sizes
     ("resnet_jax.engine",),  # the training engine: steps, sharding, checkpoints, loop, evaluation
@@ -37,8 +37,7 @@ FLOORS = (
         "resnet_jax.plot",
         "resnet_jax.predict",
         "resnet_jax.export",
-        "resnet_jax.pretrained.cli",
-        "resnet_jax.pretrained.__main__",
+        "resnet_jax.pretrained",
     ),
     ("experiments", "configs"),  # paper tables and recipes, on top of everything
 )
@@ -100,14 +99,17 @@ def _imports(modules: dict[str, str]) -> dict[str, set[str]]:
 
 def _floor(module: str) -> int:
     matches = [
-        (len(p), i)
+        i
         for i, prefixes in enumerate(FLOORS)
         for p in prefixes
         if module == p.rstrip("=") or (not p.endswith("=") and module.startswith(p + "."))
     ]
-    if not matches:
-        raise AssertionError(f"{module} is on no floor of FLOORS: place it in docs/architecture.md")
-    return max(matches)[1]
+    if len(matches) != 1:
+        raise AssertionError(
+            f"{module} is on {len(matches)} floors of FLOORS, not one: place it in "
+            "docs/architecture.md"
+        )
+    return matches[0]
 
 
 def _upward(graph: dict[str, set[str]]) -> list[str]:
@@ -154,11 +156,11 @@ def test_the_checks_find_a_planted_circle_and_an_upward_import():
     planted = {k: set(v) for k, v in graph.items()}
     planted["resnet_jax.engine.steps"].add("resnet_jax.engine.trainer")
     planted["resnet_jax.models.resnet"].add("resnet_jax.config")
-    planted["resnet_jax.pretrained.mapping"].add("resnet_jax.pretrained.cli")
+    planted["resnet_jax.weights.mapping"].add("resnet_jax.pretrained.cli")
     assert any("resnet_jax.engine.steps" in c for c in _cycles(planted))
     assert _upward(planted) == [
         "resnet_jax.models.resnet (floor 0) imports resnet_jax.config (floor 1)",
-        "resnet_jax.pretrained.mapping (floor 0) imports resnet_jax.pretrained.cli (floor 4)",
+        "resnet_jax.weights.mapping (floor 0) imports resnet_jax.pretrained.cli (floor 4)",
     ]
 
 

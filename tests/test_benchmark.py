@@ -501,10 +501,10 @@ def test_sweep_runs_smallest_batch_first_and_stops_at_out_of_memory(monkeypatch)
         benchmark.sweep("resnet50", [128])
 
 
-def test_input_pipeline_mode_reports_the_data_module_measurement_and_cores_to_feed(monkeypatch):
+def test_input_pipeline_mode_reports_the_input_measurement_and_cores_to_feed(monkeypatch):
     import types
 
-    import resnet_jax.data
+    import resnet_jax.bench
     from resnet_jax.bench import cli as benchmark
 
     calls = []
@@ -536,13 +536,14 @@ def test_input_pipeline_mode_reports_the_data_module_measurement_and_cores_to_fe
         calls.append(("compare", dataset, rounds, kwargs["num_batches"]))
         return {"pipeline_images_per_cpu_sec": 350.0, "ratio": 0.9, "dataset": dataset}
 
-    # Stands in for resnet_jax.data.throughput, whose real run needs a prepared dataset and TF.
-    module = types.ModuleType("resnet_jax.data.throughput")
+    # Stands in for resnet_jax.bench.input_throughput, whose real run needs a prepared dataset
+    # and TF.
+    module = types.ModuleType("resnet_jax.bench.input_throughput")
     module.measure_input_pipeline = fake_measure
     module.compare_with_decoder = fake_compare
     module.format_comparison = lambda r: "compared"
-    monkeypatch.setitem(sys.modules, "resnet_jax.data.throughput", module)
-    monkeypatch.setattr(resnet_jax.data, "throughput", module, raising=False)
+    monkeypatch.setitem(sys.modules, "resnet_jax.bench.input_throughput", module)
+    monkeypatch.setattr(resnet_jax.bench, "input_throughput", module, raising=False)
     r = benchmark.input_pipeline("imagenet2012", "/data", 256, "inception", 7, 192, 16)
     assert calls == [("imagenet2012", "/data", 256, "inception", 7, 192, 16)]
     assert r["images_per_sec"] == 1234.5 and r["augment"] == "inception"

@@ -9,6 +9,7 @@ import fake_archives
 import numpy as np
 import pytest
 
+from resnet_jax.bench import input_throughput
 from resnet_jax.data import augment, catalog, datasets, finish, pipeline, prepare
 
 NUM_CLASSES, PER_CLASS, NUM_VAL = 3, 3, 5
@@ -371,9 +372,7 @@ def test_predict_reads_any_format_the_crops_of_a_jpeg_and_a_png_are_equal():
 
 
 def test_throughput_reports_images_per_second(fake):
-    from resnet_jax.data import throughput  # pylint: disable=g-import-not-at-top
-
-    result = throughput.measure_input_pipeline(
+    result = input_throughput.measure_input_pipeline(
         "imagenet2012",
         fake.data_dir,
         batch_size=4,
@@ -391,17 +390,15 @@ def test_throughput_reports_images_per_second(fake):
 
 @pytest.mark.slow
 def test_decoder_comparison_times_pipeline_and_both_yardsticks_on_the_same_rounds(fake):
-    from resnet_jax.data import throughput  # pylint: disable=g-import-not-at-top
-
     decoder = next(
-        pipeline.decoder_iterator(
+        input_throughput.decoder_iterator(
             "imagenet2012", data_dir=fake.data_dir, local_batch_size=4, seed=0, augment="inception"
         )
     )
     train = next(_train(fake, augment="inception"))
     assert set(decoder) == {"pixel", "label"} and decoder["pixel"].shape == (4, 3)
     np.testing.assert_array_equal(decoder["label"], train["label"])  # the same examples
-    r = throughput.compare_with_decoder(
+    r = input_throughput.compare_with_decoder(
         "imagenet2012", fake.data_dir, 4, "inception", rounds=2, num_batches=1, warmup_batches=0
     )
     names = {"pipeline", "decode_only", "decode_resize", "read_decode"}
@@ -417,18 +414,20 @@ def test_decoder_comparison_times_pipeline_and_both_yardsticks_on_the_same_round
     assert r["pipeline_images_per_sec_per_core"] == pytest.approx(
         np.median([x["pipeline"]["images_per_sec"] for x in r["rounds"]]) / r["cores"], rel=1e-9
     )
-    text = throughput.format_comparison(r)
+    text = input_throughput.format_comparison(r)
     assert f"pipeline / decode only     {r['ratio']:.3f} wall-clock" in text
     assert f"pipeline / read + decode   {r['read_decode_ratio']:.3f} wall-clock" in text
     assert f"(the most a pipeline that resizes can reach) {r['resize_ceiling']:.3f}" in text
     with pytest.raises(ValueError, match="not cropped out of JPEGs"):
-        pipeline.decoder_iterator("cifar10", data_dir=fake.data_dir, local_batch_size=4, seed=0)
+        input_throughput.decoder_iterator(
+            "cifar10", data_dir=fake.data_dir, local_batch_size=4, seed=0
+        )
 
 
 def test_decode_only_decodes_the_pipelines_crop_windows_from_memory_and_nothing_else(fake):
     tf = augment.tf
     kw = dict(data_dir=fake.data_dir, local_batch_size=4, seed=0, augment="paper", start_step=1)
-    it = pipeline.decode_only_iterator("imagenet2012", num_batches=2, **kw)
+    it = input_throughput.decode_only_iterator("imagenet2012", num_batches=2, **kw)
     pixels = [b["pixel"] for b in it]  # ends after num_batches
     assert len(pixels) == 2 and pixels[0].shape == (4, 3) and pixels[0].dtype == np.uint8
     # The same examples and windows as the pipeline's batches 1 and 2: each decoded crop, resized
@@ -447,12 +446,14 @@ def test_decode_only_decodes_the_pipelines_crop_windows_from_memory_and_nothing_
             np.testing.assert_array_equal(crop[0, 0], pixels[step - 1][k])
             np.testing.assert_array_equal(augment.resize_to_uint8(crop, 224), images[k])
     # With resize: the pipeline's images exactly, nothing else in the batch.
-    resized = list(pipeline.decode_only_iterator("imagenet2012", num_batches=2, resize=True, **kw))
+    resized = list(
+        input_throughput.decode_only_iterator("imagenet2012", num_batches=2, resize=True, **kw)
+    )
     train = _train(fake, augment="paper", start_step=1)
     for batch in resized:
         assert set(batch) == {"image"}
         np.testing.assert_array_equal(batch["image"], next(train)["image"])
     with pytest.raises(ValueError, match="not cropped out of JPEGs"):
-        pipeline.decode_only_iterator(
+        input_throughput.decode_only_iterator(
             "cifar10", data_dir=fake.data_dir, local_batch_size=4, seed=0, num_batches=1
         )

@@ -1,4 +1,5 @@
-"""resnet_jax.pretrained: PyTorch state dicts (torchvision / timm naming) <-> our variables.
+"""resnet_jax.weights (`resnet_jax.pretrained` re-exports it): PyTorch state dicts (torchvision /
+timm naming) <-> our variables.
 
 The reference here is written from torchvision's published architecture (torchvision/models/
 resnet.py: BasicBlock, Bottleneck with `width = int(planes * base_width / 64) * groups`, the
@@ -9,6 +10,9 @@ BN), in PyTorch's NCHW / OIHW layouts with jax.lax, without the project's model 
 
 import functools
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -402,7 +406,7 @@ def test_training_checkpoint_wrapping_and_ddp_prefix_are_removed(tmp_path):
 
 
 def test_compare_statistics_are_max_abs_max_rel_and_top1_agreement():
-    from resnet_jax.pretrained import compare
+    from resnet_jax.weights import compare
 
     want = np.array([[1.0, -4.0, 2.0], [0.0, 3.0, 1.0]])
     got = want + np.array([[0.0, 0.004, 0.0], [0.0, 0.0, 2.5]])  # row 2's top class moves
@@ -411,7 +415,7 @@ def test_compare_statistics_are_max_abs_max_rel_and_top1_agreement():
 
 
 def test_compare_covers_every_mapped_model_and_timms_own_resnet50():
-    from resnet_jax.pretrained import compare
+    from resnet_jax.weights import compare
 
     pairs = compare.all_models()
     assert {m for m, _ in pairs} == set(pretrained.MAPPED["timm"])
@@ -420,7 +424,7 @@ def test_compare_covers_every_mapped_model_and_timms_own_resnet50():
 
 
 def test_compare_random_variables_have_live_batch_norm():
-    from resnet_jax.pretrained import compare
+    from resnet_jax.weights import compare
 
     v = compare.random_variables(create_model("resnet18", num_classes=4), 32, seed=0)
     bn = v["batch_stats"]["stage2_unit1"]["bn1"]
@@ -432,19 +436,18 @@ def test_compare_random_variables_have_live_batch_norm():
     assert jax.tree.all(jax.tree.map(np.array_equal, back, v))
 
 
-def test_compare_command_without_torch_ends_with_one_line():
-    import os
-    import subprocess
-    import sys
-
+def _python(code):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu")
-    code = (
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_compare_command_without_torch_ends_with_one_line():
+    p = _python(
         "import sys; sys.modules['torch'] = None; sys.argv = ['x', 'compare'];"
         "from resnet_jax.pretrained import cli; cli.run()"
-    )
-    p = subprocess.run(
-        [sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=120
     )
     assert p.returncode == faults.ConfigError.exit_code, p.stderr
     assert (
@@ -452,3 +455,15 @@ def test_compare_command_without_torch_ends_with_one_line():
         .splitlines()[-1]
         .startswith("resnet_jax: compare runs the PyTorch modules and needs torch")
     )
+
+
+def test_the_command_package_gives_the_library_names_and_loads_no_engine():
+    from resnet_jax import weights
+
+    assert pretrained.__all__ == weights.__all__ and "OVERRIDABLE" in weights.__all__
+    assert all(getattr(pretrained, n) is getattr(weights, n) for n in weights.__all__)
+    p = _python(
+        "import sys, resnet_jax.pretrained; print(sorted(m for m in sys.modules if "
+        "m.startswith(('resnet_jax.engine', 'resnet_jax.config', 'resnet_jax.pretrained.'))))"
+    )
+    assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr

@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("torchvision")
 pytest.importorskip("timm")
 
-from resnet_jax.pretrained import compare
+from resnet_jax.weights import compare
 
 
 @pytest.mark.parametrize(

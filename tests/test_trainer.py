@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import config as config_lib
+from resnet_jax import xla_options
 from resnet_jax.engine import checkpoint, parallel, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,6 +54,11 @@ def final_state(workdir, c):
     return jax.device_get(state), position
 
 
+def printed_lines(capsys) -> list[str]:
+    """What the runs printed, less the line naming the project's XLA CPU options (CPUs only)."""
+    return [line for line in capsys.readouterr().out.splitlines() if line != xla_options.banner()]
+
+
 @pytest.mark.slow
 def test_stopping_at_n_and_resuming_to_2n_is_bitwise_equal_to_2n_in_one_go(tmp_path, capsys):
     one_go, resumed = str(tmp_path / "one_go"), str(tmp_path / "resumed")
@@ -61,7 +67,7 @@ def test_stopping_at_n_and_resuming_to_2n_is_bitwise_equal_to_2n_in_one_go(tmp_p
     trainer.train_and_evaluate(c, one_go)
     trainer.train_and_evaluate(tiny_config(3), resumed)
     summary = trainer.train_and_evaluate(tiny_config(6), resumed)
-    out = capsys.readouterr().out.splitlines()
+    out = printed_lines(capsys)
     resumed_at = out.index("resumed from checkpoint step 3")
     assert out[resumed_at - 1].startswith(
         "resnet20 on shapes10: 6 steps of 16 images"
@@ -85,7 +91,7 @@ def test_stopping_at_n_and_resuming_to_2n_is_bitwise_equal_to_2n_in_one_go(tmp_p
 
     before = outputs()
     again = trainer.train_and_evaluate(tiny_config(6), one_go)
-    out = capsys.readouterr().out.splitlines()
+    out = printed_lines(capsys)
     assert out[0].startswith("resnet20 on shapes10: 6 steps") and len(out) == 3, out
     assert out[1] == "resumed from checkpoint step 6"
     assert re.fullmatch(

@@ -64,6 +64,50 @@ def test_deterministic_flag_is_accepted_by_xla_before_start_and_refused_after():
     assert out[2].startswith("refused: late needs XLA_FLAGS=--xla_gpu_autotune_level=0 before JAX")
 
 
+_STACKED_STEP = """
+import jax, jax.numpy as jnp, numpy as np
+from resnet_jax import config as config_lib
+from resnet_jax.engine import parallel, stacked
+c = config_lib.default_config()
+c.batch_size = 16
+c.model_overrides.stage_sizes = (1, 1, 1)
+rc = config_lib.resolve_config(c)
+model, (schedule, tx) = config_lib.build_model(rc), config_lib.build_optimizer(rc)
+mesh = parallel.make_mesh()
+how = stacked.layout(2, mesh)  # 2 runs on 4 devices: each run's batch split, 4 images a device
+states = [parallel.create_sharded_train_state(model, tx, jax.random.PRNGKey(s), (32, 32, 3), mesh)
+          for s in range(2)]
+state = stacked.stack(states, stacked.state_sharding(how, mesh))
+rng = np.random.default_rng(0)
+batch = jax.device_put({"image": rng.random((2, 16, 32, 32, 3), np.float32),
+                        "label": rng.integers(0, 10, (2, 16))}, stacked.batch_sharding(how, mesh))
+state, m = stacked.jit_train_step(model, tx, schedule, mesh, how)(state, batch)
+print(how, np.asarray(m["loss"]).round(3).tolist())
+"""
+
+
+def test_two_runs_as_one_program_on_four_cpu_devices_train_under_the_projects_option():
+    # The vmapped step compiles without YNNPACK's elementwise fusions, which XLA 0.10 fails to run
+    # on the layouts vmapped convolutions get; with them this step ends in "Instruction with
+    # unsupported layout in YNN fusion".
+    e = {k: v for k, v in os.environ.items() if k != xla_options.OPT_OUT}
+    e.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-c", _STACKED_STEP], cwd=ROOT, env=e, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    how, losses = out.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert how == "batch" and all(2.0 < x < 2.7 for x in json.loads(losses))  # ~ln 10
+
+
+def test_vmapped_step_options_apply_only_to_the_projects_own_cpu_option(monkeypatch):
+    monkeypatch.setattr(xla_options, "SET_BY_PROJECT", dict(xla_options.CPU_DEFAULTS))
+    assert xla_options.vmapped_step_options("cpu") == xla_options.VMAPPED_CPU
+    assert xla_options.vmapped_step_options("gpu") is None
+    monkeypatch.setattr(xla_options, "SET_BY_PROJECT", {})  # the user chose the value, or opted out
+    assert xla_options.vmapped_step_options("cpu") is None
+
+
 def _losses(metrics: pathlib.Path) -> dict[int, float]:
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}

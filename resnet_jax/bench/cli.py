@@ -302,7 +302,7 @@ def input_pipeline(
 ) -> dict[str, Any]:
     """Host-side tf.data throughput of the project's training pipeline (imports TensorFlow).
 
-    `resnet_jax.data.throughput` does the measuring (`compare_with_decoder` with `vs_decoder`:
+    `input_throughput` does the measuring (`compare_with_decoder` with `vs_decoder`:
     interleaved rounds against the JPEG decoder alone on the same crops, with and without reading
     the records); this adds the host
     description, load and date so the row can go into docs/measurements/input_pipeline.md as it is, and with
@@ -310,10 +310,10 @@ def input_pipeline(
     images/s need at the measured images per CPU-second of the pipeline (a simulated GPU host whose
     cores feed one accelerator).
     """
-    from resnet_jax.data import throughput
+    from resnet_jax.bench import input_throughput
 
     if vs_decoder:
-        result = throughput.compare_with_decoder(
+        result = input_throughput.compare_with_decoder(
             dataset,
             data_dir,
             batch_size,
@@ -325,7 +325,7 @@ def input_pipeline(
         )
         per_cpu_sec = result["pipeline_images_per_cpu_sec"]
     else:
-        result = throughput.measure_input_pipeline(
+        result = input_throughput.measure_input_pipeline(
             dataset,
             data_dir,
             batch_size,
@@ -351,9 +351,9 @@ def input_pipeline(
 def format_input_pipeline(r: dict[str, Any]) -> str:
     """The human-readable line(s) of `input_pipeline`'s result."""
     if "ratio" in r:
-        from resnet_jax.data import throughput
+        from resnet_jax.bench import input_throughput
 
-        text = throughput.format_comparison(r)
+        text = input_throughput.format_comparison(r)
     else:
         text = (
             f"{r['dataset']} input pipeline batch={r['batch_size']} augment={r['augment']}: "

@@ -2,7 +2,7 @@
 paper's augmentations in tf ops, and per-process tf.data iterators yielding numpy batches.
 
 Importing this package does not import TensorFlow; the submodules that need it
-(`augment`, `pipeline`, `shapes`, `prepare`, `throughput`) import it, with every GPU hidden from it.
+(`augment`, `pipeline`, `shapes`, `prepare`) import it, with every GPU hidden from it.
 `synthetic` (random batches made on the devices) needs only JAX.
 See docs/data.md.
 """

@@ -98,8 +98,10 @@ def _train_runs(config, workdir: str, preemption: faults.PreemptionWatcher) -> d
     return summaries
 
 
-# docs/training.md: ResNet-20, batch 32, 4 seeds, 2-core Intel Xeon, 2026-12-03.
-_CPU_MEASURED = "ResNet-20, batch 32, 4 seeds: 0.22x the images/s of 4 runs in a row"
+# docs/training.md: ResNet-20, batch 32, 4 seeds, 2-core Intel Xeon (Sapphire Rapids), 2026-12-06.
+_CPU_MEASURED = (
+    "ResNet-20, batch 32, 4 seeds: the step at 0.63-0.67x the images/s of one run's step"
+)
 
 
 def _announce(runs: list[trainer.Run], mesh) -> str:

@@ -29,6 +29,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from resnet_jax import xla_options
 from resnet_jax.engine import parallel, steps
 
 RUNS, BATCH = "runs", "batch"
@@ -104,6 +105,7 @@ def jit_train_step(
         in_shardings=(states, batch_sharding(how, mesh)),
         out_shardings=(states, parallel.replicated(mesh)),
         donate_argnums=(0,),
+        compiler_options=xla_options.vmapped_step_options(mesh.devices.flat[0].platform),
     )
 
 

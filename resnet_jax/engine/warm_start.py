@@ -3,7 +3,7 @@ of a run directory's checkpoint.
 
 init_from names either a run directory (its newest checkpoint: a run of ours, or one written by
 `python -m resnet_jax.pretrained import`) or a weights file in PyTorch naming (`.safetensors`,
-`.npz`, `.pth` with torch; see `resnet_jax.pretrained`). Only `params` and `batch_stats` are taken:
+`.npz`, `.pth` with torch; see `resnet_jax.weights`). Only `params` and `batch_stats` are taken:
 the step, the optimizer state and the RNG of the new run start fresh. Where the new run has another
 number of classes, the head (the last dense layer) keeps its fresh initialisation, and the run says
 so. The trainer calls this only when the workdir has no checkpoint, so a resumed fine-tune
@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from resnet_jax import pretrained
+from resnet_jax import weights as weights_lib
 from resnet_jax.engine import evaluate, faults, parallel, steps
 
 _COLLECTIONS = ("params", "batch_stats")
@@ -63,7 +63,7 @@ def missing_source(init_from: str) -> str | None:
         return None
     return (
         f"init_from={path!r} does not exist: it is neither a run directory nor a weights file "
-        f"({', '.join(pretrained.files.READABLE)}); give the path of one"
+        f"({', '.join(weights_lib.files.READABLE)}); give the path of one"
     )
 
 
@@ -85,14 +85,14 @@ def load_variables(init_from: str, model_name: str, overrides=None) -> tuple[dic
     if missing:
         raise faults.ConfigError(missing)
     try:
-        pretrained.check_mapped(model_name, pretrained.default_source(model_name))
-        state_dict = pretrained.load_state_dict(init_from)
-        source = pretrained.default_source(model_name)
-        variables = pretrained.from_torch_state_dict(
+        weights_lib.check_mapped(model_name, weights_lib.default_source(model_name))
+        state_dict = weights_lib.load_state_dict(init_from)
+        source = weights_lib.default_source(model_name)
+        variables = weights_lib.from_torch_state_dict(
             model_name, state_dict, source=source, overrides=overrides
         )
         return variables, init_from
-    except pretrained.WeightsError as e:
+    except weights_lib.WeightsError as e:
         raise faults.ConfigError(f"init_from={init_from}: {e}") from None
 
 

@@ -1,35 +1,11 @@
-"""Published PyTorch ResNet weights (torchvision, timm) in and out of resnet_jax, exactly.
+"""`python -m resnet_jax.pretrained import|export|compare` (usage in `__main__.py`; the commands
+as functions in `cli`), and, for code written against this path, the names of the weights library
+`resnet_jax.weights`: `from resnet_jax import pretrained; pretrained.load_state_dict(...)`.
 
-    from resnet_jax import pretrained
-    variables = pretrained.from_torch_state_dict(
-        "resnet50", pretrained.load_state_dict("resnet50.safetensors"))
-    model = create_model("resnet50", num_classes=variables["params"]["head"]["bias"].shape[0])
-    logits = model.apply(variables, images)  # images [B, 224, 224, 3], normalised as torchvision
-
-Command line (writes a checkpoint that `--mode=eval` and `--config.init_from` read, or exports
-one): `python -m resnet_jax.pretrained import|export --help`. See docs/pretrained.md.
+Importing this package loads neither the command's flags nor the engine.
 """
 
-from resnet_jax.pretrained.files import convert_command, load_state_dict, save_state_dict
-from resnet_jax.pretrained.mapping import (
-    MAPPED,
-    SOURCES,
-    WeightsError,
-    check_mapped,
-    default_source,
-    from_torch_state_dict,
-    to_torch_state_dict,
-)
+from resnet_jax import weights as _weights
+from resnet_jax.weights import *  # noqa: F403
 
-__all__ = [
-    "MAPPED",
-    "SOURCES",
-    "WeightsError",
-    "check_mapped",
-    "convert_command",
-    "default_source",
-    "from_torch_state_dict",
-    "load_state_dict",
-    "save_state_dict",
-    "to_torch_state_dict",
-]
+__all__ = _weights.__all__

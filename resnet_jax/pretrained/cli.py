@@ -15,21 +15,22 @@ from absl import flags
 from ml_collections import config_flags
 
 from resnet_jax import config as config_lib
-from resnet_jax import entry, pretrained
+from resnet_jax import entry
+from resnet_jax import weights as weights_lib
 
 FLAGS = flags.FLAGS
 COMMANDS = ("import", "export", "compare")
 # What export can write, said before it tries (the CIFAR nets have no PyTorch counterpart).
-_TIMM_ONLY = [m for m in pretrained.MAPPED["timm"] if m not in pretrained.MAPPED["torchvision"]]
+_TIMM_ONLY = [m for m in weights_lib.MAPPED["timm"] if m not in weights_lib.MAPPED["torchvision"]]
 _MAPS = (
-    f"the ImageNet ResNets torchvision has ({', '.join(pretrained.MAPPED['torchvision'])}) in "
+    f"the ImageNet ResNets torchvision has ({', '.join(weights_lib.MAPPED['torchvision'])}) in "
     f"torchvision naming, and those timm adds ({', '.join(_TIMM_ONLY)}) in timm naming "
     "(--source=timm writes any of them in timm naming)"
 )
 flags.DEFINE_enum(
     "source",
     None,
-    list(pretrained.SOURCES),
+    list(weights_lib.SOURCES),
     "Key naming (default: torchvision where it has the model).",
 )
 flags.DEFINE_string("model", None, "import: the model, e.g. resnet50.")
@@ -79,8 +80,8 @@ def import_weights(model_name: str, weights: str, workdir: str, config, source: 
 
     from resnet_jax.engine import checkpoint, faults, metrics, parallel, warm_start
 
-    source = source or pretrained.default_source(model_name)
-    pretrained.check_mapped(model_name, source)
+    source = source or weights_lib.default_source(model_name)
+    weights_lib.check_mapped(model_name, source)
     if config.model != model_name:  # `--mode=eval` with this config would build another model
         raise faults.ConfigError(
             f"--model={model_name} but the config builds a {config.model}: pass the config you "
@@ -89,9 +90,9 @@ def import_weights(model_name: str, weights: str, workdir: str, config, source: 
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
         raise faults.ConfigError(f"{ckpt_dir} is not empty: import into a new --workdir")
-    variables = pretrained.from_torch_state_dict(
+    variables = weights_lib.from_torch_state_dict(
         model_name,
-        pretrained.load_state_dict(weights),
+        weights_lib.load_state_dict(weights),
         source=source,
         overrides=config.model_overrides.to_dict(),
     )
@@ -116,22 +117,22 @@ def export_weights(workdir: str, out: str, source: str | None = None, step: int 
     from resnet_jax.engine import warm_start
 
     c = warm_start.run_config(workdir)
-    if not any(c.model in pretrained.MAPPED[s] for s in pretrained.SOURCES):
-        raise pretrained.WeightsError(
+    if not any(c.model in weights_lib.MAPPED[s] for s in weights_lib.SOURCES):
+        raise weights_lib.WeightsError(
             f"{workdir} holds a {c.model}, which PyTorch has no counterpart of: export writes "
             f"{_MAPS}. Its checkpoints stay usable here (--config.init_from={workdir})"
         )
-    source = source or pretrained.default_source(c.model)
-    pretrained.check_mapped(c.model, source)
+    source = source or weights_lib.default_source(c.model)
+    weights_lib.check_mapped(c.model, source)
     variables, step, _ = warm_start.restore_variables(workdir, step)
-    state_dict = pretrained.to_torch_state_dict(
+    state_dict = weights_lib.to_torch_state_dict(
         c.model,
         variables,
         source=source,
         num_batches_tracked=step,
         overrides=c.model_overrides.to_dict(),
     )
-    pretrained.save_state_dict(state_dict, out)
+    weights_lib.save_state_dict(state_dict, out)
     return c.model, step
 
 
@@ -140,7 +141,7 @@ def _as_config_error(config_error):
     """Bad weights or a missing file end in one line and the config-error exit code."""
     try:
         yield
-    except (pretrained.WeightsError, FileNotFoundError) as e:
+    except (weights_lib.WeightsError, FileNotFoundError) as e:
         raise config_error(str(e)) from None
 
 
@@ -170,7 +171,7 @@ def _compare(config_error) -> None:
     import importlib.util
     import json
 
-    from resnet_jax.pretrained import compare
+    from resnet_jax.weights import compare
 
     missing = [m for m in ("torch", "torchvision", "timm") if importlib.util.find_spec(m) is None]
     if missing:
@@ -180,7 +181,7 @@ def _compare(config_error) -> None:
         )
     pairs = compare.all_models()
     if FLAGS.models:
-        pairs = [(m, FLAGS.source or pretrained.default_source(m)) for m in FLAGS.models]
+        pairs = [(m, FLAGS.source or weights_lib.default_source(m)) for m in FLAGS.models]
     print("| model | naming | import max abs | import max rel | export max abs | export max rel |")
     print("|---|---|---:|---:|---:|---:|")
     rows = []

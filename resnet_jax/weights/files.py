@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from resnet_jax.pretrained.mapping import WeightsError
+from resnet_jax.weights.mapping import WeightsError
 
 READABLE = (".safetensors", ".npz", ".pth", ".pt", ".bin")
 WRITABLE = (".safetensors", ".npz")

@@ -3,7 +3,7 @@ JPEG decoder alone on the same crops, the ceiling the pipeline is held to.
 
 `python -m resnet_jax.benchmark --input_pipeline` reports these; so does
 
-  python -m resnet_jax.data.throughput --dataset imagenet2012 --data_dir D --batch_size 128 \
+  python -m resnet_jax.bench.input_throughput --dataset imagenet2012 --data_dir D --batch_size 128 \
       --augment inception [--num_batches 40] [--vs_decoder] [--json]
 
 Rates are given as wall-clock images/s (and that divided by the cores the process may use), and
@@ -13,15 +13,18 @@ with other work.
 `--vs_decoder` times, in interleaved rounds, the pipeline against three yardsticks on the same
 work, each round on the same images:
 
-* decode only (`pipeline.decode_only_iterator`): the same encoded images and crop windows held in
+* decode only (`decode_only_iterator`): the same encoded images and crop windows held in
   memory, mapped with `decode_and_crop_jpeg` and nothing else (the ceiling the pipeline is held to);
 * decode + resize (the same, `resize=True`): each decoded crop also resized to the training size,
   rounded to uint8 and batched, the pixel work that any pipeline delivering these crops must do;
-* read + decode (`pipeline.decoder_iterator`): the same records read and parsed in the same order,
+* read + decode (`decoder_iterator`): the same records read and parsed in the same order,
   then `decode_and_crop_jpeg` of the same windows.
 
 It reports the median over rounds of each rate and of the pipeline's ratio to each, so load from
 other processes shifts them all alike and cancels out of the ratios.
+
+Importing this module imports TensorFlow (through `resnet_jax.data`, with the GPUs hidden from
+it), so `python -m resnet_jax.benchmark` imports it only under `--input_pipeline`.
 """
 
 import argparse
@@ -33,7 +36,14 @@ import resource
 import statistics
 import time
 
-from resnet_jax.data import pipeline
+import numpy as np
+
+from resnet_jax.data import augment as aug
+from resnet_jax.data import catalog, datasets, pipeline
+from resnet_jax.data._tf import import_tf
+
+tf = import_tf()
+_plain = tf.autograph.experimental.do_not_convert  # as the pipeline maps its functions
 
 
 def _cpu_seconds():
@@ -93,7 +103,7 @@ def measure_input_pipeline(
     seconds, cpu, batch = _time(it, num_batches, batch_size)
     return {
         "dataset": dataset,
-        "augment": augment or pipeline.described(dataset, data_dir, image_size).augments[0],
+        "augment": augment or catalog.record_of(dataset, data_dir, image_size, "host").augments[0],
         "batch_size": batch_size,
         "num_batches": num_batches,
         "image_shape": list(batch["image"].shape[1:]),
@@ -103,6 +113,118 @@ def measure_input_pipeline(
         "cores": _cores(num_threads),
         **_rates(num_batches * batch_size, seconds, cpu, _cores(num_threads)),
     }
+
+
+def _crop_windows_stream(
+    caller, dataset, data_dir, local_batch_size, seed, augment, image_size, scale_range
+):
+    """The one-process training stream of the decoder yardsticks (ImageNet only)."""
+    d = catalog.record_of(dataset, data_dir, image_size, "host")
+    if not d.jpeg_crops:
+        raise ValueError(f"{dataset} images are not cropped out of JPEGs; {caller} is for ImageNet")
+    # The training iterator's own stream and crop draws, so the yardsticks do its very work.
+    return pipeline._TrainStream(
+        d, local_batch_size, seed, augment=augment, scale_range=scale_range
+    )
+
+
+def decoder_iterator(
+    dataset,
+    *,
+    data_dir,
+    local_batch_size,
+    seed,
+    start_step=0,
+    augment=None,
+    image_size=None,
+    scale_range=(256, 480),
+    num_threads=None,
+):
+    """The JPEG decoder alone, on the work of `train_iterator` with the same arguments: the same
+    records read in the same order, each example's training crop window decoded with
+    `decode_and_crop_jpeg`, and nothing else (ImageNet only).
+
+    Yields {'pixel': uint8 [b, 3] (one pixel of each decoded crop: TensorFlow would skip a
+    decode whose pixels go unused), 'label': int32 [b]}, to time the decoder's own speed against
+    the pipeline's (`compare_with_decoder`).
+    """
+    ts = _crop_windows_stream(
+        "decoder_iterator",
+        dataset,
+        data_dir,
+        local_batch_size,
+        seed,
+        augment,
+        image_size,
+        scale_range,
+    )
+
+    def example(image_bytes, seed):
+        window, _ = ts.crop_window(image_bytes, seed)
+        return {"pixel": aug.decode_jpeg_crop(image_bytes, window)[0, 0]}
+
+    return ts.batches(start_step, local_batch_size, example, num_threads)
+
+
+def decode_only_iterator(
+    dataset,
+    *,
+    data_dir,
+    local_batch_size,
+    seed,
+    num_batches,
+    start_step=0,
+    augment=None,
+    image_size=None,
+    scale_range=(256, 480),
+    num_threads=None,
+    resize=False,
+):
+    """`decode_and_crop_jpeg` and nothing else, on `num_batches` batches of `train_iterator`'s
+    work with the same arguments from batch `start_step` on (ImageNet only).
+
+    The encoded images and their training crop windows are read and gathered into memory first
+    (untimed), then a dataset of them is mapped with `decode_and_crop_jpeg` alone, with the
+    pipeline's parallelism, batching and options: no reading, parsing, window draws or resizing.
+    Yields {'pixel': uint8 [b, 3] (one pixel of each decoded crop: TensorFlow would skip a decode
+    whose pixels go unused)} `num_batches` times, the yardstick of `compare_with_decoder`.
+
+    With `resize`, each decoded crop is also resized and rounded as the pipeline does it and the
+    batches hold them ({'image': uint8 [b, S, S, 3]}): the pixel work that any pipeline delivering
+    these crops must do, with nothing around it.
+    """
+    if num_batches < 1:
+        raise ValueError(f"need num_batches >= 1, got {num_batches}")
+    ts = _crop_windows_stream(
+        "decode_only_iterator",
+        dataset,
+        data_dir,
+        local_batch_size,
+        seed,
+        augment,
+        image_size,
+        scale_range,
+    )
+
+    def example(image_bytes, seed):
+        return {"bytes": image_bytes, "window": ts.crop_window(image_bytes, seed)[0]}
+
+    work = ts.batches(start_step, local_batch_size, example, num_threads)
+    gathered = [next(work) for _ in range(num_batches)]
+    del work
+    images = np.concatenate([b["bytes"] for b in gathered])
+    windows = np.concatenate([b["window"] for b in gathered])
+    if resize:
+        size = ts.image_size
+        decode = lambda b, w: {"image": aug.jpeg_crop_resize(b, w, size)}
+    else:
+        decode = lambda b, w: {"pixel": aug.decode_jpeg_crop(b, w)[0, 0]}
+    ds = (
+        tf.data.Dataset.from_tensor_slices((images, windows))
+        .map(_plain(decode), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(local_batch_size, drop_remainder=True)
+    )
+    return pipeline.prefetched(ds, num_threads).as_numpy_iterator()
 
 
 # The ratios `compare_with_decoder` reports: (printed label, (wall-clock key, per-CPU-second key),
@@ -147,10 +269,10 @@ def compare_with_decoder(
     interleaved rounds.
 
     Round r starts all four at batch r * (warmup_batches + num_batches) of the same stream: a
-    fresh `pipeline.train_iterator` ('pipeline'), a fresh `pipeline.decode_only_iterator`
+    fresh `pipeline.train_iterator` ('pipeline'), a fresh `decode_only_iterator`
     ('decode_only': the same images and crop windows gathered into memory beforehand, decoded with
     `decode_and_crop_jpeg`, nothing else), the same with `resize=True` ('decode_resize': each crop
-    also resized, rounded and batched) and a fresh `pipeline.decoder_iterator` ('read_decode': the
+    also resized, rounded and batched) and a fresh `decoder_iterator` ('read_decode': the
     same records read and parsed, each crop window decoded). Each times `num_batches` batches after
     `warmup_batches`; only one of them exists at a time, and the order rotates each round.
 
@@ -175,14 +297,12 @@ def compare_with_decoder(
         image_size=image_size,
         num_threads=num_threads,
     )
-    decode_only = functools.partial(
-        pipeline.decode_only_iterator, num_batches=warmup_batches + num_batches
-    )
+    decode_only = functools.partial(decode_only_iterator, num_batches=warmup_batches + num_batches)
     make = {
         "pipeline": pipeline.train_iterator,
         "decode_only": decode_only,
         "decode_resize": functools.partial(decode_only, resize=True),
-        "read_decode": pipeline.decoder_iterator,
+        "read_decode": decoder_iterator,
     }
     names = list(make)
     rows = []
@@ -199,7 +319,7 @@ def compare_with_decoder(
         rows.append(row)
     out = {
         "dataset": dataset,
-        "augment": augment or pipeline.described(dataset, data_dir, image_size).augments[0],
+        "augment": augment or catalog.record_of(dataset, data_dir, image_size, "host").augments[0],
         "batch_size": batch_size,
         "num_batches": num_batches,
         "cores": cores,
@@ -216,9 +336,9 @@ def compare_with_decoder(
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m resnet_jax.data.throughput", description=__doc__.split("\n\n")[0]
+        prog="python -m resnet_jax.bench.input_throughput", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--dataset", required=True, choices=pipeline.datasets.DATASETS)
+    parser.add_argument("--dataset", required=True, choices=datasets.DATASETS)
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--augment", default=None)

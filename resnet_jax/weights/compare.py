@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.models import create_model
-from resnet_jax.pretrained.mapping import (
+from resnet_jax.weights.mapping import (
     MAPPED,
     default_source,
     from_torch_state_dict,
