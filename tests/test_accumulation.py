@@ -234,7 +234,7 @@ def test_one_gpu_imagenet_recipe_is_the_papers_step_as_8_micro_batches_of_32(mon
     opened = catalog.open
     run_of = {"num_train_examples": 1_281_167, "dataset": "imagenet2012"}
     monkeypatch.setattr(catalog, "open", lambda name, **kw: opened(name, **dict(kw, saved=run_of)))
-    monkeypatch.setattr(catalog, "plan_problems", lambda d, plan, process_count: [])
+    monkeypatch.setattr(validation, "_plan_problems", lambda d, plan, process_count: [])
     run = config_lib.start(one_gpu)
     c = run.c
     assert (c.steps_per_epoch, c.num_train_steps, c.lr_decay_steps) == (

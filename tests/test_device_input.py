@@ -195,13 +195,12 @@ def test_host_and_device_paths_draw_the_same_augmented_distribution(coord_cifar)
     host = np.concatenate([host_finish(next(host_it)) for _ in range(draws // batch)])
     mesh = parallel.make_mesh()
     device_it = device_input.train_batches(
-        "cifar10",
-        data_dir=coord_cifar.data_dir,
+        _record("cifar10", coord_cifar.data_dir),
         batch_sharding=parallel.batch_sharded(mesh),
         global_batch_size=batch,
         seed=0,
     )
-    device_finish = device_input.finish_for("cifar10", data_dir=coord_cifar.data_dir)
+    device_finish = device_input.finish_for(_record("cifar10", coord_cifar.data_dir))
     device = np.concatenate([device_finish(next(device_it)) for _ in range(draws // batch)])
 
     decoded = {

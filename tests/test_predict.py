@@ -50,11 +50,12 @@ def test_predictions_equal_the_evaluation_path_on_the_same_test_images(run):
     mesh = parallel.make_mesh(jax.devices()[:1])
     model, state, step = evaluate.restore_checkpoint(rc, workdir, mesh)
     assert step == 2
+    held = catalog.open("shapes10", input_pipeline="device")
     batch = next(iter(device_input.eval_batches(
-        "shapes10", data_dir=None, batch_sharding=parallel.batch_sharded(mesh),
-        global_batch_size=16, split="test[:16]",
+        held, batch_sharding=parallel.batch_sharded(mesh), global_batch_size=16,
+        split="test[:16]",
     )))  # fmt: skip
-    finish = device_input.finish_for("shapes10", data_dir=None)
+    finish = device_input.finish_for(held)
     logits = model.apply(
         {"params": state.params, "batch_stats": state.batch_stats}, finish(batch), train=False
     )

@@ -65,8 +65,7 @@ def _sha256(array):
 
 
 def source_fingerprint(d, split):
-    """What the arrays are built from (`d.source.fingerprint`), or None when that source is
-    absent here (the arrays were carried to this machine alone)."""
+    """What the arrays are built from, None when that source is absent here (carried alone)."""
     return d.source.fingerprint(split, d.array_size)
 
 

@@ -61,7 +61,8 @@ class Dataset:
     host path cuts its crops out of JPEGs (ImageNet's recipe) rather than decoding whole images.
     prepared: where this path's prepared copy lives. fingerprints: split -> what its prepared
     copies are built from (a folder's files, computed once). holdout: a folder's held-out part.
-    scored: what an evaluation of it measures.
+    scored: what an evaluation of it measures. problems: why the choices it was opened with
+    cannot work (the checks report them before anything is compiled).
     """
 
     name: str
@@ -86,6 +87,7 @@ class Dataset:
     holdout: float = 0.0
     data_dir: str | None = None
     scored: str = "test accuracy"
+    problems: tuple[str, ...] = ()
     source: Any = dataclasses.field(default=None, compare=False, repr=False)
     # (num_train, num_eval), or the function of the record that counts them on first use
     counted: Any = dataclasses.field(default=None, compare=False, repr=False)
@@ -174,79 +176,6 @@ def name_problem(name: str, input_pipeline: str | None) -> str | None:
     return None
 
 
-def is_prepared(name: str, data_dir: str | None, input_pipeline: str | None) -> bool:
-    """Whether opening `name` reads only data already here and builds nothing (a folder is only
-    scanned; synthetic data has none)."""
-    if folder.is_folder(name) or name == SYNTHETIC:
-        return True
-    base = datasets.resolve_data_dir(data_dir)
-    facts = datasets.FACTS[name]
-    if (input_pipeline or _PATHS[facts["family"]][0]) == "device":
-        splits = (facts["train_split"], facts["eval_split"])
-        return all(
-            os.path.exists(os.path.join(base, prepared.FOLDER, name, f"{s}.npz")) for s in splits
-        )
-    return os.path.isdir(os.path.join(base, name))
-
-
-def eval_crop(d: Dataset) -> tuple[int, int | None]:
-    """(S, R): an image becomes the record's uint8 [S, S, 3] test input by resizing its shorter
-    side to R and taking the centre square (R None: stretched to S x S, as a folder's arrays)."""
-    if d.jpeg_crops or d.kind == SYNTHETIC:
-        return d.image_size, int(round(d.image_size / 0.875))  # 256 for 224
-    if d.kind == FOLDER_KIND:
-        return d.array_size, None
-    return d.array_size, d.array_size  # no crop margin: the finish upsamples them as their tests
-
-
-def plan_problems(d: Dataset, plan: Plan, process_count: int) -> list[str]:
-    """What in `plan` the record `d` cannot give: an input path the data does not fit, a size its
-    pipeline cannot make, options its path lacks, splits it does not have or that hold less than
-    a batch per process. Reads nothing: the record's counts answer."""
-    if d.kind == SYNTHETIC:  # no files, splits or augmentations to check
-        return []
-    problems = []
-    if d.kind == FOLDER_KIND and d.input_pipeline == "device":
-        path, why = folder.input_pipeline(d.source.layout, d.image_size)
-        if path != "device":
-            problems.append(
-                f"{d.name} cannot take input_pipeline='device': {why.split(': ', 1)[1]}; choose "
-                "input_pipeline=host or a smaller --config.image_size"
-            )
-    small = d.array_size if d.kind != FOLDER_KIND and not d.jpeg_crops else None
-    if small and (d.image_size < small or (d.image_size > small and d.input_pipeline != "device")):
-        problems.append(
-            f"{d.name} images are {small}x{small}; image_size={d.image_size} is not supported "
-            "(the device input path upsamples them to a larger image_size)"
-        )
-    for key, value, allowed in (
-        ("augment", plan.augment, d.augments),
-        ("normalization", plan.normalization, d.normalizations),
-    ):
-        if value is not None and value not in allowed:
-            problems.append(
-                f"{key}={value!r} is not available for {d.name} on the {d.input_pipeline} input "
-                f"path; choose from {allowed}"
-            )
-    for key, split, batch in (
-        ("train_split", plan.train_split or d.train_split, plan.batch_size),
-        ("eval_split", plan.eval_split or d.eval_split, 1),
-    ):
-        try:
-            n = d.count(split)
-        except ValueError as e:
-            problems.append(f"{key}: {e}")
-            continue
-        if n // process_count < max(batch // process_count, 1):
-            problems.append(
-                f"{key} {split!r} of {d.name} has {n} examples, fewer than one "
-                f"{'batch of ' + str(batch) if batch > 1 else 'example'} per process "
-                f"({process_count} process(es))"
-                + (f"; set --config.batch_size to at most {n}" if batch > 1 else "")
-            )
-    return problems
-
-
 def open(
     name: str,
     *,
@@ -282,10 +211,16 @@ def open(
     source = (sources.Shapes if name == "shapes10" else sources.Tfds)(name, data_dir)
     paths = _PATHS[facts["family"]]
     chosen = input_pipeline or paths[0]
+    size, native = image_size or facts["image_size"], facts["image_size"]
+    problems = ()
+    if facts["family"] == "cifar" and (size < native or (size > native and chosen != "device")):
+        problems = (
+            f"{name} images are {native}x{native}; image_size={size} is not supported (the device "
+            "input path upsamples them to a larger image_size)",
+        )
     options = dict(_OPTIONS[facts["family"]])
     if chosen == "device":  # the held images give every view (`device_input`)
         options["eval_views"] = EVAL_VIEWS
-    native = facts["image_size"]
     base = datasets.resolve_data_dir(data_dir)
     d = Dataset(
         name=name,
@@ -293,8 +228,8 @@ def open(
         num_classes=facts["num_classes"],
         class_names=source.class_names(),  # where known without TensorFlow
         native_size=native,
-        image_size=image_size or native,
-        image_size_rule=f"image_size {image_size or native}: "
+        image_size=size,
+        image_size_rule=f"image_size {size}: "
         + ("set by the config" if image_size else f"{name}'s own"),
         train_split=facts["train_split"],
         eval_split=facts["eval_split"],
@@ -305,6 +240,7 @@ def open(
         **options,
         array_size=native,
         jpeg_crops=facts["family"] == "imagenet",
+        problems=problems,
         prepared=os.path.join(base, prepared.FOLDER, name)
         if chosen == "device"
         else os.path.join(base, name),
@@ -335,16 +271,16 @@ def _folder_size(layout, fine_tuning: bool) -> tuple[int, int, str]:
     side = folder.median_side(layout)
     if fine_tuning:
         return (side, *folder.bit_image_size(side))
-    largest = _LARGEST_NET_INPUT
-    choose = "a run from scratch; set --config.image_size to choose"
-    if side <= largest:
-        why = f"image_size {side}: the images' own size (median {side}x{side} px), {choose}"
-        return side, side, why
+    size = min(side, _LARGEST_NET_INPUT)
+    why = (
+        f"the images' own size (median {side}x{side} px)"
+        if size == side
+        else f"ImageNet's training size, the images (median {side}x{side} px) being larger"
+    )
     return (
         side,
-        largest,
-        f"image_size {largest}: ImageNet's training size, the images (median {side}x{side} px) "
-        f"being larger, {choose}",
+        size,
+        f"image_size {size}: {why}, a run from scratch; set --config.image_size to choose",
     )
 
 
@@ -356,10 +292,16 @@ def _folder(name, data_dir, image_size, input_pipeline, holdout, fine_tuning) ->
         rule = f"image_size {image_size}: set by the config"
     else:
         native, image_size, rule = _folder_size(layout, fine_tuning)
+    fits, why = folder.input_pipeline(layout, image_size)
+    chosen, problems = fits, ()
     if input_pipeline:
-        chosen, why = input_pipeline, f"input_pipeline {input_pipeline}: set by the config"
-    else:
-        chosen, why = folder.input_pipeline(layout, image_size)
+        chosen = input_pipeline
+        if chosen == "device" != fits:
+            problems = (
+                f"{name} cannot take input_pipeline='device': {why.split(': ', 1)[1]}; choose "
+                "input_pipeline=host or a smaller --config.image_size",
+            )
+        why = f"input_pipeline {input_pipeline}: set by the config"
     splits = (folder.TRAIN_SPLIT, layout.eval_split)
     return _folder_record(
         name,
@@ -374,6 +316,7 @@ def _folder(name, data_dir, image_size, input_pipeline, holdout, fine_tuning) ->
         counts=[layout.count(s) for s in splits],
         fingerprints=[(s, source.files_fingerprint(s)) for s in splits],
         holdout=layout.holdout,
+        problems=problems,
     )
 
 
@@ -455,8 +398,8 @@ def _synthetic(image_size, num_classes, model, pool_examples) -> Dataset:
         input_pipeline=SYNTHETIC,
         input_pipelines=(SYNTHETIC,),
         input_pipeline_rule="synthetic batches made on the devices",
-        augments=("none",),
-        normalizations=("mean_std",),
+        augments=(),  # no data options: they are ignored
+        normalizations=(),
         eval_views=("center",),
         array_size=None,
         jpeg_crops=False,
@@ -487,7 +430,7 @@ def default_normalization(d: Dataset, fine_tuning: bool) -> str:
     ('mean_std', what the weights expect) where the data would bring its own statistics (the
     device path's arrays, a folder)."""
     own = d.input_pipeline == "device" or d.kind == FOLDER_KIND
-    return "mean_std" if fine_tuning and own else d.normalizations[0]
+    return "mean_std" if fine_tuning and own else (d.normalizations or (None,))[0]
 
 
 def run_keys(d: Dataset) -> dict:

@@ -12,43 +12,24 @@ __all__ = ["CorruptImageError", "DatasetNotPreparedError"]  # raised by every in
 
 # Static facts per dataset (the record's example counts come from the prepared data, so tests on
 # fake archives see their own sizes). key: the feature that names an example in errors.
+_FIELDS = ("num_classes", "image_size", "family", "train_split", "eval_split", "manual", "key")
+_CIFAR = ("cifar", "train", "test")
 FACTS = {
-    "imagenet2012": dict(
-        num_classes=1000,
-        image_size=224,
-        family="imagenet",
-        train_split="train",
-        eval_split="validation",
-        manual=("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
-        key="file_name",
-    ),
-    "cifar10": dict(
-        num_classes=10,
-        image_size=32,
-        family="cifar",
-        train_split="train",
-        eval_split="test",
-        manual=("cifar-10-binary.tar.gz",),
-        key="id",
-    ),
-    "cifar100": dict(
-        num_classes=100,
-        image_size=32,
-        family="cifar",
-        train_split="train",
-        eval_split="test",
-        manual=("cifar-100-binary.tar.gz",),
-        key="id",
-    ),
-    "shapes10": dict(
-        num_classes=10,
-        image_size=32,
-        family="cifar",
-        train_split="train",
-        eval_split="test",
-        manual=(),
-        key="id",
-    ),
+    name: dict(zip(_FIELDS, row, strict=True))
+    for name, row in {
+        "imagenet2012": (
+            1000,
+            224,
+            "imagenet",
+            "train",
+            "validation",
+            ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
+            "file_name",
+        ),
+        "cifar10": (10, 32, *_CIFAR, ("cifar-10-binary.tar.gz",), "id"),
+        "cifar100": (100, 32, *_CIFAR, ("cifar-100-binary.tar.gz",), "id"),
+        "shapes10": (10, 32, *_CIFAR, (), "id"),
+    }.items()
 }
 DATASETS = tuple(FACTS)  # the tfds ones
 # Random data made on the devices (`synthetic`): the trainer takes it, tfds does not.

@@ -250,17 +250,11 @@ def _views(images, views, scale):
     return jnp.concatenate([crops, crops[:, :, :, ::-1]], axis=1)
 
 
-def _held(dataset, data_dir, image_size) -> catalog.Dataset:
-    """The record of `dataset` (a record, or a name opened here) as this path holds it."""
-    return catalog.record_of(dataset, data_dir, image_size, "device")
-
-
-def finish_for(dataset, *, data_dir=None, normalization=None, image_size=None):
-    """The `finish.Finish` of this path's batches of `dataset` (a `catalog.Dataset`, or a name):
+def finish_for(d: catalog.Dataset, *, normalization: str | None = None):
+    """The `finish.Finish` of this path's batches of the record `d`:
     `normalization` (None: the record's default) with the statistics stored beside the arrays
     (`arrays.load_stats`), or 'mean_std', ImageNet's channel statistics (what pretrained weights
     expect). A training size other than the arrays' own makes the finish upsample its batches."""
-    d = _held(dataset, data_dir, image_size)
     normalization = normalization or d.normalizations[0]
     size = None if d.image_size == d.array_size else d.image_size  # upsampled in the step
     if normalization == "mean_std":
@@ -270,7 +264,7 @@ def finish_for(dataset, *, data_dir=None, normalization=None, image_size=None):
 
 
 def train_batches(
-    dataset,
+    d: catalog.Dataset,
     *,
     batch_sharding: NamedSharding,
     global_batch_size: int,
@@ -278,12 +272,9 @@ def train_batches(
     start_step: int = 0,
     split: str | None = None,
     augment: str | None = None,
-    data_dir: str | None = None,
-    image_size: int | None = None,
 ) -> TrainBatches:
-    """The training batches of `dataset` (a record, or a name) from `start_step` on (defaults:
-    train split, 'cifar' augmentation), held on `batch_sharding`'s mesh."""
-    d = _held(dataset, data_dir, image_size)
+    """The training batches of the record `d` from `start_step` on (defaults: train split, the
+    record's default augmentation), held on `batch_sharding`'s mesh."""
     return TrainBatches(
         put(arrays.load(d, split), batch_sharding.mesh),
         batch_sharding=batch_sharding,
@@ -295,18 +286,15 @@ def train_batches(
 
 
 def eval_batches(
-    dataset,
+    d: catalog.Dataset,
     *,
     batch_sharding: NamedSharding,
     global_batch_size: int,
     split: str | None = None,
     views: str = "center",
-    data_dir: str | None = None,
-    image_size: int | None = None,
 ) -> EvalBatches:
-    """The evaluation batches of `dataset` (default: its eval split), held on the mesh, in
+    """The evaluation batches of the record `d` (default: its eval split), held on the mesh, in
     `views` 'center' or '10crop' (`with_scale` gives the multiscale ones of the same split)."""
-    d = _held(dataset, data_dir, image_size)
     held = put(arrays.load(d, split or d.eval_split), batch_sharding.mesh)
     return EvalBatches(
         held, batch_sharding=batch_sharding, batch_size=global_batch_size, views=views

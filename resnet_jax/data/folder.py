@@ -26,7 +26,6 @@ that changed since.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import io
 import os
@@ -325,22 +324,9 @@ def bit_image_size(side: int) -> tuple[int, str]:
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _scan_cached(root: str, stamp: tuple, holdout: float) -> Layout:
-    return scan(root, holdout)
-
-
 def layout_of(name: str, holdout: float = HOLDOUT_FRACTION) -> Layout:
-    """`scan` of a folder (`folder:PATH` or its root), cached while its folders are unchanged."""
-    root = root_of(name) if is_folder(name) else name
-    stamp = ()
-    if os.path.isdir(root):  # the root, its split (or class) folders and their sub-folders
-        stamp = tuple(
-            os.stat(os.path.join(root, d, c)).st_mtime_ns
-            for d in [""] + _subfolders(root)
-            for c in [""] + _subfolders(os.path.join(root, d))
-        )
-    return _scan_cached(root, stamp, float(holdout or 0.0))
+    """`scan` of a folder named `folder:PATH` or by its root."""
+    return scan(root_of(name) if is_folder(name) else name, float(holdout or 0.0))
 
 
 def device_bytes(layout: Layout, size: int) -> int:

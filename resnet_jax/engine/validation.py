@@ -215,8 +215,6 @@ def _model_problems(c) -> list[str]:
 def check_resolved(run, *, device_count: int, process_count: int) -> None:
     """Checks that need the dataset and devices: batch split, image size, splits, data options
     (`run`: a `config.Run`; the record answers, nothing is read or built)."""
-    from resnet_jax.data import catalog
-
     c = run.c
     problems = []
     for key in ("batch_size", "eval_batch_size"):
@@ -248,11 +246,43 @@ def check_resolved(run, *, device_count: int, process_count: int) -> None:
             f"{c.warmup_steps}, lr_decay_steps {tuple(c.lr_decay_steps)}); lengthen the run or "
             "move the decays"
         )
-    problems += catalog.plan_problems(run.data, run.plan, process_count)
+    problems += list(run.data.problems) + _plan_problems(run.data, run.plan, process_count)
     if problems:
         raise ConfigError(
             f"{len(problems)} problem(s) with the data or devices: " + "; ".join(problems)
         )
+
+
+def _plan_problems(d, plan, process_count: int) -> list[str]:
+    """What in the run's plan the dataset's record cannot give: options its input path lacks,
+    splits it does not have or that hold less than a batch per process (its counts answer)."""
+    problems = []
+    for key, value, allowed in (
+        ("augment", plan.augment, d.augments),
+        ("normalization", plan.normalization, d.normalizations),
+    ):
+        if value is not None and allowed and value not in allowed:
+            problems.append(
+                f"{key}={value!r} is not available for {d.name} on the {d.input_pipeline} input "
+                f"path; choose from {allowed}"
+            )
+    for key, split, batch in (
+        ("train_split", plan.train_split or d.train_split, plan.batch_size),
+        ("eval_split", plan.eval_split or d.eval_split, 1),
+    ):
+        try:
+            n = d.count(split)
+        except ValueError as e:
+            problems.append(f"{key}: {e}")
+            continue
+        if n // process_count < max(batch // process_count, 1):
+            problems.append(
+                f"{key} {split!r} of {d.name} has {n} examples, fewer than one "
+                f"{'batch of ' + str(batch) if batch > 1 else 'example'} per process "
+                f"({process_count} process(es))"
+                + (f"; set --config.batch_size to at most {n}" if batch > 1 else "")
+            )
+    return problems
 
 
 def abstract_state(fn: Callable[[], Any], c) -> Any:

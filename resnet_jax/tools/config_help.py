@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import inspect
 import io
+import os
 import re
 import tokenize
 
@@ -71,11 +72,11 @@ def describe(config) -> str:
 def show(config) -> str:
     """`--show_config`: the config resolved as a run would use it, or as given (and why) when
     resolving would need data that is not prepared here. Invalid values are a ConfigError."""
-    from resnet_jax.data import catalog
     from resnet_jax.engine import validation
 
     validation.check_config(config)
-    if catalog.is_prepared(config.dataset, config.data_dir, config.get("input_pipeline")):
+    d = config_lib.open_data(config)  # nothing read yet: a record counts on first use
+    if d.kind in ("folder", "synthetic") or os.path.exists(d.prepared):  # a folder: only scanned
         return describe(config_lib.resolve_config(config))
     return (
         f"{describe(config)}\n# as given: image_size, num_classes and the epoch-derived steps "
