@@ -128,14 +128,14 @@ def default_config() -> ml_collections.ConfigDict:
 @dataclasses.dataclass(frozen=True)
 class Run:
     """A run as it starts: its resolved config `c`, the record of its dataset (`catalog.Dataset`)
-    and the plan of reading it (`catalog.Plan`). Made once (`start`); below it, records."""
+    and the plan of reading it (`catalog.Plan`). Made once (`resolve_run`); below it, records."""
 
     c: ml_collections.ConfigDict
     data: catalog.Dataset
     plan: catalog.Plan
 
 
-def start(config: ml_collections.ConfigDict, saved: dict | None = None) -> Run:
+def resolve_run(config: ml_collections.ConfigDict, saved: dict | None = None) -> Run:
     """The config resolved with every derived value (`resolve_config`), its dataset opened once.
 
     saved: the run's own resolved config (its config.json), from which a folder's record is
@@ -160,7 +160,7 @@ def start(config: ml_collections.ConfigDict, saved: dict | None = None) -> Run:
 
 def open_data(c, saved: dict | None = None) -> catalog.Dataset:
     """The record of the dataset a config names (`catalog.open` with the config's choices);
-    `saved`: as `start`'s, for the run of the same dataset."""
+    `saved`: as `resolve_run`'s, for the run of the same dataset."""
     if saved and saved.get("dataset") != c.dataset:
         saved = None  # another dataset's run: read this one afresh
     return catalog.open(
@@ -179,8 +179,8 @@ def open_data(c, saved: dict | None = None) -> catalog.Dataset:
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy with every derived value filled in: sizes from the dataset, epochs turned into steps
-    (`start`'s config)."""
-    return start(config).c
+    (`resolve_run`'s config)."""
+    return resolve_run(config).c
 
 
 def _resolve(c: ml_collections.ConfigDict, d: catalog.Dataset) -> None:
@@ -287,13 +287,18 @@ def build_finish(c: ml_collections.ConfigDict):
     `c` itself, so a folder is not scanned)."""
     from resnet_jax.data import inputs
 
-    run = start(c, saved=c)
+    run = resolve_run(c, saved=c)
     return inputs.finish(run.data, run.plan)
 
 
 def ema_on(c: ml_collections.ConfigDict) -> bool:
     """Whether the run keeps an average of its weights (False for runs from before `ema_decay`)."""
     return bool(c.get("ema_decay", 0.0))
+
+
+def build(c: ml_collections.ConfigDict):
+    """(model, learning-rate schedule, optax transformation) of a resolved config."""
+    return (build_model(c), *build_optimizer(c))
 
 
 def build_model(c: ml_collections.ConfigDict):

@@ -180,7 +180,7 @@ def _resolved(**kw):
     c = config_lib.default_config()
     c.dataset, c.num_train_steps = "synthetic", 1
     c.update(kw)
-    return config_lib.start(c)
+    return config_lib.resolve_run(c)
 
 
 @pytest.mark.parametrize(
@@ -235,7 +235,7 @@ def test_one_gpu_imagenet_recipe_is_the_papers_step_as_8_micro_batches_of_32(mon
     run_of = {"num_train_examples": 1_281_167, "dataset": "imagenet2012"}
     monkeypatch.setattr(catalog, "open", lambda name, **kw: opened(name, **dict(kw, saved=run_of)))
     monkeypatch.setattr(validation, "_plan_problems", lambda d, plan, process_count: [])
-    run = config_lib.start(one_gpu)
+    run = config_lib.resolve_run(one_gpu)
     c = run.c
     assert (c.steps_per_epoch, c.num_train_steps, c.lr_decay_steps) == (
         5004,

@@ -139,7 +139,9 @@ def test_a_folders_size_is_its_own_from_scratch_and_bits_when_fine_tuning(
     c.dataset, c.data_dir, c.model, c.init_from = f"folder:{tmp_path / 'f'}", "d", model, init_from
     r = config_lib.resolve_config(c)
     assert r.image_size == size and r.image_size_rule.startswith(rule), r.image_size_rule
-    assert r.image_size_rule in config_lib.data_notes(config_lib.start(c))  # the banner says so
+    assert r.image_size_rule in config_lib.data_notes(
+        config_lib.resolve_run(c)
+    )  # the banner says so
 
 
 def test_folder_paths_expand_home_and_variables(tmp_path, monkeypatch):
@@ -316,7 +318,7 @@ def test_a_32px_dataset_at_a_larger_image_size_is_upsampled_inside_the_finish(
     monkeypatch.setattr(shapes, "NUM_TEST", 10)
     c = config_lib.default_config()
     c.dataset, c.data_dir, c.image_size, c.batch_size = "shapes10", str(tmp_path), 64, 8
-    run = config_lib.start(c)
+    run = config_lib.resolve_run(c)
     validation.check_resolved(run, device_count=1, process_count=1)
     upsampling = config_lib.build_finish(run.c)
     batch = {"image": arrays.load(_held("shapes10", str(tmp_path)), "test").images[:2]}
@@ -327,7 +329,7 @@ def test_a_32px_dataset_at_a_larger_image_size_is_upsampled_inside_the_finish(
     )
     c.image_size = 16  # smaller than the images: refused
     with pytest.raises(faults.ConfigError, match="image_size=16 is not supported"):
-        validation.check_resolved(config_lib.start(c), device_count=1, process_count=1)
+        validation.check_resolved(config_lib.resolve_run(c), device_count=1, process_count=1)
 
 
 def test_the_prepare_command_decodes_a_folder_once_and_names_a_bad_one(tmp_path, capsys):
@@ -387,14 +389,14 @@ def test_holdout_fraction_reaches_every_reader_and_its_checks_name_the_key(tmp_p
     _classes_only(tmp_path / "f", {"a": 30, "b": 30})
     c = config_lib.default_config()
     c.dataset, c.data_dir, c.batch_size = f"folder:{tmp_path / 'f'}", str(tmp_path / "d"), 8
-    run = config_lib.start(c)
+    run = config_lib.resolve_run(c)
     r = run.c
     held = folder.layout_of(c.dataset, 0.2).count("holdout")
     assert (r.num_train_examples, run.data.num_eval) == (60 - held, held)
     validation.check_resolved(run, device_count=1, process_count=1)
     assert arrays.load(run.data, "holdout").images.shape[0] == held
     c.holdout_fraction = 0.5  # another fraction: another split, read by every reader alike
-    run = config_lib.start(c)
+    run = config_lib.resolve_run(c)
     r = run.c
     assert folder.layout_of(c.dataset, 0.5).count("holdout") == run.data.num_eval
     assert arrays.count(run.data, "train") == r.num_train_examples

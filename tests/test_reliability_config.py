@@ -78,13 +78,13 @@ def test_an_image_size_the_model_cannot_take_is_refused():
     ):
         validation.check_config(_config(model="resnet50", model_overrides={}, image_size=16))
     # 32x32 sets are upsampled inside the step to a larger size, never downsampled.
-    c = config_lib.start(_config(image_size=16))
+    c = config_lib.resolve_run(_config(image_size=16))
     with pytest.raises(faults.ConfigError, match="shapes10 images are 32x32; image_size=16"):
         validation.check_resolved(c, device_count=1, process_count=1)
 
 
 def test_a_batch_the_devices_cannot_share_and_a_split_smaller_than_a_batch_are_refused():
-    c = config_lib.start(_config(batch_size=6, eval_batch_size=8, train_split="train[:5]"))
+    c = config_lib.resolve_run(_config(batch_size=6, eval_batch_size=8, train_split="train[:5]"))
     with pytest.raises(faults.ConfigError) as e:
         validation.check_resolved(c, device_count=4, process_count=1)
     msg = str(e.value)
@@ -94,7 +94,7 @@ def test_a_batch_the_devices_cannot_share_and_a_split_smaller_than_a_batch_are_r
 
 
 def test_a_schedule_whose_decays_fall_inside_its_warm_up_is_one_line_not_a_traceback():
-    c = config_lib.start(
+    c = config_lib.resolve_run(
         _config(num_train_steps=10, lr_schedule="step", lr_decay_steps=(2,), warmup_steps=5)
     )
     with pytest.raises(faults.ConfigError) as e:

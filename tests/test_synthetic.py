@@ -68,7 +68,7 @@ def test_config_resolves_to_the_models_own_data_shape_unless_told_and_rejects_mu
         10,
         64,
     )
-    run = config_lib.start(rc)
+    run = config_lib.resolve_run(rc)
     with pytest.raises(faults.ConfigError, match="synthetic .* has only eval_views 'center'"):
         evaluate.make_evaluator(
             config_lib.build_model(rc),

@@ -43,7 +43,7 @@ def runs(tmp_path_factory):
 
 def test_a_folder_over_the_device_limit_trains_on_the_host_path_and_learns(runs):
     root, one_go, _ = runs
-    run = config_lib.start(host_config(root, 12))
+    run = config_lib.resolve_run(host_config(root, 12))
     c = run.c
     assert run.data.input_pipeline == c.input_pipeline == "host"
     assert "input_pipeline host: the training split at 32x32" in config_lib.data_notes(run)[2]
@@ -75,13 +75,13 @@ def test_forcing_the_device_path_over_the_limit_is_refused_and_host_is_always_al
 ):
     root, _, _ = runs
     monkeypatch.setattr(folder, "DEVICE_LIMIT_BYTES", 1)
-    forced = config_lib.start(host_config(root, 2, input_pipeline="device"))
+    forced = config_lib.resolve_run(host_config(root, 2, input_pipeline="device"))
     with pytest.raises(validation.ConfigError, match="cannot take input_pipeline='device'"):
         validation.check_resolved(forced, device_count=1, process_count=1)
     monkeypatch.setattr(folder, "DEVICE_LIMIT_BYTES", 4 << 30)
-    fits = config_lib.start(host_config(root, 2))
+    fits = config_lib.resolve_run(host_config(root, 2))
     assert fits.data.input_pipeline == "device"
-    run = config_lib.start(host_config(root, 2, input_pipeline="host"))
+    run = config_lib.resolve_run(host_config(root, 2, input_pipeline="host"))
     assert run.data.input_pipeline == "host"
     validation.check_resolved(run, device_count=1, process_count=1)
     # From scratch: the folder's own channel statistics; from weights: ImageNet's.

@@ -126,7 +126,7 @@ def test_a_batch_the_data_cannot_fill_names_the_key_to_set(tmp_path):
     write_class_folders(f"{root}/images/test", dict.fromkeys(CLASSES, 1), side=8)
     c = _scratch_config(root, 1)
     c.batch_size = 64  # from scratch: no recipe to fit, the config's batch as given
-    run = config_lib.start(c)
+    run = config_lib.resolve_run(c)
     r = run.c
     with pytest.raises(faults.ConfigError, match="set --config.batch_size to at most 30"):
         validation.check_resolved(run, device_count=1, process_count=1)

@@ -196,7 +196,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
     The dataset's record is rebuilt from the run's config.json (a folder is not scanned again).
     Appends an `eval` record (with `views`) to metrics.jsonl and writes `eval_<views>.json`.
     """
-    run = config_lib.start(config, saved=saved_config(workdir))
+    run = config_lib.resolve_run(config, saved=saved_config(workdir))
     c = run.c
     mesh = parallel.make_mesh()
     model, state, step = restore_checkpoint(c, workdir, mesh)

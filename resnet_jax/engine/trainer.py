@@ -284,7 +284,7 @@ def start_up(
     optimizer, the header, and the input path's finish (which prepares the data's copy). Several
     `runs` as one program need the device input path."""
     validation.check_config(config, check_workdir or workdir)
-    run = config_lib.start(config)  # the one place the dataset is opened
+    run = config_lib.resolve_run(config)  # the one place the dataset is opened
     mesh = parallel.make_mesh()
     validation.check_resolved(
         run, device_count=mesh.devices.size, process_count=jax.process_count()
@@ -296,8 +296,7 @@ def start_up(
             f"that fit in device memory); {d.name} with input_pipeline={d.input_pipeline!r} "
             "trains one seed per process: drop --config.seeds and set --config.seed"
         )
-    model = config_lib.build_model(c)
-    schedule, tx = config_lib.build_optimizer(c)
+    model, schedule, tx = config_lib.build(c)
     abstract = validation.abstract_state(
         lambda: parallel.abstract_train_state(
             model, tx, (c.image_size, c.image_size, 3), mesh, ema=config_lib.ema_on(c)

@@ -238,6 +238,7 @@ def check_resolved(run, *, device_count: int, process_count: int) -> None:
             f"bn_group_size {c.bn_group_size} does not divide the per-device {what} "
             f"{per_device}: a BN group would straddle two devices"
         )
+    problems += list(run.data.problems) + _plan_problems(run.data, run.plan, process_count)
     try:  # the schedule checks its decays against its warm-up once the run's length is known
         config_lib.build_optimizer(c)
     except ValueError as e:
@@ -246,7 +247,6 @@ def check_resolved(run, *, device_count: int, process_count: int) -> None:
             f"{c.warmup_steps}, lr_decay_steps {tuple(c.lr_decay_steps)}); lengthen the run or "
             "move the decays"
         )
-    problems += list(run.data.problems) + _plan_problems(run.data, run.plan, process_count)
     if problems:
         raise ConfigError(
             f"{len(problems)} problem(s) with the data or devices: " + "; ".join(problems)
