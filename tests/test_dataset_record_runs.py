@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import config as config_lib
-from resnet_jax.data import folder, shapes
+from resnet_jax.data import catalog, folder, shapes
 from resnet_jax.engine import multirun, trainer
 from tests.fake_folders import write_shapes_folder
 
@@ -100,11 +100,16 @@ def test_a_folders_files_are_stat_once_per_split_through_start_up_and_evaluation
     assert len(files) == 34 and len(set(files)) == 34  # each image file: one stat
 
 
-def test_two_seeds_on_a_folder_train_evaluate_and_resume_as_one_program(tmp_path, capsys):
+def test_two_seeds_on_a_folder_train_evaluate_and_resume_as_one_program(
+    tmp_path, capsys, monkeypatch
+):
     write_shapes_folder(f"{tmp_path}/images", 24, 10)
     runs = f"{tmp_path}/runs"
+    opened, open_ = [], catalog.open
+    monkeypatch.setattr(catalog, "open", lambda *a, **kw: opened.append(a) or open_(*a, **kw))
     first = multirun.train_and_evaluate_runs(_folder_config(tmp_path, 2, seeds=(0, 1)), runs)
     assert sorted(first) == [0, 1] and all(s["step"] == 2 for s in first.values())
+    assert len(opened) == 1  # one start-up for both runs: the folder opened (and scanned) once
     longer = _folder_config(tmp_path, 4, seeds=(0, 1))
     resumed = multirun.train_and_evaluate_runs(longer, runs)
     out = capsys.readouterr().out
