@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
+
 from resnet_jax.data import catalog, synthetic
 
 
@@ -64,8 +66,8 @@ def train_batches(
     process_count: int = 1,
 ) -> Iterator[dict]:
     """Training batches from `start_step` on: global arrays made on the devices, or host numpy
-    batches of `local_batch_size`. A sequence of seeds stacks each run's batch on a leading axis
-    (the device paths only: `batch_sharding` is then the stacked batches')."""
+    batches of `local_batch_size`. A sequence of seeds stacks each run's batch, the single run's
+    of that seed, on a leading axis (`batch_sharding` is then the stacked batches')."""
     if d.input_pipeline == "synthetic":
         return synthetic.train_batches(_pool(d, plan, batch_sharding, seed), start_step)
     if d.input_pipeline == "device":  # the whole split on the devices: no TensorFlow
@@ -82,16 +84,25 @@ def train_batches(
         )
     from resnet_jax.data import pipeline  # TensorFlow only on the data path
 
-    return pipeline.train_iterator(
-        d,
-        data_dir=d.data_dir,
-        local_batch_size=local_batch_size,
-        seed=seed,
-        start_step=start_step,
-        process_index=process_index,
-        process_count=process_count,
-        augment=plan.augment,
-        split=plan.train_split,
+    def stream(seed):
+        return pipeline.train_iterator(
+            d,
+            data_dir=d.data_dir,
+            local_batch_size=local_batch_size,
+            seed=seed,
+            start_step=start_step,
+            process_index=process_index,
+            process_count=process_count,
+            augment=plan.augment,
+            split=plan.train_split,
+        )
+
+    if isinstance(seed, int):
+        return stream(seed)
+    # Each run reads its own stream, exactly the single run's of its seed.
+    return (
+        {key: np.stack([b[key] for b in batches]) for key in batches[0]}
+        for batches in zip(*map(stream, seed), strict=True)
     )
 
 
@@ -102,15 +113,16 @@ def eval_batches(
     *,
     batch_sharding,
     local_batch_size: int,
-    seed: int = 0,
+    seeds: Sequence[int] = (0,),
     process_index: int = 0,
     process_count: int = 1,
-) -> Callable[[int | None], object]:
-    """`batches(scale=None)`: a fresh pass over the evaluation split in `views` (with a `scale`,
-    the 'multiscale' views at He2015's test scale `scale`). The device path holds the split once,
-    here; synthetic data scores its training pool (made again from `seed` at each pass)."""
+) -> Callable[..., object]:
+    """`batches(scale=None, run=0)`: a fresh pass over the evaluation split in `views` (with a
+    `scale`, the 'multiscale' views at He2015's test scale `scale`) for the run of `seeds[run]`.
+    The device path holds the split once, here; synthetic data scores the run's training pool
+    (made again from its seed at each pass); the others' splits do not depend on the run."""
     if d.input_pipeline == "synthetic":
-        return lambda scale=None: _pool(d, plan, batch_sharding, seed, with_mask=True)
+        return lambda scale=None, run=0: _pool(d, plan, batch_sharding, seeds[run], with_mask=True)
     if d.input_pipeline == "device":
         from resnet_jax.data import device_input
 
@@ -121,10 +133,12 @@ def eval_batches(
             split=plan.eval_split,
             views="center" if views == "multiscale" else views,
         )
-        return lambda scale=None: held if scale is None else held.with_scale(d.test_scale(scale))
+        return lambda scale=None, run=0: (
+            held if scale is None else held.with_scale(d.test_scale(scale))
+        )
     from resnet_jax.data import pipeline  # TensorFlow only on the data path
 
-    def host(scale=None):
+    def host(scale=None, run=0):
         return pipeline.eval_iterator(
             d,
             data_dir=d.data_dir,

@@ -39,10 +39,11 @@ def make_batches(
     image_size: int,
     num_classes: int,
     *,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     with_mask: bool = False,
 ) -> list[dict[str, jax.Array]]:
-    """`num_batches` global batches {'image' uint8 [B, S, S, 3], 'label' int32 [B], ...}.
+    """`num_batches` global batches {'image' uint8 [B, S, S, 3], 'label' int32 [B], ...}; with a
+    sequence of K seeds, each batch stacks the K runs' batches of those seeds on a leading axis.
 
     `sharding`: where each batch is born, the mesh's batch sharding (`parallel.batch_sharded`).
 
@@ -67,7 +68,17 @@ def make_batches(
             out.append(batch)
         return out
 
-    return jax.jit(make, out_shardings=sharding)(jax.random.key(seed))
+    if isinstance(seed, int):
+        return jax.jit(make, out_shardings=sharding)(jax.random.key(seed))
+
+    def stacked(keys):
+        pools = [make(key) for key in keys]
+        return [
+            jax.tree.map(lambda *runs: jnp.stack(runs), *batches)
+            for batches in zip(*pools, strict=True)
+        ]
+
+    return jax.jit(stacked, out_shardings=sharding)([jax.random.key(s) for s in seed])
 
 
 def random_batch(

@@ -74,15 +74,15 @@ def make_evaluator(
     *,
     finish: steps.FinishFn,
     views: str = "center",
-    seed: int = 0,
-) -> Callable[[steps.TrainState], dict]:
-    """Returns `evaluate(state) -> {'loss', 'top1', 'top5', 'count'}` over the record's eval split
-    as `plan` reads it.
+    seed: int | Sequence[int] = 0,
+) -> Callable[..., dict]:
+    """Returns `evaluate(state, run=0) -> {'loss', 'top1', 'top5', 'count'}` over the record's eval
+    split as `plan` reads it, for the run of seed `seed` (of seeds `seed[run]`).
 
     views: `center` (one crop), `10crop` (4 corners + centre and their flips, He2015), or
     `multiscale` (fully convolutional at each of `plan.eval_scales` with flips, scores averaged).
     finish: what turns the eval batches into model inputs inside the step (`inputs.finish`).
-    seed: the run's (synthetic data scores its training pool, made from it).
+    seed: the run's, or the runs' (synthetic data scores a run's training pool, made from it).
     """
     if views not in config_lib.EVAL_VIEWS:
         raise ValueError(f"eval views must be one of {config_lib.EVAL_VIEWS}, got {views!r}")
@@ -103,19 +103,21 @@ def make_evaluator(
         views,
         batch_sharding=parallel.batch_sharded(mesh),
         local_batch_size=parallel.local_batch_size(plan.eval_batch_size, mesh),
-        seed=seed,
+        seeds=(seed,) if isinstance(seed, int) else tuple(seed),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
     if views != "multiscale":
         eval_step = parallel.jit_eval_step(model, mesh, finish)
-        return lambda state: evaluate_batches(eval_step, state, data(), mesh)
+        return lambda state, run=0: evaluate_batches(eval_step, state, data(run=run), mesh)
     if not plan.eval_scales:
         raise ValueError("multiscale evaluation needs eval_scales")
     predict = parallel.jit_predict_step(model, mesh, finish)
     score = jax.jit(steps.metrics_from_probs, out_shardings=parallel.replicated(mesh))
     scales = plan.eval_scales
-    return lambda state: evaluate_multiscale(predict, score, state, [data(s) for s in scales], mesh)
+    return lambda state, run=0: evaluate_multiscale(
+        predict, score, state, [data(s, run) for s in scales], mesh
+    )
 
 
 # Which weights a run is evaluated, served or predicted with: those trained ("raw"), or their

@@ -4,8 +4,9 @@ Each run is the single run of `trainer` with `seed=k`, in its own workdir `WORKD
 writes there exactly what that run writes (config.json with `seed=k`, metrics.jsonl, TensorBoard
 events, checkpoints, summary.json), so reports, plots, predict, `--mode=eval` and a later single-run
 resume see no difference. The runs' train states are stacked and trained by one vmapped step
-(`stacked`); each run gathers its own batches (order and augmentation of its seed) from the one
-copy of the split held on the devices.
+(`stacked`); each run gets its own batches, those of its single run (order and augmentation of
+its seed): gathered from the one copy of the split held on the devices, read by its own tf.data
+stream on the host path, or made from its seed (synthetic data).
 
 Faults hold per run: each has its own checkpoints, NaN monitor and damaged-checkpoint handling. A
 NaN under `nonfinite_policy='stop'` stops only the run it hit (named on stderr); the others train on,
@@ -60,7 +61,7 @@ def _train_runs(config, workdir: str, preemption: faults.PreemptionWatcher) -> d
     seeds = seeds_of(config)
     # One start-up for every run: the dataset opened once, one model, one compiled step.
     first = run_config(config, seeds[0])
-    p = trainer.start_up(first, workdir, run_workdir(workdir, seeds[0]), runs=len(seeds))
+    p = trainer.start_up(first, workdir, run_workdir(workdir, seeds[0]))
     summaries, groups = {}, collections.defaultdict(list)
     for seed in seeds:
         run = trainer.open_run(
@@ -73,7 +74,10 @@ def _train_runs(config, workdir: str, preemption: faults.PreemptionWatcher) -> d
     record = {"seeds": seeds, "groups": []}
     for start in sorted(groups):
         runs = groups[start]
-        how = _announce(runs, p.mesh)
+        # A process reads only its share of each run's host batch: several processes then
+        # split each run's batch over the devices.
+        split_runs = jax.process_count() == 1 or p.run.data.input_pipeline != "host"
+        how = _announce(runs, p.mesh, split_runs)
         done, rate = trainer.train_runs(p, runs, preemption, t0, how)
         summaries.update(done)
         record["groups"].append(
@@ -104,9 +108,11 @@ _CPU_MEASURED = (
 )
 
 
-def _announce(runs: list[trainer.Run], mesh) -> str:
-    """How runs that resume from the same step split the mesh (`stacked.layout`), said on stdout."""
-    k, how = len(runs), stacked.layout(len(runs), mesh)
+def _announce(runs: list[trainer.Run], mesh, split_runs: bool) -> str:
+    """How runs that resume from the same step split the mesh (`stacked.layout`; `split_runs`
+    False: each run's batch), said on stdout."""
+    k = len(runs)
+    how = stacked.layout(k, mesh) if split_runs else stacked.BATCH
     print(
         f"{k} runs as one program (seeds {', '.join(str(r.c.seed) for r in runs)}) from step "
         f"{runs[0].start}; across {mesh.devices.size} device(s) the {how} axis is split",

@@ -135,12 +135,13 @@ def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
     return global_batch_size // jax.process_count()
 
 
-def host_to_global(batch: Any, mesh: Mesh) -> Any:
-    """Host-local numpy tree (leading axis = this process's examples) -> global sharded jax.Arrays.
+def host_to_global(batch: Any, mesh: Mesh, sharding: NamedSharding | None = None) -> Any:
+    """Host-local numpy tree (leading axis = this process's examples) -> global sharded jax.Arrays
+    on `sharding` (default `batch_sharded`; stacked runs' batches: `stacked.batch_sharding`).
 
-    Arrays already sharded over the mesh like a batch (synthetic data) pass through untouched.
+    Arrays already sharded like that (synthetic data, the device path's) pass through untouched.
     """
-    sharding = batch_sharded(mesh)
+    sharding = sharding or batch_sharded(mesh)
 
     def to_global(x):
         if isinstance(x, jax.Array) and x.sharding == sharding:
@@ -150,14 +151,17 @@ def host_to_global(batch: Any, mesh: Mesh) -> Any:
     return jax.tree.map(to_global, batch)
 
 
-def prefetch_to_mesh(batches: Iterable[Any], mesh: Mesh, size: int = 2) -> Iterator[Any]:
-    """Yields global batches while the next `size` are already being copied to the devices."""
+def prefetch_to_mesh(
+    batches: Iterable[Any], mesh: Mesh, size: int = 2, sharding: NamedSharding | None = None
+) -> Iterator[Any]:
+    """Yields global batches while the next `size` are already being copied to the devices
+    (placed as `host_to_global` places them)."""
     queue = collections.deque()
     it = iter(batches)
 
     def enqueue(n):
         for batch in it:
-            queue.append(host_to_global(batch, mesh))
+            queue.append(host_to_global(batch, mesh, sharding))
             n -= 1
             if n <= 0:
                 return

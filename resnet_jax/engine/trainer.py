@@ -275,27 +275,18 @@ class Program:
     finish: Any
 
 
-def start_up(
-    config: ml_collections.ConfigDict, workdir: str, check_workdir: str = "", runs: int = 1
-) -> Program:
+def start_up(config: ml_collections.ConfigDict, workdir: str, check_workdir: str = "") -> Program:
     """The start-up of a run, or of several runs as one program in `workdir`: checks (seconds,
     before any compile; `check_workdir`: the run whose checkpoints decide whether init_from is
     read), the config turned into the dataset's record and the run's plan once, the model, the
-    optimizer, the header, and the input path's finish (which prepares the data's copy). Several
-    `runs` as one program need the device input path."""
+    optimizer, the header, and the input path's finish (which prepares the data's copy)."""
     validation.check_config(config, check_workdir or workdir)
     run = config_lib.resolve_run(config)  # the one place the dataset is opened
     mesh = parallel.make_mesh()
     validation.check_resolved(
         run, device_count=mesh.devices.size, process_count=jax.process_count()
     )
-    d, c = run.data, run.c
-    if runs > 1 and d.input_pipeline != "device":
-        raise faults.ConfigError(
-            f"seeds as one program need the device input path (the 32x32 datasets and folders "
-            f"that fit in device memory); {d.name} with input_pipeline={d.input_pipeline!r} "
-            "trains one seed per process: drop --config.seeds and set --config.seed"
-        )
+    c = run.c
     model, schedule, tx = config_lib.build(c)
     abstract = validation.abstract_state(
         lambda: parallel.abstract_train_state(
@@ -417,7 +408,7 @@ def train_runs(p: Program, runs: list[Run], preemption, t0: float, how: str | No
             **({} if how is None else {"stream": _Prefixed(f"{r.name}: ", sys.stdout)}),
         )
     eval_fn = evaluate.make_evaluator(
-        p.model, mesh, d, plan, finish=p.finish, views="center", seed=c.seed
+        p.model, mesh, d, plan, finish=p.finish, views="center", seed=seed
     )
     batches = inputs.train_batches(
         d,
@@ -429,8 +420,7 @@ def train_runs(p: Program, runs: list[Run], preemption, t0: float, how: str | No
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    if how is None:
-        batches = parallel.prefetch_to_mesh(batches, mesh, c.prefetch_batches)
+    batches = parallel.prefetch_to_mesh(batches, mesh, c.prefetch_batches, batch_sharding)
     profiler = _Profiler(c, runs[0].workdir)
     hook = faults.FaultHook()
     train_step = hook.wrap_step(train_step)
@@ -462,7 +452,7 @@ def train_runs(p: Program, runs: list[Run], preemption, t0: float, how: str | No
         states = unstack(state)
         for i, r in live():
             s = time.perf_counter()
-            r.last_eval = evaluate.evaluate_state(eval_fn, states[i])
+            r.last_eval = evaluate.evaluate_state(functools.partial(eval_fn, run=i), states[i])
             r.logger.log_eval(done, r.last_eval)
             r.eval_time += time.perf_counter() - s
         eval_time += time.perf_counter() - t
