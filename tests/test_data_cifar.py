@@ -20,9 +20,11 @@ def cifar10(tmp_path_factory):
     )
 
 
-def _train(fake, **kw):
-    kw = dict(dict(data_dir=fake.data_dir, local_batch_size=10, seed=0), **kw)
-    return pipeline.train_iterator("cifar10", **kw)
+def _train(fake, image_size=None, **kw):
+    d = catalog.open(
+        "cifar10", data_dir=fake.data_dir, image_size=image_size, input_pipeline="host"
+    )
+    return pipeline.train_iterator(d, **dict(dict(local_batch_size=10, seed=0), **kw))
 
 
 def _stats(fake):
@@ -31,7 +33,10 @@ def _stats(fake):
 
 def _finished(fake, batch, normalization=None):
     """The model inputs of a host batch, as the train step makes them."""
-    fin = pipeline.finish_for("cifar10", data_dir=fake.data_dir, normalization=normalization)
+    fin = pipeline.finish_for(
+        catalog.open("cifar10", data_dir=fake.data_dir, input_pipeline="host"),
+        normalization=normalization,
+    )
     return np.asarray(fin(batch))
 
 
@@ -126,7 +131,9 @@ def test_paper_45k_5k_protocol_splits_the_training_set(cifar10):
     def keys(split):
         out = []
         for b in pipeline.eval_iterator(
-            "cifar10", data_dir=cifar10.data_dir, local_batch_size=7, split=split
+            catalog.open("cifar10", data_dir=cifar10.data_dir, input_pipeline="host"),
+            local_batch_size=7,
+            split=split,
         ):
             out += [_key(r) for r, m in zip(b["image"], b["mask"], strict=True) if m]
         return out
@@ -143,8 +150,7 @@ def test_eval_pads_to_equal_batch_counts_on_three_processes(cifar10):
     counts, lengths = [], []
     for p in range(3):
         it = pipeline.eval_iterator(
-            "cifar10",
-            data_dir=cifar10.data_dir,
+            catalog.open("cifar10", data_dir=cifar10.data_dir, input_pipeline="host"),
             local_batch_size=4,
             process_index=p,
             process_count=3,
@@ -161,7 +167,9 @@ def test_eval_pads_to_equal_batch_counts_on_three_processes(cifar10):
 def test_cifar_refuses_imagenet_views_and_sizes(cifar10):
     with pytest.raises(ValueError, match="views='10crop' is not available for cifar10"):
         pipeline.eval_iterator(
-            "cifar10", data_dir=cifar10.data_dir, local_batch_size=4, views="10crop"
+            catalog.open("cifar10", data_dir=cifar10.data_dir, input_pipeline="host"),
+            local_batch_size=4,
+            views="10crop",
         )
     with pytest.raises(ValueError, match="image_size=224 is not supported"):
         _train(cifar10, image_size=224)
@@ -175,7 +183,10 @@ def test_cifar100_fine_labels(tmp_path):
     assert (info.num_classes, info.num_train, info.num_eval) == (100, 10, 5)
     batch = next(
         pipeline.train_iterator(
-            "cifar100", data_dir=fake.data_dir, local_batch_size=10, seed=0, augment="none"
+            catalog.open("cifar100", data_dir=fake.data_dir, input_pipeline="host"),
+            local_batch_size=10,
+            seed=0,
+            augment="none",
         )
     )
     assert sorted(batch["label"].tolist()) == sorted(fake.train_labels.tolist())

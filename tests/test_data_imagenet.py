@@ -26,9 +26,11 @@ def fake(tmp_path_factory):
     )
 
 
-def _train(fake, **kw):
-    kw = dict(dict(data_dir=fake.data_dir, local_batch_size=4, seed=0), **kw)
-    return pipeline.train_iterator("imagenet2012", **kw)
+def _train(fake, image_size=None, **kw):
+    d = catalog.open(
+        "imagenet2012", data_dir=fake.data_dir, image_size=image_size, input_pipeline="host"
+    )
+    return pipeline.train_iterator(d, **dict(dict(local_batch_size=4, seed=0), **kw))
 
 
 def _digest(image):
@@ -156,7 +158,9 @@ def test_two_processes_read_disjoint_shards_covering_the_split(fake):
     everything = {
         _digest(x)
         for b in pipeline.eval_iterator(
-            "imagenet2012", data_dir=fake.data_dir, local_batch_size=9, split="train"
+            catalog.open("imagenet2012", data_dir=fake.data_dir, input_pipeline="host"),
+            local_batch_size=9,
+            split="train",
         )
         for x, m in zip(b["image"], b["mask"], strict=True)
         if m
@@ -165,8 +169,7 @@ def test_two_processes_read_disjoint_shards_covering_the_split(fake):
     shards = []
     for p in range(2):
         it = pipeline.eval_iterator(
-            "imagenet2012",
-            data_dir=fake.data_dir,
+            catalog.open("imagenet2012", data_dir=fake.data_dir, input_pipeline="host"),
             local_batch_size=2,
             split="train",
             process_index=p,
@@ -191,7 +194,10 @@ def test_two_processes_read_disjoint_shards_covering_the_split(fake):
 
 
 def test_eval_visits_every_example_once_with_mask(fake):
-    it = pipeline.eval_iterator("imagenet2012", data_dir=fake.data_dir, local_batch_size=2)
+    it = pipeline.eval_iterator(
+        catalog.open("imagenet2012", data_dir=fake.data_dir, input_pipeline="host"),
+        local_batch_size=2,
+    )
     batches = list(it)
     assert len(batches) == len(it) == 3
     mask = np.concatenate([b["mask"] for b in batches])
@@ -205,7 +211,9 @@ def test_eval_visits_every_example_once_with_mask(fake):
 def test_ten_crop_yields_ten_views_whose_last_five_mirror_the_first(fake):
     batch = next(
         pipeline.eval_iterator(
-            "imagenet2012", data_dir=fake.data_dir, local_batch_size=2, views="10crop"
+            catalog.open("imagenet2012", data_dir=fake.data_dir, input_pipeline="host"),
+            local_batch_size=2,
+            views="10crop",
         )
     )
     assert batch["image"].shape == (2, 10, 224, 224, 3)
@@ -214,7 +222,10 @@ def test_ten_crop_yields_ten_views_whose_last_five_mirror_the_first(fake):
     np.testing.assert_array_equal(views[5:], views[:5, :, ::-1])
     assert len({_digest(v) for v in views[:5]}) == 5
     center = next(
-        pipeline.eval_iterator("imagenet2012", data_dir=fake.data_dir, local_batch_size=2)
+        pipeline.eval_iterator(
+            catalog.open("imagenet2012", data_dir=fake.data_dir, input_pipeline="host"),
+            local_batch_size=2,
+        )
     )["image"][0].astype(np.float32)
     # The centre view is the centre crop up to resampling (resize-then-crop vs crop-then-resize,
     # which differ by sub-pixel shifts): far closer to it than the corner views are.
@@ -227,8 +238,7 @@ def test_ten_crop_yields_ten_views_whose_last_five_mirror_the_first(fake):
 def test_multiscale_views_are_the_scale_square_and_its_mirror(fake, scale):
     batch = next(
         pipeline.eval_iterator(
-            "imagenet2012",
-            data_dir=fake.data_dir,
+            catalog.open("imagenet2012", data_dir=fake.data_dir, input_pipeline="host"),
             local_batch_size=3,
             views="multiscale",
             scale=scale,
@@ -247,7 +257,9 @@ def test_impossible_sizes_and_options_are_refused_clearly(fake):
         _train(fake, augment="cifar")
     with pytest.raises(ValueError, match="multiscale' needs the shorter side"):
         pipeline.eval_iterator(
-            "imagenet2012", data_dir=fake.data_dir, local_batch_size=2, views="multiscale"
+            catalog.open("imagenet2012", data_dir=fake.data_dir, input_pipeline="host"),
+            local_batch_size=2,
+            views="multiscale",
         )
     with pytest.raises(ValueError, match="train45k"):
         _train(fake, split="train45k")
@@ -266,7 +278,11 @@ def test_not_prepared_error_names_the_prepare_command(tmp_path):
         in str(e.value)
     )
     with pytest.raises(datasets.DatasetNotPreparedError, match="prepare cifar10 --data_dir"):
-        pipeline.train_iterator("cifar10", data_dir=str(tmp_path), local_batch_size=2, seed=0)
+        pipeline.train_iterator(
+            catalog.open("cifar10", data_dir=str(tmp_path), input_pipeline="host"),
+            local_batch_size=2,
+            seed=0,
+        )
 
 
 def test_prepare_names_the_missing_archives(tmp_path):
@@ -341,7 +357,9 @@ def test_corrupt_or_non_jpeg_image_stops_training_naming_its_key(corrupt_fake, a
 
 def test_corrupt_or_non_jpeg_image_stops_evaluation_naming_its_key(corrupt_fake):
     it = pipeline.eval_iterator(
-        "imagenet2012", data_dir=corrupt_fake.data_dir, local_batch_size=2, split="train"
+        catalog.open("imagenet2012", data_dir=corrupt_fake.data_dir, input_pipeline="host"),
+        local_batch_size=2,
+        split="train",
     )
     with pytest.raises(datasets.CorruptImageError) as e:
         list(it)
@@ -392,7 +410,10 @@ def test_throughput_reports_images_per_second(fake):
 def test_decoder_comparison_times_pipeline_and_both_yardsticks_on_the_same_rounds(fake):
     decoder = next(
         input_throughput.decoder_iterator(
-            "imagenet2012", data_dir=fake.data_dir, local_batch_size=4, seed=0, augment="inception"
+            input_throughput.host_record("imagenet2012", fake.data_dir),
+            local_batch_size=4,
+            seed=0,
+            augment="inception",
         )
     )
     train = next(_train(fake, augment="inception"))
@@ -420,19 +441,19 @@ def test_decoder_comparison_times_pipeline_and_both_yardsticks_on_the_same_round
     assert f"(the most a pipeline that resizes can reach) {r['resize_ceiling']:.3f}" in text
     with pytest.raises(ValueError, match="not cropped out of JPEGs"):
         input_throughput.decoder_iterator(
-            "cifar10", data_dir=fake.data_dir, local_batch_size=4, seed=0
+            input_throughput.host_record("cifar10", fake.data_dir), local_batch_size=4, seed=0
         )
 
 
 def test_decode_only_decodes_the_pipelines_crop_windows_from_memory_and_nothing_else(fake):
     tf = augment.tf
-    kw = dict(data_dir=fake.data_dir, local_batch_size=4, seed=0, augment="paper", start_step=1)
-    it = input_throughput.decode_only_iterator("imagenet2012", num_batches=2, **kw)
+    kw = dict(local_batch_size=4, seed=0, augment="paper", start_step=1)
+    d = input_throughput.host_record("imagenet2012", fake.data_dir)
+    it = input_throughput.decode_only_iterator(d, num_batches=2, **kw)
     pixels = [b["pixel"] for b in it]  # ends after num_batches
     assert len(pixels) == 2 and pixels[0].shape == (4, 3) and pixels[0].dtype == np.uint8
     # The same examples and windows as the pipeline's batches 1 and 2: each decoded crop, resized
     # as the pipeline resizes it, is the pipeline's image.
-    d = catalog.open("imagenet2012", data_dir=fake.data_dir)
     stream = pipeline._TrainStream(d, 4, 0, augment="paper", scale_range=(256, 480))
     train = _train(fake, augment="paper", start_step=1)
     for step in (1, 2):
@@ -446,14 +467,15 @@ def test_decode_only_decodes_the_pipelines_crop_windows_from_memory_and_nothing_
             np.testing.assert_array_equal(crop[0, 0], pixels[step - 1][k])
             np.testing.assert_array_equal(augment.resize_to_uint8(crop, 224), images[k])
     # With resize: the pipeline's images exactly, nothing else in the batch.
-    resized = list(
-        input_throughput.decode_only_iterator("imagenet2012", num_batches=2, resize=True, **kw)
-    )
+    resized = list(input_throughput.decode_only_iterator(d, num_batches=2, resize=True, **kw))
     train = _train(fake, augment="paper", start_step=1)
     for batch in resized:
         assert set(batch) == {"image"}
         np.testing.assert_array_equal(batch["image"], next(train)["image"])
     with pytest.raises(ValueError, match="not cropped out of JPEGs"):
         input_throughput.decode_only_iterator(
-            "cifar10", data_dir=fake.data_dir, local_batch_size=4, seed=0, num_batches=1
+            input_throughput.host_record("cifar10", fake.data_dir),
+            local_batch_size=4,
+            seed=0,
+            num_batches=1,
         )

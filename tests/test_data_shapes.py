@@ -104,11 +104,19 @@ def test_first_use_prepares_it_through_tfds_and_the_pipeline_reads_it(small_shap
     info = catalog.open("shapes10", data_dir=small_shapes, input_pipeline="host")
     assert (info.num_train, info.num_eval, info.num_classes) == (SMALL_TRAIN, SMALL_TEST, 10)
     assert (info.image_size, info.jpeg_crops, info.eval_split) == (32, False, "test")
-    it = pipeline.train_iterator("shapes10", data_dir=small_shapes, local_batch_size=32, seed=0)
+    it = pipeline.train_iterator(
+        catalog.open("shapes10", data_dir=small_shapes, input_pipeline="host"),
+        local_batch_size=32,
+        seed=0,
+    )
     batch = next(it)
     assert batch["image"].shape == (32, 32, 32, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].min() >= 0 and batch["label"].max() <= 9
-    x = np.asarray(pipeline.finish_for("shapes10", data_dir=small_shapes)(batch))
+    x = np.asarray(
+        pipeline.finish_for(catalog.open("shapes10", data_dir=small_shapes, input_pipeline="host"))(
+            batch
+        )
+    )
     assert abs(float(x.mean())) < 0.2 and 0.7 < float(x.std()) < 1.3
     # The stored test split is exactly render(NUM_TEST, SEED + 1) (PNG is lossless).
     images, labels = shapes.render(SMALL_TEST, shapes.SEED + 1)
@@ -121,7 +129,9 @@ def test_first_use_prepares_it_through_tfds_and_the_pipeline_reads_it(small_shap
 
 
 def test_eval_covers_the_test_split_once(small_shapes):
-    it = pipeline.eval_iterator("shapes10", data_dir=small_shapes, local_batch_size=25)
+    it = pipeline.eval_iterator(
+        catalog.open("shapes10", data_dir=small_shapes, input_pipeline="host"), local_batch_size=25
+    )
     batches = list(it)
     assert len(batches) == 3
     assert sum(int(b["mask"].sum()) for b in batches) == SMALL_TEST

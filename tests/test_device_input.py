@@ -189,9 +189,13 @@ def test_host_and_device_paths_draw_the_same_augmented_distribution(coord_cifar)
     images = _coordinate_images(N_COORD)
 
     host_it = pipeline.train_iterator(
-        "cifar10", data_dir=coord_cifar.data_dir, local_batch_size=batch, seed=0
+        catalog.open("cifar10", data_dir=coord_cifar.data_dir, input_pipeline="host"),
+        local_batch_size=batch,
+        seed=0,
     )
-    host_finish = pipeline.finish_for("cifar10", data_dir=coord_cifar.data_dir)
+    host_finish = pipeline.finish_for(
+        catalog.open("cifar10", data_dir=coord_cifar.data_dir, input_pipeline="host")
+    )
     host = np.concatenate([host_finish(next(host_it)) for _ in range(draws // batch)])
     mesh = parallel.make_mesh()
     device_it = device_input.train_batches(

@@ -89,21 +89,16 @@ def measure_input_pipeline(
     images_per_cpu_sec (images per second of process CPU time), batch_size, num_batches, seconds,
     dataset, augment, image_shape, image_dtype.
     """
+    d = host_record(dataset, data_dir, image_size)
     it = pipeline.train_iterator(
-        dataset,
-        data_dir=data_dir,
-        local_batch_size=batch_size,
-        seed=seed,
-        augment=augment,
-        image_size=image_size,
-        num_threads=num_threads,
+        d, local_batch_size=batch_size, seed=seed, augment=augment, num_threads=num_threads
     )
     for _ in range(warmup_batches):
         next(it)
     seconds, cpu, batch = _time(it, num_batches, batch_size)
     return {
         "dataset": dataset,
-        "augment": augment or catalog.record_of(dataset, data_dir, image_size, "host").augments[0],
+        "augment": augment or d.augments[0],
         "batch_size": batch_size,
         "num_batches": num_batches,
         "image_shape": list(batch["image"].shape[1:]),
@@ -115,13 +110,15 @@ def measure_input_pipeline(
     }
 
 
-def _crop_windows_stream(
-    caller, dataset, data_dir, local_batch_size, seed, augment, image_size, scale_range
-):
+def host_record(dataset, data_dir, image_size=None):
+    """The record of `dataset` read by the host (tf.data) pipeline."""
+    return catalog.open(dataset, data_dir=data_dir, image_size=image_size, input_pipeline="host")
+
+
+def _crop_windows_stream(caller, d, local_batch_size, seed, augment, scale_range):
     """The one-process training stream of the decoder yardsticks (ImageNet only)."""
-    d = catalog.record_of(dataset, data_dir, image_size, "host")
     if not d.jpeg_crops:
-        raise ValueError(f"{dataset} images are not cropped out of JPEGs; {caller} is for ImageNet")
+        raise ValueError(f"{d.name} images are not cropped out of JPEGs; {caller} is for ImageNet")
     # The training iterator's own stream and crop draws, so the yardsticks do its very work.
     return pipeline._TrainStream(
         d, local_batch_size, seed, augment=augment, scale_range=scale_range
@@ -129,18 +126,17 @@ def _crop_windows_stream(
 
 
 def decoder_iterator(
-    dataset,
+    d,
     *,
-    data_dir,
     local_batch_size,
     seed,
     start_step=0,
     augment=None,
-    image_size=None,
     scale_range=(256, 480),
     num_threads=None,
 ):
-    """The JPEG decoder alone, on the work of `train_iterator` with the same arguments: the same
+    """The JPEG decoder alone, on the work of `train_iterator` of the record `d` with the same
+    arguments: the same
     records read in the same order, each example's training crop window decoded with
     `decode_and_crop_jpeg`, and nothing else (ImageNet only).
 
@@ -148,16 +144,7 @@ def decoder_iterator(
     decode whose pixels go unused), 'label': int32 [b]}, to time the decoder's own speed against
     the pipeline's (`compare_with_decoder`).
     """
-    ts = _crop_windows_stream(
-        "decoder_iterator",
-        dataset,
-        data_dir,
-        local_batch_size,
-        seed,
-        augment,
-        image_size,
-        scale_range,
-    )
+    ts = _crop_windows_stream("decoder_iterator", d, local_batch_size, seed, augment, scale_range)
 
     def example(image_bytes, seed):
         window, _ = ts.crop_window(image_bytes, seed)
@@ -167,21 +154,19 @@ def decoder_iterator(
 
 
 def decode_only_iterator(
-    dataset,
+    d,
     *,
-    data_dir,
     local_batch_size,
     seed,
     num_batches,
     start_step=0,
     augment=None,
-    image_size=None,
     scale_range=(256, 480),
     num_threads=None,
     resize=False,
 ):
     """`decode_and_crop_jpeg` and nothing else, on `num_batches` batches of `train_iterator`'s
-    work with the same arguments from batch `start_step` on (ImageNet only).
+    work of the record `d` with the same arguments from batch `start_step` on (ImageNet only).
 
     The encoded images and their training crop windows are read and gathered into memory first
     (untimed), then a dataset of them is mapped with `decode_and_crop_jpeg` alone, with the
@@ -196,14 +181,7 @@ def decode_only_iterator(
     if num_batches < 1:
         raise ValueError(f"need num_batches >= 1, got {num_batches}")
     ts = _crop_windows_stream(
-        "decode_only_iterator",
-        dataset,
-        data_dir,
-        local_batch_size,
-        seed,
-        augment,
-        image_size,
-        scale_range,
+        "decode_only_iterator", d, local_batch_size, seed, augment, scale_range
     )
 
     def example(image_bytes, seed):
@@ -289,14 +267,8 @@ def compare_with_decoder(
             f"{num_batches}, {warmup_batches}"
         )
     cores = _cores(num_threads)
-    kwargs = dict(
-        data_dir=data_dir,
-        local_batch_size=batch_size,
-        seed=seed,
-        augment=augment,
-        image_size=image_size,
-        num_threads=num_threads,
-    )
+    d = host_record(dataset, data_dir, image_size)
+    kwargs = dict(local_batch_size=batch_size, seed=seed, augment=augment, num_threads=num_threads)
     decode_only = functools.partial(decode_only_iterator, num_batches=warmup_batches + num_batches)
     make = {
         "pipeline": pipeline.train_iterator,
@@ -309,7 +281,7 @@ def compare_with_decoder(
     for r in range(rounds):
         row = {}
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            it = make[name](dataset, start_step=r * (warmup_batches + num_batches), **kwargs)
+            it = make[name](d, start_step=r * (warmup_batches + num_batches), **kwargs)
             for _ in range(warmup_batches):
                 next(it)
             seconds, cpu, _ = _time(it, num_batches, batch_size)
@@ -319,7 +291,7 @@ def compare_with_decoder(
         rows.append(row)
     out = {
         "dataset": dataset,
-        "augment": augment or catalog.record_of(dataset, data_dir, image_size, "host").augments[0],
+        "augment": augment or d.augments[0],
         "batch_size": batch_size,
         "num_batches": num_batches,
         "cores": cores,

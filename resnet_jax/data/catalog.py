@@ -470,10 +470,3 @@ def notes(d: Dataset, plan: Plan, model: str) -> list[str]:
         d.input_pipeline_rule,
         f"normalization {plan.normalization} ({whose})",
     ]
-
-
-def record_of(dataset, data_dir=None, image_size=None, input_pipeline=None) -> Dataset:
-    """`dataset` itself when it is a record, else the record `open` makes of that name."""
-    if isinstance(dataset, Dataset):
-        return dataset
-    return open(dataset, data_dir=data_dir, image_size=image_size, input_pipeline=input_pipeline)

@@ -87,7 +87,6 @@ def train_batches(
     def stream(seed):
         return pipeline.train_iterator(
             d,
-            data_dir=d.data_dir,
             local_batch_size=local_batch_size,
             seed=seed,
             start_step=start_step,
@@ -141,7 +140,6 @@ def eval_batches(
     def host(scale=None, run=0):
         return pipeline.eval_iterator(
             d,
-            data_dir=d.data_dir,
             local_batch_size=local_batch_size,
             process_index=process_index,
             process_count=process_count,

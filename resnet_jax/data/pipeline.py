@@ -26,7 +26,6 @@ import re
 import numpy as np
 
 from resnet_jax.data import augment as aug
-from resnet_jax.data import catalog
 from resnet_jax.data import finish as finish_lib
 from resnet_jax.data import stats as stats_lib
 from resnet_jax.data._tf import import_tf, import_tfds, split_size
@@ -184,17 +183,11 @@ def prefetched(ds, num_threads):
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(num_threads))
 
 
-def _read(dataset, data_dir, image_size) -> catalog.Dataset:
-    """The record of `dataset` (a record, or a name opened here) as this pipeline reads it."""
-    return catalog.record_of(dataset, data_dir, image_size, "host")
-
-
-def finish_for(dataset, *, data_dir=None, normalization=None, image_size=None):
-    """The `finish.Finish` that turns this pipeline's batches of `dataset` (a `catalog.Dataset`,
-    or a name) into model inputs: `normalization` (None: the record's default) with statistics of
-    the full training split (the source's `host_stats`), or 'mean_std', ImageNet's (what ImageNet
-    weights expect, and ImageNet's own)."""
-    d = _read(dataset, data_dir, image_size)
+def finish_for(d, *, normalization=None):
+    """The `finish.Finish` that turns this pipeline's batches of the record `d` into model inputs:
+    `normalization` (None: the record's default) with statistics of the full training split (the
+    source's `host_stats`), or 'mean_std', ImageNet's (what ImageNet weights expect, and
+    ImageNet's own)."""
     normalization = normalization or d.normalizations[0]
     _check_choice("normalization", normalization, d.normalizations, d.name)
     if normalization == "mean_std":
@@ -207,8 +200,8 @@ def _check_choice(what, value, allowed, dataset):
         raise ValueError(f"{what}={value!r} is not available for {dataset}; choose from {allowed}")
 
 
-def _check_image_size(d, image_size, augment, scale_range):
-    image_size = d.image_size if image_size is None else image_size
+def _check_image_size(d, augment, scale_range):
+    image_size = d.image_size
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     if not d.jpeg_crops and image_size != d.array_size:
@@ -259,7 +252,7 @@ class _TrainStream:
         augment = augment or d.augments[0]
         _check_choice("augment", augment, d.augments, d.name)
         scale_range = scale_range or tuple(d.test_scale(s) for s in _PAPER_SCALES)
-        self.image_size = _check_image_size(d, None, augment, scale_range)
+        self.image_size = _check_image_size(d, augment, scale_range)
         if local_batch_size < 1:
             raise ValueError(f"need local_batch_size >= 1, got {local_batch_size}")
         # Equal shards (drop the few-example remainder) so every process has the same epoch length.
@@ -339,22 +332,21 @@ class _TrainStream:
 
 
 def train_iterator(
-    dataset,
+    d,
     *,
-    data_dir,
     local_batch_size,
     seed,
     start_step=0,
     process_index=0,
     process_count=1,
     augment=None,
-    image_size=None,
     split=None,
     scale_range=None,
     shuffle_buffer=None,
     num_threads=None,
 ):
-    """Endless iterator of {'image': uint8 [b, H, W, 3], 'label': int32 [b], ...draws}.
+    """Endless iterator over the record `d` (`catalog.open(..., input_pipeline='host')`) of
+    {'image': uint8 [b, H, W, 3], 'label': int32 [b], ...draws}.
 
     b = local_batch_size. The draws that `finish.Finish` applies on the device: ImageNet 'paper'
     adds 'flip' bool [b] and 'light' float32 [b, 3], 'inception' adds 'flip'; 32x32 'cifar' adds
@@ -365,7 +357,7 @@ def train_iterator(
     image_size / 224).
     """
     ts = _TrainStream(
-        _read(dataset, data_dir, image_size),
+        d,
         local_batch_size,
         seed,
         augment=augment,
@@ -385,28 +377,26 @@ def train_iterator(
 
 
 def eval_iterator(
-    dataset,
+    d,
     *,
-    data_dir,
     local_batch_size,
     process_index=0,
     process_count=1,
     split=None,
     views="center",
     scale=None,
-    image_size=None,
     num_threads=None,
 ):
-    """Finite iterator over every example of the split exactly once (per process: its shard).
+    """Finite iterator over every example of the record `d`'s split exactly once (per process:
+    its shard).
 
     Yields {'image': uint8 [b, H, W, 3], or [b, V, H, W, 3] for views '10crop' (V=10, shorter
     side `scale`, default 256) and 'multiscale' (V=2: centred square at shorter side `scale`, and
     its mirror), 'label': int32 [b], 'mask': bool [b]}. Rows past the end of the shard are zeros with
     mask=False; every process yields the same number of batches, `len(iterator)`.
     """
-    d = _read(dataset, data_dir, image_size)
     _check_choice("views", views, d.eval_views, d.name)
-    image_size = _check_image_size(d, None, None, None)
+    image_size = _check_image_size(d, None, None)
     if scale is not None or views == "10crop":
         scale = d.test_scale(scale or 256)
     if local_batch_size < 1:

@@ -126,12 +126,12 @@ def random_batch(batch_size: int, image_size: int, num_classes: int, seed: int =
 def dataset_batch(dataset: str, batch_size: int, data_dir: str | None = None):
     """The first `batch_size` examples of the dataset's evaluation split: (model inputs, labels),
     normalised as evaluation does with the dataset's default normalisation."""
-    from resnet_jax.data import pipeline
+    from resnet_jax.data import catalog, pipeline
 
-    it = pipeline.eval_iterator(dataset, data_dir=data_dir, local_batch_size=batch_size)
-    batch = next(iter(it))
+    d = catalog.open(dataset, data_dir=data_dir, input_pipeline="host")
+    batch = next(iter(pipeline.eval_iterator(d, local_batch_size=batch_size)))
     keep = np.asarray(batch["mask"])
-    finish = pipeline.finish_for(dataset, data_dir=data_dir)
+    finish = pipeline.finish_for(d)
     return finish({"image": jnp.asarray(batch["image"][keep])}), jnp.asarray(batch["label"][keep])
 
 
