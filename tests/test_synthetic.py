@@ -11,7 +11,7 @@ import pytest
 
 from resnet_jax import config as config_lib
 from resnet_jax.data import synthetic
-from resnet_jax.engine import evaluate, faults, parallel, trainer
+from resnet_jax.engine import evaluate, faults, parallel, stacked, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,6 +52,18 @@ def test_pool_is_sharded_like_a_batch_seeded_and_cycled_by_step():
     assert [next(it) for _ in range(3)] == [pool[1], pool[2], pool[0]]
     # Already on the mesh: the trainer's prefetch passes them through without a copy.
     assert parallel.host_to_global(pool[0], mesh)["image"] is pool[0]["image"]
+
+
+def test_a_pool_of_several_seeds_stacks_each_seeds_own_pool():
+    mesh = parallel.make_mesh()
+    stacked_pool = synthetic.make_batches(
+        stacked.batch_sharding("batch", mesh), 2, 4, 8, 10, seed=(3, 5)
+    )
+    for k, seed in enumerate((3, 5)):
+        alone = synthetic.make_batches(parallel.batch_sharded(mesh), 2, 4, 8, 10, seed=seed)
+        for batch, own in zip(stacked_pool, alone, strict=True):
+            for key in own:
+                np.testing.assert_array_equal(np.asarray(batch[key])[k], np.asarray(own[key]))
 
 
 def test_config_resolves_to_the_models_own_data_shape_unless_told_and_rejects_multi_crop_eval():

@@ -165,8 +165,13 @@ def build_step(
     )
     # Exactly the trainer's inputs: uint8 images finished inside the step (normalisation, and for
     # training the mirror and lighting draws of ImageNet's 'paper' batches); eval batches add a mask.
-    batch = synthetic.random_batch(
-        parallel.batch_sharded(mesh), batch_size, image_size, num_classes, with_mask=mode == "eval"
+    (batch,) = synthetic.make_batches(
+        parallel.batch_sharded(mesh),
+        1,
+        batch_size,
+        image_size,
+        num_classes,
+        with_mask=mode == "eval",
     )
     jax.block_until_ready((state, batch))
 

@@ -3,16 +3,15 @@
 The record says which input path reads the dataset (`catalog.Dataset.input_pipeline`): 'device'
 holds the whole split on the devices (`device_input`, no TensorFlow), 'host' is the tf.data
 pipeline (`pipeline`, TensorFlow imported only then), 'synthetic' makes random batches on the
-devices (`synthetic`). The path is chosen once, here (`_PATHS`); each answers the same four
-questions (`_Path`), and the trainer never branches on the path or the dataset.
-Shardings and process numbers come in as arguments: `data` never imports the engine.
+devices (`synthetic`). The path is chosen once (`_PATHS`); each path object answers the four
+calls below, and the trainer never branches on the path or the dataset. Shardings and process
+numbers come in as arguments: `data` never imports the engine.
 
-`train_batches(d, plan, seed=..., ...)` gives the batches from `start_step` on, global arrays made
-on the devices or host numpy batches of `local_batch_size`. A sequence of seeds stacks each run's
-batch, the single run's of that seed, on a leading axis (`batch_sharding` is then the stacked
-batches'). `eval_batches(d, plan, views, ...)` gives `batches(scale=None, run=0)`: a fresh pass
-over the evaluation split in `views` (with a `scale`, the 'multiscale' views at He2015's test scale
-`scale`) for the run of `seeds[run]`.
+`train_batches` gives the batches from `start_step` on (global arrays made on the devices, or host
+numpy batches of `local_batch_size`); a sequence of seeds stacks each run's batch, the single
+run's of that seed, on a leading axis (`batch_sharding` is then the stacked batches').
+`eval_batches` gives `batches(scale=None, run=0)`: a fresh pass over the evaluation split in
+`views` (with a `scale`, the 'multiscale' views at He2015's test scale) for the run `seeds[run]`.
 """
 
 from __future__ import annotations
@@ -24,23 +23,7 @@ import numpy as np
 from resnet_jax.data import catalog, synthetic
 
 
-class _Path:
-    """What an input path does for a record `d` read as `plan` says (the module docstring)."""
-
-    def finish(self, d, plan):
-        """The `finish.Finish` that turns this path's uint8 batches into model inputs."""
-
-    def prepare(self, d) -> None:
-        """Builds the prepared copy this path reads, when it is missing or stale."""
-
-    def train_batches(self, d, plan, *, seed, start_step, batch_sharding, **host) -> Iterator:
-        """Training batches from `start_step` on; `host`: local_batch_size and process numbers."""
-
-    def eval_batches(self, d, plan, views, *, batch_sharding, seeds, **host) -> Callable:
-        """`batches(scale=None, run=0)`."""
-
-
-class _Synthetic(_Path):
+class _Synthetic:
     """Random batches made on the devices; evaluation scores a run's training pool (made again
     from its seed at each pass)."""
 
@@ -69,7 +52,7 @@ class _Synthetic(_Path):
         )
 
 
-class _Device(_Path):
+class _Device:
     """The whole split held on the devices (`device_input`): no TensorFlow."""
 
     def finish(self, d, plan):
@@ -111,7 +94,7 @@ class _Device(_Path):
         )
 
 
-class _Host(_Path):
+class _Host:
     """The tf.data pipeline (`pipeline`): TensorFlow imported only here."""
 
     def finish(self, d, plan):

@@ -70,30 +70,9 @@ def make_batches(
 
     if isinstance(seed, int):
         return jax.jit(make, out_shardings=sharding)(jax.random.key(seed))
-
-    def stacked(keys):
-        pools = [make(key) for key in keys]
-        return [
-            jax.tree.map(lambda *runs: jnp.stack(runs), *batches)
-            for batches in zip(*pools, strict=True)
-        ]
-
-    return jax.jit(stacked, out_shardings=sharding)([jax.random.key(s) for s in seed])
-
-
-def random_batch(
-    sharding: jax.sharding.Sharding,
-    batch_size: int,
-    image_size: int,
-    num_classes: int,
-    *,
-    with_mask: bool = False,
-    seed: int = 0,
-) -> dict[str, jax.Array]:
-    """One global batch (see `make_batches`)."""
-    return make_batches(
-        sharding, 1, batch_size, image_size, num_classes, seed=seed, with_mask=with_mask
-    )[0]
+    # vmap over the keys: run k's batches are those its single run makes from its seed.
+    keys = jax.vmap(jax.random.key)(jnp.asarray(seed))
+    return jax.jit(jax.vmap(make), out_shardings=sharding)(keys)
 
 
 def train_batches(

@@ -7,6 +7,7 @@ the split is done (one host transfer per evaluation).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -97,6 +98,18 @@ def make_evaluator(
             "size: evaluate it with a run normalised per channel (normalization=per_channel "
             "or mean_std)"
         )
+    if views == "multiscale" and not plan.eval_scales:
+        raise ValueError("multiscale evaluation needs eval_scales")
+    # The compiled steps first, then the data they read: the record's split is asked for last.
+    if views != "multiscale":
+        eval_step = parallel.jit_eval_step(model, mesh, finish)
+        one_pass = lambda state, data: evaluate_batches(eval_step, state, data(), mesh)
+    else:
+        score = jax.jit(steps.metrics_from_probs, out_shardings=parallel.replicated(mesh))
+        predict = parallel.jit_predict_step(model, mesh, finish)
+        one_pass = lambda state, data: evaluate_multiscale(
+            predict, score, state, [data(s) for s in plan.eval_scales], mesh
+        )
     data = inputs.eval_batches(
         d,
         plan,
@@ -107,17 +120,7 @@ def make_evaluator(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    if views != "multiscale":
-        eval_step = parallel.jit_eval_step(model, mesh, finish)
-        return lambda state, run=0: evaluate_batches(eval_step, state, data(run=run), mesh)
-    if not plan.eval_scales:
-        raise ValueError("multiscale evaluation needs eval_scales")
-    predict = parallel.jit_predict_step(model, mesh, finish)
-    score = jax.jit(steps.metrics_from_probs, out_shardings=parallel.replicated(mesh))
-    scales = plan.eval_scales
-    return lambda state, run=0: evaluate_multiscale(
-        predict, score, state, [data(s, run) for s in scales], mesh
-    )
+    return lambda state, run=0: one_pass(state, functools.partial(data, run=run))
 
 
 # Which weights a run is evaluated, served or predicted with: those trained ("raw"), or their
