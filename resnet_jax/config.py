@@ -296,11 +296,6 @@ def ema_on(c: ml_collections.ConfigDict) -> bool:
     return bool(c.get("ema_decay", 0.0))
 
 
-def build(c: ml_collections.ConfigDict):
-    """(model, learning-rate schedule, optax transformation) of a resolved config."""
-    return (build_model(c), *build_optimizer(c))
-
-
 def build_model(c: ml_collections.ConfigDict):
     from resnet_jax import models
 
@@ -314,7 +309,15 @@ def build_model(c: ml_collections.ConfigDict):
 
 
 def build_optimizer(c: ml_collections.ConfigDict):
-    """(learning-rate schedule, optax transformation) of a resolved config."""
+    """(learning-rate schedule, optax transformation) of a resolved config (`build`'s: the model
+    object it makes first holds no parameters and costs nothing)."""
+    return build(c)[1:]
+
+
+def build(c: ml_collections.ConfigDict):
+    """(model, learning-rate schedule, optax transformation) of a resolved config: the model
+    (`models`), then the schedule and optimizer (`optim`)."""
+    model = build_model(c)
     gate = None
     if c.warmup == "until_error":
         gate = optim.error_gated_warmup(
@@ -343,4 +346,4 @@ def build_optimizer(c: ml_collections.ConfigDict):
         lars_trust_coefficient=c.lars_trust_coefficient,
         gate=gate,
     )
-    return schedule, tx
+    return model, schedule, tx
