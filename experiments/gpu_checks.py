@@ -53,7 +53,7 @@ def stacked_step_rate(model: str, batch: int, runs: int, steps: int, depth=None)
     if depth:
         c.model_overrides.stage_sizes = depth
     c = config_lib.resolve_config(c)
-    model_, (schedule, tx) = config_lib.build_model(c), config_lib.build_optimizer(c)
+    model_, schedule, tx = config_lib.build(c)
     mesh = parallel.make_mesh()
     how = stacked.layout(runs, mesh)
     init = jax.jit(lambda k: steps_lib.create_train_state(model_, tx, k, (32, 32, 3)))

@@ -99,8 +99,7 @@ def _default_parts(model_name, *, batch_size, dtype, image_size, model_overrides
     )
     c.model_overrides = ml_collections.ConfigDict(model_overrides)
     c = config_lib.resolve_config(c)
-    lr, tx = config_lib.build_optimizer(c)
-    return config_lib.build_model(c), lr, tx, c.image_size, c.num_classes
+    return (*config_lib.build(c), c.image_size, c.num_classes)
 
 
 def build_step(

@@ -142,8 +142,7 @@ def restore_checkpoint(
 
     if weights not in WEIGHTS:
         raise faults.ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
-    model = config_lib.build_model(c)
-    _, tx = config_lib.build_optimizer(c)
+    model, _, tx = config_lib.build(c)
     ckpt = checkpoint.Checkpointer(workdir, every_steps=0, keep=None)
     image_shape = (c.image_size, c.image_size, 3)
     abstract = parallel.abstract_train_state(model, tx, image_shape, mesh, ema=config_lib.ema_on(c))

@@ -97,8 +97,7 @@ def import_weights(model_name: str, weights: str, workdir: str, config, source: 
         overrides=config.model_overrides.to_dict(),
     )
     c = _resolved_without_data(config, int(variables["params"]["head"]["bias"].shape[0]))
-    model = config_lib.build_model(c)
-    _, tx = config_lib.build_optimizer(c)
+    model, _, tx = config_lib.build(c)
     mesh = parallel.make_mesh()
     fresh = parallel.create_sharded_train_state(
         model, tx, jax.random.PRNGKey(c.seed), (c.image_size, c.image_size, 3), mesh
