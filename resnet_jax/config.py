@@ -128,11 +128,18 @@ def default_config() -> ml_collections.ConfigDict:
 @dataclasses.dataclass(frozen=True)
 class Run:
     """A run as it starts: its resolved config `c`, the record of its dataset (`catalog.Dataset`)
-    and the plan of reading it (`catalog.Plan`). Made once (`resolve_run`); below it, records."""
+    and the plan of reading it (`catalog.Plan`). Made once (`resolve_run`); below it, records.
+
+    notes: the lines the run prints about its data (`catalog.notes`, and a batch fitted to a small
+    training set). problems: what resolving found wrong with the run as a whole (a schedule whose
+    decays fall inside its warm-up), reported by the checks with the data's own. Both are made
+    as a run starts; a run rebuilt from its config.json (`saved`) has neither."""
 
     c: ml_collections.ConfigDict
     data: catalog.Dataset
     plan: catalog.Plan
+    notes: tuple[str, ...]
+    problems: tuple[str, ...]
 
 
 def resolve_run(config: ml_collections.ConfigDict, saved: dict | None = None) -> Run:
@@ -155,7 +162,9 @@ def resolve_run(config: ml_collections.ConfigDict, saved: dict | None = None) ->
         eval_scales=tuple(c.eval_scales),
         synthetic_batches=c.synthetic_batches,
     )
-    return Run(c, d, plan)
+    if saved:  # a run that has started: checked and announced then, its folder not read again
+        return Run(c, d, plan, notes=(), problems=())
+    return Run(c, d, plan, notes=_notes(c, d, plan), problems=_schedule_problems(c))
 
 
 def open_data(c, saved: dict | None = None) -> catalog.Dataset:
@@ -268,11 +277,22 @@ def bit_schedule(num_examples: int, num_steps: int = -1) -> tuple[int, int, tupl
     return total, warmup, tuple(int(round(total * f)) for f in (0.3, 0.6, 0.9))
 
 
-def data_notes(run: Run) -> list[str]:
-    """Lines a run prints about its data (`catalog.notes`), and a batch fitted to a small
-    training set."""
-    fitted = [run.c.batch_size_rule] if run.c.get("batch_size_rule") else []
-    return catalog.notes(run.data, run.plan, run.c.model) + fitted
+def _notes(c: ml_collections.ConfigDict, d: catalog.Dataset, plan: catalog.Plan) -> tuple[str, ...]:
+    fitted = [c.batch_size_rule] if c.get("batch_size_rule") else []
+    return tuple(catalog.notes(d, plan, c.model) + fitted)
+
+
+def _schedule_problems(c: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The schedule checked once the run's length is known (its decays against its warm-up)."""
+    try:
+        build_optimizer(c)
+    except ValueError as e:
+        return (
+            f"the learning-rate schedule: {e} (num_train_steps {c.num_train_steps}, warmup_steps "
+            f"{c.warmup_steps}, lr_decay_steps {tuple(c.lr_decay_steps)}); lengthen the run or "
+            "move the decays",
+        )
+    return ()
 
 
 def normalization(c: ml_collections.ConfigDict, d: catalog.Dataset) -> str:

@@ -139,9 +139,7 @@ def test_a_folders_size_is_its_own_from_scratch_and_bits_when_fine_tuning(
     c.dataset, c.data_dir, c.model, c.init_from = f"folder:{tmp_path / 'f'}", "d", model, init_from
     r = config_lib.resolve_config(c)
     assert r.image_size == size and r.image_size_rule.startswith(rule), r.image_size_rule
-    assert r.image_size_rule in config_lib.data_notes(
-        config_lib.resolve_run(c)
-    )  # the banner says so
+    assert r.image_size_rule in config_lib.resolve_run(c).notes  # the banner says so
 
 
 def test_folder_paths_expand_home_and_variables(tmp_path, monkeypatch):

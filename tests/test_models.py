@@ -254,3 +254,13 @@ def test_spec_contract_fields():
     assert (s.family, s.input_size, s.num_classes, s.shortcut) == ("cifar", 32, 10, "A")
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.num_classes = 100
+
+
+@pytest.mark.parametrize("name, smallest", [("resnet20", 4), ("resnet50", 32), ("resnet50d", 32)])
+def test_min_input_size_is_the_nets_downsampling_and_gives_logits(name, smallest):
+    model = create_model(name)
+    assert model.spec.min_input_size() == smallest
+    x = jax.ShapeDtypeStruct((1, smallest, smallest, 3), jnp.float32)
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+    logits = jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
+    assert logits.shape == (1, model.spec.num_classes)

@@ -172,7 +172,7 @@ def test_init_from_weights_normalises_with_imagenets_mean_and_std(
     assert config_lib.build_finish(tuned).mean.tolist() == finish.IMAGENET.mean.tolist()
     assert config_lib.build_finish(tuned).std.tolist() == finish.IMAGENET.std.tolist()
     assert config_lib.build_finish(scratch).mean.shape == (3,)  # the folder's own channels
-    assert config_lib.data_notes(config_lib.resolve_run(tuned, saved=tuned))[-1] == (
+    assert config_lib.resolve_run(folder_config(root, 2, init_from=weights)).notes[-1] == (
         "normalization mean_std (ImageNet's channel mean and std)"
     )
     monkeypatch.setenv("RESNET_JAX_TEST_WEIGHTS", str(tmp_path))  # init_from expands variables

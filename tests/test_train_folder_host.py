@@ -46,7 +46,7 @@ def test_a_folder_over_the_device_limit_trains_on_the_host_path_and_learns(runs)
     run = config_lib.resolve_run(host_config(root, 12))
     c = run.c
     assert run.data.input_pipeline == c.input_pipeline == "host"
-    assert "input_pipeline host: the training split at 32x32" in config_lib.data_notes(run)[2]
+    assert "input_pipeline host: the training split at 32x32" in run.notes[2]
     losses = _losses(f"{root}/one_go")
     assert len(losses) == 6 and np.mean(losses[-2:]) < np.mean(losses[:2])
     assert one_go["eval"]["count"] == 20

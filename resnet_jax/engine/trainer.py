@@ -224,7 +224,7 @@ def print_header(run: config_lib.Run, workdir: str) -> None:
         f"{jax.process_count()} process(es); workdir {workdir}",
         flush=True,
     )
-    for note in config_lib.data_notes(run):
+    for note in run.notes:
         print(note, flush=True)
     on_cpu = jax.default_backend() == "cpu"
     if on_cpu and xla_options.SET_BY_PROJECT:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -89,6 +90,13 @@ class ResNetSpec:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"{self.name}: {msg}")
+
+    def min_input_size(self) -> int:
+        """Smallest input side that leaves the last stage a feature map of at least 1x1."""
+        stem = (
+            1 if self.stem == "cifar" else 4
+        )  # imagenet/deep stems: stride-2 conv + stride-2 pool
+        return stem * math.prod(self.strides)
 
     def unit_widths(self, stage: int) -> tuple[int, int]:
         """(inner, output) channel widths of the units of `stage` (0-based)."""
