@@ -45,7 +45,16 @@ _FOLDER_NORMALIZATIONS = {
 }
 # synthetic: shaped like the data the model was made for (`synthetic`), by the model's family.
 _SYNTHETIC_EPOCH = {"imagenet": 1_281_167, "cifar": 50_000}
-_LARGEST_NET_INPUT = 224  # ImageNet's: the largest side any registered net is made for
+_LARGEST_NET_INPUT = 224
+# The test crop of ImageNet's recipe, a centre 87.5% (224 of 256): augment.center_eval's default.
+_CENTER_FRACTION = 0.875
+
+
+def _center_crop(size: int) -> tuple[int, int]:
+    return size, int(round(size / _CENTER_FRACTION))
+
+
+# ImageNet's: the largest side any registered net is made for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +68,8 @@ class Dataset:
     input_pipelines, input_pipeline_rule why. augments, normalizations, eval_views: what that path
     accepts, the default first. array_size: the side of the device path's arrays. jpeg_crops: the
     host path cuts its crops out of JPEGs (ImageNet's recipe) rather than decoding whole images.
+    test_crop: (S, R): one image file becomes the run's test input by resizing its shorter side to
+    R and taking the centre S x S (R None: stretched to S x S, as a folder's arrays).
     prepared: where this path's prepared copy lives. fingerprints: split -> what its prepared
     copies are built from (a folder's files, computed once). holdout: a folder's held-out part.
     scored: what an evaluation of it measures. problems: why the choices it was opened with
@@ -82,6 +93,7 @@ class Dataset:
     eval_views: tuple[str, ...]
     array_size: int | None
     jpeg_crops: bool
+    test_crop: tuple[int, int | None]
     prepared: str | None
     fingerprints: tuple[tuple[str, str], ...] = ()
     holdout: float = 0.0
@@ -240,6 +252,8 @@ def open(
         **options,
         array_size=native,
         jpeg_crops=facts["family"] == "imagenet",
+        # the 32x32 sets: the whole image (the finish upsamples it as in training)
+        test_crop=_center_crop(size) if facts["family"] == "imagenet" else (native, native),
         problems=problems,
         prepared=os.path.join(base, prepared.FOLDER, name)
         if chosen == "device"
@@ -369,6 +383,7 @@ def _folder_record(name, data_dir, source, *, image_size, input_pipeline, counts
         ),
         array_size=int(image_size),
         jpeg_crops=input_pipeline == "host",
+        test_crop=_center_crop(int(image_size)) if input_pipeline == "host" else (image_size, None),
         prepared=where if input_pipeline == "device" else os.path.join(where, "records"),
         fingerprints=tuple(fingerprints),
         data_dir=data_dir,
@@ -403,6 +418,7 @@ def _synthetic(image_size, num_classes, model, pool_examples) -> Dataset:
         eval_views=("center",),
         array_size=None,
         jpeg_crops=False,
+        test_crop=_center_crop(size),
         prepared=None,
         scored="accuracy on the synthetic pool (memorisation)",
     )

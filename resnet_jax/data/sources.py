@@ -1,10 +1,11 @@
 """Where a dataset's examples come from: one small protocol, three kinds of source.
 
-A source answers four questions, and the input paths ask them through the `catalog.Dataset`
+A source answers five questions, and the input paths ask them through the `catalog.Dataset`
 record that holds it, never by the dataset's kind: how many examples a split has (`count`), the
 uint8 arrays of a canonical split (`read`, which the device path's prepared copy is built from)
 and what they are built from (`fingerprint`, to notice a copy gone stale), and the prepared tfds
-data the host path reads (`builder`, with its normalisation statistics, `host_stats`).
+data the host path reads (`builder`, with its normalisation statistics, `host_stats`), and how
+one image file starts on its way to the run's test input (`test_image`, for predict and export).
 
 `Tfds` reads a prepared tfds dataset (imagenet2012, cifar10, cifar100), `Shapes` renders shapes10
 with numpy (its tfds copy is built on first use), `Folder` reads a folder of images, scanned once
@@ -88,6 +89,13 @@ class Tfds:
             "prepared)"
         )
 
+    @staticmethod
+    def test_image(path: str, size: int, side: int | None) -> bytes:
+        """One image file as the run's test input starts: its bytes, decoded and centre-cropped
+        by `augment.center_eval` as the evaluation pipeline does."""
+        with open(path, "rb") as f:
+            return f.read()
+
     def host_stats(self, d) -> dict:
         """Normalisation statistics of the full training split (`stats`), 0-255 scale."""
         from resnet_jax.data import stats
@@ -165,6 +173,24 @@ class Folder:
     def read(self, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         print(f"decoding {folder.PREFIX}{self.root} {split}/ once at {size}x{size}", flush=True)
         return folder.read_images(self.layout, split, size)
+
+    @staticmethod
+    def test_image(path: str, size: int, side: int | None) -> bytes | np.ndarray:
+        """One image file as the folder's prepared copy holds it: decoded by Pillow, then uint8
+        [size, size, 3] squared as the arrays (side None), or a JPEG record at its stored size
+        for `augment.center_eval` to centre-crop. CorruptImageError for an unreadable file."""
+        from resnet_jax.data import folder_records
+        from resnet_jax.data.errors import CorruptImageError
+
+        try:
+            image = folder.pixels(path)
+        except ValueError as e:
+            raise CorruptImageError(f"not a readable image ({e})") from None
+        if side is None:
+            return folder.resized(image, size)
+        return folder_records.jpeg(
+            folder_records.shorter_side(image, folder_records.resize_side(size))
+        )
 
     def builder(self, d):
         """The host path's JPEG records of the folder at `d.image_size` (built when needed)."""

@@ -56,40 +56,24 @@ def record(c):
 def input_crop(c) -> tuple[int, int | None]:
     """(S, R): an image becomes the run's uint8 [S, S, 3] input by resizing its shorter side to R
     and taking the centre square, as the run's test images; R None: stretched to S x S."""
-    d = record(c)
-    if d.jpeg_crops or d.kind == "synthetic":
-        return d.image_size, int(round(d.image_size / 0.875))  # 256 for 224
-    if d.kind == "folder":
-        return d.array_size, None  # squared, as the folder's arrays
-    return d.array_size, d.array_size  # 32x32 sets: no margin; the finish upsamples as in tests
+    return record(c).test_crop
 
 
 def _read(path: str, c, tf) -> np.ndarray:
     """uint8 [S, S, 3]: one image cropped and resized as the run's evaluation batches are."""
-    from resnet_jax.data import augment, folder
+    from resnet_jax.data import augment, folder, sources
     from resnet_jax.data.errors import CorruptImageError
 
     readable = f"{folder.FORMATS} ({', '.join(folder.EXTENSIONS)})"
     if os.path.splitext(path)[1].lower() not in folder.EXTENSIONS:
         raise CorruptImageError(f"not an image file predict reads; it reads {readable}")
 
-    size, side = input_crop(c)
-    if folder.is_folder(c.dataset):  # as the folder's prepared copy: Pillow, then...
-        from resnet_jax.data import folder_records
-
-        try:
-            image = folder.pixels(path)
-        except ValueError as e:
-            raise CorruptImageError(f"not a readable image ({e})") from None
-        if side is None:  # ...squared, as the arrays
-            return folder.resized(image, size)
-        # ...a JPEG record at its stored size, centre-cropped
-        data = folder_records.jpeg(
-            folder_records.shorter_side(image, folder_records.resize_side(size))
-        )
-    else:
-        with open(path, "rb") as f:
-            data = f.read()
+    d = record(c)
+    size, side = d.test_crop
+    # synthetic data has no source: an image file is read as ImageNet's
+    data = (d.source or sources.Tfds).test_image(path, size, side)
+    if isinstance(data, np.ndarray):  # already the input (a folder's squared arrays)
+        return data
     try:
         return np.asarray(augment.center_eval(tf.constant(data), size, side))
     except Exception as e:  # TensorFlow's decode errors come as several types
