@@ -169,18 +169,14 @@ class BatchIterator:
         return batch
 
 
-def _options(num_threads):
+def prefetched(ds, num_threads):
+    """`ds` prefetched, with the pipeline's options (`num_threads`: None for every core)."""
     options = tf.data.Options()
     options.deterministic = True
     # A private pool keeps the pipeline's threads from competing with other TF work in the process.
     options.threading.private_threadpool_size = num_threads or len(os.sched_getaffinity(0))
     options.threading.max_intra_op_parallelism = 1  # parallelism comes from mapping many examples
-    return options
-
-
-def prefetched(ds, num_threads):
-    """`ds` prefetched, with the pipeline's options (`num_threads`: None for every core)."""
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(num_threads))
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def finish_for(d, *, normalization=None):
