@@ -87,44 +87,43 @@ def _tfds_builder(name, data_dir):
 def get_builder(name, data_dir=None):
     """A prepared tfds builder; shapes10 is built on first use, others raise DatasetNotPreparedError."""
     check_name(name)
+    if not FACTS[name]["manual"]:  # generated from nothing: built right here
+        return _generated(name, data_dir)
     # A dataset never prepared has no folder: say so before tfds is asked for a builder, which
     # would log a confusing warning about a version folder without dataset_info.json.
     folder = os.path.join(resolve_data_dir(data_dir), name)
-    exists = name == "shapes10" or os.path.isdir(folder)  # shapes10 is built right here
-    builder = _tfds_builder(name, data_dir) if exists else None
+    builder = _tfds_builder(name, data_dir) if os.path.isdir(folder) else None
     if builder is None or not builder.is_prepared():
-        if name == "shapes10":
-            _prepare_locked(builder)
-            builder = _tfds_builder(name, data_dir)  # re-read: another process may have built it
-        else:
-            offline = (
-                ""
-                if name == "imagenet2012"
-                else f"\n(offline: add --manual_dir M, with M "
-                f"holding the official {FACTS[name]['manual'][0]})"
-            )
-            looked = builder.data_dir if builder is not None else folder
-            raise DatasetNotPreparedError(
-                f"dataset {name!r} is not prepared in {resolve_data_dir(data_dir)} (looked for "
-                f"{looked}). Build it once with:\n  {prepare_command(name, data_dir)}"
-                f"{offline}"
-            )
+        offline = (
+            ""
+            if name == "imagenet2012"
+            else f"\n(offline: add --manual_dir M, with M "
+            f"holding the official {FACTS[name]['manual'][0]})"
+        )
+        looked = builder.data_dir if builder is not None else folder
+        raise DatasetNotPreparedError(
+            f"dataset {name!r} is not prepared in {resolve_data_dir(data_dir)} (looked for "
+            f"{looked}). Build it once with:\n  {prepare_command(name, data_dir)}"
+            f"{offline}"
+        )
     return builder
 
 
-def _prepare_locked(builder):
-    """Builds a procedural dataset once even when several processes ask at the same moment."""
-    import fcntl  # pylint: disable=g-import-not-at-top
+def _generated(name, data_dir):
+    """A procedural dataset's builder, built once even when several processes ask at the same
+    moment (`prepared.once`'s lock: the others wait, then find the data prepared)."""
+    from resnet_jax.data import prepared  # pylint: disable=g-import-not-at-top
 
-    root = str(builder.data_dir_root)
-    os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, f".{builder.name}.prepare.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait here, then find the data prepared
-        try:
-            if not builder.is_prepared():
-                builder.download_and_prepare()  # procedural: no download, about half a minute
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    def check():  # read anew: another process may have built it meanwhile
+        builder = _tfds_builder(name, data_dir)
+        return (builder, None) if builder.is_prepared() else (None, "missing")
+
+    def build():
+        builder = _tfds_builder(name, data_dir)
+        builder.download_and_prepare()  # procedural: no download, about half a minute
+        return builder
+
+    return prepared.once(os.path.join(resolve_data_dir(data_dir), f"{name}.prepare"), check, build)
 
 
 def resolve_split(name, split):

@@ -104,10 +104,8 @@ def prepare(name, data_dir=None, manual_dir=None):
     if builder.is_prepared():
         logging.info("%s is already prepared in %s", name, builder.data_dir)
         return builder
-    if name == "shapes10":
-        return datasets.get_builder(
-            name, data_dir
-        )  # generated under a lock shared with the pipeline
+    if not datasets.manual_files(name):  # generated, under a lock shared with the pipeline
+        return datasets.get_builder(name, data_dir)
     archive = datasets.manual_files(name)[0]
     # A finished tfds download leaves '<file>.INFO' in data_dir/downloads/<name>/.
     cache = os.path.join(datasets.resolve_data_dir(data_dir), "downloads", name)
