@@ -329,15 +329,10 @@ def layout_of(name: str, holdout: float = HOLDOUT_FRACTION) -> Layout:
     return scan(root_of(name) if is_folder(name) else name, float(holdout or 0.0))
 
 
-def device_bytes(layout: Layout, size: int) -> int:
-    """Bytes of the training split held in device memory as uint8 at `size`x`size`."""
-    return layout.count(TRAIN_SPLIT) * size * size * 3
-
-
 def input_pipeline(layout: Layout, size: int) -> tuple[str, str]:
     """('device' or 'host', why): the device path when the training split at `size` fits in
     DEVICE_LIMIT_BYTES, else the host tf.data pipeline."""
-    needed = device_bytes(layout, size)
+    needed = layout.count(TRAIN_SPLIT) * size * size * 3  # uint8 bytes held in device memory
     held, limit = needed / 2**30, DEVICE_LIMIT_BYTES / 2**30
     if needed <= DEVICE_LIMIT_BYTES:
         return "device", (
