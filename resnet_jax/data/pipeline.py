@@ -294,14 +294,15 @@ class _TrainStream:
             out = {"image": aug.decode(image_bytes)}
             if self.augment == "cifar":
                 out["crop"], out["flip"] = aug.cifar_draws(seed, finish_lib.PAD)
-            return out
-        s_crop, s_light = _example_seeds(seed)
-        window, flip = self._draw_window(image_bytes, s_crop)
-        out = {"image": aug.jpeg_crop_resize(image_bytes, window, self.image_size)}
-        if self.augment != "none":
-            out["flip"] = flip
-        if self.augment == "paper":
-            out["light"] = aug.pca_lighting_offset(s_light)
+        else:
+            s_crop, s_light = _example_seeds(seed)
+            window, flip = self._draw_window(image_bytes, s_crop)
+            out = {"image": aug.jpeg_crop_resize(image_bytes, window, self.image_size)}
+            if self.augment != "none":
+                out["flip"] = flip
+            if self.augment == "paper":
+                out["light"] = aug.pca_lighting_offset(s_light)
+        out["image"] = tf.ensure_shape(out["image"], [self.image_size, self.image_size, 3])
         return out
 
     def batches(self, start_step, local_batch_size, example, num_threads):
@@ -363,13 +364,7 @@ def train_iterator(
         split=split,
         shuffle_buffer=shuffle_buffer,
     )
-
-    def example(image_bytes, seed):
-        out = ts.preprocess(image_bytes, seed)
-        out["image"] = tf.ensure_shape(out["image"], [ts.image_size, ts.image_size, 3])
-        return out
-
-    return ts.batches(start_step, local_batch_size, example, num_threads)
+    return ts.batches(start_step, local_batch_size, ts.preprocess, num_threads)
 
 
 def eval_iterator(
