@@ -361,7 +361,7 @@ def _folder_record(name, data_dir, source, *, image_size, input_pipeline, counts
     """A folder read by `input_pipeline`: on the device path it takes the 32x32 sets' options, on
     the host path ImageNet's (crops cut out of its JPEG copy)."""
     family = {"device": "cifar", "host": "imagenet"}[input_pipeline]
-    where = prepared.folder_dir(source.root, data_dir, image_size)
+    where = prepared.folder_dir(source.root, datasets.resolve_data_dir(data_dir), image_size)
     fingerprints = fields.pop("fingerprints")
     return Dataset(
         name=name,

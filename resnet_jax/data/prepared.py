@@ -12,17 +12,15 @@ import hashlib
 import os
 import sys
 
-from resnet_jax.data import datasets
-
 FOLDER = "resnet_jax_arrays"  # under data_dir, beside the tfds datasets
 
 
 def folder_dir(root, data_dir, image_size):
     """DATA_DIR/resnet_jax_arrays/folders/<name>-<digest of its absolute path>/<image_size>: where
-    the copies of the folder at `root` prepared at one training size live."""
+    the copies of the folder at `root` prepared at one training size live (`data_dir` resolved:
+    `datasets.resolve_data_dir`)."""
     tag = f"{os.path.basename(root)}-{hashlib.sha256(root.encode()).hexdigest()[:12]}"
-    base = os.path.join(datasets.resolve_data_dir(data_dir), FOLDER, "folders", tag)
-    return os.path.join(base, str(int(image_size)))
+    return os.path.join(data_dir, FOLDER, "folders", tag, str(int(image_size)))
 
 
 def _first_missing(path):
