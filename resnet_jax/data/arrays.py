@@ -64,11 +64,6 @@ def _sha256(array):
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
-def source_fingerprint(d, split):
-    """What the arrays are built from, None when that source is absent here (carried alone)."""
-    return d.source.fingerprint(split, d.array_size)
-
-
 def build(d, split):
     """Writes the arrays of canonical split `split` (atomically); returns what it wrote as a dict."""
     images, labels = d.source.read(split, d.array_size)
@@ -79,7 +74,7 @@ def build(d, split):
         )
     meta = {
         "format": _FORMAT,
-        "source": source_fingerprint(d, split),
+        "source": d.source.fingerprint(split, d.array_size),
         "digests": {k: _sha256(v) for k, v in arrays.items()},
     }
     target = path(d, split)
@@ -107,7 +102,7 @@ def _problem(d, split, keys):
     bad = [k for k, v in arrays.items() if meta["digests"].get(k) != _sha256(v)]
     if bad:
         return None, f"damaged: the sha256 of {', '.join(bad)} does not match the one recorded"
-    current = source_fingerprint(d, split)
+    current = d.source.fingerprint(split, d.array_size)
     if current is not None and current != meta["source"]:
         return None, f"stale: built from {meta['source']!r}, the source is now {current!r}"
     return arrays, None
@@ -117,7 +112,7 @@ def _load(d, split, keys):
     target = path(d, split)
 
     def cannot_build(problem):
-        if source_fingerprint(d, split) is None:
+        if d.source.fingerprint(split, d.array_size) is None:  # not here: the arrays carried alone
             d.source.missing(f"{target} is {problem}", ArraysError)
 
     return prepared.once(
