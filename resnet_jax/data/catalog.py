@@ -16,7 +16,7 @@ import os
 import re
 from typing import Any
 
-from resnet_jax.data import datasets, folder, prepared, sources
+from resnet_jax.data import arrays, datasets, folder, prepared, sources
 
 FOLDER_KIND, SYNTHETIC = "folder", datasets.SYNTHETIC
 # Per family of recipes, the options of an input path (the first is the default).
@@ -260,18 +260,10 @@ def open(
     )
     if saved and saved.get("num_train_examples"):  # a run's: nothing read (eval not counted)
         return dataclasses.replace(d, counted=(saved["num_train_examples"], 0))
-    if chosen == "device":  # counted from the arrays it holds: no TensorFlow once they exist
-        return dataclasses.replace(d, counted=_count_arrays)
-    # Counted from the prepared tfds data on first use (DatasetNotPreparedError names the command)
-    return dataclasses.replace(
-        d, counted=lambda d: (source.count(d.train_split), source.count(d.eval_split))
-    )
-
-
-def _count_arrays(d: Dataset) -> tuple[int, int]:
-    from resnet_jax.data import arrays
-
-    return arrays.count(d, d.train_split), arrays.count(d, d.eval_split)
+    # Counted on first use: the device path from the arrays it holds (no TensorFlow once they
+    # exist), the host path from the prepared tfds data (DatasetNotPreparedError names the command)
+    count = functools.partial(arrays.count, d) if chosen == "device" else source.count
+    return dataclasses.replace(d, counted=lambda d: (count(d.train_split), count(d.eval_split)))
 
 
 def _folder_size(layout, fine_tuning: bool) -> tuple[int, int, str]:
