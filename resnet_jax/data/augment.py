@@ -32,7 +32,8 @@ PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, 
 _ANTIALIAS = False
 
 
-def _split(seed, n):
+def split_seed(seed, n):
+    """`n` independent stateless seeds [2] drawn from one (an example's, for its several draws)."""
     return tf.unstack(tf.random.experimental.stateless_split(seed, n))
 
 
@@ -131,7 +132,7 @@ def paper_window(hw, seed, image_size=224, scale_range=(256, 480)):
     and then cropping equals cropping a window of side image_size * shorter / S in the original
     and resizing only that window, which lets JPEG decoding skip most of the image.
     """
-    s_scale, s_y, s_x, s_flip = _split(seed, 4)
+    s_scale, s_y, s_x, s_flip = split_seed(seed, 4)
     shorter = tf.cast(tf.reduce_min(hw), tf.float32)
     scale = tf.random.stateless_uniform([], s_scale, scale_range[0], scale_range[1] + 1, tf.int32)
     side = tf.cast(tf.round(image_size * shorter / tf.cast(scale, tf.float32)), tf.int32)
@@ -144,7 +145,7 @@ def paper_window(hw, seed, image_size=224, scale_range=(256, 480)):
 def inception_window(hw, seed, area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3)):
     """(window [y, x, h, w] int32, flip bool): Inception-style random-resized crop (area and
     aspect ranges of Szegedy et al.) and mirror of an image of size `hw` = [height, width]."""
-    s_box, s_flip = _split(seed, 2)
+    s_box, s_flip = split_seed(seed, 2)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.concat([hw, [3]], 0),
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
@@ -219,7 +220,7 @@ def cifar_draws(seed, pad=4):
     mirror; `finish.pad_crop_flip` applies them on the device. The draws are exactly those of
     `tf.image.stateless_random_crop` and `stateless_random_flip_left_right` with these seeds.
     """
-    s_crop, s_flip = _split(seed, 2)
+    s_crop, s_flip = split_seed(seed, 2)
     # stateless_random_crop: uniform int32 in [0, int32 max) per axis of [H+2p, W+2p, 3], modulo
     # the number of crop positions along it (1 for the channels).
     limit = tf.constant([2 * pad + 1, 2 * pad + 1, 1])

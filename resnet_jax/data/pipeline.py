@@ -214,11 +214,6 @@ def _check_image_size(d, augment, scale_range):
     return int(image_size)
 
 
-def _example_seeds(seed):
-    """(crop seed, lighting seed) of an ImageNet example's seed."""
-    return tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-
-
 def _window_fn(augment, image_size, scale_range):
     """(JPEG bytes, seed) -> (crop window [y, x, h, w], flip) of an ImageNet training augment."""
     draw = {
@@ -286,7 +281,7 @@ class _TrainStream:
 
     def crop_window(self, image_bytes, seed):
         """(window [y, x, h, w], flip) of an ImageNet example: its crop drawn from its seed."""
-        return self._draw_window(image_bytes, _example_seeds(seed)[0])
+        return self._draw_window(image_bytes, aug.split_seed(seed, 2)[0])
 
     def preprocess(self, image_bytes, seed):
         """One example's dict: uint8 'image' and the draws `finish` applies on the device."""
@@ -295,7 +290,7 @@ class _TrainStream:
             if self.augment == "cifar":
                 out["crop"], out["flip"] = aug.cifar_draws(seed, finish_lib.PAD)
         else:
-            s_crop, s_light = _example_seeds(seed)
+            s_crop, s_light = aug.split_seed(seed, 2)  # the crop's and the lighting's
             window, flip = self._draw_window(image_bytes, s_crop)
             out = {"image": aug.jpeg_crop_resize(image_bytes, window, self.image_size)}
             if self.augment != "none":
