@@ -142,9 +142,6 @@ class Folder:
     def layout(self) -> folder.Layout:
         return folder.layout_of(self.root, self.holdout)
 
-    def present(self) -> bool:
-        return os.path.isdir(self.root)
-
     def files_fingerprint(self, split: str) -> str:
         """`folder.fingerprint` of a split: one `stat` per file, once per process."""
         if split not in self._fingerprints:
@@ -154,7 +151,7 @@ class Folder:
     def fingerprint(self, split: str, size: int | None = None) -> str | None:
         """The split's files at the size they are resized to; None when the folder is not here
         (its prepared copy was carried without it: predict, eval)."""
-        if not self.present():
+        if not os.path.isdir(self.root):
             return None
         return f"{self.files_fingerprint(split)} at {size}x{size}"
 
