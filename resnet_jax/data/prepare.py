@@ -129,8 +129,7 @@ def prepare(name, data_dir=None, manual_dir=None):
     except Exception as e:  # pylint: disable=broad-except
         if type(e).__name__ == "NonMatchingChecksumError":
             raise PrepareError(
-                f"{e}\nThe archive in --manual_dir is not the official "
-                f"{datasets.manual_files(name)[0]}; download it again."
+                f"{e}\nThe archive in --manual_dir is not the official {archive}; download it again."
             ) from None
         if "requests" in type(e).__module__ or isinstance(e, (ConnectionError, TimeoutError)):
             raise PrepareError(_download_help(name, data_dir, manual_dir, e)) from None
