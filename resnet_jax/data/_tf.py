@@ -17,10 +17,7 @@ import sys
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced(silence: bool):
-    if not silence:
-        yield
-        return
+def _native_stderr_silenced():
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
@@ -36,7 +33,8 @@ def _native_stderr_silenced(silence: bool):
 def import_tf():
     """Returns the `tensorflow` module with all GPUs hidden from it (idempotent)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _native_stderr_silenced(os.environ["TF_CPP_MIN_LOG_LEVEL"] >= "2"):
+    quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"] >= "2"
+    with _native_stderr_silenced() if quiet else contextlib.nullcontext():
         import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
         tf.constant(0)  # initialises the runtime, which prints its own notes
