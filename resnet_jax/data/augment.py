@@ -19,6 +19,7 @@ CPU time in three A/B runs (2-core AMD EPYC, 2026-12-01). `image_shape`, `decode
 (`resnet_jax.predict`).
 """
 
+from resnet_jax.data import datasets
 from resnet_jax.data._tf import import_tf
 
 tf = import_tf()
@@ -163,7 +164,7 @@ def center_window(hw, image_size=224, resize_size=None):
     """[y, x, side, side] int32: the centre square of an image of size `hw` = [height, width]
     that becomes the centre crop after resizing the shorter side to resize_size (default
     image_size / 0.875, i.e. 256 for 224)."""
-    resize_size = resize_size or int(round(image_size / 0.875))
+    resize_size = resize_size or datasets.center_resize_side(image_size)
     side = tf.cast(
         tf.round(tf.cast(tf.reduce_min(hw), tf.float32) * image_size / resize_size), tf.int32
     )

@@ -46,12 +46,11 @@ _FOLDER_NORMALIZATIONS = {
 # synthetic: shaped like the data the model was made for (`synthetic`), by the model's family.
 _SYNTHETIC_EPOCH = {"imagenet": 1_281_167, "cifar": 50_000}
 _LARGEST_NET_INPUT = 224  # ImageNet's: the largest side any registered net is made for
-# The test crop of ImageNet's recipe, a centre 87.5% (224 of 256): augment.center_eval's default.
-_CENTER_FRACTION = 0.875
 
 
 def _center_crop(size: int) -> tuple[int, int]:
-    return size, int(round(size / _CENTER_FRACTION))
+    """ImageNet's test crop of `size` (`augment.center_eval`'s default) as a (S, R) test_crop."""
+    return size, datasets.center_resize_side(size)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,6 +41,12 @@ TRAINABLE = DATASETS + (SYNTHETIC,)
 SPLIT_ALIASES = {"train45k": "train[:90%]", "val5k": "train[90%:]"}
 
 
+def center_resize_side(image_size: int) -> int:
+    """The shorter side an image is resized to before ImageNet's centre test crop of
+    `image_size`: the crop keeps the central 87.5% (224 of 256)."""
+    return int(round(image_size / 0.875))
+
+
 def check_name(name):
     if name not in FACTS:
         raise ValueError(
