@@ -59,7 +59,7 @@ def input_crop(c) -> tuple[int, int | None]:
     return record(c).test_crop
 
 
-def _read(path: str, c, tf) -> np.ndarray:
+def _read(path: str, d, tf) -> np.ndarray:
     """uint8 [S, S, 3]: one image cropped and resized as the run's evaluation batches are."""
     from resnet_jax.data import augment, folder, sources
     from resnet_jax.data.errors import CorruptImageError
@@ -68,7 +68,6 @@ def _read(path: str, c, tf) -> np.ndarray:
     if os.path.splitext(path)[1].lower() not in folder.EXTENSIONS:
         raise CorruptImageError(f"not an image file predict reads; it reads {readable}")
 
-    d = record(c)
     size, side = d.test_crop
     # synthetic data has no source: an image file is read as ImageNet's
     data = (d.source or sources.Tfds).test_image(path, size, side)
@@ -88,10 +87,11 @@ def load_images(paths: Sequence[str], c) -> tuple[np.ndarray | None, dict[str, s
     """(uint8 [N, S, S, 3] of the readable images in order, {unreadable path: the reason})."""
     from resnet_jax.data import augment
 
+    d = record(c)  # one record for all the files
     images, problems = [], {}
     for path in paths:
         try:
-            images.append(_read(path, c, augment.tf))  # TF decodes JPEG/PNG/GIF/BMP as the pipeline
+            images.append(_read(path, d, augment.tf))  # TF decodes JPEG/PNG/GIF/BMP as the pipeline
         except Exception as e:  # a missing file, a directory, a broken image: that file only
             problems[path] = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
     return (np.stack(images) if images else None), problems
