@@ -18,70 +18,81 @@ from experiments.spec import Check, Entry, Experiment, register
 from resnet_jax import recipes
 
 BATCH_SIZE = 32  # small batches learn most per second on 2 CPU cores
-# The run length, one for every net: what 2 cores afford for 3 seeds of all seven nets of the four
-# experiments, estimated at about 80 minutes from one-core rates (ResNet-56 trains ~40 images/s on
-# one core of the 2-core Xeon of 2026-12-03, so one 1000-step run of it takes ~13 minutes); with
-# other jobs sharing the machine the runs took about 2.5 hours that day. 1000 steps of 32 are 0.8 epoch of
-# shapes10. How far this is from where every claim could show is measured and said in each report.
+# The ablations' run length, one for every net: what 2 cores afford for 3 seeds of all seven nets of
+# the four experiments, estimated at about 80 minutes from one-core rates (ResNet-56 trains ~40
+# images/s on one core of the 2-core Xeon of 2026-12-03, so one 1000-step run of it takes ~13
+# minutes); with other jobs sharing the machine the runs took about 2.5 hours that day. 1000 steps
+# of 32 are 0.8 epoch of shapes10. How far this is from where every claim could show is measured
+# and said in each report.
 NUM_STEPS = 1000
+# fig6_cpu's run length, the same for its four nets: what about 70 minutes of both cores affords
+# for 3 seeds of the four nets at the rates measured on a quiet 2-core Xeon on 2026-12-06, after
+# the residual units' outputs stopped being recomputed (two one-thread runs at once, batch 32, each:
+# ResNet-56 71, plain-56 73, ResNet-20 and plain-20 207 images/s, so 1,000 steps of all twelve
+# runs take ~30 minutes). Its "deeper ResNets are no worse" claim was measured to need more than
+# 1,000 steps (docs/results/fig6_cpu.md), so it gets the longer budget.
+FIG6_STEPS = 2000
 SEEDS = 3
 
-# The same for every entry; none changes what is learned except `augment`, argued here.
-CPU_SETTINGS = {
-    "dataset": "shapes10",
-    # Departure from the paper: no pad-crop-flip. The augmentation fights overfitting over the
-    # paper's 164 epochs; in 0.8 epoch no image is seen twice, so there is nothing to overfit, and
-    # the shifted, black-bordered crops would only make the training images differ from the test
-    # images. The same for every net.
-    "augment": "none",
-    "eval_every_steps": NUM_STEPS // 4,  # test-error curve: 4 points (one pass ~ 100 steps' time)
-    "eval_batch_size": 500,
-    "checkpoint_every_steps": 250,  # a killed run resumes, losing at most a few minutes
-    "keep_checkpoints": 2,
-    "log_every_steps": 10,
-}
+
+def settings(num_steps: int) -> dict:
+    """The settings of every CPU run of `num_steps` steps; none changes what is learned except
+    `augment`, argued here."""
+    return {
+        "dataset": "shapes10",
+        # Departure from the paper: no pad-crop-flip. The augmentation fights overfitting over the
+        # paper's 164 epochs; in 0.8-1.6 epochs hardly an image is seen twice, so there is nothing
+        # to overfit, and the shifted, black-bordered crops would only make the training images
+        # differ from the test images. The same for every net.
+        "augment": "none",
+        "eval_every_steps": num_steps // 4,  # test-error curve: 4 points (a pass ~ 100 steps' time)
+        "eval_batch_size": 500,
+        "checkpoint_every_steps": 250,  # a killed run resumes, losing at most a few minutes
+        "keep_checkpoints": 2,
+        "log_every_steps": 10,
+    }
 
 
-def recipe(model: str, **model_overrides) -> dict:
-    """Config overrides of a CPU entry: the scaled paper recipe plus CPU_SETTINGS."""
+def recipe(model: str, num_steps: int = NUM_STEPS, **model_overrides) -> dict:
+    """Config overrides of a CPU entry: the scaled paper recipe plus `settings(num_steps)`."""
     scaled = recipes.scaled(
         recipes.HE2015_CIFAR,
         model,
         batch_size=BATCH_SIZE,
-        num_steps=NUM_STEPS,
+        num_steps=num_steps,
         model_overrides=model_overrides,
     )
-    return {"model": model, **scaled, **CPU_SETTINGS}
+    return {"model": model, **scaled, **settings(num_steps)}
 
 
-def entry(name: str, label: str, model: str, series: str, **model_overrides) -> Entry:
+def entry(
+    name: str, label: str, model: str, series: str, num_steps: int = NUM_STEPS, **model_overrides
+) -> Entry:
     # Names end in _cpu (fig6's CIFAR entries are plain20, resnet20, ...): one name, one command.
-    # Entries of the same name in several experiments share their runs under one --workdir.
+    # Entries of the same name in several experiments share their runs under one --workdir; a
+    # run of another length is another run, so its name carries the length (resnet56_cpu2k).
+    suffix = "" if num_steps == NUM_STEPS else f"{num_steps // 1000}k"
     return Entry(
-        name=f"{name}_cpu",
+        name=f"{name}_cpu{suffix}",
         label=label,
         config="configs/default.py",
         model=model,
         model_overrides=model_overrides,
-        overrides=recipe(model, **model_overrides),
+        overrides=recipe(model, num_steps, **model_overrides),
         seeds=SEEDS,
         series=series,
     )
 
 
-_PLAIN20 = entry("plain20", "plain-20", "plain20", "plain")
-_PLAIN56 = entry("plain56", "plain-56", "plain56", "plain")
-_RESNET20 = entry("resnet20", "ResNet-20", "resnet20", "resnet")
-_RESNET56 = entry("resnet56", "ResNet-56", "resnet56", "resnet")
-
-_NOTE = (
-    "Recipe: He2015's CIFAR recipe scaled by resnet_jax/recipes.py (batch 32, lr 0.025, /10 at "
-    f"steps {NUM_STEPS // 2} and {3 * NUM_STEPS // 4} of {NUM_STEPS}, weight decay 1e-4, momentum "
-    "0.9), no augmentation; the same for every net (experiments/cpu.py)."
-)
+def note(num_steps: int) -> str:
+    return (
+        "Recipe: He2015's CIFAR recipe scaled by resnet_jax/recipes.py (batch 32, lr 0.025, /10 at "
+        f"steps {num_steps // 2} and {3 * num_steps // 4} of {num_steps}, weight decay 1e-4, "
+        "momentum 0.9), no augmentation; the same for every net (experiments/cpu.py)."
+    )
 
 
-def _cpu(name, title, source, entries, checks, kind="ablation", **kw) -> Experiment:
+def _cpu(name, title, source, entries, checks, kind="ablation", num_steps=NUM_STEPS, **kw):
     return Experiment(
         name=name,
         title=title,
@@ -91,7 +102,7 @@ def _cpu(name, title, source, entries, checks, kind="ablation", **kw) -> Experim
         kind=kind,
         entries=tuple(entries),
         checks=tuple(checks),
-        notes=_NOTE,
+        notes=note(num_steps),
         **kw,
     )
 
@@ -104,16 +115,25 @@ def _both_errors(a, op, b, claim):
     ]
 
 
+_RESNET20 = entry("resnet20", "ResNet-20", "resnet20", "resnet")
+_RESNET56 = entry("resnet56", "ResNet-56", "resnet56", "resnet")
+
 FIG6_CPU = _cpu(
     "fig6_cpu",
     "The degradation problem, CPU-sized: plain vs residual nets on shapes10",
     "He2015 Fig. 6 (qualitative; the paper's numbers are CIFAR-10, not comparable)",
-    [_PLAIN20, _PLAIN56, _RESNET20, _RESNET56],
     [
-        *_both_errors("plain56_cpu", ">", "plain20_cpu", "the deeper plain net is worse"),
-        *_both_errors("resnet56_cpu", "<=", "resnet20_cpu", "the deeper ResNet is no worse"),
-        *_both_errors("resnet56_cpu", "<", "plain56_cpu", "at 56 layers the ResNet beats plain"),
+        entry("plain20", "plain-20", "plain20", "plain", FIG6_STEPS),
+        entry("plain56", "plain-56", "plain56", "plain", FIG6_STEPS),
+        entry("resnet20", "ResNet-20", "resnet20", "resnet", FIG6_STEPS),
+        entry("resnet56", "ResNet-56", "resnet56", "resnet", FIG6_STEPS),
     ],
+    [
+        *_both_errors("plain56_cpu2k", ">", "plain20_cpu2k", "the deeper plain net is worse"),
+        *_both_errors("resnet56_cpu2k", "<=", "resnet20_cpu2k", "the deeper ResNet is no worse"),
+        *_both_errors("resnet56_cpu2k", "<", "plain56_cpu2k", "at 56 layers the ResNet beats plain"),
+    ],
+    num_steps=FIG6_STEPS,
     kind="curves",
     layer_responses=True,
 )

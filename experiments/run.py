@@ -214,7 +214,11 @@ _SHARED_MEMORY_FRACTION = 0.9
 # threads partly wait on each other. The processes are not pinned to cores: a pinned process's
 # Python thread and its XLA thread then share one core, and under load from other jobs it ran at
 # half speed.
-_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
+# With one thread XLA's own CPU fusions beat the project's YNNPACK option, whose gain is spreading
+# elementwise work over several threads: two runs at once, batch 32, ResNet-56 73.5 against 65
+# images/s each, ResNet-20 210 against 182 (2-core Xeon, 2026-12-06, docs/measurements/cpu.md).
+_ONE_THREAD_ENV = {"RESNET_JAX_XLA_DEFAULTS": "0"}
 
 
 def cpu_only() -> bool:
@@ -244,6 +248,7 @@ def run_env(parallel: int = 1, *, cpu: bool = False) -> dict:
     if cpu:
         if parallel >= host_cores():
             env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {_ONE_THREAD}".strip()
+            env.update(_ONE_THREAD_ENV)
     elif parallel > 1 and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env:
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{_SHARED_MEMORY_FRACTION / parallel:.3f}"
     return env

@@ -143,18 +143,21 @@ CPU_EXPERIMENTS = ("fig6_cpu", "abl_block_cpu", "abl_shortcut_cpu", "preact_cpu"
 
 
 def test_cpu_experiments_carry_no_per_net_tuning():
-    # Every entry's overrides are the one recipe function of its model, nothing else; and every
-    # key that is not about the model or the deep nets' warm-up is the same for all entries.
+    # Every entry's overrides are the one recipe function of its model and its experiment's run
+    # length, nothing else; and every key that is not about the model or the deep nets' warm-up is
+    # the same for all entries of an experiment.
     per_net = {"model"}
-    shared = None
     for name in CPU_EXPERIMENTS:
         exp = experiments.get_experiment(name)
         assert len(exp.entries) >= 2
+        steps = cpu.FIG6_STEPS if name == "fig6_cpu" else cpu.NUM_STEPS
+        shared = None
         for e in exp.entries:
             assert e.seeds >= 3
-            assert dict(e.overrides) == cpu.recipe(e.model, **dict(e.model_overrides))
+            assert dict(e.overrides) == cpu.recipe(e.model, steps, **dict(e.model_overrides))
             rest = {k: v for k, v in e.overrides.items() if k not in per_net}
             shared = shared or rest
             assert rest == shared, e.name
-    assert shared["learning_rate"] == pytest.approx(0.1 * cpu.BATCH_SIZE / 128)
-    assert shared["lr_decay_steps"] == (cpu.NUM_STEPS // 2, 3 * cpu.NUM_STEPS // 4)
+        assert shared["learning_rate"] == pytest.approx(0.1 * cpu.BATCH_SIZE / 128)
+        assert shared["lr_decay_steps"] == (steps // 2, 3 * steps // 4)
+        assert f"/10 at steps {steps // 2} and {3 * steps // 4} of {steps}," in exp.notes
