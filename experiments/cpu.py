@@ -131,7 +131,9 @@ FIG6_CPU = _cpu(
     [
         *_both_errors("plain56_cpu2k", ">", "plain20_cpu2k", "the deeper plain net is worse"),
         *_both_errors("resnet56_cpu2k", "<=", "resnet20_cpu2k", "the deeper ResNet is no worse"),
-        *_both_errors("resnet56_cpu2k", "<", "plain56_cpu2k", "at 56 layers the ResNet beats plain"),
+        *_both_errors(
+            "resnet56_cpu2k", "<", "plain56_cpu2k", "at 56 layers the ResNet beats plain"
+        ),
     ],
     num_steps=FIG6_STEPS,
     kind="curves",

@@ -44,8 +44,21 @@ def _flags() -> list[str]:
     return shlex.split(os.environ.get("XLA_FLAGS", ""))
 
 
+def _first_unread(flags: list[str]) -> int:
+    """Where XLA stops reading XLA_FLAGS: its parser ends at the first entry that is not a
+    `--flag`, and every flag after it is dropped without a word (measured with XLA 0.10)."""
+    return next((i for i, f in enumerate(flags) if not f.startswith("--")), len(flags))
+
+
+def unread() -> list[str]:
+    """The entries of XLA_FLAGS that XLA never reads (empty when all are flags)."""
+    flags = _flags()
+    return flags[_first_unread(flags) :]
+
+
 def user_sets(flag: str) -> bool:
-    return any(f == flag or f.startswith(flag + "=") for f in _flags())
+    flags = _flags()
+    return any(f == flag or f.startswith(flag + "=") for f in flags[: _first_unread(flags)])
 
 
 def flags_line(options: dict[str, str]) -> str:
@@ -58,7 +71,11 @@ def add(options: dict[str, str]) -> dict[str, str]:
     added = {k: v for k, v in options.items() if not user_sets(k)}
     if added:
         new = [f"{k}={v}" for k, v in added.items()]
-        os.environ["XLA_FLAGS"] = " ".join(shlex.join([f]) for f in [*_flags(), *new])
+        flags = _flags()
+        cut = _first_unread(flags)  # ahead of anything XLA would not read
+        os.environ["XLA_FLAGS"] = " ".join(
+            shlex.join([f]) for f in [*flags[:cut], *new, *flags[cut:]]
+        )
     return added
 
 
@@ -97,6 +114,17 @@ def vmapped_step_options(platform: str) -> dict[str, str] | None:
     """Compiler options for a vmapped train step on `platform`: `VMAPPED_CPU` where the project
     set the CPU fusion option (a value the user chose is left to them), else None."""
     return VMAPPED_CPU if platform == "cpu" and YNN_FUSION in SET_BY_PROJECT else None
+
+
+def unread_warning() -> str | None:
+    """The line a run prints when XLA_FLAGS holds entries that XLA ignores, else None."""
+    rest = unread()
+    if not rest:
+        return None
+    return (
+        f"warning: XLA ignores XLA_FLAGS from {rest[0]!r} on ({len(rest)} entries): "
+        "each entry must be a --flag=value"
+    )
 
 
 def banner() -> str | None:

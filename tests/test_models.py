@@ -264,3 +264,51 @@ def test_min_input_size_is_the_nets_downsampling_and_gives_logits(name, smallest
     variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
     logits = jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
     assert logits.shape == (1, model.spec.num_classes)
+
+
+def test_add_relu_equals_relu_of_the_sum_bit_for_bit():
+    from resnet_jax.models.blocks import add_relu
+
+    special = jnp.array([0.0, -0.0, 1.0, -1.0, jnp.nan, jnp.inf, -jnp.inf, 1e-38, -1e-38, 2.5])
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    a = jnp.concatenate([jax.random.normal(k1, (990,)), special, -special, special])
+    b = jnp.concatenate([jax.random.normal(k2, (990,)), -special, special, jnp.zeros(10)])
+    # ties (a == -b), zeros of either sign, NaN and infinities included
+    g = jax.random.normal(k3, a.shape)
+    ours, vjp_ours = jax.vjp(add_relu, a, b)
+    ref, vjp_ref = jax.vjp(lambda x, y: jax.nn.relu(x + y), a, b)
+    np.testing.assert_array_equal(ours, ref)  # NaN stays NaN
+    # Where the sum is NaN the loss is NaN, and every gradient with it; elsewhere bit for bit.
+    real = ~jnp.isnan(a + b)
+    for d_ours, d_ref in zip(vjp_ours(g), vjp_ref(g), strict=True):
+        np.testing.assert_array_equal(d_ours[real], d_ref[real])
+
+
+def test_a_residual_units_output_is_computed_once_not_in_every_later_unit():
+    # Under XLA's own CPU fusions relu(branch + shortcut) was copied into each consumer, so each
+    # unit's output was recomputed from every convolution output of the units before it in its
+    # stage: the train step's fusions read up to one convolution output per unit of the stage.
+    model = create_model("resnet32", num_classes=10)  # 5 units per stage
+    x = jnp.ones((2, 32, 32, 3))
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+
+    def loss(params):
+        out, _ = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return out.sum()
+
+    compiled = (
+        jax.jit(jax.grad(loss))
+        .lower(variables["params"])
+        .compile({"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"})
+    )
+    text = compiled.as_text()
+    fusions = re.findall(r"= \S+ fusion\((.*?)\), kind=kLoop", text)
+    assert fusions, text[:2000]
+    # The current unit's convolutions (and, in the backward pass, their gradients'): 3 at most;
+    # the chain of recomputed units read 7 here.
+    assert max(f.count("%conv") for f in fusions) <= 3

@@ -41,6 +41,22 @@ def test_import_sets_the_cpu_options_and_keeps_the_users_own():
         f"--xla_backend_optimization_level=0 {YNN}=dot,eltwise,reduce"
     )
     assert _flags_after_import(None, **{xla_options.OPT_OUT: "0"}) == ""
+    # XLA reads no flag after an entry that is not a --flag: ours go in ahead of it, and a flag
+    # of the user's behind it does not count as set.
+    stray = f"--xla_backend_optimization_level=0 threads=1 {YNN}=individual_dot"
+    assert _flags_after_import(stray) == (
+        f"--xla_backend_optimization_level=0 {YNN}=dot,eltwise,reduce threads=1 "
+        f"{YNN}=individual_dot"
+    )
+
+
+def test_entries_xla_does_not_read_are_named(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    assert xla_options.unread() == [] and xla_options.unread_warning() is None
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false threads=1 --xla_dump_to=d")
+    assert xla_options.unread() == ["threads=1", "--xla_dump_to=d"]
+    assert "'threads=1' on (2 entries)" in xla_options.unread_warning()
+    assert not xla_options.user_sets("--xla_dump_to")
 
 
 def test_deterministic_flag_is_accepted_by_xla_before_start_and_refused_after():

@@ -39,7 +39,7 @@ def add_relu(branch, shortcut):
     back through the whole chain of additions of its stage (the ninth unit of a ResNet-56 stage
     redid all nine). The select reads two large inputs (`s` and `s <= 0`) and feeds the next
     convolution, which cannot fuse it, so XLA materialises it instead. ResNet-56's train step
-    with one XLA thread: 1.3x (docs/measurements/cpu.md). `s <= 0` keeps NaN, as max does.
+    with one XLA thread: 1.3x (docs/measurements/cpu.md). NaN stays NaN, as in max.
     """
     s = branch + shortcut
     return jnp.where(s <= 0, 0, s)
