@@ -25,12 +25,13 @@ BATCH_SIZE = 32  # small batches learn most per second on 2 CPU cores
 # of 32 are 0.8 epoch of shapes10. How far this is from where every claim could show is measured
 # and said in each report.
 NUM_STEPS = 1000
-# fig6_cpu's run length, the same for its four nets: what about 70 minutes of both cores affords
-# for 3 seeds of the four nets at the rates measured on a quiet 2-core Xeon on 2026-12-06, after
-# the residual units' outputs stopped being recomputed (two one-thread runs at once, batch 32, each:
+# fig6_cpu's run length, the same for its four nets: about 70 minutes of both cores for 3 seeds of
+# the four nets, estimated from the rates measured on a quiet 2-core Xeon on 2026-12-06 after the
+# residual units' outputs stopped being recomputed (two one-thread runs at once, batch 32, each:
 # ResNet-56 71, plain-56 73, ResNet-20 and plain-20 207 images/s, so 1,000 steps of all twelve
-# runs take ~30 minutes). Its "deeper ResNets are no worse" claim was measured to need more than
-# 1,000 steps (docs/results/fig6_cpu.md), so it gets the longer budget.
+# runs take ~30 minutes of training); with evaluations and the machine's own tests sharing the
+# cores it took 92 minutes. Its "deeper ResNets are no worse" claim was measured to need more
+# than 1,000 steps (docs/results/fig6_cpu.md), so it gets the longer budget.
 FIG6_STEPS = 2000
 SEEDS = 3
 
@@ -41,9 +42,10 @@ def settings(num_steps: int) -> dict:
     return {
         "dataset": "shapes10",
         # Departure from the paper: no pad-crop-flip. The augmentation fights overfitting over the
-        # paper's 164 epochs; in 0.8-1.6 epochs hardly an image is seen twice, so there is nothing
-        # to overfit, and the shifted, black-bordered crops would only make the training images
-        # differ from the test images. The same for every net.
+        # paper's 164 epochs; in 0.8 epoch (1,000 steps) no image is seen twice and in 1.6 epochs
+        # (2,000) none more than twice, too few to overfit (fig6_cpu's training and test errors
+        # stay within 2 points), and the shifted, black-bordered crops would only make the
+        # training images differ from the test images. The same for every net.
         "augment": "none",
         "eval_every_steps": num_steps // 4,  # test-error curve: 4 points (a pass ~ 100 steps' time)
         "eval_batch_size": 500,
@@ -71,7 +73,10 @@ def entry(
     # Names end in _cpu (fig6's CIFAR entries are plain20, resnet20, ...): one name, one command.
     # Entries of the same name in several experiments share their runs under one --workdir; a
     # run of another length is another run, so its name carries the length (resnet56_cpu2k).
-    suffix = "" if num_steps == NUM_STEPS else f"{num_steps // 1000}k"
+    if num_steps == NUM_STEPS:
+        suffix = ""
+    else:
+        suffix = f"{num_steps // 1000}k" if num_steps % 1000 == 0 else str(num_steps)
     return Entry(
         name=f"{name}_cpu{suffix}",
         label=label,

@@ -227,8 +227,9 @@ def print_header(run: config_lib.Run, workdir: str) -> None:
     for note in run.notes:
         print(note, flush=True)
     on_cpu = jax.default_backend() == "cpu"
-    if xla_options.unread_warning():
-        print(xla_options.unread_warning(), flush=True)
+    unread = xla_options.unread_warning()
+    if unread:
+        print(unread, flush=True)
     if on_cpu and xla_options.SET_BY_PROJECT:
         print(xla_options.banner(), flush=True)
     if c.get("deterministic"):
