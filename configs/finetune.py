@@ -49,7 +49,9 @@ def get_config(arg: str = "cifar10"):
     # BiT's schedule from the training set's size: 500 steps under 20k examples, 10k under 500k
     # (CIFAR's 50k, shapes10's 40k), 20k above; linear warm-up (100 or 500 steps), the rate
     # divided by 10 at 30%, 60% and 90%. BiT also mixes pairs of images (MixUp, alpha 0.1) on
-    # datasets of 20k examples or more; our pipeline has no MixUp.
+    # datasets of 20k examples or more; our pipeline has no MixUp. A folder under 10,240 images
+    # trains at most folder_epochs (25) epochs instead of the 500 steps, which ignore the size
+    # below 20k: 474 epochs of a 135-image folder, hours on a CPU (`config.fit_length_to_folder`).
     c.bit_hyperrule = True
     c.lr_schedule = "step"
     c.lr_decay_factor = 0.1

@@ -13,9 +13,8 @@ import math
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import Any
 
-from experiments import Check, Entry, Experiment
+from experiments import Check, Entry, Experiment, stats
 from experiments import run as run_lib
 from resnet_jax.engine.metrics import read_metrics
 
@@ -134,8 +133,19 @@ class EntryResult:
     def n_missing(self) -> int:
         return len(self.runs) - self.n_done
 
+    def values(self, metric: str) -> list[float]:
+        """The finished seeds' final `metric`, in seed order."""
+        return [r.final[metric] for r in self.done if metric in r.final]
+
     def stat(self, metric: str) -> tuple[float | None, float | None]:
-        return mean_std([r.final[metric] for r in self.done if metric in r.final])
+        return mean_std(self.values(metric))
+
+    def sample(self, metric: str) -> stats.Sample | None:
+        values = self.values(metric)
+        if not values:
+            return None
+        mean, std = mean_std(values)
+        return stats.Sample(mean, std, len(values))
 
     def mean_of(self, attr: str) -> float | None:
         values = [getattr(r, attr) for r in self.done if getattr(r, attr) is not None]
@@ -162,26 +172,35 @@ def collect(exp: Experiment, root: os.PathLike, seeds: int | None = None) -> lis
     return out
 
 
-_OPS = {
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-}
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """A claim decided over seeds: the two samples, the interval of mean(a) - mean(b), the
+    verdict (stats.SHOWN / UNDECIDED / CONTRADICTED, or None while a side has no finished run)
+    and, when undecided, the seeds per net that would decide it at the observed spread."""
+
+    a: stats.Sample | None
+    b: stats.Sample | None
+    interval: stats.Interval | None
+    verdict: str | None
+    seeds_needed: int | None
 
 
-def evaluate_check(check: Check, results: Sequence[EntryResult]) -> dict[str, Any]:
-    """{'holds': True/False/None (not measurable yet), 'a', 'b': means, 'a_std', 'b_std',
-    'beyond_noise': whether |a - b| exceeds twice its standard error over seeds (None with fewer
-    than two seeds on a side)}."""
+def decide(
+    a: stats.Sample | None, b: stats.Sample | None, op: str, margin: float | None = None
+) -> Decision:
+    if a is None or b is None:
+        return Decision(a, b, None, None, None)
+    ci = stats.interval(a, b)
+    verdict = stats.verdict(op, ci, margin or 0.0)
+    needed = stats.seeds_to_decide(a, b, op, margin or 0.0) if verdict == stats.UNDECIDED else None
+    return Decision(a, b, ci, verdict, needed)
+
+
+def evaluate_check(check: Check, results: Sequence[EntryResult]) -> Decision:
     by_name = {r.entry.name: r for r in results}
-    ra, rb = by_name[check.a], by_name[check.b]
-    a, a_std = ra.stat(check.metric)
-    b, b_std = rb.stat(check.metric)
-    holds = None if a is None or b is None else _OPS[check.op](a, b)
-    beyond = None
-    if holds is not None and a_std is not None and b_std is not None:
-        n_a = sum(check.metric in r.final for r in ra.done)
-        n_b = sum(check.metric in r.final for r in rb.done)
-        beyond = abs(a - b) > 2 * math.sqrt(a_std**2 / n_a + b_std**2 / n_b)
-    return {"holds": holds, "a": a, "b": b, "a_std": a_std, "b_std": b_std, "beyond_noise": beyond}
+    return decide(
+        by_name[check.a].sample(check.metric),
+        by_name[check.b].sample(check.metric),
+        check.op,
+        check.margin,
+    )

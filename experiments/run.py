@@ -1,7 +1,14 @@
 """Launch or resume an experiment: one `python -m resnet_jax.main` subprocess per (entry, seed).
 
-  python -m experiments.run NAME --workdir ROOT [--only ENTRY[,ENTRY]] [--seeds K]
+  python -m experiments.run NAME|PATH.py[:NAME] --workdir ROOT [--only ENTRY[,ENTRY]] [--seeds K]
                             [--parallel N] [--dry_run] [--print_commands] [--python PY]
+  python -m experiments.run --config configs/X.py[:arg] --grid KEY=V1,V2 [--grid KEY2=...]
+                            --seeds K --workdir ROOT [--name NAME] [--config.KEY=V ...]
+
+NAME is one of the project's experiments (`--list`); PATH.py is any file that defines
+`Experiment`s at module level; `--grid` makes one entry per cell of the product of its axes
+(experiments/grid.py). The experiment's definition is left in ROOT/NAME.experiment.json, so
+`python -m experiments.report --workdir ROOT` reports it with no file or name.
 
 Runs go into ROOT/<entry>/seed<k>. On an accelerator they go one after another; `--parallel N`
 runs N at a time, sharing it (each process may take 1/N of its memory): CIFAR nets are bound by
@@ -29,14 +36,16 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent import futures
-from typing import Any
 
 import experiments
-from experiments import Entry, Experiment
+from experiments import Entry, Experiment, grid
+from experiments.grid import format_value
+from resnet_jax import xla_options
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = experiments.REPO
 RUN_RECORD = "run.json"  # what run.py launched in a workdir; guards against name clashes
 LOG = "run.log"
+EXPERIMENT_RECORD = ".experiment.json"  # ROOT/<name>.experiment.json: the definition launched
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,21 +99,6 @@ def run_status(workdir: pathlib.Path, views: str = "center") -> str:
     ):
         return "partial"
     return "todo"
-
-
-def _literal(value: Any) -> str:
-    """A Python literal with double-quoted strings and no spaces (little shell quoting needed)."""
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{_literal(str(k))}:{_literal(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (tuple, list)):
-        return "(" + ",".join(_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
-    return json.dumps(value) if isinstance(value, str) else repr(value)
-
-
-def format_value(value: Any) -> str:
-    """A config value as ml_collections' `--config.k=v` parser reads it: strings and numbers as
-    they are, tuples and dicts as Python literals."""
-    return _literal(value) if isinstance(value, (tuple, list, dict)) else str(value)
 
 
 def train_args(entry: Entry, seed: int, workdir: os.PathLike) -> tuple[str, ...]:
@@ -167,6 +161,8 @@ def plan(
     seeds: int | None = None,
 ) -> list[Run]:
     runs = []
+    # The runs start in the checkout (REPO), which need not be the directory ROOT was named from.
+    root = pathlib.Path(root).absolute()
     for entry in select(exp, only):
         for seed in seeds_of(entry, seeds):
             wd = run_dir(root, entry, seed)
@@ -194,15 +190,46 @@ def _claim_workdir(run: Run, exp: Experiment) -> None:
                 f"now:\n  {shlex.join(record['args'])}\nUse another --workdir for this experiment."
             )
         return
-    # Where and when it ran, for reports: CPU timings mean little without the machine and its load.
-    record.update(
-        host=platform.node(),
-        cpus=os.cpu_count(),
-        load_avg_1min=os.getloadavg()[0],
-        started_utc=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    )
     run.workdir.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _stamp(run: Run, **fields) -> None:
+    """Adds to the run's record: where and when it really ran (CPU timings mean little without
+    the machine and its load). `started` is kept from the first start when a run is resumed."""
+    path = run.workdir / RUN_RECORD
+    record = json.loads(path.read_text())
+    if "started" in fields and "started" in record:
+        fields["resumed"] = fields.pop("started")
+    record.update(fields)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def record_experiment(exp: Experiment, root: os.PathLike, command: str) -> None:
+    """Leaves the definition launched into ROOT, for the report (a grid has no file or name)."""
+    pathlib.Path(root).mkdir(parents=True, exist_ok=True)
+    path = pathlib.Path(root) / f"{exp.name}{EXPERIMENT_RECORD}"
+    record = {"experiment": experiments.to_record(exp), "command": command}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _experiment_records(root: os.PathLike) -> dict[str, dict]:
+    return {
+        p.name.removesuffix(EXPERIMENT_RECORD): json.loads(p.read_text())
+        for p in sorted(pathlib.Path(root).glob(f"*{EXPERIMENT_RECORD}"))
+    }
+
+
+def recorded_experiments(root: os.PathLike) -> dict[str, Experiment]:
+    """name -> the experiment launched into ROOT."""
+    return {
+        name: experiments.from_record(r["experiment"])
+        for name, r in _experiment_records(root).items()
+    }
+
+
+def launch_command(root: os.PathLike, name: str) -> str | None:
+    return _experiment_records(root).get(name, {}).get("command")
 
 
 # Memory XLA may take on an accelerator, shared by `--parallel` runs (the rest is headroom for
@@ -244,7 +271,8 @@ def run_env(parallel: int = 1, *, cpu: bool = False) -> dict:
     """The environment of a run's processes. On an accelerator, with `parallel` > 1, each gets
     1/parallel of its memory (`XLA_PYTHON_CLIENT_MEM_FRACTION`) unless the caller set a fraction.
     On a CPU with at least as many runs as cores, XLA runs one thread per process."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    env = xla_options.user_environ()
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if cpu:
         if parallel >= host_cores():
             env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {_ONE_THREAD}".strip()
@@ -308,8 +336,16 @@ def execute(
                 flush=True,
             )
         t0 = time.time()
+        _stamp(
+            r,
+            started=t0,
+            host=platform.node(),
+            cpus=os.cpu_count(),
+            load_avg_1min=os.getloadavg()[0],
+        )
         rc = _phases(r, python, env)
         took = time.time() - t0
+        _stamp(r, finished=time.time())
         with lock:
             if rc == 0 and run_status(r.workdir, r.entry.eval_views) == "done":
                 print(f"done   {r.entry.name} seed {r.seed} in {took:.0f} s", file=out, flush=True)
@@ -351,7 +387,23 @@ def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="python -m experiments.run", description=__doc__.split("\n")[0]
     )
-    p.add_argument("name", nargs="?", help="experiment name (see --list)")
+    p.add_argument(
+        "name", nargs="?", help="experiment name (see --list), or PATH.py[:NAME] of your own file"
+    )
+    p.add_argument("--config", help="config file of a --grid (PATH.py[:arg])")
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        help="KEY=V1,V2: an axis of the grid (repeatable; model spec fields as "
+        "model_overrides.FIELD); with --config, instead of NAME",
+    )
+    p.add_argument(
+        "--name",
+        dest="name_flag",
+        default=None,
+        help="the grid's name (default: the workdir's name)",
+    )
     p.add_argument("--workdir", help="root folder: runs go to ROOT/<entry>/seed<k>")
     p.add_argument(
         "--only",
@@ -391,12 +443,50 @@ def parse_args(argv):
         help="interpreter in commands (default: this one; 'python' for --print_commands)",
     )
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
-    return p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # Taken out first: argparse would read a value with a space as the positional NAME.
+    overrides = [x for x in argv if x.startswith("--config.")]
+    a = p.parse_args([x for x in argv if not x.startswith("--config.")])
+    try:
+        a.overrides = grid.parse_overrides(overrides)
+    except ValueError as e:
+        p.error(str(e))
+    return a
+
+
+def experiment_of(a) -> Experiment:
+    """The experiment the command line names: NAME, PATH.py[:NAME], or --config with --grid."""
+    if a.config or a.grid:
+        if a.name or not a.config:
+            raise ValueError("a grid is --config FILE with --grid KEY=V1,V2, and no NAME")
+        name = a.name_ or pathlib.Path(a.workdir).resolve().name
+        return grid.grid_experiment(name, a.config, a.grid, a.overrides, a.seeds or 3)
+    return with_overrides(experiments.resolve(a.name), a.overrides)
+
+
+def with_overrides(exp: Experiment, overrides: dict) -> Experiment:
+    """Every entry with `--config.KEY=V` on top of its own keys (a short smoke run of an
+    experiment: `--config.num_train_steps=20`). Its commands differ from the experiment's, so its
+    runs need a workdir of their own (a workdir of the other command is refused)."""
+    if not overrides:
+        return exp
+    overrides = dict(overrides)
+    spec = dict(overrides.pop("model_overrides", None) or {})
+    entries = tuple(
+        dataclasses.replace(
+            e,
+            overrides={**e.overrides, **overrides},
+            model_overrides={**e.model_overrides, **spec},
+        )
+        for e in exp.entries
+    )
+    return dataclasses.replace(exp, entries=entries)
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    if a.list or not a.name:
+    a.name_ = a.__dict__.pop("name_flag", None)
+    if a.list or not (a.name or a.config or a.grid):
         if not a.list:
             print("error: give an experiment name; valid ones:", file=sys.stderr)
         for name in experiments.available_experiments():
@@ -404,23 +494,25 @@ def main(argv=None) -> int:
             print(f"{name:22s} {len(exp.entries):2d} entries  {exp.title}")
         return 0 if a.list else 2
     try:
-        exp = experiments.get_experiment(a.name)
-        only = [n for chunk in a.only for n in chunk.split(",") if n]
         if not a.workdir:
             raise ValueError("--workdir is required")
+        exp = experiment_of(a)
+        only = [n for chunk in a.only for n in chunk.split(",") if n]
         runs = plan(exp, a.workdir, only=only, seeds=a.seeds)
-    except ValueError as e:
+    except (ValueError, ImportError) as e:  # ImportError: a file of yours that fails
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if a.print_commands:
-        for r in runs:
-            if r.status != "done":
-                print(r.command(a.python or "python"))
-        return 0
     python = a.python or sys.executable
     if a.dry_run:
         print(f"{exp.name}: {exp.title} [dataset: {exp.dataset}]")
         print(describe(runs, python))
+        return 0
+    argv = sys.argv[1:] if argv is None else argv
+    record_experiment(exp, a.workdir, shlex.join(["python", "-m", "experiments.run", *argv]))
+    if a.print_commands:
+        for r in runs:
+            if r.status != "done":
+                print(r.command(a.python or "python"))
         return 0
     parallel = default_parallel() if a.parallel is None else a.parallel
     if parallel < 1:
@@ -433,7 +525,7 @@ def main(argv=None) -> int:
     failed = execute(exp, runs, python=python, parallel=parallel, cpu=cpu_only())
     print(
         f"{exp.name}: {len(runs) - len(failed)}/{len(runs)} runs finished; "
-        f"report: python -m experiments.report {exp.name} --workdir {a.workdir}"
+        f"report: python -m experiments.report {shlex.quote(exp.name)} --workdir {a.workdir}"
     )
     return 1 if failed else 0
 

@@ -59,7 +59,11 @@ class Entry:
 
 @dataclasses.dataclass(frozen=True)
 class Check:
-    """A qualitative claim of the paper, tested on our means: `a op b` on `metric`.
+    """A claim about two entries, `a op b` on an error metric, decided over seeds
+    (experiments/stats.py): `<` / `>` say a is better / worse than b; `<=` / `>=` say a is no
+    worse / no better than b, within `margin` percentage points (non-inferiority), which such a
+    claim must state with where the margin comes from (`margin_source`; the paper's own
+    differences are the natural scale).
 
     E.g. Check('plain56', '>', 'plain20', 'top1_err', 'degradation') for He2015 Fig. 6.
     """
@@ -69,6 +73,21 @@ class Check:
     b: str
     metric: str
     claim: str
+    margin: float | None = None
+    margin_source: str = ""
+
+    def __post_init__(self):
+        if self.op not in ("<", "<=", ">", ">="):
+            raise ValueError(f"{self.claim}: op must be one of <, <=, >, >=, got {self.op!r}")
+        if self.metric not in METRICS:
+            raise ValueError(f"{self.claim}: metric must be one of {METRICS}, got {self.metric!r}")
+        if self.op in ("<=", ">=") and not (self.margin and self.margin > 0 and self.margin_source):
+            raise ValueError(
+                f"{self.claim}: a '{self.op}' (no worse / no better) claim needs a margin > 0 in "
+                "percentage points and its margin_source"
+            )
+        if self.op in ("<", ">") and self.margin is not None:
+            raise ValueError(f"{self.claim}: a margin applies to '<=' and '>=' claims only")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +100,7 @@ class Experiment:
     kind: `table` (numbers), `curves` (also training curves, Figs. 4/6), `ablation` (also error vs
       params / multiply-adds / throughput).
     layer_responses: the report also measures each trained net's per-layer response std (Fig. 7).
+    baseline: the entry the report compares every other entry with (default: the first).
     """
 
     name: str
@@ -93,15 +113,25 @@ class Experiment:
     checks: tuple[Check, ...] = ()
     notes: str = ""
     layer_responses: bool = False
+    baseline: str = ""
 
     def __post_init__(self):
         names = [e.name for e in self.entries]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"{self.name}: duplicate entry names {sorted(dupes)}")
+        if not names:
+            raise ValueError(f"{self.name}: an experiment needs at least one entry")
         for c in self.checks:
-            if c.a not in names or c.b not in names or c.op not in ("<", "<=", ">", ">="):
-                raise ValueError(f"{self.name}: bad check {c}")
+            if c.a not in names or c.b not in names:
+                raise ValueError(f"{self.name}: check {c.claim!r} names an entry not in {names}")
+        if self.baseline and self.baseline not in names:
+            raise ValueError(f"{self.name}: baseline {self.baseline!r} is not one of {names}")
+
+    @property
+    def baseline_entry(self) -> Entry:
+        """What every other entry is compared with: `baseline`, else the first entry."""
+        return self.entry(self.baseline) if self.baseline else self.entries[0]
 
     def entry(self, name: str) -> Entry:
         for e in self.entries:
@@ -120,3 +150,50 @@ def register(*experiments: Experiment) -> None:
         if exp.name in _REGISTRY and _REGISTRY[exp.name] != exp:
             raise ValueError(f"experiment {exp.name!r} registered twice")
         _REGISTRY[exp.name] = exp
+
+
+def to_record(exp: Experiment) -> dict:
+    """The experiment as JSON-able data: `experiments.run` leaves it in its root, so that the
+    report needs neither the file that defined it nor a registered name (a grid has neither)."""
+    return dataclasses.asdict(exp)
+
+
+def _tuples(value: Any) -> Any:
+    """JSON's lists back to the tuples the configs and model specs hold (`stage_sizes`)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def from_record(record: Mapping[str, Any]) -> Experiment:
+    fields = dict(record)
+    fields["entries"] = tuple(
+        Entry(**{k: _tuples(v) if k.endswith("overrides") else v for k, v in e.items()})
+        for e in fields["entries"]
+    )
+    fields["checks"] = tuple(Check(**c) for c in fields.get("checks", ()))
+    return Experiment(**fields)
+
+
+def variant(
+    base: Entry,
+    name: str,
+    label: str,
+    series: str = "",
+    overrides: Mapping[str, Any] | None = None,
+    **model_overrides,
+) -> Entry:
+    """`base` with config keys (`overrides`) and model spec fields (`model_overrides`, e.g.
+    `block="se_basic"`, `shortcut="C"`) changed, under a new name: one line per ablated design.
+    The base's recipe, seeds and evaluation protocol carry over; its paper numbers do not."""
+    return dataclasses.replace(
+        base,
+        name=name,
+        label=label,
+        series=series or name,
+        overrides={**base.overrides, **(overrides or {})},
+        model_overrides={**base.model_overrides, **model_overrides},
+        paper={},
+    )

@@ -15,11 +15,19 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from resnet_jax import optim
+from resnet_jax import optim, plugins
 from resnet_jax.data import catalog, folder  # numpy and Pillow only: no TensorFlow
 
 # Evaluation protocols: one centre crop, He2015's 10 crops, or its fully-convolutional multi-scale.
 EVAL_VIEWS = catalog.EVAL_VIEWS
+
+# The most epochs a folder trains by default (`fit_length_to_folder`). 25: what PyTorch's
+# transfer-learning tutorial trains on its 244 images of ants and bees, a folder of the size
+# this rule is for (SGD, lr 0.001, momentum 0.9, num_epochs=25).
+FOLDER_EPOCHS = 25.0
+# BiT-HyperRule's length follows the data from here up (10k steps, then 20k); below, it is 500
+# steps whatever the size.
+BIT_SMALL_EXAMPLES = 20_000
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -27,6 +35,10 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = "resnet20"  # a name from resnet_jax.models.available_models()
     c.model_overrides = ml_collections.ConfigDict()  # ResNetSpec fields, e.g. {'shortcut': 'B'}
+    # Python files (PATH.py, relative to the current directory; the run records them absolute) or
+    # module names, imported before the model is built: e.g. a unit registered with
+    # resnet_jax.models.register_block, chosen by model_overrides={'block': NAME}
+    c.plugins = ()
     c.dtype = "float32"  # compute dtype ('bfloat16' for mixed precision); params stay float32
     c.bn_group_size = config_dict.placeholder(int)  # None or 0: BN over the global batch
     # imagenet2012, cifar10, cifar100, shapes10, synthetic (random, on device), or folder:PATH
@@ -66,6 +78,11 @@ def default_config() -> ml_collections.ConfigDict:
     # size (`bit_schedule`), over num_epochs and the warm-up and decay keys; a batch_size larger
     # than the training set shrinks to fit it, the rates scaled with it (`fitted_batch_size`)
     c.bit_hyperrule = False
+    # A folder of images (dataset=folder:PATH) trains at most this many epochs of its training
+    # images, warm-up and decays kept at their fractions of the run (`fit_length_to_folder`);
+    # with bit_hyperrule only below BiT's 20k examples. 0: the recipe's length, however small
+    # the folder
+    c.folder_epochs = FOLDER_EPOCHS
     c.optimizer = "sgd"  # sgd | lars
     c.learning_rate = 0.1  # base rate, before linear scaling
     c.lr_scaling = "none"  # none | linear (lr = learning_rate * batch_size / 256)
@@ -99,7 +116,8 @@ def default_config() -> ml_collections.ConfigDict:
     # bitwise repeatable GPU runs at a cost in speed. CPU programs are deterministic already.
     c.deterministic = False
     # Several seeds as one program, e.g. (0, 1, 2): one run per seed in WORKDIR/seed<k>, their
-    # steps vmapped together (device input path only; docs/training.md). Empty: one run of `seed`.
+    # steps vmapped together, on every input path (docs/training.md); `seed` then stays at 0.
+    # Empty: one run of `seed`.
     c.seeds = ()
     # Pretrained start: a run directory (its newest checkpoint) or a PyTorch-named weights file
     # (.safetensors, .npz, .pth); params and BN statistics only, the head fresh if the class count
@@ -131,9 +149,10 @@ class Run:
     and the plan of reading it (`catalog.Plan`). Made once (`resolve_run`); below it, records.
 
     notes: the lines the run prints about its data (`catalog.notes`, and a batch fitted to a small
-    training set). problems: what resolving found wrong with the run as a whole (a schedule whose
-    decays fall inside its warm-up), reported by the checks with the data's own. Both are made
-    as a run starts; a run rebuilt from its config.json (`saved`) has neither."""
+    training set) and a warning where it ends inside its warm-up. problems: what resolving found
+    wrong with the run as a whole (a schedule whose decays fall inside its warm-up), reported by
+    the checks with the data's own. Both are made as a run starts; a run rebuilt from its
+    config.json (`saved`) has neither."""
 
     c: ml_collections.ConfigDict
     data: catalog.Dataset
@@ -164,7 +183,8 @@ def resolve_run(config: ml_collections.ConfigDict, saved: dict | None = None) ->
     )
     if saved:  # a run that has started: checked and announced then, its folder not read again
         return Run(c, d, plan, notes=(), problems=())
-    return Run(c, d, plan, notes=_notes(c, d, plan), problems=_schedule_problems(c))
+    notes = _notes(c, d, plan) + _warmup_notes(c)
+    return Run(c, d, plan, notes=notes, problems=_schedule_problems(c))
 
 
 def open_data(c, saved: dict | None = None) -> catalog.Dataset:
@@ -198,6 +218,8 @@ def _resolve(c: ml_collections.ConfigDict, d: catalog.Dataset) -> None:
     `num_train_steps`, `warmup_steps` and `lr_decay_steps` to what the run uses."""
     if c.num_classes is None:
         c.num_classes = d.num_classes
+    if "plugins" in c:
+        c.plugins = plugins.absolute(c.plugins)
     if c.image_size is None:
         c.image_size = d.image_size
     c.update(catalog.run_keys(d))
@@ -216,6 +238,8 @@ def _resolve(c: ml_collections.ConfigDict, d: catalog.Dataset) -> None:
     if not c.lr_decay_steps:
         c.lr_decay_steps = tuple(epochs_to_steps(e) for e in c.lr_decay_epochs)
     c.lr_decay_steps = tuple(int(s) for s in c.lr_decay_steps)
+    if d.kind == "folder" and c.get("folder_epochs", 0) > 0:
+        fit_length_to_folder(c, d.num_train)
     if c.lr_scaling not in ("none", "linear"):
         raise ValueError(f"lr_scaling must be 'none' or 'linear', got {c.lr_scaling!r}")
     scale = (
@@ -259,6 +283,39 @@ def _fit_batch(c: ml_collections.ConfigDict, num_train: int) -> None:
     )
 
 
+def fit_length_to_folder(c: ml_collections.ConfigDict, num_train: int) -> None:
+    """A recipe's length cut to `folder_epochs` epochs of a folder of `num_train` training images
+    where it is longer, its warm-up and decays at the same fractions of the run (recipes.py's
+    rule); says so in `length_rule`.
+
+    Why: a recipe's length is set for its own dataset and repeats a small folder hundreds of
+    times. configs/default.py's 3,000 steps of 32 are 2.4 epochs of shapes10 but 711 of 135
+    images; BiT-HyperRule's 500 steps of 512 are 12.8 epochs of 20k examples, 256 of VTAB-1k's
+    1,000 and, at the batch of 128 those 135 images fill, 474. On 2 CPU cores those are hours:
+    the runs' own ETAs were 3 h 52 min (96 px) and 6 h 01 min (ResNet-50 at 128 px) on a 2-core
+    AMD EPYC shared with other jobs, 2026-12-07; 25 epochs are minutes. The recipe stands
+    wherever it is the shorter: from scratch on 3,840 images or more (3,000 x 32 / 25), a
+    fine-tune on 10,240 or more (500 x 512 / 25); and BiT's lengths from 20k examples up, which
+    do follow the data, are never cut.
+    """
+    if c.get("bit_hyperrule") and num_train >= BIT_SMALL_EXAMPLES:
+        return
+    was, epochs = c.num_train_steps, c.folder_epochs
+    steps = max(int(round(epochs * c.steps_per_epoch)), 1)
+    if steps >= was:
+        return
+    at = lambda s: int(round(s * steps / was))
+    c.num_train_steps, c.warmup_steps = steps, at(c.warmup_steps)
+    c.lr_decay_steps = tuple(at(s) for s in c.lr_decay_steps)
+    c.length_rule = (
+        f"num_train_steps {steps}: {epochs:g} epochs (folder_epochs) of the {num_train} training "
+        f"images at {c.steps_per_epoch} step(s) of {c.batch_size} each, where the recipe's {was} "
+        f"steps would be {was * c.batch_size / num_train:.0f} epochs; warm-up and decays at the "
+        "same fractions of the run; --config.folder_epochs=0 keeps the recipe's length, a "
+        "smaller --config.num_train_steps shortens it"
+    )
+
+
 def bit_schedule(num_examples: int, num_steps: int = -1) -> tuple[int, int, tuple[int, ...]]:
     """(steps, warm-up steps, decay steps) of BiT-HyperRule for a training set of `num_examples`.
 
@@ -278,7 +335,7 @@ def bit_schedule(num_examples: int, num_steps: int = -1) -> tuple[int, int, tupl
 
 
 def _notes(c: ml_collections.ConfigDict, d: catalog.Dataset, plan: catalog.Plan) -> tuple[str, ...]:
-    fitted = [c.batch_size_rule] if c.get("batch_size_rule") else []
+    fitted = [c[k] for k in ("batch_size_rule", "length_rule") if c.get(k)]
     return tuple(catalog.notes(d, plan, c.model) + fitted)
 
 
@@ -293,6 +350,23 @@ def _schedule_problems(c: ml_collections.ConfigDict) -> tuple[str, ...]:
             "move the decays",
         )
     return ()
+
+
+def _warmup_notes(c: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """A warning where the run ends inside its warm-up: it never trains at its peak rate."""
+    if c.warmup == "until_error" or not 0 < c.num_train_steps <= c.warmup_steps:
+        return ()  # until_error's warm-up ends with the training error, not at a step
+    try:
+        schedule, _ = build_optimizer(c)
+    except ValueError:  # a schedule that cannot be built is one of `_schedule_problems`
+        return ()
+    last = float(schedule(c.num_train_steps - 1))
+    return (
+        f"WARNING: the run ends inside its warm-up ({c.num_train_steps} steps, warmup_steps "
+        f"{c.warmup_steps}): the learning rate never reaches its peak {c.peak_learning_rate:g} "
+        f"(the last step's is {last:.3g}); lengthen --config.num_train_steps past the warm-up or "
+        "shorten --config.warmup_steps",
+    )
 
 
 def normalization(c: ml_collections.ConfigDict, d: catalog.Dataset) -> str:
@@ -317,8 +391,10 @@ def ema_on(c: ml_collections.ConfigDict) -> bool:
 
 
 def build_model(c: ml_collections.ConfigDict):
+    """The config's model, its `plugins` imported first (they may register what it names)."""
     from resnet_jax import models
 
+    plugins.load(c.get("plugins", ()))
     return models.create_model(
         c.model,
         num_classes=c.num_classes,

@@ -110,6 +110,19 @@ def require(options: dict[str, str], why: str) -> dict[str, str]:
 SET_BY_PROJECT = set_defaults()
 
 
+def user_environ() -> dict[str, str]:
+    """This process's environment less the options the project added to its XLA_FLAGS: the
+    environment for a child process of ours, which makes its own choice of them (a child told
+    RESNET_JAX_XLA_DEFAULTS=0 would otherwise inherit the options it opted out of)."""
+    env = dict(os.environ)
+    ours = {f"{k}={v}" for k, v in SET_BY_PROJECT.items()}
+    flags = [f for f in _flags() if f not in ours]
+    env.pop("XLA_FLAGS", None)
+    if flags:
+        env["XLA_FLAGS"] = " ".join(shlex.join([f]) for f in flags)
+    return env
+
+
 def vmapped_step_options(platform: str) -> dict[str, str] | None:
     """Compiler options for a vmapped train step on `platform`: `VMAPPED_CPU` where the project
     set the CPU fusion option (a value the user chose is left to them), else None."""

@@ -23,6 +23,7 @@ FLOORS = (
         "resnet_jax.xla_options",  # XLA_FLAGS set before JAX starts a backend
         "resnet_jax=",  # the package's own __init__ (which sets them at import), not its modules
         "resnet_jax.weights",  # PyTorch state dicts <-> variables, weights files
+        "resnet_jax.plugins",  # the user's modules a run imports before building its model
     ),  # no config, no loop
     ("resnet_jax.config",),  # config -> model, optimizer, resolved sizes
     ("resnet_jax.engine",),  # the training engine: steps, sharding, checkpoints, loop, evaluation

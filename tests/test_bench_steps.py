@@ -1,6 +1,7 @@
 """The benchmark's model FLOP count against XLA's, the minimal reference step and step comparison."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -113,6 +114,20 @@ def test_minimal_step_learns_a_fixed_batch_and_returns_only_the_loss():
     assert losses[-1] < 0.5 * losses[0]  # 16 random labels memorised
 
 
+def test_a_step_in_micro_batches_keeps_every_cpu_convolution_in_the_fast_dimension_order():
+    """`--grad_accum_steps`: the trainer's step in micro-batches. XLA:CPU gives a convolution the
+    dimension order of its fast kernels ([B, H, W, C] by [kh, kw, in, out]) only outside loops,
+    so on a CPU the micro-batches are unrolled: no loop, and every convolution in that order."""
+    built = build.build_step(
+        "resnet20", batch_size=4, image_size=16, stage_sizes=(1, 1, 1), grad_accum_steps=2
+    )
+    hlo = built.compiled.as_text()
+    assert built.grad_accum_steps == 2 and " while(" not in hlo
+    assert set(re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", hlo)) == {"b01f_01io->b01f"}
+    with pytest.raises(ValueError, match="default train step only"):
+        build.build_step("resnet20", kind="bare", batch_size=4, grad_accum_steps=2)
+
+
 def test_reference_steps_refuse_eval_mode_and_minimal_refuses_bn_groups():
     with pytest.raises(ValueError, match="step 'bare' is a train step"):
         build.build_step("resnet20", kind="bare", batch_size=2, mode="eval")
@@ -148,6 +163,29 @@ def test_compare_steps_times_both_kinds_in_turn_and_gives_paired_ratios():
     assert rows[0]["flops_per_step"] == rows[1]["flops_per_step"]
     proj_macs = 16 * 16 * 8 * 16 + 8 * 8 * 16 * 32
     assert rows[2]["flops_per_step"] - rows[0]["flops_per_step"] == 6 * 4 * proj_macs
+
+
+@pytest.mark.slow
+def test_compare_steps_times_micro_batch_counts_in_turn():
+    from resnet_jax.bench import cli
+
+    tiny = dict(stage_sizes=(1, 1, 1), widths=(8, 16, 32), stem_width=8)
+    rows = cli.compare_steps(
+        "resnet20",
+        ["default"],
+        batch_size=4,
+        rounds=2,
+        steps=1,
+        warmup=1,
+        grad_accum_steps=(2, 1),
+        **tiny,
+    )
+    assert [r["grad_accum_steps"] for r in rows] == [2, 1]
+    assert all(r["relative_to"] == "default in 1 micro-batch" for r in rows)
+    assert rows[1]["speed_ratio"] == 1.0 and rows[0]["speed_ratio"] > 0
+    assert "in 2 micro-batches" in cli.format_result(rows[0])
+    with pytest.raises(ValueError, match="two or more different steps"):
+        cli.compare_steps("resnet20", ["default"], batch_size=4, grad_accum_steps=(2, 2))
 
 
 # --- what a checkpoint save costs training -------------------------------------------------------

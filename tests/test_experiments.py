@@ -255,7 +255,8 @@ def test_execute_trains_evaluates_skips_and_reports_failures(tmp_path, monkeypat
     assert len(log.read_text().splitlines()) == 3  # train + eval of resnet34, train of resnet34_c
     record = json.loads((root / "resnet34" / "seed0" / run.RUN_RECORD).read_text())
     assert record["entry"] == "resnet34" and "--workdir=WORKDIR" in record["args"]
-    assert record["cpus"] == os.cpu_count() and record["host"] and record["started_utc"]
+    assert record["cpus"] == os.cpu_count() and record["host"]
+    assert record["started"] <= record["finished"]  # the run's own start and end
 
     monkeypatch.setenv("FAKE_FAIL", "")
     assert run.main(args) == 0
@@ -276,53 +277,153 @@ def test_a_workdir_of_a_different_run_is_refused(tmp_path):
         run._claim_workdir(r, exp)
 
 
+TINY_FILE = """
+from experiments import Entry, Experiment
+
+TINY = Experiment(
+    "tiny_e2e",
+    "tiny",
+    "shapes10",
+    "shapes10",
+    "",
+    entries=(
+        Entry(
+            "tiny",
+            "tiny ResNet",
+            "configs/default.py",
+            "resnet20",
+            model_overrides={"stage_sizes": (1, 1, 1)},
+            series="resnet",
+            overrides={
+                "batch_size": 8,
+                "num_train_steps": 4,
+                "log_every_steps": 2,
+                "eval_every_steps": 2,
+                "checkpoint_every_steps": 2,
+                "eval_batch_size": 1000,
+            },
+        ),
+    ),
+    kind="curves",
+    layer_responses=True,
+)
+"""
+
+
 @pytest.mark.slow
-def test_tiny_real_training_run_through_run_and_report(tmp_path, monkeypatch, capsys):
-    # A 3-unit ResNet on shapes10 for 4 steps of 8 images, through the real trainer subprocess;
-    # then a second `run` skips it and the report reads its numbers, curves and checkpoint.
+def test_an_experiment_file_anywhere_trains_and_reports_without_registration(tmp_path, capsys):
+    # A 3-unit ResNet on shapes10 for 4 steps of 8 images, defined in a file outside the project,
+    # through the real trainer subprocess; a second `run` skips it, and the report finds the
+    # experiment from the record the run left in ROOT, with no name and no file.
     from experiments import report
 
-    experiments.available_experiments()  # load the registry before patching it
-    entry = experiments.Entry(
-        "tiny",
-        "tiny ResNet",
-        "configs/default.py",
-        "resnet20",
-        model_overrides={"stage_sizes": (1, 1, 1)},
-        series="resnet",
-        overrides={
-            "batch_size": 8,
-            "num_train_steps": 4,
-            "log_every_steps": 2,
-            "eval_every_steps": 2,
-            "checkpoint_every_steps": 2,
-            "eval_batch_size": 1000,
-        },
-    )
-    exp = experiments.Experiment(
-        "tiny_e2e",
-        "tiny",
-        "shapes10",
-        "cifar10",
-        "none",
-        entries=(entry,),
-        kind="curves",
-        layer_responses=True,
-    )
-    monkeypatch.setitem(experiments._REGISTRY, exp.name, exp)
+    (tmp_path / "my_ablation.py").write_text(TINY_FILE)
     root = tmp_path / "runs"
-    assert run.main(["tiny_e2e", "--workdir", str(root)]) == 0, capsys.readouterr().out
+    argv = [str(tmp_path / "my_ablation.py"), "--workdir", str(root)]
+    assert run.main(argv) == 0, capsys.readouterr().out
     assert "done   tiny seed 0" in capsys.readouterr().out
-    assert run.main(["tiny_e2e", "--workdir", str(root)]) == 0
+    assert run.main(argv) == 0
     assert "skip   tiny seed 0: finished" in capsys.readouterr().out
+    record = json.loads((root / "tiny_e2e.experiment.json").read_text())
+    assert record["command"] == shlex.join(["python", "-m", "experiments.run", *argv])
+    started = json.loads((root / "tiny" / "seed0" / "run.json").read_text())
+    assert started["started"] <= started["finished"]  # when it really ran, not when planned
     summary = json.loads((root / "tiny" / "seed0" / "summary.json").read_text())
-    out = tmp_path / "tiny_e2e.md"
-    text = report.make_report(exp, str(root), out)
+    assert report.main(["--workdir", str(root)]) == 0
+    text = (root / "tiny_e2e.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| tiny ResNet"))
     assert f"{100 * (1 - summary['eval']['top1']):.2f} (n=1)" in row
     assert row.rstrip().endswith("| 1 / 0 |")
-    assert (tmp_path / "tiny_e2e_curves.png").exists()
-    assert (tmp_path / "tiny_e2e_responses.png").exists()  # read back from the run's checkpoint
+    assert record["command"] in text  # the report's commands are the launch's own
+    assert (root / "tiny_e2e_curves.png").exists()
+    assert (root / "tiny_e2e_responses.png").exists()  # read back from the run's checkpoint
+
+
+def test_a_file_names_its_experiment_when_it_defines_several(tmp_path):
+    (tmp_path / "two.py").write_text(
+        TINY_FILE + "\nimport dataclasses\nOTHER = dataclasses.replace(TINY, name='other')\n"
+    )
+    with pytest.raises(ValueError, match=r"defines 2 experiments \(tiny_e2e, other\); name one"):
+        experiments.resolve(str(tmp_path / "two.py"))
+    assert experiments.resolve(f"{tmp_path}/two.py:other").name == "other"
+    with pytest.raises(ValueError, match="defines no experiment 'nope'"):
+        experiments.resolve(f"{tmp_path}/two.py:nope")
+    with pytest.raises(ValueError, match="no experiment file"):
+        experiments.resolve(str(tmp_path / "missing.py"))
+
+
+def test_the_project_experiments_are_the_files_of_defs():
+    # Found by listing experiments/defs, not by a list of imports: a new file there is enough.
+    names = {
+        e.name
+        for path in sorted(experiments.DEFS.glob("*.py"))
+        if not path.name.startswith("_")
+        for e in experiments.load_file(path)
+    }
+    assert names == set(experiments.project_experiments()) and REQUIRED <= names
+
+
+def test_a_grid_from_the_command_line_is_an_experiment_of_its_cells(tmp_path, capsys):
+    from experiments import report
+
+    argv = [
+        "--config",
+        "configs/default.py",
+        "--grid",
+        "model_overrides.shortcut=A,B",
+        "--grid",
+        "learning_rate=0.05,0.1",
+        "--seeds",
+        "2",
+        "--workdir",
+        str(tmp_path / "g"),
+        "--config.num_train_steps=300",
+        "--config.model_overrides={'stage_sizes': (1, 1, 1)}",
+        "--print_commands",
+    ]
+    assert run.main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 8  # 2 x 2 cells, 2 seeds each
+    exp = report.find_experiment(None, str(tmp_path / "g"))  # from the record, with no name
+    assert exp.name == "g" and exp.dataset == "shapes10"
+    assert [e.name for e in exp.entries] == [
+        "shortcut=A+learning_rate=0.05",
+        "shortcut=A+learning_rate=0.1",
+        "shortcut=B+learning_rate=0.05",
+        "shortcut=B+learning_rate=0.1",
+    ]
+    assert exp.baseline_entry.name == "shortcut=A+learning_rate=0.05"
+    assert report.varied_keys(exp) == ["learning_rate", "shortcut"]
+    cell = exp.entry("shortcut=B+learning_rate=0.1")
+    c = _parse_config(run.train_args(cell, 1, "W"))  # the real config file parses the command
+    assert (c.learning_rate, c.num_train_steps, c.seed) == (0.1, 300, 1)
+    assert c.model_overrides.to_dict() == {"stage_sizes": (1, 1, 1), "shortcut": "B"}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--grid", "learnin_rate=0.1,0.2"], "learnin_rate: no such config key"),
+        (["--grid", "model_overrides.blok=a,b"], "'blok' is no model spec field"),
+        (["--grid", "learning_rate"], "write KEY=V1,V2"),
+        (["--grid", "learning_rate=0.1,0.1"], "a value is repeated"),
+    ],
+)
+def test_a_bad_grid_is_refused_in_one_line(tmp_path, capsys, extra, message):
+    argv = ["--config", "configs/default.py", "--workdir", str(tmp_path), "--dry_run", *extra]
+    assert run.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_grid_values_split_at_top_level_commas_only():
+    from experiments import grid
+
+    assert grid.parse_axis("stage_sizes=(1,1,1),(2,2,2)") == (
+        "stage_sizes",
+        [(1, 1, 1), (2, 2, 2)],
+    )
+    assert grid.parse_axis("block=basic,se_basic") == ("block", ["basic", "se_basic"])
+    assert grid.parse_axis("warmup='a,b',none") == ("warmup", ["a,b", "none"])
 
 
 def test_on_a_cpu_one_run_per_core_each_with_one_xla_thread(monkeypatch):
@@ -334,6 +435,12 @@ def test_on_a_cpu_one_run_per_core_each_with_one_xla_thread(monkeypatch):
     assert "--xla_cpu_multi_thread_eigen=false" in flags
     assert all(f.startswith("--") for f in flags)  # XLA drops every flag after a non-flag
     assert run.run_env(2, cpu=True)["RESNET_JAX_XLA_DEFAULTS"] == "0"  # XLA's fusions, one thread
+    # ... which the runs get even where this process's own import set the project's option.
+    monkeypatch.setattr(run.xla_options, "SET_BY_PROJECT", {"--xla_a": "1"})
+    monkeypatch.setenv("XLA_FLAGS", "--xla_mine=2 --xla_a=1")
+    flags = run.run_env(2, cpu=True)["XLA_FLAGS"].split()
+    assert flags == ["--xla_mine=2", "--xla_cpu_multi_thread_eigen=false"]
+    monkeypatch.delenv("XLA_FLAGS")
     assert "XLA_FLAGS" not in run.run_env(1, cpu=True)  # one run keeps every thread
     assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in run.run_env(2, cpu=True)
     # On an accelerator the runs share its memory instead.

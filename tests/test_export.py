@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -129,3 +130,59 @@ def test_a_synthetic_run_exports_with_numbered_classes_and_the_imagenet_style_cr
     c = ml_collections.ConfigDict({"dataset": "synthetic", "image_size": 64, "num_classes": 3})
     assert predict.input_crop(c) == (64, 73)  # shorter side 64 / 0.875, centre 64x64
     assert predict.class_names(c) is None  # model.json then numbers them: "class 0", ...
+
+
+# What a server installs (docs/export.md): jax with the packages jax itself requires, flatbuffers,
+# and Pillow for image files; a fresh venv of those alone ran serve.py on 2026-12-07.
+SERVED = ("jax", "jaxlib", "numpy", "ml_dtypes", "scipy", "opt_einsum", "flatbuffers", "PIL")
+# Runs a script as if site-packages held only the packages named in argv[1]: any other is absent.
+_ONLY = """
+import importlib.machinery, runpy, sys, sysconfig
+allowed, script = set(sys.argv[1].split(",")), sys.argv[2]
+site = tuple({sysconfig.get_paths()[k] for k in ("purelib", "platlib")})
+class OnlyThese:
+    def find_spec(self, name, path=None, target=None):
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        where = spec and (spec.origin or next(iter(spec.submodule_search_locations or []), ""))
+        if where and where.startswith(site) and name.partition(".")[0] not in allowed:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, OnlyThese())
+sys.argv = sys.argv[2:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def test_serve_runs_on_jax_flatbuffers_and_pillow_alone_and_names_each_bad_file_in_one_line(
+    run, tmp_path
+):
+    workdir, paths, _ = run
+    out = tmp_path / "served"
+    export.export(workdir, str(out), "stablehlo", platforms=("cpu",))
+    np.save(tmp_path / "one.npy", _images(paths[:1])[0])
+    np.save(tmp_path / "floats.npy", _images(paths[:1]).astype(np.float32) / 255)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+
+    def serve(packages, *files):
+        args = ["-c", _ONLY, ",".join(packages), str(out / "serve.py"), "--json", *files]
+        return _isolated(args, tmp_path)
+
+    p = serve(SERVED, "bad.png", "one.npy", "floats.npy", "gone.png", paths[1])
+    assert p.returncode == 66, p.stderr  # as predict: the readable files are still classified
+    assert p.stderr.splitlines() == [
+        "serve.py: bad.png: not a readable image (its bytes are no image format Pillow reads)",
+        "serve.py: floats.npy: holds float32 [1, 32, 32, 3]; the model takes uint8 [32, 32, 3] "
+        "or [B, 32, 32, 3], cropped as model.json says",
+        "serve.py: gone.png: No such file or directory",
+    ]
+    got = json.loads(p.stdout)
+    assert [r["image"] for r in got] == ["one.npy", paths[1]]
+    # The artefact read here by jax gives the same numbers (predict's: the test above).
+    exported = jax.export.deserialize(bytearray((out / "model.jax_export").read_bytes()))
+    want = np.asarray(exported.call(_images(paths[:2])))
+    np.testing.assert_allclose([r["probs"] for r in got], want, rtol=1e-6)
+    # jax reads an artefact with flatbuffers, which installing jax does not bring.
+    p = serve([m for m in SERVED if m != "flatbuffers"], "one.npy")
+    assert (p.returncode, p.stderr.strip()) == (
+        1,
+        "serve.py: reading model.jax_export needs flatbuffers besides jax (pip install flatbuffers)",
+    )

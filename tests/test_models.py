@@ -239,7 +239,7 @@ def test_overrides_replace_spec_fields():
 def test_invalid_specs_are_rejected():
     with pytest.raises(ValueError, match="residual path"):
         create_model("plain20", zero_init_residual=True)
-    with pytest.raises(ValueError, match="bottleneck units only"):
+    with pytest.raises(ValueError, match="takes no groups / width_per_group"):
         create_model("resnet18", groups=32)
     with pytest.raises(ValueError, match="shortcut must be one of"):
         create_model("resnet18", shortcut="E")

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax.models import create_model
-from resnet_jax.models.blocks import ResidualUnit, Shortcut, he_fan_out
+from resnet_jax.models import BasicUnit, PreActBottleneckUnit, create_model
+from resnet_jax.models.blocks import Shortcut, he_fan_out
 from tests.test_models import fast_jit, numpy_variables
 
 TINY_CIFAR = dict(stage_sizes=(1, 1, 1))
@@ -167,21 +167,14 @@ def test_zero_init_residual_zeroes_the_last_bn_scale_or_last_preact_conv():
     conv = lambda *a, **kw: nn.Conv(
         *a, use_bias=False, kernel_init=kw.pop("kernel_init", he_fan_out), **kw
     )
-    unit = ResidualUnit(features=16, inner=16, strides=1, conv=conv, norm=bn, zero_init_last=True)
+    unit = BasicUnit(features=16, inner=16, strides=1, conv=conv, norm=bn, zero_init_last=True)
     v = init(unit, x)
     p = v["params"]
     assert float(jnp.abs(p["bn2"]["scale"]).max()) == 0 and float(p["bn1"]["scale"].min()) == 1
     # At init the unit is then relu(identity).
     np.testing.assert_allclose(run(unit, v, x), jax.nn.relu(x))
-    unit = ResidualUnit(
-        features=16,
-        inner=4,
-        strides=1,
-        conv=conv,
-        norm=bn,
-        bottleneck=True,
-        preact=True,
-        zero_init_last=True,
+    unit = PreActBottleneckUnit(
+        features=16, inner=4, strides=1, conv=conv, norm=bn, zero_init_last=True
     )
     p = init(unit, x)["params"]
     assert float(jnp.abs(p["conv3"]["kernel"]).max()) == 0

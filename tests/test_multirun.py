@@ -234,3 +234,143 @@ def test_the_experiment_runner_trains_k_seeds_of_an_entry_per_program(tmp_path):
     assert "--config.seeds=(0,1)" in first.train and "--config.seeds=(2,)" in second.train
     assert not any(a.startswith("--config.seed=") for a in first.train)
     assert first.train[:2] == runs[0].train[:2] and first.evaluate is None
+
+
+# --------------------------------------------------------------- adding or dropping seeds on resume
+
+
+def _tiny(**kw):
+    from resnet_jax import config as config_lib
+
+    c = config_lib.default_config()
+    c.update(dict(dataset="synthetic", model="resnet20", batch_size=8, num_train_steps=8, **kw))
+    c.model_overrides.stage_sizes = (1, 1, 1)
+    return c
+
+
+def _single_run(workdir, seed=0, steps=(4, 8)):
+    """A single run's files as the trainer leaves them (checkpoint folders hold no state here:
+    every refusal comes before one is read)."""
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps({"seed": seed, "seeds": []}))
+    (workdir / "metrics.jsonl").write_text('{"step": 2, "split": "train", "loss": 2.0}\n')
+    (workdir / "events.out.tfevents.1.host").write_text("events")
+    (workdir / "eval_center.json").write_text("{}")
+    for s in steps:
+        (workdir / "checkpoints" / str(s)).mkdir(parents=True)
+
+
+def test_adding_seeds_to_a_single_runs_workdir_is_refused_naming_the_run_and_the_fixes(tmp_path):
+    from resnet_jax.engine import faults, multirun
+
+    _single_run(tmp_path / "run")
+    with pytest.raises(faults.ConfigError) as e:
+        multirun.train_and_evaluate_runs(_tiny(seeds=(0, 1)), str(tmp_path / "run"))
+    assert e.value.exit_code == 78
+    assert str(e.value) == (
+        f"{tmp_path}/run holds a single run (seed 0, checkpoints 4, 8), and --config.seeds=0,1 "
+        f"would train {tmp_path}/run/seed<k> from step 0 beside it and never resume it. To resume "
+        "it without --config.seeds, or train the seeds into another --workdir; to continue it as "
+        "the run of seed 0, add --config.allow_config_change=True"
+    )
+    assert sorted(os.listdir(tmp_path / "run")) == [  # nothing moved, nothing started
+        "checkpoints",
+        "config.json",
+        "eval_center.json",
+        "events.out.tfevents.1.host",
+        "metrics.jsonl",
+    ]
+    with pytest.raises(faults.ConfigError, match="its seed 0 is not among the seeds"):
+        multirun.single_run_as_seed(_tiny(allow_config_change=True), str(tmp_path / "run"), [1, 2])
+
+
+def test_dropping_seeds_from_a_workdir_of_seed_runs_is_refused_naming_both_ways_on(tmp_path):
+    from resnet_jax.engine import faults, trainer
+
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        _single_run(root / f"seed{seed}", seed=seed)
+    for allow in (False, True):  # a single run beside them would discard them either way
+        with pytest.raises(faults.ConfigError) as e:
+            trainer.train_and_evaluate(_tiny(allow_config_change=allow), str(root))
+        assert str(e.value) == (
+            f"{root} holds the runs of seeds 0,1 (in {root}/seed<k>, trained with "
+            "--config.seeds), and a run without seeds would start from step 0 beside them. "
+            f"Resume them with --config.seeds=0,1, or one alone with --workdir={root}/seed<k>"
+        )
+    assert not (root / "metrics.jsonl").exists() and not (root / "config.json").exists()
+
+
+def test_a_seed_beside_seeds_is_refused():
+    from resnet_jax.engine import faults, multirun
+
+    with pytest.raises(faults.ConfigError) as e:
+        multirun.seeds_of(_tiny(seed=5, seeds=(0, 1)))
+    assert str(e.value) == (
+        "seed=5 and seeds=(0, 1) both given: seeds sets the seed of every run, and seed must keep "
+        "its default 0; drop --config.seed (or add 5 to seeds)"
+    )
+    assert multirun.seeds_of(_tiny(seeds=(0, 1))) == [0, 1]
+
+
+def test_with_allow_config_change_a_single_run_continues_as_its_seeds_run(tmp_path, capsys):
+    from resnet_jax.engine import multirun
+
+    run = tmp_path / "run"
+    _single_run(run)
+    (run / "notes.txt").write_text("mine")  # not the trainer's: stays where it is
+    # A move cut off half way, as a kill during the last one would leave it: finished first.
+    (run / "seed0.moving").mkdir()
+    os.replace(run / "eval_center.json", run / "seed0.moving" / "eval_center.json")
+    multirun.single_run_as_seed(_tiny(allow_config_change=True), str(run), [0, 1])
+    assert sorted(os.listdir(run)) == ["notes.txt", "seed0"]
+    assert sorted(os.listdir(run / "seed0")) == [
+        "checkpoints",
+        "config.json",
+        "eval_center.json",
+        "events.out.tfevents.1.host",
+        "metrics.jsonl",
+    ]
+    assert sorted(os.listdir(run / "seed0" / "checkpoints")) == ["4", "8"]
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"resnet_jax: finishing the move of the single run of {run} into {run}/seed0, cut off "
+        "last time"
+    ]
+    # The uninterrupted move, from the start.
+    os.rename(run / "seed0", tmp_path / "again")
+    multirun.single_run_as_seed(_tiny(allow_config_change=True), str(tmp_path / "again"), [1, 0])
+    assert sorted(os.listdir(tmp_path / "again")) == ["seed0"]
+    assert capsys.readouterr().out.splitlines() == [
+        f"resnet_jax: continuing the single run of {tmp_path}/again (seed 0, checkpoint 8) as "
+        f"the run of seed 0: its files moved to {tmp_path}/again/seed0"
+    ]
+
+
+@pytest.mark.slow  # three tiny trainings through resnet_jax.main
+def test_a_single_run_continues_as_seed_0_of_a_seeds_program_from_its_checkpoint(tmp_path):
+    from tests.reliability_helpers import run
+
+    workdir, cache = tmp_path / "run", tmp_path / "cache"
+    rc, out = run(workdir, "--config.num_train_steps=4", cache_dir=cache)
+    assert rc == 0, out
+    rc, out = run(workdir, "--config.seeds=0,1", cache_dir=cache)
+    assert rc == 78 and "holds a single run (seed 0, checkpoints 4)" in out, out
+    rc, out = run(
+        workdir, "--config.seeds=0,1", "--config.allow_config_change=True", cache_dir=cache
+    )
+    assert rc == 0, out
+    assert f"its files moved to {workdir}/seed0" in out
+    assert out.count("resumed from checkpoint step 4") == 1  # seed 1 has none to resume from
+    steps = {
+        s: [
+            (r["step"], r["split"])
+            for r in map(json.loads, open(workdir / f"seed{s}" / "metrics.jsonl"))
+        ]
+        for s in (0, 1)
+    }
+    train = [(s, "train") for s in (2, 4, 6, 8, 10, 12)]
+    # Seed 0: steps 2 and 4 and the evaluation at 4 from the single run, then the rest once each.
+    assert steps[0] == train[:2] + [(4, "eval")] + train[2:] + [(12, "eval")]
+    assert steps[1] == train + [(12, "eval")]  # seed 1 trained from step 0
+    assert sorted(os.listdir(workdir)) == ["runs.json", "seed0", "seed1"]

@@ -43,3 +43,31 @@ ENTRY %main (a: f32[8,4,4,16], b: f32[3,3,16,16]) -> f32[16,3,3,16] {
         "transpose_copy_fusion": "layout copies",
         "convolution.3": "conv backward-filter",
     }
+
+
+def test_categorize_reads_the_ops_inside_a_loop_body_and_leaves_the_loop_out():
+    # A scan's body runs as thunks of its own, each traced under its instruction's name; the
+    # loop's event spans them all, so counting it too would count them twice.
+    hlo = """HloModule m
+
+%body (t: (s32[], f32[8,4,4,16])) -> (s32[], f32[8,4,4,16]) {
+  %t = (s32[], f32[8,4,4,16]{3,2,1,0}) parameter(0)
+  %x = f32[8,4,4,16]{3,2,1,0} get-tuple-element(%t), index=1
+  %filter = f32[3,3,16,16]{3,2,1,0} convolution(%x, %x), window={size=4x4 pad=1_1x1_1}, dim_labels=f01b_i01o->01bf, metadata={op_name="jit(train_step)/while/body/transpose(jvp(ResNet))/stage1_unit1/conv1/conv_general_dilated"}
+  ROOT %out = (s32[], f32[8,4,4,16]{3,2,1,0}) tuple(%i, %x)
+}
+
+%cond (t: (s32[], f32[8,4,4,16])) -> pred[] {
+  %t = (s32[], f32[8,4,4,16]{3,2,1,0}) parameter(0)
+  ROOT %lt = pred[] compare(%i, %k), direction=LT
+}
+
+ENTRY %main (a: f32[8,4,4,16]) -> (s32[], f32[8,4,4,16]) {
+  %a = f32[8,4,4,16]{3,2,1,0} parameter(0)
+  %init = (s32[], f32[8,4,4,16]{3,2,1,0}) tuple(%z, %a)
+  ROOT %while.2 = (s32[], f32[8,4,4,16]{3,2,1,0}) while(%init), condition=%cond, body=%body, metadata={op_name="jit(train_step)/while"}
+}
+"""
+    cats = op_profile.categorize(hlo)
+    assert cats["filter"] == "conv backward-filter"
+    assert "while.2" not in cats and "lt" in cats

@@ -1,14 +1,17 @@
-"""pyproject.toml installs what a user imports, at the pins the Makefile's environment uses."""
+"""pyproject.toml installs what a user imports, within ranges the Makefile's lock satisfies."""
 
 import functools
+import importlib.metadata
 import os
-import re
 import tomllib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import setuptools
+from packaging.requirements import Requirement  # pytest's own dependency: in every test venv
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from PIL import Image
 
 from resnet_jax import pretrained
@@ -26,49 +29,71 @@ def _project():
     return tomllib.loads(_read("pyproject.toml"))
 
 
-def _name(requirement):
-    """The normalised project name of `name[extras]==version` (PEP 503: case, -, _ and .)."""
-    return re.sub(r"[-_.]+", "-", re.split(r"[\[=<>~!; ]", requirement)[0]).lower()
-
-
 def _header_list(label):
     (line,) = [ln for ln in _read("requirements.txt").splitlines() if ln.startswith(f"# {label}:")]
-    return sorted(_name(n) for n in line.split(":", 1)[1].split())
+    return sorted(canonicalize_name(n) for n in line.split(":", 1)[1].split())
 
 
-def _pins():
-    return {
-        _name(ln): ln.split("==")[1]
-        for ln in _read("requirements.txt").splitlines()
-        if ln and not ln.startswith("#")
-    }
+def _lock(*files):
+    """{name: Version} of the `name==version` lines of the lock files; fails on any other line."""
+    lock = {}
+    for name in files:
+        for line in _read(name).splitlines():
+            if line and not line.startswith("#"):
+                (pin,) = Requirement(line).specifier
+                assert pin.operator == "==", f"{name}: {line} is not an exact pin"
+                lock[canonicalize_name(Requirement(line).name)] = Version(pin.version)
+    return lock
 
 
-def _pinned(requirements):
-    """{name: version} of `name==version` requirements; fails on any other specifier."""
-    for r in requirements:
-        assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][0-9A-Za-z.]*", r), r
-    return {_name(r): r.split("==")[1] for r in requirements}
-
-
-def test_dependencies_are_the_direct_ones_at_requirements_txt_pins():
+def _ranges(group):
+    """{name: Requirement} of pyproject.toml's dependencies ("") or one of its extras."""
     project = _project()["project"]
-    deps = _pinned(project["dependencies"])
-    dev = _pinned(project["optional-dependencies"]["dev"])
+    listed = project["optional-dependencies"][group] if group else project["dependencies"]
+    return {canonicalize_name(r.name): r for r in map(Requirement, listed)}
+
+
+def _unmet(ranges, lock):
+    """The requirements of `ranges` whose project the lock leaves out or pins outside the range."""
+    return [
+        f"{r} (lock: {lock.get(n)})"
+        for n, r in ranges.items()
+        if n not in lock or lock[n] not in r.specifier
+    ]
+
+
+def test_dependencies_are_the_direct_ones_as_ranges_the_lock_satisfies():
+    deps, dev = _ranges(""), _ranges("dev")
     assert sorted(deps) == _header_list("Direct dependencies")
     assert sorted(dev) == _header_list("Test and lint tools")
-    pins = _pins()
-    for name, version in {**deps, **dev}.items():
-        assert pins.get(name) == version, (
-            f"{name}=={version}, requirements.txt pins {pins.get(name)}"
-        )
+    assert _unmet({**deps, **dev}, _lock("requirements.txt")) == []
+    project = _project()["project"]
+    lines = [ln.strip() for ln in _read("pyproject.toml").splitlines()]
+    for listed in (project["dependencies"], project["optional-dependencies"]["dev"]):
+        for r in listed:
+            ops = {s.operator for s in Requirement(r).specifier}
+            # A range, not a pin: a user's newer patch release is kept by `pip install`.
+            assert ">=" in ops and "==" not in ops, r
+            if "<" in ops:  # an upper bound states the break it avoids, on the line above it
+                (i,) = [i for i, ln in enumerate(lines) if ln == f'"{r}",']
+                assert lines[i - 1].startswith("#"), f"{r} gives no reason for its upper bound"
 
 
-def test_cuda_extra_is_requirements_cuda_txt_line_for_line():
-    lines = [ln for ln in _read("requirements-cuda.txt").splitlines() if ln and ln[0] != "#"]
-    assert _project()["project"]["optional-dependencies"]["cuda"] == lines
-    # ...and the CUDA wheels are the build of the pinned jax.
-    assert {r.split("==")[1] for r in lines} == {_pins()["jax"]}
+def test_cuda_extra_is_jaxs_own_and_requirements_cuda_txt_locks_what_it_installs():
+    cuda, lock = _ranges("cuda"), _lock("requirements.txt", "requirements-cuda.txt")
+    assert list(cuda) == ["jax"] and cuda["jax"].extras == {"cuda12"}
+    assert _unmet(cuda, lock) == []
+    # What jax's cuda12 extra pulls in (the installed jax is the lock's) is what the lock pins.
+    assert Version(importlib.metadata.version("jax")) == lock["jax"]
+    extra = [
+        Requirement(r)
+        for r in importlib.metadata.requires("jax")
+        if Requirement(r).marker and Requirement(r).marker.evaluate({"extra": "cuda12"})
+    ]
+    pulled = {canonicalize_name(r.name): r for r in extra}
+    assert "jax-cuda12-plugin" in pulled and _unmet(pulled, lock) == []
+    cuda_lock = _lock("requirements-cuda.txt")
+    assert set(cuda_lock.values()) == {lock["jax"]}  # the CUDA wheels are the build of that jax
 
 
 def test_package_discovery_takes_resnet_jax_and_all_its_subpackages_only():

@@ -69,3 +69,24 @@ def test_a_workdir_without_records_is_named_in_the_error(tmp_path, records):
     else:
         with pytest.raises(ValueError, match="w has no metrics.jsonl records"):
             plot.plot_runs([str(tmp_path / "w")], str(tmp_path / "x.png"))
+
+
+def test_curves_are_named_by_entry_and_seed_or_by_label(tmp_path):
+    runs = [
+        str(tmp_path / "cpu" / e / f"seed{k}") for e in ("resnet20", "resnet56") for k in (0, 1)
+    ]
+    assert plot.run_labels(runs) == [
+        "resnet20/seed0",
+        "resnet20/seed1",
+        "resnet56/seed0",
+        "resnet56/seed1",
+    ]
+    assert plot.run_labels([str(tmp_path / "a" / "run"), str(tmp_path / "b" / "other")]) == [
+        "run",
+        "other",
+    ]
+    assert plot.run_labels([str(tmp_path / "x" / "seed0")]) == ["x/seed0"]  # never a bare seed
+    a = _run(tmp_path / "r", [2.3, 1.8], [(20, 0.6)])
+    with pytest.raises(ValueError, match="2 labels for 1 workdirs"):
+        plot.plot_runs([a], str(tmp_path / "x.png"), ["one", "two"])
+    assert os.path.exists(plot.plot_runs([a], str(tmp_path / "x.png"), ["mine"]))

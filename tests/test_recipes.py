@@ -13,7 +13,7 @@ import optax
 import pytest
 
 import experiments
-from experiments import cpu
+from experiments.defs import cpu
 from resnet_jax import config as config_lib
 from resnet_jax import optim, recipes
 from resnet_jax.engine import steps

@@ -104,6 +104,27 @@ def test_a_schedule_whose_decays_fall_inside_its_warm_up_is_one_line_not_a_trace
     )
 
 
+def test_a_run_that_ends_inside_its_warm_up_is_warned_at_start_and_one_step_past_it_is_not():
+    # The default job's 50 warm-up steps at 0.05: a run of 30 never trains at its peak rate.
+    warned = config_lib.resolve_run(
+        _config(num_train_steps=30, warmup_steps=50, learning_rate=0.05)
+    )
+    assert warned.notes[-1] == (
+        "WARNING: the run ends inside its warm-up (30 steps, warmup_steps 50): the learning rate "
+        "never reaches its peak 0.05 (the last step's is 0.029); lengthen "
+        "--config.num_train_steps past the warm-up or shorten --config.warmup_steps"
+    )
+    assert warned.problems == ()  # a warning: the run still starts
+    last = config_lib.resolve_run(_config(num_train_steps=50, warmup_steps=50, learning_rate=0.05))
+    assert "(the last step's is 0.049)" in last.notes[-1]  # step 50 is the ramp's last
+    for fine in (
+        dict(num_train_steps=51, warmup_steps=50),  # step 51 trains at the peak
+        dict(num_train_steps=30, warmup="until_error", warmup_learning_rate=0.01),
+    ):
+        notes = config_lib.resolve_run(_config(**fine)).notes
+        assert not any("inside its warm-up" in n for n in notes), fine
+
+
 @pytest.mark.parametrize(
     "overrides, expected",
     [

@@ -65,7 +65,16 @@ def _resume_and_compare(workdir, reference, cache, resumed_from):
         open(os.path.join(workdir, "summary.json")) as b,
     ):
         assert json.load(a)["eval"] == json.load(b)["eval"]
+    # One metrics.jsonl record per step and split, as the uninterrupted run's: none logged twice.
+    mine, theirs = (_metrics(d) for d in (workdir, reference))
+    assert [(r["step"], r["split"]) for r in mine] == [(r["step"], r["split"]) for r in theirs]
+    assert [r["loss"] for r in mine] == [r["loss"] for r in theirs]
     return out
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
 
 
 @pytest.mark.slow
@@ -253,6 +262,28 @@ def test_sigkill_at_several_moments_resumes_bitwise(tmp_path, cache, reference, 
     workdir, r = _pause_then(tmp_path, cache, step, lambda r: r.kill(signal.SIGKILL))
     assert r.wait() == -signal.SIGKILL
     _resume_and_compare(workdir, reference, cache, resumed_from)
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_logged_step_leaves_one_metrics_record_per_step_after_the_rerun(
+    tmp_path, cache, reference
+):
+    # Killed after step 6 (logged at 2, 4, 6; checkpoint 4): the rerun resumes from 4 and logs
+    # step 6 again, which metrics.jsonl, plots and reports then held twice.
+    workdir, r = _pause_then(tmp_path, cache, 6, lambda r: r.kill(signal.SIGKILL))
+    assert r.wait() == -signal.SIGKILL
+    assert [(x["step"], x["split"]) for x in _metrics(workdir)] == [
+        (2, "train"),
+        (4, "train"),
+        (6, "train"),
+    ]
+    out = _resume_and_compare(workdir, reference, cache, resumed_from=4)
+    assert (
+        "metrics.jsonl: dropped 1 record(s) after step 4, logged by the interrupted run after its "
+        "checkpoint (this run logs those steps again)"
+    ) in out
+    steps = [x["step"] for x in _metrics(workdir) if x["split"] == "train"]
+    assert steps == [2, 4, 6, 8, 10, 12]
 
 
 @pytest.mark.slow

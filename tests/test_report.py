@@ -130,17 +130,15 @@ def test_protocol_result_comes_from_the_eval_file(root):
     assert r32.stat("top5_err")[0] == pytest.approx(0.5)
 
 
-def test_checks_hold_fail_or_wait_for_runs(root):
+def test_checks_are_decided_or_wait_for_runs(root):
     res = results.collect(SYNTH, root)
-    assert results.evaluate_check(SYNTH.checks[0], res) == {
-        "holds": True,
-        "a": pytest.approx(15.0),
-        "b": pytest.approx(8.0),
-        "a_std": None,  # one seed: no spread, so no verdict on the noise
-        "b_std": pytest.approx(2.0),
-        "beyond_noise": None,
-    }
-    assert results.evaluate_check(SYNTH.checks[1], res)["holds"] is None
+    d = results.evaluate_check(SYNTH.checks[0], res)
+    assert (d.a.mean, d.a.std, d.a.n) == (pytest.approx(15.0), None, 1)
+    assert (d.b.mean, d.b.std, d.b.n) == (pytest.approx(8.0), pytest.approx(2.0), 3)
+    # One seed on a side: no spread, so no interval, and more seeds are what it needs.
+    assert d.verdict == "undecided" and d.interval.lo is None
+    assert d.interval.diff == pytest.approx(7.0)
+    assert results.evaluate_check(SYNTH.checks[1], res).verdict is None
 
 
 def _seeded(name, errors):
@@ -165,14 +163,39 @@ def _seeded(name, errors):
     return results.EntryResult(entry, runs)
 
 
-def test_a_check_says_whether_the_gap_is_beyond_the_seed_noise():
+def test_a_check_is_shown_undecided_or_contradicted_by_its_interval():
     check = Check("a", "<", "b", "top1_err", "a beats b")
-    # Means 10 vs 12, stds 1 and 1 over 3 seeds: standard error of the gap 0.82, 2 x = 1.63 < 2.
-    far = results.evaluate_check(check, [_seeded("a", [9, 10, 11]), _seeded("b", [11, 12, 13])])
-    assert far["holds"] is True and far["beyond_noise"] is True
-    # Means 10 vs 11: the gap of 1 is within 1.63.
+    # Means 10 vs 13, stds 1 and 1 over 3 seeds: se 0.816, Welch df 4, t(0.975, 4) = 2.776,
+    # so the interval is -3 +- 2.27 = [-5.27, -0.73]: below 0, shown.
+    far = results.evaluate_check(check, [_seeded("a", [9, 10, 11]), _seeded("b", [12, 13, 14])])
+    assert far.verdict == "shown"
+    assert (far.interval.lo, far.interval.hi) == (
+        pytest.approx(-5.267, abs=1e-3),
+        pytest.approx(-0.733, abs=1e-3),
+    )
+    # Means 10 vs 11: [-3.27, +1.27] holds 0: undecided. At this spread the half-width falls
+    # below the gap of 1 at 9 seeds per net: t(0.975, 16) * sqrt(2 / 9) = 0.999 (8: 1.072).
     near = results.evaluate_check(check, [_seeded("a", [9, 10, 11]), _seeded("b", [10, 11, 12])])
-    assert near["holds"] is True and near["beyond_noise"] is False
+    assert near.verdict == "undecided" and near.seeds_needed == 9
+    # The other way round: a is worse beyond the noise.
+    worse = results.evaluate_check(check, [_seeded("a", [12, 13, 14]), _seeded("b", [9, 10, 11])])
+    assert worse.verdict == "contradicted"
+
+
+def test_a_no_worse_claim_is_decided_against_its_margin():
+    def check(margin):
+        return Check("a", "<=", "b", "top1_err", "a is no worse", margin, "test scale")
+
+    pair = [_seeded("a", [10, 11, 12]), _seeded("b", [9, 10, 11])]  # d = +1, half-width 2.27
+    # Within a margin of 4: the interval [-1.27, +3.27] lies below it: non-inferiority shown,
+    # although a's mean is the higher one.
+    assert results.evaluate_check(check(4.0), pair).verdict == "shown"
+    assert results.evaluate_check(check(2.0), pair).verdict == "undecided"
+    # Worse by more than the margin, with confidence.
+    far = [_seeded("a", [19, 20, 21]), _seeded("b", [9, 10, 11])]
+    assert results.evaluate_check(check(2.0), far).verdict == "contradicted"
+    with pytest.raises(ValueError, match="needs a margin"):
+        Check("a", "<=", "b", "top1_err", "no margin")
 
 
 def test_markdown_report_and_plots_on_partial_results(root, tmp_path):
@@ -203,28 +226,41 @@ def test_markdown_report_and_plots_on_partial_results(root, tmp_path):
     )
     assert "\nWhat it shows: nothing.\n" in text
     assert out.read_text() == text
-    assert "WARNING: our numbers come from `shapes10`, NOT the paper's dataset (`cifar10`)" in text
+    # The warning stands beside the one entry with a paper number, not the others.
+    assert "WARNING: the paper numbers of `res` come from `cifar10`, ours from `shapes10`" in text
     row = next(line for line in text.splitlines() if line.startswith("| ResNet-20"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
-    # model | eval | paper top-1 | ours top-1 | ours top-5 | ours train | params | GMACs | img/s | runs
-    assert cells[1:4] == ["center", "8.75", "8.00 ± 2.00 (n=3)"]
-    assert cells[4] == "1.00 ± 0.00 (n=3)"
-    assert cells[5] == "30.00 ± 10.00 (n=3)"
-    assert cells[6] == "0.27"  # ResNet-20: 0.27M parameters (He2015 Table 6)
-    assert cells[7] == "0.041"  # 40.6M multiply-adds from resnet_jax.tools.summary
-    assert cells[8] == "80"  # the fastest benchmark row, preferred to the run's own 100 img/s
-    assert cells[9] == "3 / 0"
+    # model | model (the varied key) | eval | paper top-1 | ours top-1 | ours top-5 | ours train |
+    # params | GMACs | img/s | runs
+    assert cells[0] == "ResNet-20 (`res`) **(best)**"  # the lowest mean top-1 error
+    assert cells[1:5] == ["resnet20", "center", "8.75", "8.00 ± 2.00 (n=3)"]
+    assert cells[5] == "1.00 ± 0.00 (n=3)"
+    assert cells[6] == "30.00 ± 10.00 (n=3)"
+    assert cells[7] == "0.27"  # ResNet-20: 0.27M parameters (He2015 Table 6)
+    assert cells[8] == "0.041"  # 40.6M multiply-adds from resnet_jax.tools.summary
+    assert cells[9] == "80"  # the fastest benchmark row, preferred to the run's own 100 img/s
+    assert cells[10] == "3 / 0"
     pln = next(line for line in text.splitlines() if line.startswith("| plain-20"))
     assert "15.00 (n=1)" in pln and "1 / 2 (seed 1 at step 50/100)" in pln
     r32 = next(line for line in text.splitlines() if line.startswith("| ResNet-32"))
     assert "0 / 1 (seed 0 trained, 10crop eval to run)" in r32
-    assert "**HOLDS** — plain is worse" in text and "**NOT YET MEASURABLE** — deeper" in text
+    assert "**undecided** — plain is worse" in text and "a side has one seed" in text
+    assert "**not yet measurable** (runs missing) — deeper" in text
+    assert "## Against the baseline, `res`" in text
+    assert "| `pln` | +7.00 | – | undecided |" in text
     assert "Runs finished: 4 of 7" in text
     assert (
         "| `res` seed 2 | 2.0 | 100 | hostA, 2 CPUs, load 1.5 at start | 2026-11-22 13:00 UTC |"
         in text
     )
-    assert "Total wall time of the finished runs: 8.0 min." in text
+    assert "Summed wall time of the finished runs: 8.0 min." in text
+    # The per-seed values the verdicts came from, beside the report.
+    finals = json.loads(out.with_suffix(".json").read_text())
+    assert finals["res"]["top1_err"] == {
+        "seed0": pytest.approx(10.0),
+        "seed1": pytest.approx(8.0),
+        "seed2": pytest.approx(6.0),
+    }
     for png in ("synth_curves.png", "synth_tradeoffs.png"):
         assert f"]({png})" in text and (out.parent / png).stat().st_size > 10_000
 
@@ -233,13 +269,37 @@ def test_report_cli_on_an_empty_workdir_says_nothing_is_measured(tmp_path, capsy
     out = tmp_path / "fig6_cpu.md"
     assert report.main(["fig6_cpu", "--workdir", str(tmp_path / "none"), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "Runs finished: 0 of 12" in text and "NOT YET MEASURABLE" in text
+    assert "Runs finished: 0 of 12" in text and "not yet measurable" in text
     assert "![" not in text  # no curves to draw yet
     assert "python -m experiments.run fig6_cpu --workdir" in text
     assert report.main(["fig66", "--workdir", "x"]) == 2
     assert "fig6_cpu" in capsys.readouterr().err
 
 
-def test_same_dataset_has_no_warning():
-    exp = Experiment("e", "t", "cifar10", "cifar10", "s", entries=())
-    assert not any("WARNING" in line for line in report.dataset_banner(exp))
+def test_no_warning_without_a_paper_number_or_on_the_paper_dataset():
+    entry = Entry("a", "a", "configs/default.py", "resnet20")
+    for exp in (
+        Experiment("e", "t", "cifar10", "cifar10", "s", entries=(entry,)),
+        Experiment("e", "t", "shapes10", "cifar10", "s", entries=(entry,)),
+    ):
+        assert not any("WARNING" in line for line in report.dataset_banner(exp))
+
+
+def test_the_runs_section_gives_real_starts_and_the_elapsed_time(tmp_path):
+    entry = Entry("a", "a", "configs/default.py", "resnet20", seeds=2)
+    exp = Experiment("e", "t", "shapes10", "shapes10", "", entries=(entry,))
+    t0 = 1_796_000_000.0  # two runs one after the other, 2 and 3 minutes long
+    for seed, (start, end) in enumerate([(t0, t0 + 120), (t0 + 130, t0 + 310)]):
+        wd = tmp_path / "a" / f"seed{seed}"
+        _write_run(wd, train_acc=[0.9] * 5, final=0.9)
+        rec = json.loads((wd / "run.json").read_text())
+        (wd / "run.json").write_text(json.dumps({**rec, "started": start, "finished": end}))
+    lines = report.runs_section(results.collect(exp, tmp_path))
+    assert (
+        "| `a` seed 1 | 2.0 | 100 | hostA, 2 CPUs, load 1.5 at start | 2026-11-30 00:55 UTC |"
+        in lines
+    )
+    assert lines[-1] == (
+        "Summed wall time of the finished runs: 4.0 min; elapsed from the first start to the last "
+        "finish: 5.2 min (2026-11-30 00:53 UTC to 2026-11-30 00:58 UTC)."
+    )

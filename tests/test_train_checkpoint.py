@@ -102,3 +102,57 @@ def test_metrics_logger_writes_jsonl_and_a_progress_line(tmp_path):
     line = out.getvalue().splitlines()[0]
     for part in ("[ 10/100]", "loss 1.5000", "top-1 50.00%", "lr 0.1", "steps/s", "img/s", "ETA"):
         assert part in line
+
+
+def _lines(path):
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+def test_a_resumed_run_keeps_one_metrics_record_per_step_the_newest(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    # An interrupted run: train steps 2-8 and an eval at 4, checkpoint 4, killed mid-write.
+    killed = [{"step": s, "split": "train", "loss": 10.0 - s} for s in (2, 4, 6, 8)]
+    killed.insert(2, {"step": 4, "split": "eval", "loss": 7.0, "views": "center"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in killed) + '{"step": 10, "spl')
+    out = io.StringIO()
+    logger = metrics.MetricsLogger(
+        str(tmp_path),
+        total_steps=8,
+        global_batch_size=4,
+        tensorboard=False,
+        stream=out,
+        resume_step=4,
+    )
+    # The steps after the checkpoint are gone, and so is the cut-off line.
+    assert [json.loads(line) for line in _lines(path)] == killed[:3]
+    assert out.getvalue() == (
+        "metrics.jsonl: dropped 2 record(s) after step 4, logged by the interrupted run after "
+        "its checkpoint (this run logs those steps again) and 1 line(s) cut off by a kill\n"
+    )
+    writer = logger._jsonl
+    writer.write(6, "train", {"loss": 3.5})
+    writer.write(4, "eval", {"loss": 6.0, "views": "center"})  # the same evaluation again
+    writer.write(4, "eval", {"loss": 5.0, "views": "10crop"})  # another one
+    logger.close()
+    records = metrics.read_metrics(path)
+    assert [(r["step"], r["split"], r.get("views"), r["loss"]) for r in records] == [
+        (2, "train", None, 8.0),
+        (4, "train", None, 6.0),
+        (6, "train", None, 3.5),
+        (4, "eval", "center", 6.0),
+        (4, "eval", "10crop", 5.0),
+    ]
+    assert len(_lines(path)) == 5 and not list(tmp_path.glob("metrics.jsonl.tmp*"))
+
+
+def test_a_fresh_writer_leaves_a_well_formed_file_alone(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 2, "split": "train", "loss": 1.0}\n')
+    before = os.stat(path).st_ino
+    writer = metrics.JsonlWriter(str(path), resume_step=2)
+    writer.write(3, "train", {"loss": 0.5})
+    writer.close()
+    assert (writer.dropped, writer.superseded, writer.unreadable) == (0, 0, 0)
+    assert os.stat(path).st_ino == before  # appended to, not rewritten
+    assert [r["step"] for r in metrics.read_metrics(path)] == [2, 3]

@@ -44,6 +44,7 @@ class BuiltStep:
     mode: str
     dtype: str
     batch_size: int
+    grad_accum_steps: int
     step: Any
     state: Any
     batch: Any
@@ -111,12 +112,14 @@ def build_step(
     image_size: int | None = None,
     mode: str = "train",
     devices: Sequence[Any] | None = None,
+    grad_accum_steps: int = 1,
     **model_overrides,
 ) -> BuiltStep:
     """Builds, lowers and compiles (ahead of time) one step; see the module docstring for kinds.
 
     `batch_size` is global (split over `devices`, default all); `model_overrides` go to
-    `create_model` (e.g. bn_group_size=32, stage_sizes=(1, 1, 1)).
+    `create_model` (e.g. bn_group_size=32, stage_sizes=(1, 1, 1)). `grad_accum_steps`: the
+    default train step takes the batch as that many micro-batches, as the trainer does.
     """
     from resnet_jax.engine import parallel
 
@@ -130,6 +133,8 @@ def build_step(
         raise ValueError(f"step {kind!r} is a train step; time the eval step with step 'default'")
     if kind == "minimal" and model_overrides.get("bn_group_size"):
         raise ValueError("step 'minimal' normalises over the whole batch; drop bn_group_size")
+    if grad_accum_steps > 1 and (kind, mode) != ("default", "train"):
+        raise ValueError("grad_accum_steps applies to the default train step only")
     model, lr, tx, image_size, num_classes = _default_parts(
         model_name,
         batch_size=batch_size,
@@ -155,7 +160,15 @@ def build_step(
             donate_argnums=(0,),
         )
     elif mode == "train":
-        jitted = parallel.jit_train_step(model, tx, lr, mesh, finish=synthetic.FINISH)
+        jitted = parallel.jit_train_step(
+            model,
+            tx,
+            lr,
+            mesh,
+            finish=synthetic.FINISH,
+            grad_accum_steps=grad_accum_steps,
+            bn_group_size=model_overrides.get("bn_group_size"),
+        )
     else:
         jitted = parallel.jit_eval_step(model, mesh, synthetic.FINISH)
     # A raw uint32 key, as the trainer passes (TrainState.rng is uint32 [2]).
@@ -191,6 +204,7 @@ def build_step(
         mode=mode,
         dtype=dtype,
         batch_size=batch_size,
+        grad_accum_steps=grad_accum_steps,
         step=step,
         state=state,
         batch=batch,

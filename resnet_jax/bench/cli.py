@@ -105,6 +105,7 @@ def benchmark(
     profile_dir: str | None = None,
     profile_steps: int = 5,
     op_profile: bool = False,
+    grad_accum_steps: int = 1,
     **model_overrides,
 ) -> dict[str, Any]:
     """Compiles and times one model's train or eval step; returns a flat dict of results.
@@ -126,6 +127,7 @@ def benchmark(
         image_size=image_size,
         mode=mode,
         devices=devices,
+        grad_accum_steps=grad_accum_steps,
         **model_overrides,
     )
     fed = None
@@ -179,6 +181,7 @@ def _result(
         "mode": built.mode,
         "step": built.kind,
         "batch_size": batch_size,
+        "grad_accum_steps": built.grad_accum_steps,
         "dtype": dtype,
         "image_size": built.image_size,
         "num_classes": built.num_classes,
@@ -226,18 +229,32 @@ def compare_steps(
     steps: int = 2,
     warmup: int = 2,
     peak_tflops: float | None = None,
+    grad_accum_steps: Sequence[int] = (1,),
     **kwargs,
 ) -> list[dict[str, Any]]:
-    """Times several step kinds of one model in one process, window by window in turn.
+    """Times several steps of one model in one process, window by window in turn: each step kind
+    of `kinds` in each micro-batch count of `grad_accum_steps`.
 
-    Each round times one window of `steps` steps of every kind, one after the other, so a noisy
+    Each round times one window of `steps` steps of every one, one after the other, so a noisy
     neighbour slows all of them alike; each row's `speed_ratio` is the median over rounds of
-    (last kind's window time / this kind's window time) in the same round: its speed relative to
-    the last kind named (e.g. `default,minimal`: the default step over the minimal one).
+    (last step's window time / this step's window time) in the same round: its speed relative to
+    the last one named (e.g. `default,minimal`: the default step over the minimal one;
+    grad_accum_steps `2,1`: the step in 2 micro-batches over the plain one).
     """
-    if len(kinds) < 2 or len(set(kinds)) != len(kinds):
-        raise ValueError(f"compare needs two or more different step kinds, got {list(kinds)}")
-    built = [build.build_step(model_name, kind=k, batch_size=batch_size, **kwargs) for k in kinds]
+    variants = [(kind, k) for kind in kinds for k in grad_accum_steps]
+    if len(variants) < 2 or len(set(variants)) != len(variants):
+        raise ValueError(
+            f"compare needs two or more different steps, got kinds {list(kinds)} with "
+            f"grad_accum_steps {list(grad_accum_steps)}"
+        )
+    built = [
+        build.build_step(model_name, kind=kind, batch_size=batch_size, grad_accum_steps=k, **kwargs)
+        for kind, k in variants
+    ]
+    last_kind, last_k = variants[-1]
+    relative_to = last_kind
+    if len(grad_accum_steps) > 1:
+        relative_to += f" in {last_k} micro-batch{'es' if last_k > 1 else ''}"
     carries = [b.state for b in built]
     per_round = [[] for _ in built]
     for r in range(rounds + 1):  # round 0 is the warm-up
@@ -255,7 +272,7 @@ def compare_steps(
         row.update(
             feed="device",
             warmup=warmup,
-            relative_to=kinds[-1],
+            relative_to=relative_to,
             speed_ratio=bench_core.percentile(ratios, 50),
             speed_ratio_min=min(ratios),
             speed_ratio_max=max(ratios),
@@ -385,6 +402,8 @@ def format_result(r: dict[str, Any]) -> str:
             f"{r['speed_ratio_min']:.3f}-{r['speed_ratio_max']:.3f})"
         )
     kind = "" if r.get("step", "default") == "default" else f" ({r['step']} step)"
+    if r.get("grad_accum_steps", 1) > 1:
+        kind += f" in {r['grad_accum_steps']} micro-batches"
     return (
         f"{r['model']} {r['mode']}{kind} batch={r['batch_size']} {r['dtype']} {r['image_size']}px on "
         f"{r['device']}: {r['images_per_sec']:,.1f} img/s, step {r['step_ms']:.2f} ms "
@@ -456,6 +475,12 @@ def _define_flags() -> None:
         "direction, batch norm, layout copies, elementwise, optimizer (bench/op_profile.py).",
     )
     f.DEFINE_integer("bn_group_size", None, "Batch-norm statistics per group of N examples.")
+    f.DEFINE_list(
+        "grad_accum_steps",
+        ["1"],
+        "Train step in K micro-batches of batch_size / K (the trainer's grad_accum_steps). "
+        "Several (e.g. 2,1): timed in turn like several --step kinds, each relative to the last.",
+    )
     f.DEFINE_bool("input_pipeline", False, "Measure the host input pipeline instead of a model.")
     f.DEFINE_string("dataset", "shapes10", "Dataset for --input_pipeline.")
     f.DEFINE_string("data_dir", None, "tfds data_dir for --input_pipeline.")
@@ -521,18 +546,26 @@ def main(argv: Sequence[str]) -> None:
         )
         if FLAGS.bn_group_size:
             kwargs["bn_group_size"] = FLAGS.bn_group_size
+        try:
+            accum = [int(k) for k in FLAGS.grad_accum_steps]
+        except ValueError:
+            accum = []
+        if not accum or min(accum) < 1:
+            raise app.UsageError(f"--grad_accum_steps {FLAGS.grad_accum_steps}: positive integers")
+        if len(accum) == 1 and accum[0] > 1:
+            kwargs["grad_accum_steps"] = accum[0]
         bad = [k for k in FLAGS.step if k not in STEP_KINDS]
         if bad:
             raise app.UsageError(f"--step {bad} unknown; valid: {', '.join(STEP_KINDS)}")
-        if len(FLAGS.step) > 1:
+        if len(FLAGS.step) > 1 or len(accum) > 1:
             if len(FLAGS.model) > 1 or FLAGS.sweep or FLAGS.feed != "device" or FLAGS.profile_dir:
                 raise app.UsageError(
-                    "several --step kinds compare one --model at one --batch_size on device data "
-                    "(no --sweep, --feed=host or --profile_dir)"
+                    "several --step kinds or --grad_accum_steps compare one --model at one "
+                    "--batch_size on device data (no --sweep, --feed=host or --profile_dir)"
                 )
             for key in ("feed", "profile_dir", "windows", "op_profile"):
                 kwargs.pop(key)
-            kwargs["steps"] = max(1, FLAGS.steps // FLAGS.rounds)
+            kwargs.update(steps=max(1, FLAGS.steps // FLAGS.rounds), grad_accum_steps=accum)
             result = compare_steps(
                 FLAGS.model[0],
                 FLAGS.step,

@@ -41,6 +41,7 @@ CATEGORIES = (
 
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.+?) ([a-z][\w\-]*)\(")
 _CALLS = re.compile(r"calls=%([\w.\-]+)")
+_LOOP = re.compile(r"(?:body|condition)=%([\w.\-]+)")
 _COMP = re.compile(r"^(?:ENTRY )?%([\w.\-]+) ", re.M)
 _WINDOW = re.compile(r"window=\{size=([\dx]+)")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -72,15 +73,24 @@ def _conv_category(text: str) -> str:
 
 
 def categorize(hlo: str) -> dict[str, str]:
-    """{instruction name: category} for every instruction of the entry computation."""
+    """{instruction name: category} for every instruction of the entry computation and of the
+    loops' bodies (a `lax.scan`'s micro-batches, for one), whose thunks the trace records one by
+    one. A loop itself is left out: its event spans its body's."""
     comps = _computations(hlo)
     entry = next((t for t in comps.values() if t.startswith("ENTRY")), "")
     out = {}
-    for line in entry.splitlines():
+    lines, seen = entry.splitlines(), set()
+    while lines:
+        line = lines.pop(0)
         m = _INSTR.match(line)
         if not m:
             continue
         name, opcode = m.group(1), m.group(3)
+        if opcode == "while":
+            for comp in set(_LOOP.findall(line)) & (set(comps) - seen):
+                seen.add(comp)
+                lines += comps[comp].splitlines()[1:]  # after the computation's header
+            continue
         body = line
         called = _CALLS.search(line)
         if called and called.group(1) in comps:

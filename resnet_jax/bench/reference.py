@@ -76,7 +76,7 @@ class MinimalResNet(nn.Module):
             inner, features = s.unit_widths(i)
             for j in range(n):
                 x = MinimalBlock(
-                    inner, features, stride if j == 0 else 1, s.block == "bottleneck", conv, norm
+                    inner, features, stride if j == 0 else 1, s.unit.weight_layers == 3, conv, norm
                 )(x)
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         return nn.Dense(s.num_classes, dtype=jnp.float32)(x)

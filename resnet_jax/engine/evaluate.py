@@ -1,12 +1,15 @@
 """Evaluation: single crop, 10-crop and multi-scale (softmax scores averaged over views and scales).
 
 Eval batches come from `resnet_jax.data.pipeline.eval_iterator`; padding rows carry mask=False and
-count nowhere, so the means are over the split's real examples. Metric sums stay on device until
-the split is done (one host transfer per evaluation).
+count nowhere, so the means are over the split's real examples. Each device sums the metrics of its
+own share of every batch (`parallel.per_device_sums`: no collective, so no XLA:CPU thread waits
+on another device); the sums stay on the devices until the split is done and are added up on the
+host (one transfer per evaluation).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
@@ -17,25 +20,64 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from resnet_jax import config as config_lib
 from resnet_jax.data import catalog, inputs  # no TensorFlow until a host batch is asked for
 from resnet_jax.engine import faults, metrics, parallel, steps
 
+# Batches dispatched ahead of the one the host waits for. XLA's CPU client runs each device's
+# part of a program on a pool of max(cores, devices) threads, and a part holds its thread until
+# it is done, collectives included; dispatching a 33rd computation queued for one device blocks
+# a pool thread as well. With 2 CPU devices on 2 cores both threads were then held, the partner
+# of a running collective never started, and XLA aborted the process after 40 s: under load the
+# devices fall behind the host and the queue fills (measured on a 2-core AMD EPYC on 2026-12-07:
+# with 8 eval batches of 5 computations each, the step and an add per metric, 1 of 8 runs of
+# `--mode=eval` of two seeds aborted under load 14-17, and a loop of that evaluation in its
+# first pass; a step with a collective and no wait aborted at 40 batches and finished 2,000 with
+# this bound). The eval step has no collective now (`parallel.per_device_sums`); the bound keeps
+# the queue short all the same.
+MAX_BATCHES_AHEAD = 4
+
+
+@jax.jit
+def _add_sums(total, new):  # one computation for every metric, not one per metric
+    return jax.tree.map(jnp.add, total, new)
+
 
 def _add(total, new):
-    return new if total is None else jax.tree.map(jnp.add, total, new)
+    return new if total is None else _add_sums(total, new)
+
+
+def _wait_ahead(in_flight: collections.deque, value) -> None:
+    """Queues `value` (a device value just dispatched) and waits for the one queued
+    MAX_BATCHES_AHEAD before it."""
+    in_flight.append(value)
+    if len(in_flight) > MAX_BATCHES_AHEAD:
+        jax.block_until_ready(in_flight.popleft())
+
+
+def host_sums(sums: dict) -> dict:
+    """{name: [devices] sums on the mesh} -> {name: numpy [devices]} on every process (each
+    process holds only its own devices' sums where there are several)."""
+    leaves = jax.tree.leaves(sums)
+    if all(x.is_fully_addressable for x in leaves):
+        return jax.device_get(sums)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(sums, tiled=True)
 
 
 def evaluate_batches(eval_step: Callable, state: steps.TrainState, batches, mesh: Mesh) -> dict:
     """Means of loss/top1/top5 over the masked-in examples of `batches` (host numpy batches, or
-    global arrays already on the mesh)."""
-    sums = None
+    global arrays already on the mesh); `eval_step` as `parallel.jit_eval_step`."""
+    sums, in_flight = None, collections.deque()
     for batch in parallel.prefetch_to_mesh(batches, mesh):
         sums = _add(sums, eval_step(state, batch))
+        _wait_ahead(in_flight, sums)
     if sums is None:
         raise ValueError("the evaluation split yielded no batches")
-    return metrics.means_from_sums(sums)
+    return metrics.means_from_sums(host_sums(sums))
 
 
 def evaluate_multiscale(
@@ -48,9 +90,10 @@ def evaluate_multiscale(
     """Averages each example's class probabilities over scales (and each scale's views).
 
     `per_scale_batches`: one batch iterable per scale, all yielding the examples in the same order.
-    Probabilities stay on device, sharded like the batch, until every scale is done.
+    Probabilities stay on device, sharded like the batch, until every scale is done. `score`:
+    `(probs, labels, mask) -> {name: [devices]}` sums (`score_step`).
     """
-    probs, labels, masks = [], [], []
+    probs, labels, masks, in_flight = [], [], [], collections.deque()
     for s, batches in enumerate(per_scale_batches):
         for i, batch in enumerate(parallel.prefetch_to_mesh(batches, mesh)):
             p = predict(state, batch)
@@ -60,11 +103,20 @@ def evaluate_multiscale(
                 masks.append(batch["mask"])
             else:
                 probs[i] = probs[i] + p
+            _wait_ahead(in_flight, probs[i])
     n = len(per_scale_batches)
     sums = None
     for p, y, m in zip(probs, labels, masks, strict=True):
         sums = _add(sums, score(p / n, y, m))
-    return metrics.means_from_sums(sums)
+        _wait_ahead(in_flight, sums)
+    return metrics.means_from_sums(host_sums(sums))
+
+
+def score_step(mesh: Mesh) -> Callable[..., dict]:
+    """Compiled `steps.metrics_from_probs(probs, labels, mask)` of batch-sharded arrays, one sum
+    per device (`parallel.per_device_sums`)."""
+    batch = P(parallel.DATA_AXIS)
+    return parallel.per_device_sums(steps.metrics_from_probs, mesh, (batch, batch, batch))
 
 
 def make_evaluator(
@@ -105,7 +157,7 @@ def make_evaluator(
         eval_step = parallel.jit_eval_step(model, mesh, finish)
         one_pass = lambda state, data: evaluate_batches(eval_step, state, data(), mesh)
     else:
-        score = jax.jit(steps.metrics_from_probs, out_shardings=parallel.replicated(mesh))
+        score = score_step(mesh)
         predict = parallel.jit_predict_step(model, mesh, finish)
         one_pass = lambda state, data: evaluate_multiscale(
             predict, score, state, [data(s) for s in plan.eval_scales], mesh

@@ -25,6 +25,8 @@ import time
 import traceback
 from collections.abc import Iterator
 
+from resnet_jax import plugins
+
 # Exit codes. 75 is the only one after which rerunning the same command is the right reaction.
 EXIT_NONFINITE = 65  # EX_DATAERR: NaN/Inf loss or gradient under nonfinite_policy='stop'
 EXIT_NO_INPUT = 66  # EX_NOINPUT: dataset not prepared, corrupt image, no loadable checkpoint
@@ -104,6 +106,8 @@ def classify(e: BaseException, process_count: int = 1) -> tuple[int, str] | None
     """(exit code, one-line message) for a foreseen failure; None for a bug (keep the traceback)."""
     if isinstance(e, RunError):
         return e.exit_code, str(e)
+    if isinstance(e, plugins.PluginError):
+        return EXIT_CONFIG, str(e)
     from resnet_jax.data import datasets  # plain Python: does not import TensorFlow
 
     if isinstance(e, (datasets.DatasetNotPreparedError, datasets.CorruptImageError)):

@@ -26,8 +26,12 @@ def mean_of_steps(step_metrics: Sequence[Mapping[str, Any]]) -> dict[str, float]
 
 
 def means_from_sums(sums: Mapping[str, Any]) -> dict[str, float]:
-    """Eval sums {'loss', 'top1', 'top5', 'count'} -> means over real examples, plus `count`."""
-    sums = {k: float(v) for k, v in jax.device_get(dict(sums)).items()}
+    """Eval sums {'loss', 'top1', 'top5', 'count'} -> means over real examples, plus `count`.
+
+    Each sum is a scalar or one partial sum per device ([devices]), added up here in float64."""
+    sums = {
+        k: float(np.sum(np.asarray(v, np.float64))) for k, v in jax.device_get(dict(sums)).items()
+    }
     count = sums.pop("count")
     out = {k: v / max(count, 1.0) for k, v in sums.items()}
     out["count"] = int(count)
@@ -98,17 +102,75 @@ def write_json(path: str, obj: Any) -> None:
             os.remove(tmp)
 
 
-class JsonlWriter:
-    """Appends one JSON object per record: {'step', 'split', <metric>: value, ...}."""
+def record_key(record: Mapping[str, Any]) -> tuple:
+    """What makes a metrics.jsonl record one of a kind: its step, split and (`--mode=eval`'s)
+    views."""
+    return (record.get("step"), record.get("split"), record.get("views"))
 
-    def __init__(self, path: str):
+
+def _newest_of_each(records: Sequence[Mapping[str, Any]]) -> list:
+    """The last record of each `record_key`, in file order."""
+    last = {record_key(r): i for i, r in enumerate(records)}
+    return [r for i, r in enumerate(records) if last[record_key(r)] == i]
+
+
+class JsonlWriter:
+    """Writes one JSON object per record, {'step', 'split', <metric>: value, ...}, and keeps one
+    record per `record_key` in the file: every reader sees each step once, the newest.
+
+    A run resumed from checkpoint N logs the steps after N again, and the run it resumes may have
+    logged some of them before it was killed: `resume_step=N` drops the records after step N
+    (`dropped` counts them). A record whose key the file already holds replaces the old one (a
+    final evaluation done again, the same checkpoint evaluated again; `superseded` counts those
+    a file from an older version of the trainer held when opened). A line cut off by a kill
+    is dropped too (`unreadable`: no reader can parse it, and the next record would be appended
+    to it). The
+    file is then rewritten into a temporary file that replaces it, so a reader sees the old or
+    the new file whole.
+    """
+
+    def __init__(self, path: str, resume_step: int | None = None):
+        self.path = path
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            text = ""
+        records = read_metrics(path)
+        before = [r for r in records if resume_step is None or r["step"] <= resume_step]
+        kept = _newest_of_each(before)
+        self.dropped, self.superseded = len(records) - len(before), len(before) - len(kept)
+        self.unreadable = len([line for line in text.splitlines() if line.strip()]) - len(records)
+        self._keys = {record_key(r) for r in kept}
+        self._file = None
+        if kept != records or len(records) != len(text.splitlines()) or text[-1:] not in "\n":
+            self._rewrite(kept)
         self._file = open(path, "a", encoding="utf-8")
+
+    def _rewrite(self, records: Sequence[Mapping[str, Any]]) -> None:
+        if self._file is not None:
+            self._file.close()
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        if self._file is not None:
+            self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> None:
         record = {"step": int(step), "split": split}
         record.update(
             {k: (v if isinstance(v, (int, str)) else float(v)) for k, v in metrics.items()}
         )
+        key = record_key(record)
+        if key in self._keys:
+            self._file.flush()
+            self._rewrite([r for r in read_metrics(self.path) if record_key(r) != key])
+        self._keys.add(key)
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
@@ -168,6 +230,8 @@ class MetricsLogger:
       global_batch_size: to turn steps/s into images/s.
       tensorboard: write TensorBoard events (needs the tensorboard package, not TensorFlow).
       num_classes: the console's eval lines leave top-5 out where there are at most 5.
+      resume_step: the checkpoint step a run resumes from (0 for a fresh start): metrics.jsonl
+        keeps no record after it (`JsonlWriter`), and the console says how many it dropped.
     """
 
     def __init__(
@@ -179,6 +243,7 @@ class MetricsLogger:
         tensorboard: bool = True,
         stream=None,
         num_classes: int | None = None,
+        resume_step: int | None = None,
     ):
         self.total_steps = total_steps
         self.num_classes = num_classes
@@ -188,7 +253,24 @@ class MetricsLogger:
         self._jsonl = self._tb = None
         if self.is_main:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+            self._jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step)
+            dropped = [
+                f"{n} {what}"
+                for n, what in (
+                    (
+                        self._jsonl.dropped,
+                        f"record(s) after step {resume_step}, logged by the interrupted run "
+                        "after its checkpoint (this run logs those steps again)",
+                    ),
+                    (self._jsonl.superseded, "older copies of records logged twice"),
+                    (self._jsonl.unreadable, "line(s) cut off by a kill"),
+                )
+                if n
+            ]
+            if dropped:
+                print(
+                    f"metrics.jsonl: dropped {' and '.join(dropped)}", file=self.stream, flush=True
+                )
             self._tb = _tensorboard_writer(workdir) if tensorboard else None
         self._last_time = None
         self._last_step = None

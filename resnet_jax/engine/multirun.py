@@ -25,7 +25,8 @@ import time
 import jax
 import ml_collections
 
-from resnet_jax.engine import evaluate, faults, metrics, stacked, trainer
+from resnet_jax import config as config_lib
+from resnet_jax.engine import evaluate, faults, metrics, stacked, trainer, validation
 
 
 def run_workdir(workdir: str, seed: int) -> str:
@@ -41,10 +42,89 @@ def run_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.C
 
 
 def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
+    """The seeds of `config.seeds`; a repeated seed, or a `seed` beside them, is refused."""
     seeds = [int(s) for s in config.seeds]
     if len(set(seeds)) != len(seeds):
         raise faults.ConfigError(f"seeds={tuple(config.seeds)} repeats a seed")
+    default = config_lib.default_config().seed
+    if config.seed != default:
+        raise faults.ConfigError(
+            f"seed={config.seed} and seeds={tuple(seeds)} both given: seeds sets the seed of "
+            f"every run, and seed must keep its default {default}; drop --config.seed (or add "
+            f"{config.seed} to seeds)"
+        )
     return seeds
+
+
+# What a single run writes in its workdir (trainer, `--mode=eval`, the profiler): moved whole
+# when it continues as one seed's run.
+_SINGLE_RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints")
+_SINGLE_RUN_PREFIXES = ("checkpoints.damaged", "events.out.tfevents.", "eval_", "profile")
+
+
+def _moving(workdir: str) -> list[str]:
+    """The `seed<k>.moving` folders of moves of a single run that were cut off."""
+    names = os.listdir(workdir) if os.path.isdir(workdir) else []
+    return [n for n in names if n.startswith("seed") and n.endswith(".moving")]
+
+
+def _move_single_run(workdir: str, target: str) -> None:
+    """Moves the single run's files of `workdir` into `target` through `target.moving`, so that
+    a move cut off half way is finished by the next one, and `target` appears whole."""
+    staging = f"{target}.moving"
+    os.makedirs(staging, exist_ok=True)
+    for name in sorted(os.listdir(workdir)):
+        if name in _SINGLE_RUN_FILES or name.startswith(_SINGLE_RUN_PREFIXES):
+            os.replace(os.path.join(workdir, name), os.path.join(staging, name))
+    os.replace(staging, target)
+
+
+def single_run_as_seed(config: ml_collections.ConfigDict, workdir: str, seeds: list[int]) -> None:
+    """A workdir that holds a single run (checkpoints of its own) is refused to `seeds`, which
+    would train WORKDIR/seed<k> from step 0 beside it and never resume it. With
+    allow_config_change the single run continues as the run of its seed, which must be among
+    `seeds` with no run of its own yet: its files move into WORKDIR/seed<k>, and it says so."""
+    for name in _moving(workdir):  # a move the last run started and did not finish
+        target = os.path.join(workdir, name[: -len(".moving")])
+        print(
+            f"resnet_jax: finishing the move of the single run of {workdir} into {target}, "
+            "cut off last time",
+            flush=True,
+        )
+        _move_single_run(workdir, target)
+    steps = validation.checkpoint_steps(workdir)
+    if not steps:
+        return
+    saved = evaluate.saved_config(workdir) or {}
+    seed = saved.get("seed")
+    what = (
+        f"{workdir} holds a single run (seed {seed}, checkpoints {', '.join(map(str, steps))}), "
+        f"and --config.seeds={','.join(map(str, seeds))} would train {workdir}/seed<k> from step "
+        "0 beside it and never resume it"
+    )
+    fixes = "resume it without --config.seeds, or train the seeds into another --workdir"
+    if not config.get("allow_config_change", False):
+        raise faults.ConfigError(
+            f"{what}. To {fixes}; to continue it as the run of seed {seed}, add "
+            "--config.allow_config_change=True"
+        )
+    why, target = None, run_workdir(workdir, seed) if seed is not None else None
+    if seed is None:
+        why = "its seed is unknown (it has no config.json)"
+    elif seed not in seeds:
+        why = f"its seed {seed} is not among the seeds"
+    elif os.path.exists(target):
+        why = f"{target} exists already"
+    elif jax.process_count() > 1:
+        why = "several processes run the program; continue it with one"
+    if why:
+        raise faults.ConfigError(f"{what}; it cannot continue as one of them: {why}. To {fixes}")
+    _move_single_run(workdir, target)
+    print(
+        f"resnet_jax: continuing the single run of {workdir} (seed {seed}, checkpoint "
+        f"{steps[-1]}) as the run of seed {seed}: its files moved to {target}",
+        flush=True,
+    )
 
 
 def train_and_evaluate_runs(config: ml_collections.ConfigDict, workdir: str) -> dict[int, dict]:
@@ -59,6 +139,7 @@ def train_and_evaluate_runs(config: ml_collections.ConfigDict, workdir: str) -> 
 def _train_runs(config, workdir: str, preemption: faults.PreemptionWatcher) -> dict[int, dict]:
     t0 = time.perf_counter()
     seeds = seeds_of(config)
+    single_run_as_seed(config, workdir, seeds)
     # One start-up for every run: the dataset opened once, one model, one compiled step.
     first = run_config(config, seeds[0])
     p = trainer.start_up(first, workdir, run_workdir(workdir, seeds[0]))
@@ -132,7 +213,12 @@ def _announce(runs: list[trainer.Run], mesh, split_runs: bool) -> str:
 
 def evaluate_runs(config: ml_collections.ConfigDict, workdir: str) -> dict[int, dict]:
     """`--mode=eval` of every run of `config.seeds` (each its newest checkpoint)."""
+    seeds = seeds_of(config)
+    if validation.checkpoint_steps(workdir) and not validation.seed_runs(workdir):
+        raise faults.ConfigError(
+            f"{workdir} holds a single run, not runs of --config.seeds: evaluate it without seeds"
+        )
     return {
         seed: evaluate.evaluate_checkpoint(run_config(config, seed), run_workdir(workdir, seed))
-        for seed in seeds_of(config)
+        for seed in seeds
     }

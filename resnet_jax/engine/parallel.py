@@ -215,7 +215,8 @@ def train_step_fn(
     skip_nonfinite: bool = False,
     finish: steps.FinishFn = None,
     grad_accum_steps: int = 1,
-    accum_shards: int = 1,
+    accum_chunk: int = 1,
+    unroll_micro_batches: bool = False,
     ema_decay: float = 0.0,
 ) -> Callable[[steps.TrainState, Any], tuple[steps.TrainState, dict]]:
     """`steps.train_step` with everything but (state, batch) bound, not yet compiled."""
@@ -228,8 +229,20 @@ def train_step_fn(
         skip_nonfinite=skip_nonfinite,
         finish=finish,
         grad_accum_steps=grad_accum_steps,
-        accum_shards=accum_shards,
+        accum_chunk=accum_chunk,
+        unroll_micro_batches=unroll_micro_batches,
         ema_decay=ema_decay,
+    )
+
+
+def micro_batch_options(mesh: Mesh, bn_group_size: int | None = None) -> dict:
+    """How `steps.train_step` forms and runs the micro-batches of `grad_accum_steps` on `mesh`:
+    chunks of `bn_group_size` rows (one row without BN groups), the same whatever the device
+    count; unrolled on CPUs, whose convolutions are slow inside a loop (`steps.micro_batches`,
+    `steps._accumulated_gradients`)."""
+    return dict(
+        accum_chunk=bn_group_size or 1,
+        unroll_micro_batches=mesh.devices.flat[0].platform == "cpu",
     )
 
 
@@ -244,13 +257,15 @@ def jit_train_step(
     skip_nonfinite: bool = False,
     finish: steps.FinishFn = None,
     grad_accum_steps: int = 1,
+    bn_group_size: int | None = None,
     ema_decay: float = 0.0,
 ) -> Callable[[steps.TrainState, Any], tuple[steps.TrainState, dict]]:
     """Compiled `train_step(state, batch) -> (state, metrics)`: batch sharded, state replicated.
 
     With `donate`, the input state's buffers are reused for the output, so never touch a state
-    after passing it in. `skip_nonfinite`, `finish`, `grad_accum_steps` (its micro-batches keep
-    their share on every device of the mesh), `ema_decay`: see `steps.train_step`.
+    after passing it in. `skip_nonfinite`, `finish`, `grad_accum_steps`, `ema_decay`: see
+    `steps.train_step`; `bn_group_size`: the model's, so that its BN groups stay whole in the
+    micro-batches (`micro_batch_options`).
     """
     fn = train_step_fn(
         model,
@@ -260,8 +275,8 @@ def jit_train_step(
         skip_nonfinite=skip_nonfinite,
         finish=finish,
         grad_accum_steps=grad_accum_steps,
-        accum_shards=mesh.devices.size,
         ema_decay=ema_decay,
+        **micro_batch_options(mesh, bn_group_size),
     )
     return jax.jit(
         fn,
@@ -271,14 +286,35 @@ def jit_train_step(
     )
 
 
+def per_device_sums(fn: Callable[..., dict], mesh: Mesh, in_specs: tuple) -> Callable[..., dict]:
+    """Compiled `fn` (-> {name: scalar sum}) run by each device on its own share of the arguments
+    (`in_specs`: P() for a replicated one, P(DATA_AXIS) for a batch): {name: [devices]}, device
+    i's sum at i, sharded over the mesh; add them up on the host.
+
+    The sums cross no device inside the program, so no device's part waits for another's. On
+    CPU devices of one process XLA runs each part on a pool of max(cores, devices) threads and a
+    part holds its thread until done: a collective whose partner cannot get a thread (the others
+    held by such waits and by a full dispatch queue) aborted evaluations after 40 s
+    (`evaluate.MAX_BATCHES_AHEAD`, docs/reliability.md). Gathering the sums on the host costs
+    one transfer per evaluation, as the all-reduce's result did.
+    """
+    local = lambda *args: jax.tree.map(lambda x: x[None], fn(*args))
+    return jax.jit(
+        jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P(DATA_AXIS)),
+        in_shardings=tuple(NamedSharding(mesh, spec) for spec in in_specs),
+        out_shardings=batch_sharded(mesh),
+    )
+
+
 def jit_eval_step(
     model: nn.Module, mesh: Mesh, finish: steps.FinishFn = None
 ) -> Callable[[steps.TrainState, Any], dict]:
-    """Compiled `eval_step(state, batch) -> metric sums` over the whole (global) batch."""
-    return jax.jit(
+    """Compiled `eval_step(state, batch) -> metric sums` of the global batch, one per device
+    ({name: [devices]}, `per_device_sums`): the state replicated, the batch sharded."""
+    return per_device_sums(
         functools.partial(steps.eval_step, model=model, finish=finish),
-        in_shardings=(replicated(mesh), batch_sharded(mesh)),
-        out_shardings=replicated(mesh),
+        mesh,
+        (P(), P(DATA_AXIS)),
     )
 
 

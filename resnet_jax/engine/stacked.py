@@ -92,11 +92,16 @@ def jit_train_step(
     """Compiled `(stacked state, stacked batch) -> (stacked state, metrics [K])`: run k's slice is
     `steps.train_step` of run k's state and batch. The state is donated; `how` from `layout`;
     `step_options`: `label_smoothing`, `skip_nonfinite`, `finish`, `grad_accum_steps`,
-    `ema_decay` of `steps.train_step`. A run's micro-batches are those of the single run on this
-    mesh (`steps.micro_batches` over every device), whichever axis is split."""
+    `ema_decay` of `steps.train_step`, `bn_group_size` of `parallel.jit_train_step`. A run's
+    micro-batches are those of its single run (`parallel.micro_batch_options`)."""
+    group = step_options.pop("bn_group_size", None)
     fn = jax.vmap(
         parallel.train_step_fn(
-            model, tx, learning_rate_fn, accum_shards=mesh.devices.size, **step_options
+            model,
+            tx,
+            learning_rate_fn,
+            **parallel.micro_batch_options(mesh, group),
+            **step_options,
         )
     )
     states = state_sharding(how, mesh)

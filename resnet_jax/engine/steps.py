@@ -125,27 +125,28 @@ def _extra_args(tx: optax.GradientTransformation, train_error: jax.Array) -> dic
     )
 
 
-def micro_batches(batch: Mapping[str, jax.Array], k: int, shards: int = 1) -> dict:
-    """Leaves [B, ...] -> [k, B / k, ...]: the batch cut into `shards` equal contiguous blocks,
-    each block into k slices of m = B / (k * shards) rows; micro-batch j is slice j of every block.
+def micro_batches(batch: Mapping[str, jax.Array], k: int, chunk: int = 1) -> dict:
+    """Leaves [B, ...] -> [k, B / k, ...]: the batch cut into chunks of `chunk` consecutive rows,
+    chunk c going to micro-batch c mod k (so micro-batch j holds chunks j, j + k, j + 2k, ...).
 
-    The batch is sharded over the mesh's `data` axis in contiguous blocks, one per device. With
-    `shards` the device count, the reshape [B] -> [shards, k, m] -> [k, shards * m] leaves every
-    row on its device and each micro-batch keeps an equal share on every device (a plain
-    [k, B / k] view would put a micro-batch on one device and make XLA gather rows across
-    devices). BN groups of a micro-batch stay on one device when they divide m.
+    The composition is a function of the global batch alone, not of the devices it is sharded
+    over, so a run resumed on another device count takes the same micro-batches. It also needs
+    no row to move: the batch is sharded in contiguous blocks, one per device, and when a block
+    holds a whole number of k-chunk rounds (B divisible by k * chunk * devices, which
+    `validation` checks) each micro-batch has an equal share of every block, in place. A chunk
+    of `bn_group_size` rows keeps each BN group whole: the groups are the global batch's
+    consecutive runs of that many rows, as across devices without accumulation.
     """
     b = jax.tree.leaves(batch)[0].shape[0]
-    if b % (k * shards):
+    if b % (k * chunk):
         raise ValueError(
-            f"a batch of {b} cannot be split into {k} micro-batches over {shards} device(s); "
-            f"use a multiple of {k * shards}"
+            f"a batch of {b} cannot be split into {k} micro-batches of whole chunks of {chunk} "
+            f"rows; use a multiple of {k * chunk}"
         )
-    m = b // (k * shards)
 
     def split(x):
-        x = x.reshape((shards, k, m, *x.shape[1:]))
-        return jnp.swapaxes(x, 0, 1).reshape((k, shards * m, *x.shape[3:]))
+        x = x.reshape((b // (k * chunk), k, chunk, *x.shape[1:]))
+        return jnp.swapaxes(x, 0, 1).reshape((k, b // k, *x.shape[3:]))
 
     return {name: split(x) for name, x in batch.items()}
 
@@ -170,9 +171,29 @@ def _gradients(state, batch, rng, *, model, label_smoothing, finish):
     return grads, batch_stats, {"loss": loss, "top1": top1.mean(), "top5": top5.mean()}
 
 
-def _accumulated_gradients(state, batch, rng, k, shards, **kwargs):
+def _after(tree: Any, batch: Mapping[str, jax.Array]) -> dict:
+    """`batch` unchanged, but computable only once every leaf of `tree` is.
+
+    Micro-batch j + 1 must wait for micro-batch j's gradients, or XLA may run every forward pass
+    before any backward one and keep all k micro-batches' activations alive, the memory that
+    accumulation exists to save. XLA:CPU drops `lax.optimization_barrier` before it schedules, so
+    the order is made a data dependency: no value is greater than +inf (NaN included), so `late`
+    is always False, which XLA cannot know. It costs a comparison over the gradients and a select
+    over the micro-batch's inputs."""
+    late = jnp.stack([jnp.any(x > jnp.inf) for x in jax.tree.leaves(tree)]).any()
+    return {name: jnp.where(late, jnp.zeros_like(x), x) for name, x in batch.items()}
+
+
+def _accumulated_gradients(state, batch, rng, k, chunk, unroll, **kwargs):
     """`_gradients` of the whole batch as the mean over k micro-batches (`micro_batches`), one
-    after another in a `lax.scan`, so only one micro-batch's activations are alive at a time.
+    after another, so only one micro-batch's activations are alive at a time.
+
+    `unroll`: the micro-batches as k copies of the micro-batch step, each waiting for the one
+    before (`_after`), instead of a `lax.scan`. XLA:CPU rewrites a convolution into the dimension
+    order its fast convolutions (Eigen, YNNPACK) take only in the program's top level, not inside
+    a loop's body, so in a scan the gradient convolutions fall to its generic loops and the step
+    runs 10-20x slower (ResNet-20: docs/measurements/cpu.md). Elsewhere the scan keeps the
+    program, and its compile time, one micro-batch long.
 
     Each micro-batch is normalised on its own, and the BN statistics come back as the mean of the
     k micro-batches' updates of the same running statistics. BN's update is affine in the batch
@@ -180,15 +201,21 @@ def _accumulated_gradients(state, batch, rng, k, shards, **kwargs):
     statistics): the update k devices make with BN per device (`models.norm.GroupedBatchNorm`),
     not k updates in a row (docs/training.md).
     """
-    micro = micro_batches(batch, k, shards)
+    micro = micro_batches(batch, k, chunk)
     one = lambda j, mb: _gradients(state, mb, jax.random.fold_in(rng, j), **kwargs)
+    if unroll:
+        total = one(0, {name: x[0] for name, x in micro.items()})
+        for j in range(1, k):
+            mb = _after(total, {name: x[j] for name, x in micro.items()})
+            total = jax.tree.map(jnp.add, total, one(j, mb))
+    else:
 
-    def body(total, xs):
-        return jax.tree.map(jnp.add, total, one(*xs)), None
+        def body(total, xs):
+            return jax.tree.map(jnp.add, total, one(*xs)), None
 
-    shapes = jax.eval_shape(one, 0, jax.tree.map(lambda x: x[0], micro))
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    total, _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
+        shapes = jax.eval_shape(one, 0, jax.tree.map(lambda x: x[0], micro))
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        total, _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
     return jax.tree.map(lambda x: x / k, total)
 
 
@@ -203,7 +230,8 @@ def train_step(
     skip_nonfinite: bool = False,
     finish: FinishFn = None,
     grad_accum_steps: int = 1,
-    accum_shards: int = 1,
+    accum_chunk: int = 1,
+    unroll_micro_batches: bool = False,
     ema_decay: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on batch {'image': [B, H, W, 3], 'label': int [B], ...} (see `FinishFn`).
@@ -214,8 +242,9 @@ def train_step(
     With `skip_nonfinite`, an update whose loss or gradient norm is NaN/Inf is dropped (the state
     comes back unchanged) and the metric `skipped` is 1.0 for it, else 0.0.
     `grad_accum_steps` k > 1: the gradient is the mean over k micro-batches of B / k, each with
-    its own BN statistics (`_accumulated_gradients`; `accum_shards`: the devices the batch is
-    split over, see `micro_batches`), then one update. `ema_decay`: the decay of the state's
+    its own BN statistics, then one update (`_accumulated_gradients`; `accum_chunk`: the rows kept
+    together in a micro-batch, see `micro_batches`; `unroll_micro_batches`: k copies of the
+    micro-batch step instead of a loop, for XLA:CPU). `ema_decay`: the decay of the state's
     average of the weights (`update_ema`); the state must hold one exactly when it is > 0.
     """
     if (state.ema is not None) != (ema_decay > 0):
@@ -229,7 +258,13 @@ def train_step(
         grads, batch_stats, m = _gradients(state, batch, dropout_rng, **kwargs)
     else:
         grads, batch_stats, m = _accumulated_gradients(
-            state, batch, dropout_rng, grad_accum_steps, accum_shards, **kwargs
+            state,
+            batch,
+            dropout_rng,
+            grad_accum_steps,
+            accum_chunk,
+            unroll_micro_batches,
+            **kwargs,
         )
     # The error-gated warm-up (optim.error_gated_warmup) reads the batch's error; a plain chain
     # ignores it.

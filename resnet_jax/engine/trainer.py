@@ -372,6 +372,45 @@ class _Prefixed:
         self.stream.flush()
 
 
+# The expected time is said once the loop has timed this long (and two steps), or this many
+# steps: the first steps after compilation are slower (allocations, caches), so fewer would
+# overstate it.
+ANNOUNCE_AFTER_S, ANNOUNCE_AFTER_STEPS = 10.0, 50
+# ... and only for a run with at least this much left to train: one that ends in seconds says
+# so itself.
+ANNOUNCE_MIN_LEFT_S = 60.0
+
+
+def duration_text(seconds: float) -> str:
+    """`45 s`, `4 min`, `2 h 14 min`."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = int(round(seconds / 60))
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def expected_time_line(steps_left: int, steps_per_sec: float, total: int) -> str:
+    """The run's remaining training time at its measured rate, and the key that shortens it."""
+    return (
+        f"expected time: about {duration_text(steps_left / steps_per_sec)} for the {steps_left} "
+        f"steps left, at the {steps_per_sec:.3g} steps/s measured on this machine (evaluation and "
+        f"checkpoints aside); --config.num_train_steps=N (now {total}) shortens it"
+    )
+
+
+def _announce_expected_time(m, done: int, total: int, timed_steps: int, since: float) -> bool:
+    """Prints `expected_time_line` once enough steps are timed (`since`: when timing began, moved
+    on by the time evaluations and saves took); returns whether it is settled."""
+    timed_s = time.perf_counter() - since
+    if timed_steps < ANNOUNCE_AFTER_STEPS and (timed_steps < 2 or timed_s < ANNOUNCE_AFTER_S):
+        return False
+    jax.block_until_ready(m)  # the host runs ahead of the device: time what is done
+    rate = timed_steps / max(time.perf_counter() - since, 1e-9)
+    if (total - done) / rate >= ANNOUNCE_MIN_LEFT_S:
+        print(expected_time_line(total - done, rate, total), flush=True)
+    return True
+
+
 def train_runs(p: Program, runs: list[Run], preemption, t0: float, how: str | None = None):
     """Trains runs that start from the same step as one program: one run as it is (`how` None),
     or several with their states stacked and split over the mesh as `how` says (`stacked`).
@@ -386,6 +425,7 @@ def train_runs(p: Program, runs: list[Run], preemption, t0: float, how: str | No
         skip_nonfinite=c.nonfinite_policy == "skip",
         finish=p.finish,
         grad_accum_steps=c.grad_accum_steps,
+        bn_group_size=c.bn_group_size or None,
         ema_decay=c.ema_decay,
     )
     if how is None:
@@ -408,6 +448,7 @@ def train_runs(p: Program, runs: list[Run], preemption, t0: float, how: str | No
             total_steps=total,
             global_batch_size=c.batch_size,
             num_classes=c.num_classes,
+            resume_step=r.start,  # the steps after it are logged again: one record per step
             **({} if how is None else {"stream": _Prefixed(f"{r.name}: ", sys.stdout)}),
         )
     eval_fn = evaluate.make_evaluator(
@@ -429,6 +470,7 @@ def train_runs(p: Program, runs: list[Run], preemption, t0: float, how: str | No
     train_step = hook.wrap_step(train_step)
     pending, in_flight = [], collections.deque()  # in flight: dispatched steps, oldest first
     eval_time, save_time, timed_from, timed_steps = 0.0, 0.0, None, 0
+    announced = jax.process_index() != 0  # the expected time, once, by process 0
     live = lambda: [(i, r) for i, r in enumerate(runs) if r.failed is None]
 
     def stopped(r, error):  # one run ends the program; one of several stops alone
@@ -507,6 +549,10 @@ def train_runs(p: Program, runs: list[Run], preemption, t0: float, how: str | No
                     r.logger.start(done)
             else:
                 timed_steps += 1
+                if not announced and done < total:
+                    announced = _announce_expected_time(
+                        m, done, total, timed_steps, timed_from + eval_time + save_time
+                    )
             if done % c.log_every_steps == 0 or done == total:
                 check_metrics(done)
                 for _, r in live():

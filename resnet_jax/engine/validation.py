@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from resnet_jax import config as config_lib
-from resnet_jax import entry
+from resnet_jax import entry, plugins
 from resnet_jax.engine.faults import ConfigError, DiskError
 
 RESUMABLE_KEYS = frozenset(
@@ -162,6 +162,24 @@ def _has_checkpoints(workdir: str | None) -> bool:
     return bool(folder and os.path.isdir(folder) and any(d.isdigit() for d in os.listdir(folder)))
 
 
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The steps of the checkpoints in WORKDIR/checkpoints, oldest first ([] where none)."""
+    folder = os.path.join(workdir, "checkpoints")
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(int(d) for d in names if d.isdigit())
+
+
+def seed_runs(workdir: str) -> list[int]:
+    """The seeds whose runs of `--config.seeds` `workdir` holds: its `seed<k>` folders with a
+    checkpoint (the layout of `multirun.run_workdir`)."""
+    names = os.listdir(workdir) if os.path.isdir(workdir) else []
+    return sorted(
+        int(n[4:])
+        for n in names
+        if n.startswith("seed") and n[4:].isdigit() and _has_checkpoints(os.path.join(workdir, n))
+    )
+
+
 def check_config(config, workdir: str | None = None) -> None:
     """Names, choices and ranges of an unresolved config; one ConfigError listing every problem.
 
@@ -174,6 +192,7 @@ def check_config(config, workdir: str | None = None) -> None:
         missing = warm_start.missing_source(config.init_from)
         problems = ([missing] if missing else []) + problems
     if config.model in _model_names():
+        plugins.load(config.get("plugins", ()))  # they may register a block the model names
         problems += _model_problems(config)
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) in the config: " + "; ".join(problems))
@@ -192,7 +211,7 @@ def _model_problems(c) -> list[str]:
         model = models.create_model(
             c.model,
             num_classes=c.num_classes,
-            bn_group_size=c.bn_group_size,
+            bn_group_size=c.bn_group_size or None,  # 0: the global batch, as config.build_model
             **c.model_overrides.to_dict(),
         )
     except (ValueError, TypeError) as e:
@@ -321,8 +340,20 @@ def check_same_run(
     """Refuses to resume a run of another config; returns the allowed changes it found.
 
     Only a workdir with checkpoints is checked: without one nothing computed so far would be mixed.
-    `defaults`: the trainer's default config (see `config_changes`).
+    `defaults`: the trainer's default config (see `config_changes`). A workdir holding the runs of
+    `--config.seeds` (in `seed<k>` folders) is refused to a single run, even with
+    allow_config_change: it would start from step 0 beside them, and each of them already is a
+    single run that `--workdir=WORKDIR/seed<k>` resumes.
     """
+    seeds = [] if has_checkpoints else seed_runs(workdir)
+    if seeds:
+        listed = ",".join(map(str, seeds))
+        raise ConfigError(
+            f"{workdir} holds the runs of seeds {listed} (in {workdir}/seed<k>, trained with "
+            "--config.seeds), and a run without seeds would start from step 0 beside them. "
+            f"Resume them with --config.seeds={listed}, or one alone with "
+            f"--workdir={workdir}/seed<k>"
+        )
     path = os.path.join(workdir, "config.json")
     if not (has_checkpoints and os.path.exists(path)):
         return []

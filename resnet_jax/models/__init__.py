@@ -1,8 +1,10 @@
-"""ResNet model zoo: `create_model(name, **overrides)`, `available_models()`, `get_spec(name)`.
+"""ResNet model zoo: `create_model(name, **overrides)`, `available_models()`, `get_spec(name)`;
+residual units by name: `register_block(name)`, `get_block(name)`, `available_blocks()`.
 
 model = create_model('resnet50', dtype=jnp.bfloat16)
 variables = model.init(rng, jnp.zeros((1, 224, 224, 3)), train=False)
 logits, upd = model.apply(variables, x, train=True, mutable=['batch_stats'])
+model = create_model('resnet20', block='preact_basic')  # any registered unit, in any net
 """
 
 from __future__ import annotations
@@ -15,6 +17,18 @@ import jax.numpy as jnp
 from resnet_jax.models.norm import GroupedBatchNorm
 from resnet_jax.models.registry import Published, available_models, get_published, get_spec
 from resnet_jax.models.resnet import ResNet, ResNetSpec
+from resnet_jax.models.units import (
+    BasicUnit,
+    BottleneckUnit,
+    PostActUnit,
+    PreActBasicUnit,
+    PreActBottleneckUnit,
+    PreActUnit,
+    Unit,
+    available_blocks,
+    get_block,
+    register_block,
+)
 
 __all__ = [
     "create_model",
@@ -25,6 +39,16 @@ __all__ = [
     "ResNetSpec",
     "Published",
     "GroupedBatchNorm",
+    "register_block",
+    "get_block",
+    "available_blocks",
+    "Unit",
+    "PostActUnit",
+    "PreActUnit",
+    "BasicUnit",
+    "BottleneckUnit",
+    "PreActBasicUnit",
+    "PreActBottleneckUnit",
 ]
 
 

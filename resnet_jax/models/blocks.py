@@ -1,12 +1,12 @@
-"""Residual units and shortcuts (He2015, He2016, ResNet-D, ResNeXt, Wide ResNet).
+"""What residual units are made of: the conv init and padding, the shortcuts (He2015 options
+A-C, ResNet-D's D) and the unit's final addition. The units themselves: `models.units`.
 
-All tensors are NHWC: a unit maps `[B, H, W, C_in]` to `[B, ceil(H/s), ceil(W/s), features]`.
+All tensors are NHWC.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -91,110 +91,3 @@ class Shortcut(nn.Module):
         if self.norm is not None:
             x = self.norm(name="proj_bn")(x)
         return x
-
-
-def unit_layers(
-    bottleneck: bool, features: int, inner: int, strides: int, stride_on_3x3: bool, groups: int
-):
-    """The branch's convs as (kernel, out_features, stride, groups) tuples."""
-    if not bottleneck:
-        return ((3, inner, strides, 1), (3, features, 1, 1))
-    s1, s3 = (1, strides) if stride_on_3x3 else (strides, 1)
-    return ((1, inner, s1, 1), (3, inner, s3, groups), (1, features, 1, 1))
-
-
-class ResidualUnit(nn.Module):
-    """Basic (3x3, 3x3) or bottleneck (1x1, 3x3, 1x1) unit, post- or pre-activation.
-
-    `plain=True` drops the shortcut and the addition (He2015's plain nets).
-    `inner` is the width of the first conv(s); `features` the output width.
-    `stride_on_3x3` puts a bottleneck's stride on the 3x3 ("v1.5") instead of the first 1x1.
-    `preact_shortcut` (pre-activation only) feeds the shortcut from the pre-activated input even
-    when it is an identity; He2016 does this for the unit right after a bare conv stem.
-    Sows every 3x3 conv's response into 'intermediates'/'response': after its BN for
-    post-activation units; the raw conv output for pre-activation units (no BN follows it in
-    the unit before the next conv or the addition).
-    """
-
-    features: int
-    inner: int
-    strides: int
-    conv: ModuleDef
-    norm: ModuleDef
-    bottleneck: bool = False
-    preact: bool = False
-    plain: bool = False
-    shortcut: str = "B"
-    stride_on_3x3: bool = True
-    groups: int = 1
-    zero_init_last: bool = False
-    preact_shortcut: bool = False
-    act: Callable[[Any], Any] = nn.relu
-
-    @nn.compact
-    def __call__(self, x):
-        layers = unit_layers(
-            self.bottleneck,
-            self.features,
-            self.inner,
-            self.strides,
-            self.stride_on_3x3,
-            self.groups,
-        )
-        return (self._preact if self.preact else self._postact)(x, layers, len(layers) - 1)
-
-    def _postact(self, x, layers, last):
-        y = x
-        for i, (k, f, s, g) in enumerate(layers):
-            y = self.conv(
-                f,
-                (k, k),
-                (s, s),
-                padding=conv_padding(k),
-                feature_group_count=g,
-                name=f"conv{i + 1}",
-            )(y)
-            zero = self.zero_init_last and i == last
-            y = self.norm(
-                name=f"bn{i + 1}",
-                scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
-            )(y)
-            if k == 3:
-                self.sow("intermediates", "response", y)
-            if i < last:
-                y = self.act(y)
-        if self.plain:
-            return self.act(y)
-        shortcut = Shortcut(
-            self.shortcut, self.features, self.strides, self.conv, self.norm, name="shortcut"
-        )(x)
-        return add_relu(y, shortcut) if self.act is nn.relu else self.act(y + shortcut)
-
-    def _preact(self, x, layers, last):
-        pre = self.act(self.norm(name="bn1")(x))
-        y = pre
-        for i, (k, f, s, g) in enumerate(layers):
-            if i > 0:
-                y = self.act(self.norm(name=f"bn{i + 1}")(y))
-            # Pre-activation units end in a conv, so zero-init (Goyal et al.) zeroes that conv instead.
-            init = nn.initializers.zeros if self.zero_init_last and i == last else he_fan_out
-            y = self.conv(
-                f,
-                (k, k),
-                (s, s),
-                padding=conv_padding(k),
-                feature_group_count=g,
-                kernel_init=init,
-                name=f"conv{i + 1}",
-            )(y)
-            if k == 3:
-                self.sow("intermediates", "response", y)
-        if self.plain:
-            return y
-        identity = Shortcut.is_identity(self.shortcut, x.shape[-1], self.features, self.strides)
-        # He2016: where the shortcut is a projection (or follows a bare stem) both paths start
-        # after the pre-activation; elsewhere the identity path stays clean.
-        sc_in = x if identity and not self.preact_shortcut else pre
-        return y + Shortcut(
-            self.shortcut, self.features, self.strides, self.conv, None, name="shortcut"
-        )(sc_in)

@@ -13,24 +13,29 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from resnet_jax.models.blocks import ResidualUnit, conv_padding, he_fan_out
+from resnet_jax.models.blocks import conv_padding, he_fan_out
 from resnet_jax.models.norm import make_norm
+from resnet_jax.models.units import Unit, available_blocks, get_block
 
-BLOCKS = ("basic", "bottleneck")
 SHORTCUTS = ("A", "B", "C", "D")
 STEMS = ("imagenet", "cifar", "deep")
 FAMILIES = ("imagenet", "cifar")
-EXPANSION = 4  # bottleneck output width / inner width (He2015 Table 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class ResNetSpec:
     """Architecture of one network; registry entries are instances, overrides replace fields.
 
-    widths: per-stage base width ("planes"): a basic unit outputs `widths[i] * width_multiplier`
-      channels, a bottleneck unit `widths[i] * 4` with inner width
+    block: a registered unit name (`models.available_blocks()`: basic, bottleneck, preact_basic,
+      preact_bottleneck, and any unit registered with `register_block`).
+    preact: True chooses the pre-activation form of `block`, the unit registered as
+      `'preact_' + block` (preact=True with 'basic' is 'preact_basic'). A pre-activation block
+      is pre-activation whatever `preact` says. `unit` is the class the two choose.
+    widths: per-stage base width ("planes"). Units have inner width
       `int(widths[i] * width_multiplier * width_per_group / 64) * groups` (torchvision's rule,
-      which gives wide_resnet50_2 and ResNeXt).
+      which gives wide_resnet50_2 and ResNeXt) and output `widths[i] * unit.expansion`
+      channels; a unit of expansion 1 (basic) outputs its inner width, so the multiplier
+      widens it whole (Wide ResNet).
     stem: 'imagenet' (7x7/2 conv + 3x3/2 max pool), 'cifar' (3x3 conv), 'deep' (ResNet-D: three
       3x3 convs of stem_width/2, stem_width/2, stem_width, the first with stride 2, + max pool).
     shortcut: 'A', 'B', 'C' (He2015 Sec. 3.3) or 'D' (ResNet-D average-pool projection).
@@ -61,9 +66,12 @@ class ResNetSpec:
     input_size: int = 224
 
     def __post_init__(self):
+        try:
+            unit = self.unit
+        except ValueError as e:
+            raise ValueError(f"{self.name}: {e}") from None
         checks = [
             (self.family in FAMILIES, f"family must be one of {FAMILIES}, got {self.family!r}"),
-            (self.block in BLOCKS, f"block must be one of {BLOCKS}, got {self.block!r}"),
             (
                 self.shortcut in SHORTCUTS,
                 f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}",
@@ -74,8 +82,9 @@ class ResNetSpec:
                 "stage_sizes, widths and strides must have the same length",
             ),
             (
-                self.block == "bottleneck" or (self.groups == 1 and self.width_per_group == 64),
-                "groups / width_per_group apply to bottleneck units only",
+                unit.grouped or (self.groups == 1 and self.width_per_group == 64),
+                f"block {self.block!r} takes no groups / width_per_group (blocks that do: "
+                f"{', '.join(b for b in available_blocks() if get_block(b).grouped)})",
             ),
             # A plain unit with a zero last BN scale outputs zeros for every input: the net is dead.
             (
@@ -91,6 +100,19 @@ class ResNetSpec:
             if not ok:
                 raise ValueError(f"{self.name}: {msg}")
 
+    @property
+    def unit(self) -> type[Unit]:
+        """The residual unit class `block` and `preact` choose."""
+        unit = get_block(self.block)
+        if self.preact and not unit.preact:
+            try:
+                unit = get_block(f"preact_{self.block}")
+            except ValueError as e:
+                raise ValueError(
+                    f"preact=True asks for the pre-activation form of block {self.block!r}: {e}"
+                ) from None
+        return unit
+
     def min_input_size(self) -> int:
         """Smallest input side that leaves the last stage a feature map of at least 1x1."""
         stem = (
@@ -100,18 +122,14 @@ class ResNetSpec:
 
     def unit_widths(self, stage: int) -> tuple[int, int]:
         """(inner, output) channel widths of the units of `stage` (0-based)."""
-        planes = self.widths[stage]
-        if self.block == "basic":
-            w = int(planes * self.width_multiplier)
-            return w, w
+        planes, expansion = self.widths[stage], self.unit.expansion
         inner = int(planes * self.width_multiplier * self.width_per_group / 64) * self.groups
-        return inner, planes * EXPANSION
+        return inner, inner if expansion == 1 else planes * expansion
 
     @property
     def depth(self) -> int:
         """Weight layers in the paper's convention: one stem conv + branch convs + the dense."""
-        per_unit = 3 if self.block == "bottleneck" else 2
-        return 1 + per_unit * sum(self.stage_sizes) + 1
+        return 1 + self.unit.weight_layers * sum(self.stage_sizes) + 1
 
 
 class Stem(nn.Module):
@@ -174,18 +192,17 @@ class ResNet(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        x = Stem(s.stem, s.stem_width, s.preact, conv, norm, name="stem")(x)
+        unit = s.unit
+        x = Stem(s.stem, s.stem_width, unit.preact, conv, norm, name="stem")(x)
         for i, (n, stride) in enumerate(zip(s.stage_sizes, s.strides, strict=True)):
             inner, features = s.unit_widths(i)
             for j in range(n):
-                x = ResidualUnit(
+                x = unit(
                     features=features,
                     inner=inner,
                     strides=stride if j == 0 else 1,
                     conv=conv,
                     norm=norm,
-                    bottleneck=s.block == "bottleneck",
-                    preact=s.preact,
                     plain=s.plain,
                     shortcut=s.shortcut,
                     stride_on_3x3=s.stride_on_3x3,
@@ -193,10 +210,10 @@ class ResNet(nn.Module):
                     zero_init_last=s.zero_init_residual,
                     # A pre-activation stem ends in a conv (+ pool), not BN-ReLU: the first unit's
                     # pre-activation then feeds both paths (He2016).
-                    preact_shortcut=s.preact and i == 0 and j == 0,
+                    preact_shortcut=unit.preact and i == 0 and j == 0,
                     name=f"stage{i + 1}_unit{j + 1}",
                 )(x)
-        if s.preact:
+        if unit.preact:
             x = nn.relu(norm(name="final_bn")(x))
         # Pool and classify in float32: the cost is negligible and logits keep full precision.
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax import plugins
 from resnet_jax.models import create_model, get_spec
 
 
@@ -152,7 +153,9 @@ def load_workdir(workdir: str, step: int | None = None) -> tuple[Any, dict, dict
 
 
 def model_from_config(config: dict):
-    """The model a trainer config describes (name, overrides, classes of its dataset)."""
+    """The model a trainer config describes (name, overrides, classes of its dataset), its
+    plugins imported first."""
+    plugins.load(config.get("plugins") or ())
     overrides = dict(config.get("model_overrides") or {})
     for key, value in overrides.items():
         if isinstance(

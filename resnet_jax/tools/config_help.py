@@ -31,6 +31,7 @@ DERIVED = {
     "dataset_fingerprint": "derived (folder): its files, sizes and times; a resume must match",
     "image_size_rule": "derived (folder): why image_size is what it is",
     "batch_size_rule": "derived: why batch_size is smaller than the recipe's (a small dataset)",
+    "length_rule": "derived (folder): why num_train_steps is shorter than the recipe's",
 }
 _BAD_VALUE = re.compile(r"flag --config\.([\w.]+)=(.*?): ")
 

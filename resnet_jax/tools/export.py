@@ -8,7 +8,7 @@ DIR (default RUN/export) gets:
                     finish its evaluation applies on the device), the network and the softmax, for
                     uint8 [B, S, S, 3] images with any B; float32 [B, K] out
   model.json        class names, S, how the run crops an image to S x S, the normalisation inside
-  serve.py          a reader that needs only jax: `classify, meta = serve.load(DIR)`
+  serve.py          a reader that needs only jax and flatbuffers: `classify, meta = serve.load(DIR)`
   savedmodel/       with --format savedmodel|both: the same function as a TensorFlow SavedModel
                     (jax2tf), signature `serving_default`: images uint8 -> probabilities
 

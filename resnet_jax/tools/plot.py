@@ -1,15 +1,18 @@
 """Training curves of one or more runs from their metrics.jsonl, as one PNG.
 
-    python -m resnet_jax.plot WORKDIR [WORKDIR ...] [--out curves.png]
+    python -m resnet_jax.plot WORKDIR [WORKDIR ...] [--out curves.png] [--label NAME ...]
 
 Two panels, loss and top-1 error (%), against the step: thin lines are the logged training
 windows, bold lines with markers the evaluations. Each run keeps one colour and is labelled by its
-workdir. Works on a run that is still training (a half-written last line is skipped).
+workdir's last folders, as many as tell the runs apart (an experiment's ROOT/<entry>/seed<k>
+reads `<entry>/seed<k>`), or by `--label`, one per workdir in order. Works on a run that is still
+training (a half-written last line is skipped).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 
 from absl import app, flags
@@ -24,6 +27,22 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "out", None, "PNG to write (default: WORKDIR/curves.png for one run, ./curves.png else)."
     )
+    flags.DEFINE_multi_string(
+        "label", None, "legend name of each workdir, in order (repeat once per workdir)."
+    )
+
+
+def run_labels(workdirs: Sequence[str]) -> list[str]:
+    """The shortest trailing paths that tell the workdirs apart, never a bare `seed<k>`:
+    runs/cpu/resnet20_cpu/seed0 and runs/cpu/resnet56_cpu/seed0 -> resnet20_cpu/seed0, ..."""
+    parts = [os.path.normpath(os.path.abspath(w)).split(os.sep) for w in workdirs]
+    longest = max(len(p) for p in parts)
+    for depth in range(1, longest + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        bare_seed = any(re.fullmatch(r"seed\d+", p[-1]) for p in parts) and depth == 1
+        if len(set(labels)) == len(labels) and not bare_seed:
+            return labels
+    return list(workdirs)
 
 
 def _series(records: Sequence[dict], split: str, key: str) -> tuple[list[int], list[float]]:
@@ -32,26 +51,31 @@ def _series(records: Sequence[dict], split: str, key: str) -> tuple[list[int], l
     return [s for s, _ in points], [scale * (1 - v if key == "top1" else v) for _, v in points]
 
 
-def plot_runs(workdirs: Sequence[str], out: str) -> str:
-    """Draws every run's curves into `out` (PNG); returns its path.
+def plot_runs(workdirs: Sequence[str], out: str, labels: Sequence[str] | None = None) -> str:
+    """Draws every run's curves into `out` (PNG), labelled by `labels` (default `run_labels`);
+    returns its path.
 
-    Raises ValueError naming a workdir that has no metrics.jsonl records.
+    Raises ValueError naming a workdir that has no metrics.jsonl records, or for a count of
+    labels other than the count of workdirs.
     """
+    if labels is not None and len(labels) != len(workdirs):
+        raise ValueError(f"{len(labels)} labels for {len(workdirs)} workdirs: give one per workdir")
     import matplotlib
 
     matplotlib.use("Agg")  # headless machines
     import matplotlib.pyplot as plt
 
-    runs = {}
+    runs = []
     for workdir in workdirs:
         records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
         if not records:
             raise ValueError(f"{workdir} has no metrics.jsonl records: is it a run's workdir?")
-        runs[workdir] = records
+        runs.append(records)
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4.2))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (workdir, records) in enumerate(runs.items()):
-        colour, label = colours[i % len(colours)], os.path.basename(os.path.normpath(workdir))
+    names = list(labels) if labels is not None else run_labels(workdirs)
+    for i, (label, records) in enumerate(zip(names, runs, strict=True)):
+        colour = colours[i % len(colours)]
         for ax, key in ((ax_loss, "loss"), (ax_err, "top1")):
             ax.plot(*_series(records, "train", key), color=colour, lw=1, alpha=0.7,
                     label=f"{label} train")  # fmt: skip
@@ -76,7 +100,7 @@ def main(argv: Sequence[str]) -> None:
         os.path.join(workdirs[0], "curves.png") if len(workdirs) == 1 else "curves.png"
     )
     try:
-        print(plot_runs(workdirs, out))
+        print(plot_runs(workdirs, out, FLAGS.label))
     except ValueError as e:
         raise app.UsageError(str(e)) from None
 

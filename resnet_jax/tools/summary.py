@@ -28,7 +28,8 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from resnet_jax import entry
-from resnet_jax.models import available_models, create_model, get_published
+from resnet_jax.models import available_models, create_model, get_block, get_published
+from resnet_jax.models.units import BUILT_IN_BLOCKS
 
 
 @dataclasses.dataclass
@@ -166,7 +167,37 @@ def markdown(names: list[str]) -> str:
             f"| {name} | {st.family} | {st.params:,} | {pub_params} | {st.macs / 1e9:.3f} | "
             f"{pub_macs} | {err} | {_fmt(p.ref_top1, '.3f')} |"
         )
-    return "\n".join(out) + "\n"
+    return "\n".join(out + [""] + blocks_markdown()) + "\n"
+
+
+def blocks_markdown() -> list[str]:
+    """docs/models.md's section on the residual units: the registry and the project's units."""
+    out = [
+        "## Residual units",
+        "",
+        "A net's residual unit is a class chosen by name from a registry: the spec field `block`",
+        "(`resnet_jax.models.available_blocks()`), and `preact=True` chooses the `preact_` form of",
+        "a block. Any unit fits any net above, CIFAR or ImageNet, every shortcut option and plain:",
+        "`create_model('resnet56', block='preact_basic')`, or for a run",
+        '`--config.model_overrides=\'{"block": "preact_basic"}\'`. A unit of your own is one',
+        "subclass of one of these, most often overriding `branch(x)`, under",
+        "`@resnet_jax.models.register_block(name)`; a run imports the file that defines it through",
+        "the config key `plugins` (docs/extending.md). Weight layers: per unit, as the depth in a",
+        "net's name counts them. Expansion: output width / the stage's base width, where 1 means",
+        "the unit outputs its inner width (which `width_multiplier` widens).",
+        "",
+        "| block | class | weight layers | expansion | pre-activation | groups | what |",
+        "|---|---|---:|---:|---|---|---|",
+    ]
+    yes = lambda flag: "yes" if flag else "no"
+    for name in BUILT_IN_BLOCKS:
+        u = get_block(name)
+        what = u.__doc__.strip().splitlines()[0]
+        out.append(
+            f"| {name} | `{u.__name__}` | {u.weight_layers} | {u.expansion} | {yes(u.preact)} | "
+            f"{yes(u.grouped)} | {what} |"
+        )
+    return out
 
 
 FLAGS = flags.FLAGS

@@ -6,8 +6,8 @@ numbers as published (arXiv 1603.05027).
 
 from __future__ import annotations
 
-from experiments.he2015 import cifar
-from experiments.spec import Check, Experiment, register
+from experiments.defs.he2015 import cifar
+from experiments.spec import Check, Experiment
 
 # (depth, pre-activation?) -> (CIFAR-10, CIFAR-100) error of He2016.
 _PAPER = {
@@ -70,4 +70,5 @@ def _experiment(dataset):
     )
 
 
-register(_experiment("cifar10"), _experiment("cifar100"))
+HE2016_CIFAR10 = _experiment("cifar10")
+HE2016_CIFAR100 = _experiment("cifar100")

@@ -14,7 +14,10 @@ better), not the paper's numbers: the data, the image count and the schedule all
 
 from __future__ import annotations
 
-from experiments.spec import Check, Entry, Experiment, register
+import re
+
+from experiments.defs import he2015
+from experiments.spec import Check, Entry, Experiment
 from resnet_jax import recipes
 
 BATCH_SIZE = 32  # small batches learn most per second on 2 CPU cores
@@ -36,11 +39,11 @@ FIG6_STEPS = 2000
 SEEDS = 3
 
 
-def settings(num_steps: int) -> dict:
+def settings(num_steps: int, dataset: str = "shapes10") -> dict:
     """The settings of every CPU run of `num_steps` steps; none changes what is learned except
     `augment`, argued here."""
     return {
-        "dataset": "shapes10",
+        "dataset": dataset,
         # Departure from the paper: no pad-crop-flip. The augmentation fights overfitting over the
         # paper's 164 epochs; in 0.8 epoch (1,000 steps) no image is seen twice and in 1.6 epochs
         # (2,000) none more than twice, too few to overfit (fig6_cpu's training and test errors
@@ -55,7 +58,9 @@ def settings(num_steps: int) -> dict:
     }
 
 
-def recipe(model: str, num_steps: int = NUM_STEPS, **model_overrides) -> dict:
+def recipe(
+    model: str, num_steps: int = NUM_STEPS, dataset: str = "shapes10", **model_overrides
+) -> dict:
     """Config overrides of a CPU entry: the scaled paper recipe plus `settings(num_steps)`."""
     scaled = recipes.scaled(
         recipes.HE2015_CIFAR,
@@ -64,27 +69,41 @@ def recipe(model: str, num_steps: int = NUM_STEPS, **model_overrides) -> dict:
         num_steps=num_steps,
         model_overrides=model_overrides,
     )
-    return {"model": model, **scaled, **settings(num_steps)}
+    return {"model": model, **scaled, **settings(num_steps, dataset)}
 
 
 def entry(
-    name: str, label: str, model: str, series: str, num_steps: int = NUM_STEPS, **model_overrides
+    name: str,
+    label: str,
+    model: str,
+    series: str,
+    num_steps: int = NUM_STEPS,
+    *,
+    seeds: int = SEEDS,
+    dataset: str = "shapes10",
+    **model_overrides,
 ) -> Entry:
+    """A CPU-sized entry: `model` (a registered name, with spec fields `model_overrides`, e.g.
+    `block="se_basic"`) trained `num_steps` steps of the scaled paper recipe on `dataset`, over
+    `seeds` seeds. Its name is `name` + `_cpu`, plus the length and dataset where they are not
+    the defaults (`resnet56_cpu2k`, `resnet20_cpu_cifar10`)."""
     # Names end in _cpu (fig6's CIFAR entries are plain20, resnet20, ...): one name, one command.
     # Entries of the same name in several experiments share their runs under one --workdir; a
-    # run of another length is another run, so its name carries the length (resnet56_cpu2k).
+    # run of another length or dataset is another run, so its name says so.
     if num_steps == NUM_STEPS:
         suffix = ""
     else:
         suffix = f"{num_steps // 1000}k" if num_steps % 1000 == 0 else str(num_steps)
+    if dataset != "shapes10":
+        suffix += "_" + re.sub(r"[^A-Za-z0-9]+", "-", dataset.rstrip("/").split("/")[-1])
     return Entry(
         name=f"{name}_cpu{suffix}",
         label=label,
         config="configs/default.py",
         model=model,
         model_overrides=model_overrides,
-        overrides=recipe(model, num_steps, **model_overrides),
-        seeds=SEEDS,
+        overrides=recipe(model, num_steps, dataset, **model_overrides),
+        seeds=seeds,
         series=series,
     )
 
@@ -93,7 +112,7 @@ def note(num_steps: int) -> str:
     return (
         "Recipe: He2015's CIFAR recipe scaled by resnet_jax/recipes.py (batch 32, lr 0.025, /10 at "
         f"steps {num_steps // 2} and {3 * num_steps // 4} of {num_steps}, weight decay 1e-4, "
-        "momentum 0.9), no augmentation; the same for every net (experiments/cpu.py)."
+        "momentum 0.9), no augmentation; the same for every net (experiments/defs/cpu.py)."
     )
 
 
@@ -112,11 +131,11 @@ def _cpu(name, title, source, entries, checks, kind="ablation", num_steps=NUM_ST
     )
 
 
-def _both_errors(a, op, b, claim):
+def _both_errors(a, op, b, claim, margin=(None, "")):
     """The claim on test error and on training error (the paper makes it on both)."""
     return [
-        Check(a, op, b, "top1_err", f"{claim}: test error"),
-        Check(a, op, b, "train_err", f"{claim}: training error"),
+        Check(a, op, b, "top1_err", f"{claim}: test error", *margin),
+        Check(a, op, b, "train_err", f"{claim}: training error", *margin),
     ]
 
 
@@ -135,7 +154,13 @@ FIG6_CPU = _cpu(
     ],
     [
         *_both_errors("plain56_cpu2k", ">", "plain20_cpu2k", "the deeper plain net is worse"),
-        *_both_errors("resnet56_cpu2k", "<=", "resnet20_cpu2k", "the deeper ResNet is no worse"),
+        *_both_errors(
+            "resnet56_cpu2k",
+            "<=",
+            "resnet20_cpu2k",
+            "the deeper ResNet is no worse",
+            he2015.MARGIN_DEPTH_20_56,
+        ),
         *_both_errors(
             "resnet56_cpu2k", "<", "plain56_cpu2k", "at 56 layers the ResNet beats plain"
         ),
@@ -175,6 +200,7 @@ ABL_BLOCK_CPU = _cpu(
         "<=",
         "resnet20_cpu",
         "at matched multiply-adds the deeper bottleneck net is no worse",
+        he2015.MARGIN_BOTTLENECK,
     ),
 )
 
@@ -192,7 +218,12 @@ ABL_SHORTCUT_CPU = _cpu(
     [
         Check("resnet20_b_cpu", "<", "resnet20_cpu", "top1_err", "B is better than A"),
         Check(
-            "resnet20_c_cpu", "<=", "resnet20_b_cpu", "top1_err", "C is marginally better than B"
+            "resnet20_c_cpu",
+            "<=",
+            "resnet20_b_cpu",
+            "top1_err",
+            "C is marginally better than B",
+            *he2015.MARGIN_SHORTCUT_B_C,
         ),
     ],
 )
@@ -207,7 +238,11 @@ PREACT_CPU = _cpu(
         _RESNET56,
         entry("preact_resnet56", "ResNet-56 pre-activation", "resnet56", "preact", preact=True),
     ],
-    _both_errors("preact_resnet56_cpu", "<=", "resnet56_cpu", "pre-activation is no worse"),
+    _both_errors(
+        "preact_resnet56_cpu",
+        "<=",
+        "resnet56_cpu",
+        "pre-activation is no worse",
+        he2015.MARGIN_PREACT,
+    ),
 )
-
-register(FIG6_CPU, ABL_BLOCK_CPU, ABL_SHORTCUT_CPU, PREACT_CPU)

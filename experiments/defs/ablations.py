@@ -10,24 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments.he2015 import TABLE3, cifar, imagenet
-from experiments.spec import Check, Entry, Experiment, register
+from experiments.defs.he2015 import TABLE3, cifar, imagenet
+from experiments.spec import Check, Entry, Experiment, variant
 
 _T3 = {e.name: e for e in TABLE3.entries}
-
-
-def _variant(base: Entry, name: str, label: str, series: str, overrides=None, **model_overrides):
-    """`base` with spec fields (`model_overrides`) or config keys (`overrides`) changed."""
-    return Entry(
-        name=name,
-        label=label,
-        config=base.config,
-        model=base.model,
-        model_overrides=model_overrides,
-        overrides=dict(overrides or {}),
-        series=series,
-        eval_views=base.eval_views,
-    )
 
 
 def _relabel(base: Entry, label: str, series: str) -> Entry:
@@ -64,7 +50,7 @@ ABL_BLOCK = _abl(
     "imagenet2012",
     [
         _relabel(_R34, "ResNet-34 (basic, 34 layers)", "basic"),
-        _variant(_R34, "basic50", "basic units, 50 layers", "basic", stage_sizes=(4, 6, 10, 4)),
+        variant(_R34, "basic50", "basic units, 50 layers", "basic", stage_sizes=(4, 6, 10, 4)),
         _relabel(_R50V1, "ResNet-50 (bottleneck, 50 layers)", "bottleneck"),
     ],
     checks=[
@@ -86,7 +72,7 @@ ABL_BLOCK_CIFAR = _abl(
     "cifar10",
     [
         _relabel(_R56, "basic, 56 layers", "basic"),
-        _variant(
+        variant(
             _R164, "bottleneck56", "bottleneck, 56 layers", "bottleneck", stage_sizes=(6, 6, 6)
         ),
         _relabel(cifar("resnet110", ""), "basic, 110 layers", "basic"),
@@ -114,8 +100,8 @@ ABL_SHORTCUT_CIFAR = _abl(
     "cifar10",
     [
         _relabel(_R56, "ResNet-56 A (the paper's CIFAR option)", "A"),
-        _variant(_R56, "resnet56_b", "ResNet-56 B", "B", shortcut="B"),
-        _variant(_R56, "resnet56_c", "ResNet-56 C", "C", shortcut="C"),
+        variant(_R56, "resnet56_b", "ResNet-56 B", "B", shortcut="B"),
+        variant(_R56, "resnet56_c", "ResNet-56 C", "C", shortcut="C"),
     ],
 )
 
@@ -147,7 +133,7 @@ ABL_VARIANT_CIFAR = _abl(
     "ResNet-164 v1 vs v1.5 vs pre-activation (CIFAR-10)",
     "cifar10",
     [
-        _variant(
+        variant(
             _R164, "resnet164_v1", "ResNet-164 v1 (stride on the 1x1)", "v1", stride_on_3x3=False
         ),
         _relabel(_R164, "ResNet-164 v1.5 (stride on the 3x3)", "v1.5"),
@@ -174,14 +160,14 @@ ABL_BN_GROUP = _abl(
     "imagenet2012",
     [
         _relabel(_R50, "BN over 32 (the paper's per GPU)", "bn"),
-        _variant(
+        variant(
             _R50,
             "resnet50_bn256",
             "BN over the global batch (256)",
             "bn",
             overrides={"bn_group_size": 256},
         ),
-        _variant(_R50, "resnet50_bn8", "BN over 8", "bn", overrides={"bn_group_size": 8}),
+        variant(_R50, "resnet50_bn8", "BN over 8", "bn", overrides={"bn_group_size": 8}),
     ],
 )
 
@@ -191,14 +177,14 @@ ABL_BN_GROUP_CIFAR = _abl(
     "cifar10",
     [
         _relabel(_R56, "BN over 64 (the paper's per GPU)", "bn"),
-        _variant(
+        variant(
             _R56,
             "resnet56_bn128",
             "BN over the global batch (128)",
             "bn",
             overrides={"bn_group_size": 128},
         ),
-        _variant(_R56, "resnet56_bn16", "BN over 16", "bn", overrides={"bn_group_size": 16}),
+        variant(_R56, "resnet56_bn16", "BN over 16", "bn", overrides={"bn_group_size": 16}),
     ],
 )
 
@@ -210,7 +196,7 @@ ABL_ZERO_INIT = _abl(
     "imagenet2012",
     [
         _relabel(_R50, "last BN gamma = 1", "init"),
-        _variant(_R50, "resnet50_zero_init", "last BN gamma = 0", "init", zero_init_residual=True),
+        variant(_R50, "resnet50_zero_init", "last BN gamma = 0", "init", zero_init_residual=True),
     ],
 )
 
@@ -220,7 +206,7 @@ ABL_ZERO_INIT_CIFAR = _abl(
     "cifar10",
     [
         _relabel(_R56, "last BN gamma = 1", "init"),
-        _variant(_R56, "resnet56_zero_init", "last BN gamma = 0", "init", zero_init_residual=True),
+        variant(_R56, "resnet56_zero_init", "last BN gamma = 0", "init", zero_init_residual=True),
     ],
 )
 
@@ -235,18 +221,4 @@ ABL_RESNET_D = _abl(
         imagenet("resnet50d", "ResNet-50-D"),
     ],
     checks=[Check("resnet50d", "<", "resnet50", "top1_err", "ResNet-D improves top-1")],
-)
-
-register(
-    ABL_BLOCK,
-    ABL_BLOCK_CIFAR,
-    ABL_SHORTCUT,
-    ABL_SHORTCUT_CIFAR,
-    ABL_VARIANT,
-    ABL_VARIANT_CIFAR,
-    ABL_BN_GROUP,
-    ABL_BN_GROUP_CIFAR,
-    ABL_ZERO_INIT,
-    ABL_ZERO_INIT_CIFAR,
-    ABL_RESNET_D,
 )
