@@ -124,7 +124,7 @@ def test_the_guide_trains_and_reports_its_ablation(guide, capsys):
     ]
     argv = ["se_ablation.py", "--workdir", "runs/se_smoke", "--seeds", "2", *smoke]
     assert runner.main(argv) == 0, capsys.readouterr().out
-    assert report.main(["--workdir", "runs/se_smoke"]) == 0
+    assert report.main(["--workdir", "runs/se_smoke", "--seeds", "2"]) == 0
     text = (guide / "runs" / "se_smoke" / "se_ablation.md").read_text()
     assert "Runs finished: 4 of 4" in text
     assert "— SE units lower the error: `resnet20_se_cpu` < `resnet20_cpu`" in text
