@@ -102,6 +102,7 @@ print(how, np.asarray(m["loss"]).round(3).tolist())
 """
 
 
+@pytest.mark.slow  # 17 s: two runs on four simulated devices, compiled twice
 def test_two_runs_as_one_program_on_four_cpu_devices_train_under_the_projects_option():
     # The vmapped step compiles without YNNPACK's elementwise fusions, which XLA 0.10 fails to run
     # on the layouts vmapped convolutions get; with them this step ends in "Instruction with
