@@ -34,14 +34,31 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILT_IN = ["basic", "bottleneck", "preact_basic", "preact_bottleneck"]
 
 
-# The unit of the extension guide, under a name of the tests' own.
-@register_block("test_se_basic")
+# The unit of the extension guide, as the text of a plugin file; the tests load it under names
+# of their own, in this module and from files.
+PLUGIN = """
+import flax.linen as nn
+
+from resnet_jax.models import BasicUnit, register_block
+
+
+@register_block("plugin_se_basic")
 class SEBasic(BasicUnit):
     def branch(self, x):
         y = super().branch(x)
         s = y.mean(axis=(1, 2), keepdims=True)
         s = nn.relu(nn.Dense(max(y.shape[-1] // 4, 1), name="se_reduce")(s))
         return y * nn.sigmoid(nn.Dense(y.shape[-1], name="se_expand")(s))
+"""
+
+
+def _se_unit(name):
+    scope = {}
+    exec(PLUGIN.replace("plugin_se_basic", name), scope)
+    return scope["SEBasic"]
+
+
+_se_unit("test_se_basic")
 
 
 def param_count(model, size):
@@ -204,22 +221,6 @@ def test_a_plugin_file_is_imported_once_and_a_missing_one_named(tmp_path, monkey
         plugins.load(["broken.py"])
     with pytest.raises(plugins.PluginError, match="no module of that name"):
         plugins.load(["no_such_module_here"])
-
-
-PLUGIN = """
-import flax.linen as nn
-
-from resnet_jax.models import BasicUnit, register_block
-
-
-@register_block("plugin_se_basic")
-class SEBasic(BasicUnit):
-    def branch(self, x):
-        y = super().branch(x)
-        s = y.mean(axis=(1, 2), keepdims=True)
-        s = nn.relu(nn.Dense(max(y.shape[-1] // 4, 1), name="se_reduce")(s))
-        return y * nn.sigmoid(nn.Dense(y.shape[-1], name="se_expand")(s))
-"""
 
 
 def test_a_config_imports_its_plugins_before_it_builds_or_checks_the_model(tmp_path, monkeypatch):
